@@ -1,0 +1,227 @@
+//! The command line: `sluice run`, `check`, `search` and `demo`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::Config;
+use crate::error::{Error, ErrorKind};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Keeps search indexes in sync with Postgres in real time"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log filter (tracing syntax: `info`, `sluice=debug`); overrides RUST_LOG.
+    #[arg(long, global = true)]
+    pub log: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream changes from Postgres into the configured sinks until stopped (SIGINT/SIGTERM).
+    Run(SourceArgs),
+    /// Validate the configuration and the source database, reporting every problem.
+    Check(SourceArgs),
+    /// Search an embedded index; prints matching documents as JSON lines.
+    Search(SearchArgs),
+    /// Start a throwaway Postgres with a demo table, stream it into an embedded index, and search it.
+    Demo(DemoArgs),
+}
+
+/// Either a config file or the one-line form.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// A TOML configuration file (see README.md).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["database_url", "tables"])]
+    pub config: Option<PathBuf>,
+    /// The source database (one-line form), e.g. postgres://user@localhost/db.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "SLUICE_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+    /// A table to stream (one-line form), as SCHEMA.TABLE; repeat for more tables.
+    #[arg(long = "table", value_name = "SCHEMA.TABLE")]
+    pub tables: Vec<String>,
+    /// Directory for the embedded indexes and state (one-line form).
+    #[arg(long, value_name = "DIR", default_value = crate::config::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// Directory the indexes were written to.
+    #[arg(long, value_name = "DIR", default_value = crate::config::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Index name (by default the table name).
+    #[arg(long, value_name = "NAME")]
+    pub index: String,
+    /// Maximum number of documents printed.
+    #[arg(long, default_value_t = 10)]
+    pub limit: usize,
+    /// Print only the number of matching documents.
+    #[arg(long)]
+    pub count: bool,
+    /// Query: words, `field:value`, ranges `price:[10 TO 20]`, or `*` for all.
+    pub query: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Directory for the demo's index (recreated).
+    #[arg(long, value_name = "DIR", default_value = "sluice-demo")]
+    pub data_dir: PathBuf,
+    /// Rows inserted into the demo table.
+    #[arg(long, default_value_t = 10_000)]
+    pub rows: u32,
+}
+
+impl SourceArgs {
+    /// The configuration these arguments describe.
+    pub fn config(&self) -> Result<Config, Error> {
+        if let Some(path) = &self.config {
+            return Ok(Config::load(path)?);
+        }
+        let Some(url) = &self.database_url else {
+            return Err(Error::new(ErrorKind::Config, "no source given").hint(
+                "use --config FILE, or --database-url URL --table SCHEMA.TABLE --data-dir DIR",
+            ));
+        };
+        if self.tables.is_empty() {
+            return Err(Error::new(ErrorKind::Config, "no table given")
+                .hint("add --table SCHEMA.TABLE (repeatable)"));
+        }
+        let config = Config::from_flags(url.clone(), &self.tables, self.data_dir.clone());
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Process exit code for an error.
+pub fn exit_code(e: &Error) -> ExitCode {
+    match e.kind() {
+        ErrorKind::Config => ExitCode::from(2),
+        ErrorKind::Setup => ExitCode::from(3),
+        _ => ExitCode::from(1),
+    }
+}
+
+/// Sets up logging to stderr.
+pub fn init_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let filter = cli
+        .log
+        .clone()
+        .map(EnvFilter::new)
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new("info,tantivy=warn,ractor=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stop requested");
+}
+
+/// Starts the Prometheus endpoint when configured.
+pub fn start_metrics(config: &Config) -> Result<(), Error> {
+    if let Some(addr) = &config.pipeline.metrics_listen {
+        let addr: std::net::SocketAddr = addr.parse().map_err(|_| {
+            Error::new(
+                ErrorKind::Config,
+                format!("pipeline.metrics_listen `{addr}` is not an address"),
+            )
+        })?;
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("cannot serve metrics on {addr}: {e}"),
+                )
+            })?;
+        tracing::info!(%addr, "serving Prometheus metrics");
+    }
+    Ok(())
+}
+
+pub async fn run(args: SourceArgs) -> Result<(), Error> {
+    let config = args.config()?;
+    start_metrics(&config)?;
+    let plan = crate::pipeline::run(&config, shutdown_signal()).await?;
+    let s = &plan.stats;
+    tracing::info!(
+        read = s.reader.snapshot().changes_out,
+        decoded = s.decoder.snapshot().changes_out,
+        written = s.writer.snapshot().changes_out,
+        "stopped"
+    );
+    Ok(())
+}
+
+pub async fn check(args: SourceArgs) -> Result<(), Error> {
+    let config = args.config()?;
+    let problems = crate::pipeline::check(&config).await?;
+    if problems.is_empty() {
+        println!("ok: the configuration is valid and the source database is ready");
+        return Ok(());
+    }
+    println!("{} problem(s) found:", problems.len());
+    for p in &problems {
+        println!("  - {p}");
+    }
+    Err(Error::new(
+        ErrorKind::Setup,
+        format!("{} problem(s) found", problems.len()),
+    ))
+}
+
+pub fn search(args: SearchArgs) -> Result<(), Error> {
+    let result = crate::sink::embedded::search::search(
+        &args.data_dir,
+        &args.index,
+        &args.query,
+        args.limit,
+    )?;
+    if args.count {
+        println!("{}", result.total);
+    } else {
+        use std::io::Write;
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        for doc in &result.documents {
+            let _ = writeln!(out, "{doc}");
+        }
+    }
+    Ok(())
+}

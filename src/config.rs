@@ -1,0 +1,791 @@
+//! Configuration: the TOML file, its defaults and its validation.
+//!
+//! Every knob has a doc comment and a named default. Unknown keys are errors.
+//! Semantic validation reports every problem at once, each naming its field path.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default replication slot name.
+pub const DEFAULT_SLOT: &str = "sluice";
+/// Default publication name.
+pub const DEFAULT_PUBLICATION: &str = "sluice";
+/// Default data directory (indexes, state).
+pub const DEFAULT_DATA_DIR: &str = "sluice-data";
+/// Default number of key shards.
+pub const DEFAULT_SHARDS: usize = 4;
+/// Default bound on the WAL bytes held anywhere in the pipeline.
+pub const DEFAULT_MAX_BYTES_IN_FLIGHT: u64 = 64 * 1024 * 1024;
+/// Default maximum number of changes in one batch read from the WAL.
+pub const DEFAULT_BATCH_MAX_CHANGES: usize = 4096;
+/// Default maximum bytes in one batch read from the WAL.
+pub const DEFAULT_BATCH_MAX_BYTES: u64 = 4 * 1024 * 1024;
+/// Default time a partly filled batch waits for more changes.
+pub const DEFAULT_BATCH_MAX_AGE_MS: u64 = 5;
+/// Default index name template.
+pub const DEFAULT_INDEX_TEMPLATE: &str = "{table}";
+/// Default separator between the values of a composite key in a document id.
+pub const DEFAULT_KEY_SEPARATOR: &str = "|";
+/// Default interval between commits of the embedded index.
+pub const DEFAULT_COMMIT_INTERVAL_MS: u64 = 1000;
+/// Default interval between standby status updates sent to Postgres.
+pub const DEFAULT_STATUS_INTERVAL_MS: u64 = 10_000;
+/// Default cap of the restart backoff.
+pub const DEFAULT_MAX_RESTART_BACKOFF_MS: u64 = 30_000;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The Postgres database to read changes from.
+    pub source: SourceConfig,
+    /// How the pipeline batches, shards and bounds its work.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// The tables to stream, with their filters, transforms and routing.
+    pub tables: Vec<TableConfig>,
+    /// Where documents are written. Defaults to one embedded index.
+    #[serde(default = "default_sinks")]
+    pub sinks: Vec<SinkConfig>,
+}
+
+/// Connection to the source database.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Connection string, as a URL (`postgres://user@host:5432/db?sslmode=require`)
+    /// or libpq key/value pairs. Mutually exclusive with `database_url_env`.
+    #[serde(default)]
+    pub database_url: Option<String>,
+    /// Name of an environment variable holding the connection string.
+    #[serde(default)]
+    pub database_url_env: Option<String>,
+    /// Name of an environment variable holding the password (overrides the URL's).
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// File with the CA certificate(s) to trust for `sslmode=verify-ca|verify-full`
+    /// (the URL's `sslrootcert` also works). Default: the system's roots.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Replication slot name. Created when missing.
+    #[serde(default = "default_slot")]
+    pub slot: String,
+    /// Publication name. Created (or extended with missing tables) when missing.
+    #[serde(default = "default_publication")]
+    pub publication: String,
+    /// Interval between standby status updates, in milliseconds.
+    #[serde(default = "default_status_interval_ms")]
+    pub status_interval_ms: u64,
+}
+
+impl fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceConfig")
+            .field(
+                "database_url",
+                &self.database_url.as_ref().map(|_| "<redacted>"),
+            )
+            .field("database_url_env", &self.database_url_env)
+            .field("password_env", &self.password_env)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("slot", &self.slot)
+            .field("publication", &self.publication)
+            .finish()
+    }
+}
+
+/// Pipeline-wide tuning.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Directory for embedded indexes and sluice's own state.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Number of key shards. Changes to one key always go to the same shard.
+    #[serde(default = "default_shards")]
+    pub shards: usize,
+    /// Upper bound of WAL bytes held in the pipeline; when reached, sluice stops
+    /// reading from Postgres (which keeps the WAL) until writes complete.
+    #[serde(default = "default_max_bytes_in_flight")]
+    pub max_bytes_in_flight: u64,
+    /// A batch read from the WAL is closed at this many changes...
+    #[serde(default = "default_batch_max_changes")]
+    pub batch_max_changes: usize,
+    /// ... or at this many bytes ...
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: u64,
+    /// ... or when no more changes arrive within this many milliseconds.
+    #[serde(default = "default_batch_max_age_ms")]
+    pub batch_max_age_ms: u64,
+    /// Index name for tables without an explicit `index`. `{schema}` and `{table}`
+    /// are replaced by the table's schema and name.
+    #[serde(default = "default_index_template")]
+    pub index_template: String,
+    /// Separator between the values of a composite key in document ids.
+    #[serde(default = "default_key_separator")]
+    pub key_separator: String,
+    /// Cap of the exponential backoff between pipeline restarts, in milliseconds.
+    #[serde(default = "default_max_restart_backoff_ms")]
+    pub max_restart_backoff_ms: u64,
+    /// Address for the Prometheus metrics endpoint (e.g. `127.0.0.1:9187`); off when unset.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            data_dir: default_data_dir(),
+            shards: DEFAULT_SHARDS,
+            max_bytes_in_flight: DEFAULT_MAX_BYTES_IN_FLIGHT,
+            batch_max_changes: DEFAULT_BATCH_MAX_CHANGES,
+            batch_max_bytes: DEFAULT_BATCH_MAX_BYTES,
+            batch_max_age_ms: DEFAULT_BATCH_MAX_AGE_MS,
+            index_template: default_index_template(),
+            key_separator: default_key_separator(),
+            max_restart_backoff_ms: DEFAULT_MAX_RESTART_BACKOFF_MS,
+            metrics_listen: None,
+        }
+    }
+}
+
+/// Operations a table can emit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Operation {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+}
+
+impl Operation {
+    pub const ALL: [Operation; 4] = [
+        Operation::Insert,
+        Operation::Update,
+        Operation::Delete,
+        Operation::Truncate,
+    ];
+}
+
+/// One streamed table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// `schema.table`; a bare name means schema `public`.
+    pub name: String,
+    /// Operations to stream. Default: all four.
+    #[serde(default = "default_operations")]
+    pub operations: Vec<Operation>,
+    /// Index (collection, namespace) to write to. Default: `pipeline.index_template`.
+    #[serde(default)]
+    pub index: Option<String>,
+    /// Columns whose values identify a document and group its changes in order.
+    /// Default: the primary key (or replica identity index).
+    #[serde(default)]
+    pub key: Option<Vec<String>>,
+    /// Declarative transform of rows into documents.
+    #[serde(default)]
+    pub transform: TransformConfig,
+}
+
+/// Keep, drop and rename columns. `keep` and `drop` are exclusive.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformConfig {
+    /// Only these columns become fields (default: all).
+    #[serde(default)]
+    pub keep: Option<Vec<String>>,
+    /// These columns are left out.
+    #[serde(default)]
+    pub drop: Vec<String>,
+    /// Column name -> field name.
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
+}
+
+/// A destination for documents.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(from = "RawSink")]
+pub struct SinkConfig {
+    /// Name used in logs, metrics and state.
+    pub name: String,
+    /// The engine and its settings.
+    pub kind: SinkKind,
+}
+
+/// The engine behind a sink.
+#[derive(Debug, Clone)]
+pub enum SinkKind {
+    /// A tantivy index per index name under `<data_dir>/indexes/`.
+    Embedded {
+        /// Milliseconds between commits; a commit makes writes searchable and durable.
+        commit_interval_ms: u64,
+    },
+    /// Discards every document (for benchmarks).
+    Null,
+}
+
+/// A sink as written in the file: `type` selects the engine, the other keys
+/// are the engine's settings.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+enum RawSink {
+    Embedded {
+        name: String,
+        #[serde(default = "default_commit_interval_ms")]
+        commit_interval_ms: u64,
+    },
+    Null {
+        name: String,
+    },
+}
+
+impl From<RawSink> for SinkConfig {
+    fn from(raw: RawSink) -> SinkConfig {
+        match raw {
+            RawSink::Embedded {
+                name,
+                commit_interval_ms,
+            } => SinkConfig {
+                name,
+                kind: SinkKind::Embedded { commit_interval_ms },
+            },
+            RawSink::Null { name } => SinkConfig {
+                name,
+                kind: SinkKind::Null,
+            },
+        }
+    }
+}
+
+fn default_sinks() -> Vec<SinkConfig> {
+    vec![SinkConfig {
+        name: "embedded".into(),
+        kind: SinkKind::Embedded {
+            commit_interval_ms: DEFAULT_COMMIT_INTERVAL_MS,
+        },
+    }]
+}
+fn default_slot() -> String {
+    DEFAULT_SLOT.into()
+}
+fn default_publication() -> String {
+    DEFAULT_PUBLICATION.into()
+}
+fn default_data_dir() -> PathBuf {
+    DEFAULT_DATA_DIR.into()
+}
+fn default_shards() -> usize {
+    DEFAULT_SHARDS
+}
+fn default_max_bytes_in_flight() -> u64 {
+    DEFAULT_MAX_BYTES_IN_FLIGHT
+}
+fn default_batch_max_changes() -> usize {
+    DEFAULT_BATCH_MAX_CHANGES
+}
+fn default_batch_max_bytes() -> u64 {
+    DEFAULT_BATCH_MAX_BYTES
+}
+fn default_batch_max_age_ms() -> u64 {
+    DEFAULT_BATCH_MAX_AGE_MS
+}
+fn default_index_template() -> String {
+    DEFAULT_INDEX_TEMPLATE.into()
+}
+fn default_key_separator() -> String {
+    DEFAULT_KEY_SEPARATOR.into()
+}
+fn default_max_restart_backoff_ms() -> u64 {
+    DEFAULT_MAX_RESTART_BACKOFF_MS
+}
+fn default_status_interval_ms() -> u64 {
+    DEFAULT_STATUS_INTERVAL_MS
+}
+fn default_commit_interval_ms() -> u64 {
+    DEFAULT_COMMIT_INTERVAL_MS
+}
+fn default_operations() -> Vec<Operation> {
+    Operation::ALL.to_vec()
+}
+
+/// One configuration problem: the field path and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// The configuration could not be used; every problem found is listed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{} configuration problem(s):\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigProblem>),
+}
+
+/// A table name split into schema and table.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TableName {
+    pub schema: String,
+    pub table: String,
+}
+
+impl TableName {
+    /// Parses `schema.table` (or a bare `table` in schema `public`).
+    pub fn parse(text: &str) -> Result<TableName, String> {
+        let valid = |part: &str| !part.is_empty() && !part.contains(['"', '.', ' ']);
+        let (schema, table) = match text.split_once('.') {
+            Some((schema, table)) => (schema, table),
+            None => ("public", text),
+        };
+        if !valid(schema) || !valid(table) {
+            return Err(format!(
+                "`{text}` is not a table name; expected SCHEMA.TABLE such as public.products"
+            ));
+        }
+        Ok(TableName {
+            schema: schema.to_owned(),
+            table: table.to_owned(),
+        })
+    }
+
+    /// The name quoted for SQL: `"schema"."table"`.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.table)
+    }
+}
+
+/// Quotes an SQL identifier.
+pub fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every constraint and reports all problems at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut problem =
+            |field: String, message: String| problems.push(ConfigProblem { field, message });
+        let source = &self.source;
+        match (&source.database_url, &source.database_url_env) {
+            (None, None) => problem(
+                "source.database_url".into(),
+                "missing: set database_url or database_url_env".into(),
+            ),
+            (Some(_), Some(_)) => problem(
+                "source.database_url_env".into(),
+                "database_url and database_url_env are exclusive; set only one".into(),
+            ),
+            (None, Some(var)) if std::env::var_os(var).is_none() => problem(
+                "source.database_url_env".into(),
+                format!("environment variable {var} is not set"),
+            ),
+            _ => {}
+        }
+        if let Some(var) = &source.password_env {
+            if std::env::var_os(var).is_none() {
+                problem(
+                    "source.password_env".into(),
+                    format!("environment variable {var} is not set"),
+                );
+            }
+        }
+        for (field, name) in [
+            ("source.slot", &source.slot),
+            ("source.publication", &source.publication),
+        ] {
+            if !is_pg_name(name) {
+                problem(
+                    field.into(),
+                    format!("`{name}` must be 1 to 63 lowercase letters, digits or underscores"),
+                );
+            }
+        }
+        if source.status_interval_ms == 0 {
+            problem(
+                "source.status_interval_ms".into(),
+                "must be at least 1".into(),
+            );
+        }
+        let pipeline = &self.pipeline;
+        if pipeline.shards == 0 || pipeline.shards > 1024 {
+            problem(
+                "pipeline.shards".into(),
+                "must be between 1 and 1024".into(),
+            );
+        }
+        if pipeline.max_bytes_in_flight < 1024 * 1024 {
+            problem(
+                "pipeline.max_bytes_in_flight".into(),
+                "must be at least 1048576 (1 MiB)".into(),
+            );
+        }
+        if pipeline.batch_max_changes == 0 {
+            problem(
+                "pipeline.batch_max_changes".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if pipeline.batch_max_bytes == 0 || pipeline.batch_max_bytes > pipeline.max_bytes_in_flight
+        {
+            problem(
+                "pipeline.batch_max_bytes".into(),
+                "must be at least 1 and at most pipeline.max_bytes_in_flight".into(),
+            );
+        }
+        if let Err(message) = check_index_template(&pipeline.index_template) {
+            problem("pipeline.index_template".into(), message);
+        }
+        if pipeline.key_separator.is_empty() {
+            problem("pipeline.key_separator".into(), "must not be empty".into());
+        }
+        if let Some(addr) = &pipeline.metrics_listen {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                problem(
+                    "pipeline.metrics_listen".into(),
+                    format!("`{addr}` is not an address such as 127.0.0.1:9187"),
+                );
+            }
+        }
+        if self.tables.is_empty() {
+            problem("tables".into(), "at least one table is required".into());
+        }
+        let mut seen = HashSet::new();
+        for (i, table) in self.tables.iter().enumerate() {
+            let path = |field: &str| format!("tables[{i}].{field}");
+            match TableName::parse(&table.name) {
+                Ok(name) => {
+                    if !seen.insert(name.clone()) {
+                        problem(path("name"), format!("table {name} is listed twice"));
+                    }
+                }
+                Err(message) => problem(path("name"), message),
+            }
+            if table.operations.is_empty() {
+                problem(
+                    path("operations"),
+                    "must list at least one operation".into(),
+                );
+            }
+            if let Some(index) = &table.index {
+                if let Err(message) = check_index_name(index) {
+                    problem(path("index"), message);
+                }
+            }
+            if let Some(key) = &table.key {
+                if key.is_empty() {
+                    problem(path("key"), "must list at least one column".into());
+                }
+            }
+            let transform = &table.transform;
+            if transform.keep.is_some() && !transform.drop.is_empty() {
+                problem(
+                    path("transform"),
+                    "keep and drop are exclusive; use one of them".into(),
+                );
+            }
+            let mut targets = HashSet::new();
+            for (from, to) in &transform.rename {
+                if to.is_empty() {
+                    problem(
+                        path(&format!("transform.rename.{from}")),
+                        "must not be empty".into(),
+                    );
+                }
+                if !targets.insert(to) {
+                    problem(
+                        path(&format!("transform.rename.{from}")),
+                        format!("two columns are renamed to `{to}`"),
+                    );
+                }
+            }
+        }
+        if self.sinks.is_empty() {
+            problem("sinks".into(), "at least one sink is required".into());
+        }
+        let mut names = HashSet::new();
+        for (i, sink) in self.sinks.iter().enumerate() {
+            if !is_pg_name(&sink.name) && !sink.name.contains('-') {
+                problem(
+                    format!("sinks[{i}].name"),
+                    format!(
+                        "`{}` must be lowercase letters, digits, `_` or `-`",
+                        sink.name
+                    ),
+                );
+            }
+            if !names.insert(&sink.name) {
+                problem(
+                    format!("sinks[{i}].name"),
+                    format!("sink `{}` is defined twice", sink.name),
+                );
+            }
+            if let SinkKind::Embedded { commit_interval_ms } = sink.kind {
+                if commit_interval_ms == 0 {
+                    problem(
+                        format!("sinks[{i}].commit_interval_ms"),
+                        "must be at least 1".into(),
+                    );
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// The connection string, resolved from the environment where configured.
+    pub fn database_url(&self) -> Result<String, ConfigError> {
+        let invalid = |field: &str, message: String| {
+            ConfigError::Invalid(vec![ConfigProblem {
+                field: field.into(),
+                message,
+            }])
+        };
+        match (&self.source.database_url, &self.source.database_url_env) {
+            (Some(url), _) => Ok(url.clone()),
+            (None, Some(var)) => std::env::var(var).map_err(|_| {
+                invalid(
+                    "source.database_url_env",
+                    format!("environment variable {var} is not set"),
+                )
+            }),
+            (None, None) => Err(invalid("source.database_url", "missing".into())),
+        }
+    }
+
+    /// The password from `password_env`, if configured.
+    pub fn password(&self) -> Option<String> {
+        self.source
+            .password_env
+            .as_ref()
+            .and_then(|var| std::env::var(var).ok())
+    }
+
+    /// The parsed table names, in configuration order. Call after `validate`.
+    pub fn table_names(&self) -> Vec<TableName> {
+        self.tables
+            .iter()
+            .filter_map(|t| TableName::parse(&t.name).ok())
+            .collect()
+    }
+
+    /// The configuration of the one-line form of `sluice run`.
+    pub fn from_flags(database_url: String, tables: &[String], data_dir: PathBuf) -> Config {
+        Config {
+            source: SourceConfig {
+                database_url: Some(database_url),
+                database_url_env: None,
+                password_env: None,
+                tls_ca_file: None,
+                slot: default_slot(),
+                publication: default_publication(),
+                status_interval_ms: DEFAULT_STATUS_INTERVAL_MS,
+            },
+            pipeline: PipelineConfig {
+                data_dir,
+                ..PipelineConfig::default()
+            },
+            tables: tables
+                .iter()
+                .map(|name| TableConfig {
+                    name: name.clone(),
+                    operations: default_operations(),
+                    index: None,
+                    key: None,
+                    transform: TransformConfig::default(),
+                })
+                .collect(),
+            sinks: default_sinks(),
+        }
+    }
+
+    /// The index a table's documents go to.
+    pub fn index_for(&self, table: &TableConfig, name: &TableName) -> String {
+        match &table.index {
+            Some(index) => index.clone(),
+            None => self
+                .pipeline
+                .index_template
+                .replace("{schema}", &name.schema)
+                .replace("{table}", &name.table),
+        }
+    }
+}
+
+fn is_pg_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Index names are used as directory names: keep them portable.
+pub fn check_index_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with(['.', '-', '_'])
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a valid index name: use lowercase letters, digits, `_`, `-` or `.`, not starting with `.`, `-` or `_`"
+        ))
+    }
+}
+
+fn check_index_template(template: &str) -> Result<(), String> {
+    let sample = template
+        .replace("{schema}", "public")
+        .replace("{table}", "products");
+    if sample.contains(['{', '}']) {
+        return Err(format!(
+            "`{template}` has an unknown placeholder; only {{schema}} and {{table}} are replaced"
+        ));
+    }
+    check_index_name(&sample)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = parse(
+            r#"
+            source = { database_url = "postgres://localhost/db" }
+            [[tables]]
+            name = "public.products"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.source.slot, DEFAULT_SLOT);
+        assert_eq!(config.pipeline.shards, DEFAULT_SHARDS);
+        assert_eq!(config.sinks.len(), 1);
+        assert_eq!(config.tables[0].operations.len(), 4);
+        let name = TableName::parse("public.products").unwrap();
+        assert_eq!(config.index_for(&config.tables[0], &name), "products");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let err = parse(
+            r#"
+            source = { database_url = "postgres://localhost/db", slott = "x" }
+            [[tables]]
+            name = "t"
+            "#,
+        )
+        .unwrap_err();
+        assert!(err.contains("slott"), "{err}");
+    }
+
+    #[test]
+    fn all_problems_are_reported_with_their_paths() {
+        let err = parse(
+            r#"
+            source = { database_url = "postgres://localhost/db", slot = "Bad-Slot" }
+            pipeline = { shards = 0, index_template = "{tabel}" }
+            [[tables]]
+            name = "a.b.c"
+            [[tables]]
+            name = "public.t"
+            operations = []
+            transform = { keep = ["a"], drop = ["b"] }
+            [[sinks]]
+            name = "x"
+            type = "embedded"
+            commit_interval_ms = 0
+            "#,
+        )
+        .unwrap_err();
+        for needle in [
+            "source.slot",
+            "pipeline.shards",
+            "pipeline.index_template",
+            "tables[0].name",
+            "tables[1].operations",
+            "tables[1].transform",
+            "sinks[0].commit_interval_ms",
+        ] {
+            assert!(err.contains(needle), "missing {needle} in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn table_names() {
+        assert_eq!(
+            TableName::parse("products").unwrap(),
+            TableName {
+                schema: "public".into(),
+                table: "products".into()
+            }
+        );
+        assert!(TableName::parse("").is_err());
+        assert!(TableName::parse("a.").is_err());
+        assert_eq!(TableName::parse("s.t").unwrap().quoted(), "\"s\".\"t\"");
+    }
+
+    #[test]
+    fn debug_output_redacts_the_url() {
+        let config = parse(
+            r#"
+            source = { database_url = "postgres://u:hunter2@localhost/db" }
+            [[tables]]
+            name = "t"
+            "#,
+        )
+        .unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}

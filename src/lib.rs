@@ -1,0 +1,15 @@
+//! sluice keeps search indexes in sync with Postgres tables in real time.
+//!
+//! See `ARCHITECTURE.md` for the tour: the replication client and pgoutput
+//! decoder live in [`postgres`], the actor pipeline in [`pipeline`], the
+//! destinations in [`sink`].
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod local_pg;
+pub mod lsn;
+pub mod pipeline;
+pub mod postgres;
+pub mod sink;

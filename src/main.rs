@@ -1,0 +1,34 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use sluice::cli::{self, Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli::init_logging(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => cli::run(args).await,
+            Command::Check(args) => cli::check(args).await,
+            Command::Search(args) => cli::search(args),
+            Command::Demo(args) => sluice::demo::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            cli::exit_code(&e)
+        }
+    }
+}

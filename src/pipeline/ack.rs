@@ -1,0 +1,75 @@
+//! The acknowledger: the position every sink has committed, published to the
+//! reader, which confirms it to Postgres as the slot's flush position.
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::watch;
+
+use crate::lsn::Lsn;
+
+/// What may be confirmed to Postgres.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AckState {
+    /// Every change below this position is durable in every sink.
+    pub lsn: Lsn,
+    /// Every sink committed its last batch (shutdown).
+    pub drained: bool,
+}
+
+pub enum AckMsg {
+    Committed { sink: usize, upto: Lsn, last: bool },
+}
+
+pub struct AckArgs {
+    pub sinks: usize,
+    pub publish: watch::Sender<AckState>,
+}
+
+pub struct AckActorState {
+    args: AckArgs,
+    committed: Vec<Lsn>,
+    last: Vec<bool>,
+}
+
+pub struct Acknowledger;
+
+impl Actor for Acknowledger {
+    type Msg = AckMsg;
+    type State = AckActorState;
+    type Arguments = AckArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<AckMsg>,
+        args: AckArgs,
+    ) -> Result<AckActorState, ActorProcessingErr> {
+        let sinks = args.sinks;
+        Ok(AckActorState {
+            args,
+            committed: vec![Lsn::ZERO; sinks],
+            last: vec![false; sinks],
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<AckMsg>,
+        msg: AckMsg,
+        state: &mut AckActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let AckMsg::Committed { sink, upto, last } = msg;
+        state.committed[sink] = state.committed[sink].max(upto);
+        state.last[sink] |= last;
+        let lsn = state.committed.iter().copied().min().unwrap_or(Lsn::ZERO);
+        let drained = state.last.iter().all(|l| *l);
+        state.args.publish.send_if_modified(|current| {
+            let next = AckState {
+                lsn: current.lsn.max(lsn),
+                drained,
+            };
+            let changed = next != *current;
+            *current = next;
+            changed
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,151 @@
+//! The data that flows between stages: decoded changes, batches, write operations.
+
+use std::sync::Arc;
+
+use crate::config::TableName;
+use crate::lsn::Lsn;
+use crate::pipeline::flow::Credit;
+use crate::postgres::pgoutput::{Oid, ReplicaIdentity, Tuple};
+use crate::postgres::types::TypeKind;
+
+/// A column of a relation as the decoder knows it.
+#[derive(Debug, Clone)]
+pub struct ColumnInfo {
+    pub name: String,
+    pub type_oid: Oid,
+    pub kind: TypeKind,
+    /// Part of the replica identity (the primary key by default).
+    pub is_key: bool,
+}
+
+/// A relation (table) as last described by the stream. A new description
+/// (after `ALTER TABLE`) is a new `Arc`, so stages can cache per pointer.
+#[derive(Debug)]
+pub struct RelationInfo {
+    pub id: Oid,
+    pub name: TableName,
+    /// `schema.table`.
+    pub qualified: Arc<str>,
+    pub columns: Vec<ColumnInfo>,
+    pub replica_identity: ReplicaIdentity,
+}
+
+impl RelationInfo {
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+}
+
+/// What happened to a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+}
+
+/// One decoded change.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub op: Op,
+    pub rel: Arc<RelationInfo>,
+    /// The new row (insert, update).
+    pub new: Option<Tuple>,
+    /// The old key (replica identity default/index) or old row (full).
+    pub old: Option<Tuple>,
+    /// LSN of the commit of the change's transaction.
+    pub commit_lsn: Lsn,
+    /// Commit time, microseconds since 2000-01-01 UTC.
+    pub commit_time: i64,
+    /// Position of the change within its transaction.
+    pub seq: u32,
+}
+
+/// A batch of changes crossing stage boundaries.
+#[derive(Debug, Default)]
+pub struct ChangeBatch {
+    pub changes: Vec<Change>,
+    /// Every change at or below this position is in this batch or an earlier one.
+    pub upto: Lsn,
+    /// Flow-control credits for the WAL bytes this batch came from.
+    pub credits: Vec<Arc<Credit>>,
+    /// The last batch before shutdown: flush and acknowledge everything.
+    pub last: bool,
+}
+
+/// The document id and shard of a change, computed by the router.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    pub change: Change,
+    pub action: RouteAction,
+    pub index: Arc<str>,
+    pub shape: Arc<crate::pipeline::transform::DocShape>,
+    pub id: String,
+}
+
+/// Whether a routed change writes or removes its document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteAction {
+    Upsert,
+    Delete,
+}
+
+/// Items of a shard's input, in stream order.
+#[derive(Debug)]
+pub enum ShardItem {
+    Change(Routed),
+    /// Empties `index` of `table`'s documents; a barrier across all shards.
+    Truncate {
+        index: Arc<str>,
+        table: Arc<str>,
+        barrier: u64,
+    },
+}
+
+/// A router batch for one shard.
+#[derive(Debug, Default)]
+pub struct ShardBatch {
+    pub items: Vec<ShardItem>,
+    pub upto: Lsn,
+    pub credits: Vec<Arc<Credit>>,
+    pub last: bool,
+}
+
+/// A write for a sink.
+#[derive(Debug, Clone)]
+pub struct WriteOp {
+    pub index: Arc<str>,
+    /// `schema.table` the document comes from.
+    pub table: Arc<str>,
+    pub id: String,
+    /// Commit LSN of the change (a version for engines that take one).
+    pub lsn: Lsn,
+    pub action: WriteAction,
+}
+
+/// What a write does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteAction {
+    /// Insert or replace the document. `partial`: some fields were unchanged
+    /// TOAST values and are absent; the sink merges into the stored document.
+    Upsert {
+        doc: Vec<u8>,
+        partial: bool,
+    },
+    Delete,
+    /// Remove every document of `table` from `index`.
+    Truncate {
+        barrier: u64,
+    },
+}
+
+/// A shard's output for the writers of every sink.
+#[derive(Debug, Clone, Default)]
+pub struct WriteBatch {
+    pub shard: usize,
+    pub ops: Arc<Vec<WriteOp>>,
+    pub upto: Lsn,
+    pub credits: Vec<Arc<Credit>>,
+    pub last: bool,
+}

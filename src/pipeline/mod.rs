@@ -1,0 +1,201 @@
+//! The streaming pipeline: supervised actors per stage, exchanging batches
+//! under a bound on the bytes in flight.
+//!
+//! ```text
+//! reader ─► decoder ─► filter ─► transformer ─► router ─► shards (N) ─► writer per sink ─► acknowledger
+//!   ▲                                                                                         │
+//!   └──────────────────────────── confirmed position (watch) ◄────────────────────────────────┘
+//! ```
+
+pub mod ack;
+pub mod change;
+pub mod decoder;
+pub mod filter;
+pub mod flow;
+pub mod reader;
+pub mod router;
+pub mod shard;
+pub mod stats;
+pub mod supervisor;
+pub mod transform;
+pub mod writer;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, Operation, SinkConfig, TransformConfig};
+use crate::error::{Error, ErrorKind, Result};
+use crate::postgres::catalog;
+use crate::postgres::conninfo::ConnInfo;
+
+use flow::FlowControl;
+use router::TableRoute;
+use supervisor::PipelineStats;
+
+/// Everything the stages need, resolved from the configuration.
+#[derive(Debug)]
+pub struct PipelinePlan {
+    pub name: String,
+    pub conninfo: ConnInfo,
+    pub slot: String,
+    pub publication: String,
+    pub data_dir: PathBuf,
+    pub shards: usize,
+    pub flow: FlowControl,
+    pub batch_max_changes: usize,
+    pub batch_max_bytes: u64,
+    pub batch_max_age: Duration,
+    pub status_interval: Duration,
+    pub max_restart_backoff: Duration,
+    pub key_separator: String,
+    pub operations: HashMap<String, Vec<Operation>>,
+    pub transforms: HashMap<String, TransformConfig>,
+    pub routes: HashMap<String, TableRoute>,
+    pub sinks: Vec<SinkConfig>,
+    pub stats: PipelineStats,
+}
+
+impl PipelinePlan {
+    pub fn new(config: &Config) -> Result<PipelinePlan> {
+        let url = config.database_url()?;
+        let conninfo = ConnInfo::parse(
+            &url,
+            config.password().as_deref(),
+            config.source.tls_ca_file.clone(),
+        )?;
+        let p = &config.pipeline;
+        let mut operations = HashMap::new();
+        let mut transforms = HashMap::new();
+        let mut routes = HashMap::new();
+        for (table, name) in config.tables.iter().zip(config.table_names()) {
+            let key = name.to_string();
+            operations.insert(key.clone(), table.operations.clone());
+            transforms.insert(key.clone(), table.transform.clone());
+            routes.insert(
+                key,
+                TableRoute {
+                    index: config.index_for(table, &name),
+                    key: table.key.clone(),
+                },
+            );
+        }
+        Ok(PipelinePlan {
+            name: config.source.slot.clone(),
+            conninfo,
+            slot: config.source.slot.clone(),
+            publication: config.source.publication.clone(),
+            data_dir: p.data_dir.clone(),
+            shards: p.shards,
+            flow: FlowControl::new(p.max_bytes_in_flight),
+            batch_max_changes: p.batch_max_changes,
+            batch_max_bytes: p.batch_max_bytes,
+            batch_max_age: Duration::from_millis(p.batch_max_age_ms),
+            status_interval: Duration::from_millis(config.source.status_interval_ms),
+            max_restart_backoff: Duration::from_millis(p.max_restart_backoff_ms),
+            key_separator: p.key_separator.clone(),
+            operations,
+            transforms,
+            routes,
+            sinks: config.sinks.clone(),
+            stats: PipelineStats::default(),
+        })
+    }
+}
+
+/// Checks the source and returns every problem found (empty when ready).
+pub async fn check(config: &Config) -> Result<Vec<catalog::Problem>> {
+    let plan = PipelinePlan::new(config)?;
+    let client = plan.conninfo.connect_sql().await?;
+    let tables: Vec<_> = config
+        .tables
+        .iter()
+        .zip(config.table_names())
+        .map(|(t, name)| (name, t.key.clone()))
+        .collect();
+    let report = catalog::check_source(&client, &tables, &plan.slot, &plan.publication).await?;
+    let mut problems = report.problems;
+    // The replication connection itself (pg_hba.conf `replication` lines, TLS).
+    match crate::postgres::replication::ReplicationConnection::connect(&plan.conninfo).await {
+        Ok(conn) => conn.close().await,
+        Err(e) => problems.push(catalog::Problem {
+            what: format!("cannot open a replication connection: {}", e.message()),
+            fix: e
+                .hint_text()
+                .unwrap_or("allow replication connections for this role in pg_hba.conf")
+                .to_owned(),
+        }),
+    }
+    Ok(problems)
+}
+
+/// Checks the source, then creates the publication and slot when missing.
+/// Nothing is created when a check fails.
+pub async fn prepare(config: &Config) -> Result<()> {
+    let problems = check(config).await?;
+    if !problems.is_empty() {
+        let list = problems
+            .iter()
+            .map(|p| format!("  - {p}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        return Err(Error::new(
+            ErrorKind::Setup,
+            format!(
+                "the source database is not ready for sluice ({} problem(s)):\n{list}",
+                problems.len()
+            ),
+        ));
+    }
+    let plan = PipelinePlan::new(config)?;
+    let client = plan.conninfo.connect_sql().await?;
+    catalog::ensure_publication(&client, &plan.publication, &config.table_names()).await?;
+    catalog::ensure_slot(&client, &plan.slot).await?;
+    Ok(())
+}
+
+/// Runs the pipeline until `shutdown` resolves, then drains it.
+pub async fn run(
+    config: &Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<Arc<PipelinePlan>> {
+    std::fs::create_dir_all(&config.pipeline.data_dir).map_err(|e| {
+        Error::io(
+            format!(
+                "cannot create data directory {}",
+                config.pipeline.data_dir.display()
+            ),
+            e,
+        )
+    })?;
+    prepare(config).await?;
+    let plan = Arc::new(PipelinePlan::new(config)?);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (supervisor, handle) = ractor::Actor::spawn(
+        Some(format!("{}-supervisor", plan.name)),
+        supervisor::Supervisor,
+        supervisor::SupervisorArgs {
+            plan: plan.clone(),
+            done: Some(done_tx),
+        },
+    )
+    .await
+    .map_err(|e| {
+        Error::new(
+            ErrorKind::Protocol,
+            format!("cannot start the pipeline: {e}"),
+        )
+    })?;
+    tokio::pin!(shutdown);
+    tokio::pin!(done_rx);
+    tokio::select! {
+        _ = &mut shutdown => {
+            let _ = supervisor.cast(supervisor::SupervisorMsg::Shutdown);
+            let _ = done_rx.await;
+        }
+        _ = &mut done_rx => {}
+    }
+    let _ = handle.await;
+    Ok(plan)
+}

@@ -1,0 +1,231 @@
+//! A key shard: collapses several changes to one document within a batch into
+//! its last state (merging unchanged TOAST values from earlier states), encodes
+//! documents, and hands the writes to the writer of every sink, in order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use super::change::{RouteAction, Routed, ShardBatch, ShardItem, WriteAction, WriteBatch, WriteOp};
+use super::stats::StageStats;
+use super::writer::WriterMsg;
+use crate::postgres::pgoutput::{ColumnKind, ColumnValue, Tuple};
+
+pub enum ShardMsg {
+    Batch(ShardBatch),
+}
+
+pub struct ShardArgs {
+    pub shard: usize,
+    pub writers: Vec<ActorRef<WriterMsg>>,
+    pub stats: Arc<StageStats>,
+}
+
+pub struct ShardState {
+    args: ShardArgs,
+    /// Position in `pending` of the last change per (index, id).
+    latest: HashMap<(Arc<str>, String), usize>,
+    pending: Vec<Option<Routed>>,
+}
+
+pub struct Shard;
+
+impl Actor for Shard {
+    type Msg = ShardMsg;
+    type State = ShardState;
+    type Arguments = ShardArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<ShardMsg>,
+        args: ShardArgs,
+    ) -> Result<ShardState, ActorProcessingErr> {
+        Ok(ShardState {
+            args,
+            latest: HashMap::new(),
+            pending: Vec::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<ShardMsg>,
+        msg: ShardMsg,
+        state: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
+        let ShardMsg::Batch(batch) = msg;
+        let n = batch.items.len();
+        let mut written = 0;
+        for item in batch.items {
+            match item {
+                ShardItem::Change(routed) => state.collapse(routed),
+                ShardItem::Truncate {
+                    index,
+                    table,
+                    barrier,
+                } => {
+                    // Everything before the truncate goes first, the truncate alone after.
+                    written += state.flush(batch.upto, &batch.credits, false, true)?;
+                    let op = WriteOp {
+                        index,
+                        table,
+                        id: String::new(),
+                        lsn: batch.upto,
+                        action: WriteAction::Truncate { barrier },
+                    };
+                    state.send(WriteBatch {
+                        shard: state.args.shard,
+                        ops: Arc::new(vec![op]),
+                        upto: batch.upto,
+                        credits: batch.credits.clone(),
+                        last: false,
+                    })?;
+                }
+            }
+        }
+        written += state.flush(batch.upto, &batch.credits, batch.last, false)?;
+        state.args.stats.batch(n, written);
+        Ok(())
+    }
+}
+
+impl ShardState {
+    fn collapse(&mut self, routed: Routed) {
+        let key = (routed.index.clone(), routed.id.clone());
+        match self.latest.get(&key) {
+            Some(&at) => {
+                let previous = self.pending[at]
+                    .take()
+                    .expect("latest points at a pending change");
+                let merged = merge(previous, routed);
+                self.pending[at] = Some(merged);
+            }
+            None => {
+                self.latest.insert(key, self.pending.len());
+                self.pending.push(Some(routed));
+            }
+        }
+    }
+
+    /// Encodes and sends the collapsed changes. Sends even an empty batch so
+    /// the writers learn the position (unless `only_if_any`).
+    fn flush(
+        &mut self,
+        upto: crate::lsn::Lsn,
+        credits: &[Arc<super::flow::Credit>],
+        last: bool,
+        only_if_any: bool,
+    ) -> Result<usize, ActorProcessingErr> {
+        self.latest.clear();
+        if only_if_any && self.pending.is_empty() {
+            return Ok(0);
+        }
+        let mut ops = Vec::with_capacity(self.pending.len());
+        for routed in self.pending.drain(..).flatten() {
+            ops.push(encode(routed));
+        }
+        let n = ops.len();
+        self.send(WriteBatch {
+            shard: self.args.shard,
+            ops: Arc::new(ops),
+            upto,
+            credits: credits.to_vec(),
+            last,
+        })?;
+        Ok(n)
+    }
+
+    fn send(&self, batch: WriteBatch) -> Result<(), ActorProcessingErr> {
+        for writer in &self.args.writers {
+            writer.cast(WriterMsg::Batch(batch.clone()))?;
+        }
+        Ok(())
+    }
+}
+
+/// The state after `next` was applied to `previous` (same document).
+fn merge(previous: Routed, mut next: Routed) -> Routed {
+    if next.action == RouteAction::Upsert && previous.action == RouteAction::Upsert {
+        if let (Some(prev), Some(new)) = (previous.change.new.as_ref(), next.change.new.as_ref()) {
+            if has_unchanged(new) {
+                next.change.new = Some(fill_unchanged(new, prev));
+            }
+        }
+    }
+    next
+}
+
+fn has_unchanged(tuple: &Tuple) -> bool {
+    tuple
+        .columns
+        .iter()
+        .any(|c| c.kind == ColumnKind::Unchanged)
+}
+
+/// A copy of `tuple` whose unchanged columns take their value from `from`.
+fn fill_unchanged(tuple: &Tuple, from: &Tuple) -> Tuple {
+    let mut data = BytesMut::new();
+    let mut columns = Vec::with_capacity(tuple.columns.len());
+    for (i, column) in tuple.columns.iter().enumerate() {
+        // Only a real value replaces an unchanged one: a key-only old tuple has
+        // NULLs in its other columns, which say nothing about the row.
+        let from_has_value = matches!(from.kind(i), ColumnKind::Text | ColumnKind::Binary);
+        let (source, value) = if column.kind == ColumnKind::Unchanged && from_has_value {
+            (from, from.columns[i])
+        } else {
+            (tuple, *column)
+        };
+        let start = data.len() as u32;
+        let bytes = match value.kind {
+            ColumnKind::Text | ColumnKind::Binary => source.value(i).unwrap_or_default(),
+            _ => &[],
+        };
+        data.extend_from_slice(bytes);
+        columns.push(ColumnValue {
+            kind: value.kind,
+            start,
+            len: bytes.len() as u32,
+        });
+    }
+    Tuple {
+        data: data.freeze(),
+        columns,
+    }
+}
+
+fn encode(routed: Routed) -> WriteOp {
+    let Routed {
+        change,
+        action,
+        index,
+        shape,
+        id,
+    } = routed;
+    let action = match action {
+        RouteAction::Delete => WriteAction::Delete,
+        RouteAction::Upsert => {
+            let mut new = change.new.expect("upserts carry a new row");
+            // With REPLICA IDENTITY FULL the old row holds unchanged TOAST values.
+            if has_unchanged(&new) {
+                if let Some(old) = change.old.as_ref() {
+                    new = fill_unchanged(&new, old);
+                }
+            }
+            let mut doc = Vec::with_capacity(new.data.len() + shape.fields.len() * 16 + 2);
+            let complete = shape.encode(&new, &mut doc);
+            WriteAction::Upsert {
+                doc,
+                partial: !complete,
+            }
+        }
+    };
+    WriteOp {
+        index,
+        table: change.rel.qualified.clone(),
+        id,
+        lsn: change.commit_lsn,
+        action,
+    }
+}

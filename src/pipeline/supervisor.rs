@@ -1,0 +1,377 @@
+//! The pipeline supervisor: spawns every stage linked to itself, and when any
+//! stage fails, stops them all and starts the pipeline again after a capped
+//! exponential backoff. Postgres resends everything after the slot's confirmed
+//! position, which only moves once every sink committed, so nothing is lost.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::{oneshot, watch};
+
+use super::ack::{AckArgs, AckState, Acknowledger};
+use super::decoder::{Decoder, DecoderArgs};
+use super::filter::{Filter, FilterArgs};
+use super::reader::{Reader, ReaderArgs, ReaderMsg, DRAIN_TIMEOUT};
+use super::router::{Router, RouterArgs};
+use super::shard::{Shard, ShardArgs};
+use super::stats::StageStats;
+use super::transform::{TransformArgs, Transformer};
+use super::writer::{Writer, WriterArgs};
+use super::PipelinePlan;
+
+/// The first restart waits this long; each failure in a row doubles it.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
+/// A pipeline that ran this long without failing resets the backoff.
+const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+
+pub enum SupervisorMsg {
+    Start,
+    /// Drain and stop; the sender learns when it is done.
+    Shutdown,
+}
+
+pub struct SupervisorArgs {
+    pub plan: Arc<PipelinePlan>,
+    /// Told when the supervisor is done (after shutdown).
+    pub done: Option<oneshot::Sender<()>>,
+}
+
+pub struct SupervisorState {
+    plan: Arc<PipelinePlan>,
+    children: Vec<ActorCell>,
+    reader: Option<ActorRef<ReaderMsg>>,
+    backoff: Duration,
+    started_at: Instant,
+    shutting_down: bool,
+    restart_pending: bool,
+    done: Option<oneshot::Sender<()>>,
+    generation: u64,
+}
+
+pub struct Supervisor;
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        myself.cast(SupervisorMsg::Start)?;
+        Ok(SupervisorState {
+            plan: args.plan,
+            children: Vec::new(),
+            reader: None,
+            backoff: INITIAL_BACKOFF,
+            started_at: Instant::now(),
+            shutting_down: false,
+            restart_pending: false,
+            done: args.done,
+            generation: 0,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.stop_children().await;
+        if let Some(done) = state.done.take() {
+            let _ = done.send(());
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::Start => {
+                state.restart_pending = false;
+                if state.shutting_down {
+                    myself.stop(None);
+                    return Ok(());
+                }
+                state.generation += 1;
+                match state.start(&myself).await {
+                    Ok(()) => {
+                        state.started_at = Instant::now();
+                        metrics::gauge!("sluice_pipeline_up").set(1.0);
+                    }
+                    Err(e) => {
+                        let text = e.to_string();
+                        state.stop_children().await;
+                        state.schedule_restart(&myself, &text);
+                    }
+                }
+            }
+            SupervisorMsg::Shutdown => {
+                state.shutting_down = true;
+                match &state.reader {
+                    Some(reader) if !state.restart_pending => {
+                        tracing::info!("shutting down: flushing what is in flight");
+                        reader.cast(ReaderMsg::Drain)?;
+                        // If draining hangs, stop anyway: nothing unconfirmed is lost.
+                        myself.send_after(DRAIN_TIMEOUT + Duration::from_secs(5), || {
+                            SupervisorMsg::Start
+                        });
+                    }
+                    _ => myself.stop(None),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(who, error) => {
+                if !state.children.iter().any(|c| c.get_id() == who.get_id()) {
+                    return Ok(()); // a child of an earlier generation
+                }
+                let stage = who.get_name().unwrap_or_default();
+                let text = format!("stage {stage} failed: {error}");
+                state.stop_children().await;
+                if state.shutting_down {
+                    myself.stop(None);
+                } else {
+                    state.schedule_restart(&myself, &text);
+                }
+            }
+            SupervisionEvent::ActorTerminated(who, _, reason) => {
+                let is_reader = state
+                    .reader
+                    .as_ref()
+                    .is_some_and(|r| r.get_id() == who.get_id());
+                if is_reader && state.shutting_down {
+                    tracing::info!(reason = reason.as_deref().unwrap_or(""), "pipeline drained");
+                    myself.stop(None);
+                } else if state.children.iter().any(|c| c.get_id() == who.get_id())
+                    && !state.shutting_down
+                {
+                    let text = format!(
+                        "stage {} stopped unexpectedly",
+                        who.get_name().unwrap_or_default()
+                    );
+                    state.stop_children().await;
+                    state.schedule_restart(&myself, &text);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl SupervisorState {
+    fn schedule_restart(&mut self, myself: &ActorRef<SupervisorMsg>, error: &str) {
+        metrics::gauge!("sluice_pipeline_up").set(0.0);
+        metrics::counter!("sluice_pipeline_restarts_total").increment(1);
+        if self.started_at.elapsed() >= HEALTHY_AFTER {
+            self.backoff = INITIAL_BACKOFF;
+        }
+        let wait = self.backoff;
+        tracing::error!(
+            retry_in_ms = wait.as_millis() as u64,
+            "pipeline failed, restarting from the last confirmed position: {error}"
+        );
+        self.backoff = (self.backoff * 2).min(self.plan.max_restart_backoff);
+        self.restart_pending = true;
+        myself.send_after(wait, || SupervisorMsg::Start);
+    }
+
+    async fn stop_children(&mut self) {
+        self.reader = None;
+        for child in self.children.drain(..).rev() {
+            child.unlink(child.clone());
+            if let Err(e) = child
+                .stop_and_wait(None, Some(Duration::from_secs(10)))
+                .await
+            {
+                tracing::debug!(error = %e, "a stage did not stop in time");
+            }
+        }
+    }
+
+    /// Spawns every stage, from the last to the first.
+    async fn start(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<(), ActorProcessingErr> {
+        let plan = self.plan.clone();
+        let sup = myself.get_cell();
+        let name = |stage: &str| Some(format!("{}-{stage}-{}", plan.name, self.generation));
+        let (ack_tx, ack_rx) = watch::channel(AckState::default());
+        let sql = Arc::new(plan.conninfo.connect_sql().await?);
+
+        let (ack, _) = Actor::spawn_linked(
+            name("acknowledger"),
+            Acknowledger,
+            AckArgs {
+                sinks: plan.sinks.len(),
+                publish: ack_tx,
+            },
+            sup.clone(),
+        )
+        .await?;
+        self.children.push(ack.get_cell());
+
+        let mut writers = Vec::new();
+        for (i, sink_config) in plan.sinks.iter().enumerate() {
+            let sink =
+                tokio::task::block_in_place(|| crate::sink::build(sink_config, &plan.data_dir))?;
+            let commit_interval = match sink_config.kind {
+                crate::config::SinkKind::Embedded { commit_interval_ms } => {
+                    Duration::from_millis(commit_interval_ms)
+                }
+                crate::config::SinkKind::Null => Duration::from_millis(100),
+            };
+            let (writer, _) = Actor::spawn_linked(
+                name(&format!("writer-{}", sink_config.name)),
+                Writer,
+                WriterArgs {
+                    sink_index: i,
+                    sink,
+                    shards: plan.shards,
+                    ack: ack.clone(),
+                    commit_interval,
+                    commit_bytes: plan.flow.max_bytes() / 2,
+                    stats: plan.stats.writer.clone(),
+                },
+                sup.clone(),
+            )
+            .await?;
+            self.children.push(writer.get_cell());
+            writers.push(writer);
+        }
+
+        let mut shards = Vec::new();
+        for shard in 0..plan.shards {
+            let (actor, _) = Actor::spawn_linked(
+                name(&format!("shard-{shard}")),
+                Shard,
+                ShardArgs {
+                    shard,
+                    writers: writers.clone(),
+                    stats: plan.stats.shard.clone(),
+                },
+                sup.clone(),
+            )
+            .await?;
+            self.children.push(actor.get_cell());
+            shards.push(actor);
+        }
+
+        let (router, _) = Actor::spawn_linked(
+            name("router"),
+            Router,
+            RouterArgs {
+                tables: plan.routes.clone(),
+                key_separator: plan.key_separator.clone(),
+                shards,
+                stats: plan.stats.router.clone(),
+            },
+            sup.clone(),
+        )
+        .await?;
+        self.children.push(router.get_cell());
+
+        let (transformer, _) = Actor::spawn_linked(
+            name("transformer"),
+            Transformer,
+            TransformArgs {
+                transforms: plan.transforms.clone(),
+                downstream: router,
+                stats: plan.stats.transformer.clone(),
+            },
+            sup.clone(),
+        )
+        .await?;
+        self.children.push(transformer.get_cell());
+
+        let (filter, _) = Actor::spawn_linked(
+            name("filter"),
+            Filter,
+            FilterArgs {
+                tables: plan.operations.clone(),
+                downstream: transformer,
+                stats: plan.stats.filter.clone(),
+            },
+            sup.clone(),
+        )
+        .await?;
+        self.children.push(filter.get_cell());
+
+        let (decoder, _) = Actor::spawn_linked(
+            name("decoder"),
+            Decoder,
+            DecoderArgs {
+                sql,
+                downstream: filter,
+                stats: plan.stats.decoder.clone(),
+            },
+            sup.clone(),
+        )
+        .await?;
+        self.children.push(decoder.get_cell());
+
+        let (reader, _) = Actor::spawn_linked(
+            name("reader"),
+            Reader,
+            ReaderArgs {
+                conninfo: plan.conninfo.clone(),
+                slot: plan.slot.clone(),
+                publication: plan.publication.clone(),
+                flow: plan.flow.clone(),
+                downstream: decoder,
+                acks: ack_rx,
+                batch_max_changes: plan.batch_max_changes,
+                batch_max_bytes: plan.batch_max_bytes,
+                linger: plan.batch_max_age,
+                status_interval: plan.status_interval,
+                stats: plan.stats.reader.clone(),
+            },
+            sup,
+        )
+        .await?;
+        self.children.push(reader.get_cell());
+        self.reader = Some(reader);
+        Ok(())
+    }
+}
+
+/// The counters of every stage.
+#[derive(Debug)]
+pub struct PipelineStats {
+    pub reader: Arc<StageStats>,
+    pub decoder: Arc<StageStats>,
+    pub filter: Arc<StageStats>,
+    pub transformer: Arc<StageStats>,
+    pub router: Arc<StageStats>,
+    pub shard: Arc<StageStats>,
+    pub writer: Arc<StageStats>,
+}
+
+impl Default for PipelineStats {
+    fn default() -> Self {
+        PipelineStats {
+            reader: StageStats::new("reader"),
+            decoder: StageStats::new("decoder"),
+            filter: StageStats::new("filter"),
+            transformer: StageStats::new("transformer"),
+            router: StageStats::new("router"),
+            shard: StageStats::new("shard"),
+            writer: StageStats::new("writer"),
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! The embedded sink: a tantivy index per index name under
+//! `<data_dir>/indexes/<name>`. Upserts and deletes by document id; each commit
+//! stores the position it covers, so a restart knows where every index stands
+//! and skips changes it already holds. Other processes can read the indexes
+//! while sluice writes (`sluice search`).
+
+mod schema;
+pub mod search;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tantivy::collector::TopDocs;
+use tantivy::query::TermQuery;
+use tantivy::schema::{IndexRecordOption, OwnedValue, Value};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+
+pub use schema::Fields;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::lsn::Lsn;
+use crate::pipeline::change::{WriteAction, WriteOp};
+
+/// Memory the indexing thread of one index may use before it flushes a segment.
+const WRITER_MEMORY_BYTES: usize = 64 * 1024 * 1024;
+
+/// The directory holding the index `name`.
+pub fn index_dir(data_dir: &Path, name: &str) -> PathBuf {
+    data_dir.join("indexes").join(name)
+}
+
+fn index_error(context: impl std::fmt::Display, e: impl std::fmt::Display) -> Error {
+    Error::new(ErrorKind::Io, format!("{context}: {e}"))
+}
+
+struct OpenIndex {
+    writer: IndexWriter<TantivyDocument>,
+    reader: IndexReader,
+    fields: Fields,
+    /// The position the last commit covers; older changes are already in.
+    committed: Lsn,
+    /// Hashes of ids written since the last commit (not yet visible to the reader).
+    uncommitted: HashSet<u64>,
+    dirty: bool,
+}
+
+pub struct EmbeddedSink {
+    name: String,
+    data_dir: PathBuf,
+    indexes: HashMap<Arc<str>, OpenIndex>,
+}
+
+impl EmbeddedSink {
+    pub fn open(name: &str, data_dir: &Path) -> Result<EmbeddedSink> {
+        let dir = data_dir.join("indexes");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+        Ok(EmbeddedSink {
+            name: name.to_owned(),
+            data_dir: data_dir.to_owned(),
+            indexes: HashMap::new(),
+        })
+    }
+
+    fn index(&mut self, name: &Arc<str>) -> Result<&mut OpenIndex> {
+        if !self.indexes.contains_key(name) {
+            let opened = open_index(&self.data_dir, name)?;
+            tracing::info!(index = %name, committed = %opened.committed, "opened embedded index");
+            self.indexes.insert(name.clone(), opened);
+        }
+        Ok(self.indexes.get_mut(name).expect("inserted above"))
+    }
+
+    fn apply(&mut self, op: &WriteOp) -> Result<()> {
+        let index = self.index(&op.index)?;
+        if op.lsn < index.committed {
+            // Read again after a restart: the index already holds it.
+            return Ok(());
+        }
+        let f = index.fields;
+        let id_term = Term::from_field_text(f.id, &op.id);
+        match &op.action {
+            WriteAction::Upsert { doc, partial } => {
+                let mut object: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_slice(doc).map_err(|e| {
+                        Error::new(
+                            ErrorKind::Sink,
+                            format!("document {} is not a JSON object: {e}", op.id),
+                        )
+                    })?;
+                // The document as encoded keeps the table's column order; a merged
+                // one is serialized again.
+                let mut source = std::str::from_utf8(doc).ok().map(str::to_owned);
+                if *partial {
+                    if let Some(stored) = index.stored(&op.id)? {
+                        let mut merged = stored;
+                        merged.extend(object);
+                        object = merged;
+                        source = None;
+                    }
+                }
+                let source =
+                    source.unwrap_or_else(|| serde_json::to_string(&object).unwrap_or_default());
+                let doc = build_document(&f, op, &source, object);
+                index.writer.delete_term(id_term);
+                index
+                    .writer
+                    .add_document(doc)
+                    .map_err(|e| index_error(format!("writing to index {}", op.index), e))?;
+                index
+                    .uncommitted
+                    .insert(xxhash_rust::xxh3::xxh3_64(op.id.as_bytes()));
+            }
+            WriteAction::Delete => {
+                index.writer.delete_term(id_term);
+            }
+            WriteAction::Truncate { .. } => {
+                index
+                    .writer
+                    .delete_term(Term::from_field_text(f.table, &op.table));
+                tracing::info!(index = %op.index, table = %op.table, "table truncated: its documents are removed");
+            }
+        }
+        index.dirty = true;
+        Ok(())
+    }
+}
+
+impl OpenIndex {
+    /// The stored document `id`, as the index holds it (committing first if it
+    /// was written since the last commit).
+    fn stored(&mut self, id: &str) -> Result<Option<serde_json::Map<String, serde_json::Value>>> {
+        if self
+            .uncommitted
+            .contains(&xxhash_rust::xxh3::xxh3_64(id.as_bytes()))
+        {
+            self.commit_now(None)?;
+        }
+        let searcher = self.reader.searcher();
+        let query = TermQuery::new(
+            Term::from_field_text(self.fields.id, id),
+            IndexRecordOption::Basic,
+        );
+        let top = searcher
+            .search(&query, &TopDocs::with_limit(1))
+            .map_err(|e| index_error("looking up a document", e))?;
+        let Some((_, address)) = top.first() else {
+            return Ok(None);
+        };
+        let doc: TantivyDocument = searcher
+            .doc(*address)
+            .map_err(|e| index_error("reading a document", e))?;
+        let source = doc
+            .get_first(self.fields.source)
+            .and_then(|v| v.as_str())
+            .unwrap_or("{}");
+        Ok(serde_json::from_str(source).ok())
+    }
+
+    fn commit_now(&mut self, upto: Option<Lsn>) -> Result<()> {
+        let mut prepared = self
+            .writer
+            .prepare_commit()
+            .map_err(|e| index_error("committing", e))?;
+        let covered = upto.unwrap_or(self.committed).max(self.committed);
+        prepared.set_payload(&covered.to_string());
+        prepared
+            .commit()
+            .map_err(|e| index_error("committing", e))?;
+        self.reader
+            .reload()
+            .map_err(|e| index_error("reloading the index reader", e))?;
+        self.committed = covered;
+        self.uncommitted.clear();
+        self.dirty = false;
+        Ok(())
+    }
+}
+
+fn open_index(data_dir: &Path, name: &str) -> Result<OpenIndex> {
+    let dir = index_dir(data_dir, name);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    let (schema, fields) = schema::build();
+    let directory = tantivy::directory::MmapDirectory::open(&dir)
+        .map_err(|e| index_error(format!("opening {}", dir.display()), e))?;
+    let index = Index::open_or_create(directory, schema)
+        .map_err(|e| index_error(format!("opening index {}", dir.display()), e))?;
+    schema::register_tokenizers(&index);
+    let committed = index
+        .load_metas()
+        .ok()
+        .and_then(|m| m.payload)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(Lsn::ZERO);
+    let writer = index
+        .writer_with_num_threads(1, WRITER_MEMORY_BYTES)
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                format!("cannot write index {}: {e}", dir.display()),
+            )
+            .hint("another `sluice run` may be writing to this data directory")
+        })?;
+    let reader = index
+        .reader_builder()
+        .reload_policy(ReloadPolicy::Manual)
+        .try_into()
+        .map_err(|e| index_error("opening an index reader", e))?;
+    Ok(OpenIndex {
+        writer,
+        reader,
+        fields,
+        committed,
+        uncommitted: HashSet::new(),
+        dirty: false,
+    })
+}
+
+fn build_document(
+    f: &Fields,
+    op: &WriteOp,
+    source: &str,
+    object: serde_json::Map<String, serde_json::Value>,
+) -> TantivyDocument {
+    let mut doc = TantivyDocument::new();
+    doc.add_text(f.id, &op.id);
+    doc.add_text(f.table, &op.table);
+    doc.add_u64(f.lsn, op.lsn.0);
+    doc.add_text(f.source, source);
+    let mut all = String::new();
+    for value in object.values() {
+        collect_text(value, &mut all);
+    }
+    doc.add_text(f.all, &all);
+    let fields: BTreeMap<String, OwnedValue> = object
+        .into_iter()
+        .map(|(k, v)| (k, OwnedValue::from(v)))
+        .collect();
+    doc.add_object(f.doc, fields);
+    doc
+}
+
+/// Every scalar of a JSON value as text, for the catch-all search field.
+fn collect_text(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::String(s) => {
+            out.push_str(s);
+            out.push(' ');
+        }
+        serde_json::Value::Number(n) => {
+            out.push_str(&n.to_string());
+            out.push(' ');
+        }
+        serde_json::Value::Bool(b) => {
+            out.push_str(if *b { "true " } else { "false " });
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_text(v, out)),
+        serde_json::Value::Object(map) => map.values().for_each(|v| collect_text(v, out)),
+        serde_json::Value::Null => {}
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Sink for EmbeddedSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn write(&mut self, ops: &[WriteOp]) -> Result<()> {
+        tokio::task::block_in_place(|| ops.iter().try_for_each(|op| self.apply(op)))?;
+        metrics::counter!("sluice_sink_writes_total", "sink" => self.name.clone())
+            .increment(ops.len() as u64);
+        Ok(())
+    }
+
+    async fn commit(&mut self, upto: Lsn) -> Result<()> {
+        tokio::task::block_in_place(|| {
+            for index in self.indexes.values_mut() {
+                if index.dirty || upto > index.committed {
+                    index.commit_now(Some(upto))?;
+                }
+            }
+            Ok(())
+        })
+    }
+}

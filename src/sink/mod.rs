@@ -1,0 +1,34 @@
+//! Sinks: where documents are written.
+
+pub mod embedded;
+pub mod null;
+
+use std::path::Path;
+
+use crate::config::{SinkConfig, SinkKind};
+use crate::error::Result;
+use crate::lsn::Lsn;
+use crate::pipeline::change::WriteOp;
+
+/// A destination for writes. Calls come from one writer actor, in order.
+#[async_trait::async_trait]
+pub trait Sink: Send + 'static {
+    fn name(&self) -> &str;
+
+    /// Applies writes (upserts, deletes, truncates), in order. They need not be
+    /// durable before `commit`.
+    async fn write(&mut self, ops: &[WriteOp]) -> Result<()>;
+
+    /// Makes every write so far durable; `upto` is the position they cover.
+    async fn commit(&mut self, upto: Lsn) -> Result<()>;
+}
+
+/// Builds the sink a config describes.
+pub fn build(config: &SinkConfig, data_dir: &Path) -> Result<Box<dyn Sink>> {
+    Ok(match &config.kind {
+        SinkKind::Embedded { .. } => {
+            Box::new(embedded::EmbeddedSink::open(&config.name, data_dir)?)
+        }
+        SinkKind::Null => Box::new(null::NullSink::new(&config.name)),
+    })
+}

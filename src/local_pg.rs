@@ -40,6 +40,7 @@ use std::future::Future;
 use std::io::{self, Read, Seek, SeekFrom, Write as _};
 use std::net::TcpListener;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -119,7 +120,7 @@ pub enum LocalPostgresError {
     },
     #[error("Postgres did not start: {reason}\n--- server log (last lines) ---\n{log_tail}")]
     StartFailed { reason: String, log_tail: String },
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", describe_sql_error(.source))]
     Sql {
         context: String,
         source: tokio_postgres::Error,
@@ -637,21 +638,18 @@ fn remove_stale_clusters(base: &Path) {
             continue;
         }
         let dir = entry.path();
-        // postmaster.pid: line 1 is the pid, line 7 the shared memory key and id.
+        // postmaster.pid lines: pid, data dir, start time, port, socket dir, listen
+        // address, shared memory key and id, status.
         if let Ok(lock) = fs::read_to_string(dir.join("data/postmaster.pid")) {
-            let mut lines = lock.lines();
-            if lines
-                .next()
-                .and_then(|pid| pid.trim().parse().ok())
-                .is_some_and(process_alive)
-            {
+            let lines: Vec<&str> = lock.lines().map(str::trim).collect();
+            let field = |n: usize| lines.get(n).copied().unwrap_or_default();
+            // The socket catches a server whose pid we cannot see (another pid
+            // namespace sharing this temp dir).
+            let socket = Path::new(field(4)).join(format!(".s.PGSQL.{}", field(3)));
+            if field(0).parse().is_ok_and(process_alive) || UnixStream::connect(socket).is_ok() {
                 continue;
             }
-            let mut shmem = lines
-                .nth(5)
-                .unwrap_or_default()
-                .split_whitespace()
-                .map(str::parse::<i64>);
+            let mut shmem = field(6).split_whitespace().map(str::parse::<i64>);
             if let (Some(Ok(key)), Some(Ok(id))) = (shmem.next(), shmem.next()) {
                 remove_orphan_shared_memory(key, id);
             }
@@ -1039,7 +1037,7 @@ fn wait_until_ready(child: &mut Child, port: u16) -> Result<(), NotReady> {
                 Err(error) => error,
             };
             if Instant::now() >= deadline {
-                return Err(NotReady::TimedOut(error.to_string()));
+                return Err(NotReady::TimedOut(describe_sql_error(&error)));
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -1108,6 +1106,17 @@ fn read_from(file: &Path, offset: u64) -> String {
             .and_then(|_| file.read_to_end(&mut bytes));
     }
     String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// tokio-postgres prints only "db error" for a server error: add the server's words.
+fn describe_sql_error(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    }
+    match std::error::Error::source(error) {
+        Some(cause) => format!("{error}: {cause}"),
+        None => error.to_string(),
+    }
 }
 
 fn percent_encode(text: &str) -> String {

@@ -130,9 +130,26 @@ pub async fn check(config: &Config) -> Result<Vec<catalog::Problem>> {
     Ok(problems)
 }
 
+impl PipelinePlan {
+    /// Tables without a configured key are keyed by their primary key (or
+    /// replica identity index), as the catalog says: with REPLICA IDENTITY FULL
+    /// the stream flags every column as part of the identity.
+    pub fn resolve_keys(&mut self, tables: &HashMap<crate::config::TableName, catalog::TableMeta>) {
+        for (name, meta) in tables {
+            if let Some(route) = self.routes.get_mut(&name.to_string()) {
+                if route.key.is_none() && !meta.identity_columns.is_empty() {
+                    route.key = Some(meta.identity_columns.clone());
+                }
+            }
+        }
+    }
+}
+
 /// Checks the source, then creates the publication and slot when missing.
-/// Nothing is created when a check fails.
-pub async fn prepare(config: &Config) -> Result<()> {
+/// Nothing is created when a check fails. Returns the streamed tables' metadata.
+pub async fn prepare(
+    config: &Config,
+) -> Result<HashMap<crate::config::TableName, catalog::TableMeta>> {
     let problems = check(config).await?;
     if !problems.is_empty() {
         let list = problems
@@ -152,7 +169,7 @@ pub async fn prepare(config: &Config) -> Result<()> {
     let client = plan.conninfo.connect_sql().await?;
     catalog::ensure_publication(&client, &plan.publication, &config.table_names()).await?;
     catalog::ensure_slot(&client, &plan.slot).await?;
-    Ok(())
+    catalog::load_tables(&client, &config.table_names()).await
 }
 
 /// Runs the pipeline until `shutdown` resolves, then drains it.
@@ -169,8 +186,10 @@ pub async fn run(
             e,
         )
     })?;
-    prepare(config).await?;
-    let plan = Arc::new(PipelinePlan::new(config)?);
+    let tables = prepare(config).await?;
+    let mut plan = PipelinePlan::new(config)?;
+    plan.resolve_keys(&tables);
+    let plan = Arc::new(plan);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let (supervisor, handle) = ractor::Actor::spawn(
         Some(format!("{}-supervisor", plan.name)),

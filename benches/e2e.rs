@@ -1,0 +1,490 @@
+//! End-to-end benchmark: the `sluice` binary draining a replication backlog, as a user
+//! runs it, against `pg_recvlogical` draining the same backlog as the baseline.
+//!
+//! ```text
+//! cargo bench --bench e2e                                    # 1,000,000 rows, 10,000 per transaction
+//! cargo bench --bench e2e -- --rows 100000 --skip-embedded
+//! cargo bench --bench e2e -- --rows 1000000 --txn-rows 0 --only-rss   # one huge transaction
+//! ```
+//!
+//! A throwaway Postgres gets `public.bench`, a publication and one logical slot per
+//! consumer, all before the backlog is loaded, so every consumer decodes the same WAL.
+//! Each sluice run is timed from the spawn of `sluice run --config FILE` until the
+//! slot's `confirmed_flush_lsn` reaches the WAL position recorded after the load, with
+//! its peak RSS sampled from `/proc/PID/status`; it must then exit 0 on SIGTERM.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice::local_pg::{LocalPostgres, LocalPostgresOptions};
+use tokio_postgres::Client;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+const DATABASE: &str = "bench";
+const PUBLICATION: &str = "bench";
+const SLOT_RECV: &str = "bench_recvlogical";
+const SLOT_NULL: &str = "bench_sluice_null";
+const SLOT_EMBEDDED: &str = "bench_sluice_embedded";
+/// How often the slot position (and the child's RSS) is polled.
+const POLL: Duration = Duration::from_millis(20);
+/// A consumer that has not drained the backlog by then is reported as stuck.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+const USAGE: &str =
+    "usage: cargo bench --bench e2e -- [--rows N] [--txn-rows N] [--skip-embedded] [--only-rss]
+  --rows N         changes in the backlog (default 1000000)
+  --txn-rows N     rows per committed transaction (default 10000; 0 = one transaction)
+  --skip-embedded  skip the run with the embedded (tantivy) sink
+  --only-rss       skip the pg_recvlogical baseline: only the sluice runs and their memory";
+
+const CREATE_TABLE: &str = "
+CREATE TABLE public.bench (
+    id bigint PRIMARY KEY,
+    name text NOT NULL,
+    description text NOT NULL,
+    price numeric(10, 2) NOT NULL,
+    active boolean NOT NULL,
+    updated_at timestamptz NOT NULL
+)";
+
+/// About 220 bytes per row (`pg_column_size(t.*)`).
+const INSERT_ROWS: &str = "
+INSERT INTO public.bench
+SELECT i,
+       'Stainless steel kettle, 1.7 l, model ' || i,
+       'Fast-boil electric kettle with a concealed element, limescale filter, '
+           || '360 degree base and auto shut-off. Batch ' || (i % 1000),
+       round((5 + (i % 10000) * 0.01)::numeric, 2),
+       i % 3 <> 0,
+       timestamptz '2024-05-01 10:20:30.123456+00' + i * interval '1 second'
+FROM generate_series($1::int8, $2::int8) AS i";
+
+struct Options {
+    rows: u64,
+    txn_rows: u64,
+    skip_embedded: bool,
+    only_rss: bool,
+}
+
+impl Options {
+    fn parse() -> Result<Options> {
+        let mut options = Options {
+            rows: 1_000_000,
+            txn_rows: 10_000,
+            skip_embedded: false,
+            only_rss: false,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            let mut number = |name: &str| -> Result<u64> {
+                let value = args
+                    .next()
+                    .ok_or(format!("{name} needs a value\n{USAGE}"))?;
+                Ok(value
+                    .replace('_', "")
+                    .parse()
+                    .map_err(|_| format!("{name}: `{value}` is not a number\n{USAGE}"))?)
+            };
+            match arg.as_str() {
+                "--rows" => options.rows = number("--rows")?,
+                "--txn-rows" => options.txn_rows = number("--txn-rows")?,
+                "--skip-embedded" => options.skip_embedded = true,
+                "--only-rss" => options.only_rss = true,
+                "--bench" => {} // added by `cargo bench`
+                "-h" | "--help" => {
+                    println!("{USAGE}");
+                    std::process::exit(0);
+                }
+                other => return Err(format!("unknown argument `{other}`\n{USAGE}").into()),
+            }
+        }
+        if options.rows == 0 {
+            return Err("--rows must be at least 1".into());
+        }
+        Ok(options)
+    }
+}
+
+/// What one sluice run measured.
+struct SluiceRun {
+    seconds: f64,
+    /// Seconds from the spawn until the slot first moved (startup and first batch).
+    first_confirm: Option<f64>,
+    peak_rss_kb: u64,
+}
+
+/// A child process that is killed if the benchmark fails while it runs.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn main() {
+    if let Err(error) = run() {
+        eprintln!("\ne2e benchmark FAILED: {error}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let options = Options::parse()?;
+    eprintln!("starting a throwaway Postgres ...");
+    let cluster = LocalPostgres::start(LocalPostgresOptions {
+        extra_settings: [("max_wal_size", "4GB"), ("checkpoint_timeout", "30min")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .to_vec(),
+        ..Default::default()
+    })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.block_on(bench(&cluster, &options))
+}
+
+async fn bench(cluster: &LocalPostgres, options: &Options) -> Result<()> {
+    cluster.create_database(DATABASE).await?;
+    let url = cluster.url(DATABASE);
+    let client = cluster.connect(DATABASE).await?;
+    let work = tempfile::Builder::new().prefix("sluice-e2e-").tempdir()?;
+
+    // Schema, publication and every slot before the backlog: all decode the same WAL.
+    client.batch_execute(CREATE_TABLE).await?;
+    client
+        .batch_execute(&format!(
+            "CREATE PUBLICATION {PUBLICATION} FOR TABLE public.bench"
+        ))
+        .await?;
+    let mut slots = vec![SLOT_NULL];
+    if !options.only_rss {
+        slots.push(SLOT_RECV);
+    }
+    if !options.skip_embedded {
+        slots.push(SLOT_EMBEDDED);
+    }
+    for slot in &slots {
+        client
+            .execute(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[slot],
+            )
+            .await?;
+    }
+
+    let (target, target_text) = load_backlog(&client, options).await?;
+    let row_bytes: f64 = client
+        .query_one(
+            "SELECT avg(pg_column_size(t.*))::float8 FROM public.bench t",
+            &[],
+        )
+        .await?
+        .get(0);
+    eprintln!(
+        "backlog loaded: {} rows, target LSN {target_text}",
+        options.rows
+    );
+
+    let recv = if options.only_rss {
+        None
+    } else {
+        eprintln!("pg_recvlogical draining its slot ...");
+        Some(run_recvlogical(cluster, &url, &target_text, work.path()).await?)
+    };
+
+    eprintln!("sluice (null sink) draining its slot ...");
+    let null_dir = work.path().join("null");
+    let null = run_sluice(&client, &url, SLOT_NULL, "null", &null_dir, target).await?;
+
+    let embedded = if options.skip_embedded {
+        None
+    } else {
+        eprintln!("sluice (embedded sink) draining its slot ...");
+        let dir = work.path().join("embedded");
+        let run = run_sluice(&client, &url, SLOT_EMBEDDED, "embedded", &dir, target).await?;
+        let indexed = count_documents(&dir.join("data"))?;
+        if indexed != options.rows {
+            return Err(format!(
+                "the embedded index holds {indexed} documents, expected {}",
+                options.rows
+            )
+            .into());
+        }
+        Some((run, indexed))
+    };
+
+    let rate = |seconds: f64| options.rows as f64 / seconds;
+    let txn = match options.txn_rows {
+        0 => "one transaction".to_string(),
+        n => format!("{n} rows per transaction"),
+    };
+    println!("\n=== sluice end-to-end benchmark ===");
+    println!("rows (changes)        {} ({txn})", options.rows);
+    println!("row bytes (avg)       {row_bytes:.0}");
+    if let Some(seconds) = recv {
+        println!(
+            "pg_recvlogical        {seconds:8.2} s  {:>12.0} changes/s",
+            rate(seconds)
+        );
+    }
+    let report = |name: &str, run: &SluiceRun| {
+        let first = run
+            .first_confirm
+            .map_or("-".to_string(), |f| format!("{f:.2}"));
+        let steady = run
+            .first_confirm
+            .filter(|f| run.seconds - f > 0.0)
+            .map_or("-".to_string(), |f| format!("{:.0}", rate(run.seconds - f)));
+        println!(
+            "{name:<21} {:8.2} s  {:>12.0} changes/s  (first confirm at {first} s; after it {steady} changes/s)  peak RSS {:.1} MB",
+            run.seconds,
+            rate(run.seconds),
+            run.peak_rss_kb as f64 / 1024.0
+        );
+    };
+    report("sluice null sink", &null);
+    if let Some(seconds) = recv {
+        println!(
+            "sluice null / pg_recvlogical   {:.1} %",
+            100.0 * seconds / null.seconds
+        );
+    }
+    if let Some((run, indexed)) = &embedded {
+        report("sluice embedded sink", run);
+        println!("embedded index        {indexed} documents (verified with sluice search --count)");
+    }
+    Ok(())
+}
+
+/// Inserts the rows in transactions of `txn_rows`; returns the WAL position after them.
+async fn load_backlog(client: &Client, options: &Options) -> Result<(i64, String)> {
+    let started = Instant::now();
+    // Synchronous commits: the WAL position read below covers every commit record.
+    client.batch_execute("SET synchronous_commit = on").await?;
+    let chunk = if options.txn_rows == 0 {
+        options.rows
+    } else {
+        options.txn_rows
+    };
+    let mut first = 1;
+    while first <= options.rows {
+        let last = (first + chunk - 1).min(options.rows);
+        client
+            .execute(INSERT_ROWS, &[&(first as i64), &(last as i64)])
+            .await?;
+        first = last + 1;
+    }
+    let row = client
+        .query_one(
+            "SELECT (l - '0/0')::int8, l::text FROM pg_current_wal_lsn() AS l",
+            &[],
+        )
+        .await?;
+    // No checkpoint in the middle of a measurement.
+    client.batch_execute("CHECKPOINT").await?;
+    eprintln!("loaded in {:.1} s", started.elapsed().as_secs_f64());
+    Ok((row.get(0), row.get(1)))
+}
+
+/// Seconds `pg_recvlogical` takes to stream its slot up to `target`.
+async fn run_recvlogical(
+    cluster: &LocalPostgres,
+    url: &str,
+    target: &str,
+    work: &Path,
+) -> Result<f64> {
+    let installed = cluster.bin_dir().join("pg_recvlogical");
+    let program = if installed.exists() {
+        installed
+    } else {
+        PathBuf::from("pg_recvlogical")
+    };
+    let log = work.join("pg_recvlogical.log");
+    let started = Instant::now();
+    let child = Command::new(&program)
+        .args([
+            "-d", url, "--slot", SLOT_RECV, "--start", "--endpos", target,
+        ])
+        .args(["-o", "proto_version=1", "-o"])
+        .arg(format!("publication_names={PUBLICATION}"))
+        .args(["--plugin=pgoutput", "-f", "/dev/null", "--no-loop"])
+        .stdout(Stdio::null())
+        .stderr(File::create(&log)?)
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+    let mut child = Guard(child);
+    let status = wait_with_timeout(&mut child.0, DRAIN_TIMEOUT).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    match status {
+        Some(status) if status.success() => Ok(seconds),
+        Some(status) => Err(format!("pg_recvlogical failed ({status}):\n{}", tail(&log)).into()),
+        None => Err(format!("pg_recvlogical still running after {DRAIN_TIMEOUT:?}").into()),
+    }
+}
+
+/// Runs `sluice run` with one sink until its slot confirms `target`, then stops it.
+async fn run_sluice(
+    client: &Client,
+    url: &str,
+    slot: &str,
+    sink: &str,
+    dir: &Path,
+    target: i64,
+) -> Result<SluiceRun> {
+    fs::create_dir_all(dir)?;
+    let config = dir.join("sluice.toml");
+    let quote = |s: &str| toml::Value::from(s).to_string();
+    fs::write(
+        &config,
+        format!(
+            "[source]\ndatabase_url = {}\nslot = {}\npublication = {}\n\n\
+             [pipeline]\ndata_dir = {}\n\n\
+             [[tables]]\nname = \"public.bench\"\n\n\
+             [[sinks]]\nname = {}\ntype = {}\n",
+            quote(url),
+            quote(slot),
+            quote(PUBLICATION),
+            quote(&dir.join("data").to_string_lossy()),
+            quote(sink),
+            quote(sink),
+        ),
+    )?;
+    let log = dir.join("sluice.log");
+    let confirmed = || async {
+        let row = client
+            .query_one(
+                "SELECT (confirmed_flush_lsn - '0/0')::int8 FROM pg_replication_slots \
+                 WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await?;
+        Ok::<i64, tokio_postgres::Error>(row.get(0))
+    };
+    let initial = confirmed().await?;
+
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .stdout(File::create(dir.join("sluice.stdout"))?)
+        .stderr(File::create(&log)?)
+        .spawn()
+        .map_err(|e| format!("cannot run sluice: {e}"))?;
+    let mut child = Guard(child);
+    let pid = child.0.id();
+    let mut first_confirm = None;
+    let mut peak_rss_kb = 0;
+    loop {
+        if let Some(status) = child.0.try_wait()? {
+            return Err(format!("sluice ({sink}) exited early ({status}):\n{}", tail(&log)).into());
+        }
+        peak_rss_kb = peak_rss_kb.max(proc_status_kb(pid, "VmRSS:").unwrap_or(0));
+        let lsn = confirmed().await?;
+        if lsn > initial && first_confirm.is_none() {
+            first_confirm = Some(started.elapsed().as_secs_f64());
+        }
+        if lsn >= target {
+            break;
+        }
+        if started.elapsed() > DRAIN_TIMEOUT {
+            return Err(format!(
+                "sluice ({sink}) did not confirm the backlog within {DRAIN_TIMEOUT:?}:\n{}",
+                tail(&log)
+            )
+            .into());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    peak_rss_kb = peak_rss_kb.max(proc_status_kb(pid, "VmHWM:").unwrap_or(0));
+
+    // SAFETY: plain syscall; the child is not reaped yet, so the pid is still ours.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    match wait_with_timeout(&mut child.0, STOP_TIMEOUT).await? {
+        Some(status) if status.success() => {}
+        Some(status) => {
+            return Err(format!(
+                "sluice ({sink}) exited with {status} on SIGTERM:\n{}",
+                tail(&log)
+            )
+            .into())
+        }
+        None => {
+            return Err(format!(
+                "sluice ({sink}) did not exit within {STOP_TIMEOUT:?} of SIGTERM:\n{}",
+                tail(&log)
+            )
+            .into())
+        }
+    }
+    Ok(SluiceRun {
+        seconds,
+        first_confirm,
+        peak_rss_kb,
+    })
+}
+
+/// `sluice search --count '*'` on the `bench` index.
+fn count_documents(data_dir: &Path) -> Result<u64> {
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("search")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--index", "bench", "--count", "*"])
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(format!(
+            "sluice search failed ({}):\n{stdout}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    Ok(stdout
+        .trim()
+        .parse()
+        .map_err(|_| format!("sluice search --count printed `{}`", stdout.trim()))?)
+}
+
+/// `None` if the child is still running after `timeout`.
+async fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A `kB` field of `/proc/PID/status`, such as `VmRSS:` or `VmHWM:`.
+fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line[field.len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// The last lines of a log file, for error messages.
+fn tail(log: &Path) -> String {
+    let text = fs::read_to_string(log).unwrap_or_else(|e| format!("({}: {e})", log.display()));
+    let lines: Vec<&str> = text.lines().collect();
+    format!(
+        "--- {} (last lines) ---\n{}",
+        log.display(),
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    )
+}

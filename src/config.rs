@@ -763,6 +763,22 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_is_valid() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("```toml\n").expect("README has a TOML example") + 8;
+        let end = start + readme[start..].find("```").unwrap();
+        let config = parse(&readme[start..end]).unwrap();
+        assert_eq!(config.tables.len(), 2);
+        assert_eq!(config.tables[0].transform.rename["descr"], "description");
+        assert!(matches!(
+            config.sinks[0].kind,
+            SinkKind::Embedded {
+                commit_interval_ms: 1000
+            }
+        ));
+    }
+
+    #[test]
     fn table_names() {
         assert_eq!(
             TableName::parse("products").unwrap(),

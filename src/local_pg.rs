@@ -29,9 +29,10 @@
 //! The server gets `PR_SET_PDEATHSIG = SIGKILL`, so it dies with the process that
 //! started it, even on a panic, a SIGKILL or a Ctrl-C. Linux ties that signal to the
 //! *thread* that forked, so every child is spawned by one dedicated thread that lives
-//! as long as the process. The server runs in its own process group: a terminal's
-//! Ctrl-C reaches the owning process, which stops the server in order. A directory left
-//! behind by a killed process is removed by the next [`LocalPostgres::start`].
+//! as long as the process. The server runs in its own process group, so a terminal's
+//! Ctrl-C reaches only the owning process, which can shut down in its own order. A
+//! directory left behind by a killed process (with its SysV shared memory segment) is
+//! removed by the next [`LocalPostgres::start`] in the same temp dir.
 
 use std::ffi::CString;
 use std::fmt::Write as _;

@@ -41,7 +41,7 @@ async fn sigkill_mid_stream_then_restart_converges() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     sluice.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut sluice = Sluice::run_config(&config);
+    let sluice = Sluice::run_config(&config);
     tokio::time::sleep(Duration::from_millis(500)).await;
     sluice.kill();
     let mut sluice = Sluice::run_config(&config);

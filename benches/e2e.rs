@@ -49,7 +49,8 @@ CREATE TABLE public.bench (
     price numeric(10, 2) NOT NULL,
     active boolean NOT NULL,
     updated_at timestamptz NOT NULL
-)";
+);
+CREATE PUBLICATION bench FOR TABLE public.bench";
 
 /// About 220 bytes per row (`pg_column_size(t.*)`).
 const INSERT_ROWS: &str = "
@@ -57,7 +58,7 @@ INSERT INTO public.bench
 SELECT i,
        'Stainless steel kettle, 1.7 l, model ' || i,
        'Fast-boil electric kettle with a concealed element, limescale filter, '
-           || '360 degree base and auto shut-off. Batch ' || (i % 1000),
+           || '360 degree base and auto shut-off. Production batch ' || (i % 1000),
        round((5 + (i % 10000) * 0.01)::numeric, 2),
        i % 3 <> 0,
        timestamptz '2024-05-01 10:20:30.123456+00' + i * interval '1 second'
@@ -111,8 +112,9 @@ impl Options {
 
 /// What one sluice run measured.
 struct SluiceRun {
+    /// From the spawn until the slot confirmed the whole backlog.
     seconds: f64,
-    /// Seconds from the spawn until the slot first moved (startup and first batch).
+    /// From the spawn until the slot first moved (startup, first batch, first commit).
     first_confirm: Option<f64>,
     peak_rss_kb: u64,
 }
@@ -130,14 +132,13 @@ impl Drop for Guard {
 }
 
 fn main() {
-    if let Err(error) = run() {
+    if let Err(error) = Options::parse().and_then(|options| run(&options)) {
         eprintln!("\ne2e benchmark FAILED: {error}");
         std::process::exit(1);
     }
 }
 
-fn run() -> Result<()> {
-    let options = Options::parse()?;
+fn run(options: &Options) -> Result<()> {
     eprintln!("starting a throwaway Postgres ...");
     let cluster = LocalPostgres::start(LocalPostgresOptions {
         extra_settings: [("max_wal_size", "4GB"), ("checkpoint_timeout", "30min")]
@@ -149,7 +150,7 @@ fn run() -> Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    runtime.block_on(bench(&cluster, &options))
+    runtime.block_on(bench(&cluster, options))
 }
 
 async fn bench(cluster: &LocalPostgres, options: &Options) -> Result<()> {
@@ -160,11 +161,6 @@ async fn bench(cluster: &LocalPostgres, options: &Options) -> Result<()> {
 
     // Schema, publication and every slot before the backlog: all decode the same WAL.
     client.batch_execute(CREATE_TABLE).await?;
-    client
-        .batch_execute(&format!(
-            "CREATE PUBLICATION {PUBLICATION} FOR TABLE public.bench"
-        ))
-        .await?;
     let mut slots = vec![SLOT_NULL];
     if !options.only_rss {
         slots.push(SLOT_RECV);
@@ -172,27 +168,19 @@ async fn bench(cluster: &LocalPostgres, options: &Options) -> Result<()> {
     if !options.skip_embedded {
         slots.push(SLOT_EMBEDDED);
     }
-    for slot in &slots {
-        client
-            .execute(
-                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-                &[slot],
-            )
-            .await?;
-    }
+    client
+        .query(
+            "SELECT pg_create_logical_replication_slot(s, 'pgoutput') FROM unnest($1::text[]) s",
+            &[&slots],
+        )
+        .await?;
 
     let (target, target_text) = load_backlog(&client, options).await?;
     let row_bytes: f64 = client
-        .query_one(
-            "SELECT avg(pg_column_size(t.*))::float8 FROM public.bench t",
-            &[],
-        )
+        .query_one("SELECT avg(pg_column_size(t.*))::float8 FROM bench t", &[])
         .await?
         .get(0);
-    eprintln!(
-        "backlog loaded: {} rows, target LSN {target_text}",
-        options.rows
-    );
+    eprintln!("backlog: {} rows up to LSN {target_text}", options.rows);
 
     let recv = if options.only_rss {
         None
@@ -200,11 +188,9 @@ async fn bench(cluster: &LocalPostgres, options: &Options) -> Result<()> {
         eprintln!("pg_recvlogical draining its slot ...");
         Some(run_recvlogical(cluster, &url, &target_text, work.path()).await?)
     };
-
     eprintln!("sluice (null sink) draining its slot ...");
     let null_dir = work.path().join("null");
     let null = run_sluice(&client, &url, SLOT_NULL, "null", &null_dir, target).await?;
-
     let embedded = if options.skip_embedded {
         None
     } else {
@@ -213,54 +199,58 @@ async fn bench(cluster: &LocalPostgres, options: &Options) -> Result<()> {
         let run = run_sluice(&client, &url, SLOT_EMBEDDED, "embedded", &dir, target).await?;
         let indexed = count_documents(&dir.join("data"))?;
         if indexed != options.rows {
-            return Err(format!(
-                "the embedded index holds {indexed} documents, expected {}",
-                options.rows
-            )
-            .into());
+            return Err(
+                format!("the index holds {indexed} documents, not {}", options.rows).into(),
+            );
         }
-        Some((run, indexed))
+        Some(run)
     };
 
-    let rate = |seconds: f64| options.rows as f64 / seconds;
     let txn = match options.txn_rows {
         0 => "one transaction".to_string(),
-        n => format!("{n} rows per transaction"),
+        n => format!("transactions of {n}"),
     };
-    println!("\n=== sluice end-to-end benchmark ===");
-    println!("rows (changes)        {} ({txn})", options.rows);
-    println!("row bytes (avg)       {row_bytes:.0}");
+    let rows = options.rows;
+    println!("\n=== sluice e2e: {rows} changes in {txn}, {row_bytes:.0} bytes/row ===");
+    println!(
+        "consumer                 seconds     changes/s    peak RSS   first confirm   after it"
+    );
+    let rate = |seconds: f64| options.rows as f64 / seconds;
     if let Some(seconds) = recv {
         println!(
-            "pg_recvlogical        {seconds:8.2} s  {:>12.0} changes/s",
+            "{:<22} {seconds:9.2} {:>13.0}",
+            "pg_recvlogical",
             rate(seconds)
         );
     }
     let report = |name: &str, run: &SluiceRun| {
-        let first = run
-            .first_confirm
-            .map_or("-".to_string(), |f| format!("{f:.2}"));
-        let steady = run
-            .first_confirm
-            .filter(|f| run.seconds - f > 0.0)
-            .map_or("-".to_string(), |f| format!("{:.0}", rate(run.seconds - f)));
+        let (first, after) = match run.first_confirm {
+            Some(first) => (
+                format!("{first:.2} s"),
+                format!("{:.2} s", run.seconds - first),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        let rss = run.peak_rss_kb as f64 / 1024.0;
+        let rate = rate(run.seconds);
         println!(
-            "{name:<21} {:8.2} s  {:>12.0} changes/s  (first confirm at {first} s; after it {steady} changes/s)  peak RSS {:.1} MB",
-            run.seconds,
-            rate(run.seconds),
-            run.peak_rss_kb as f64 / 1024.0
+            "{name:<22} {:9.2} {rate:>13.0} {rss:>8.1} MB {first:>15} {after:>10}",
+            run.seconds
         );
     };
-    report("sluice null sink", &null);
-    if let Some(seconds) = recv {
-        println!(
-            "sluice null / pg_recvlogical   {:.1} %",
-            100.0 * seconds / null.seconds
-        );
+    report("sluice (null sink)", &null);
+    if let Some(run) = &embedded {
+        report("sluice (embedded sink)", run);
     }
-    if let Some((run, indexed)) = &embedded {
-        report("sluice embedded sink", run);
-        println!("embedded index        {indexed} documents (verified with sluice search --count)");
+    if let Some(seconds) = recv {
+        let ratio = 100.0 * seconds / null.seconds;
+        println!("sluice null sink / pg_recvlogical: {ratio:.1} % of the changes/s");
+    }
+    if embedded.is_some() {
+        println!(
+            "embedded index: {} documents (sluice search --count '*')",
+            options.rows
+        );
     }
     Ok(())
 }
@@ -270,11 +260,9 @@ async fn load_backlog(client: &Client, options: &Options) -> Result<(i64, String
     let started = Instant::now();
     // Synchronous commits: the WAL position read below covers every commit record.
     client.batch_execute("SET synchronous_commit = on").await?;
-    let chunk = if options.txn_rows == 0 {
-        options.rows
-    } else {
-        options.txn_rows
-    };
+    let chunk = Some(options.txn_rows)
+        .filter(|&n| n > 0)
+        .unwrap_or(options.rows);
     let mut first = 1;
     while first <= options.rows {
         let last = (first + chunk - 1).min(options.rows);
@@ -303,11 +291,8 @@ async fn run_recvlogical(
     work: &Path,
 ) -> Result<f64> {
     let installed = cluster.bin_dir().join("pg_recvlogical");
-    let program = if installed.exists() {
-        installed
-    } else {
-        PathBuf::from("pg_recvlogical")
-    };
+    let program = Some(installed).filter(|p| p.exists());
+    let program = program.unwrap_or_else(|| PathBuf::from("pg_recvlogical")); // from PATH
     let log = work.join("pg_recvlogical.log");
     let started = Instant::now();
     let child = Command::new(&program)
@@ -343,21 +328,13 @@ async fn run_sluice(
     fs::create_dir_all(dir)?;
     let config = dir.join("sluice.toml");
     let quote = |s: &str| toml::Value::from(s).to_string();
-    fs::write(
-        &config,
-        format!(
-            "[source]\ndatabase_url = {}\nslot = {}\npublication = {}\n\n\
-             [pipeline]\ndata_dir = {}\n\n\
-             [[tables]]\nname = \"public.bench\"\n\n\
-             [[sinks]]\nname = {}\ntype = {}\n",
-            quote(url),
-            quote(slot),
-            quote(PUBLICATION),
-            quote(&dir.join("data").to_string_lossy()),
-            quote(sink),
-            quote(sink),
-        ),
-    )?;
+    let (url, data_dir) = (quote(url), quote(&dir.join("data").to_string_lossy()));
+    let text = format!(
+        "[source]\ndatabase_url = {url}\nslot = \"{slot}\"\npublication = \"{PUBLICATION}\"\n\n\
+         [pipeline]\ndata_dir = {data_dir}\n\n[[tables]]\nname = \"public.bench\"\n\n\
+         [[sinks]]\nname = \"{sink}\"\ntype = \"{sink}\"\n"
+    );
+    fs::write(&config, text)?;
     let log = dir.join("sluice.log");
     let confirmed = || async {
         let row = client
@@ -373,8 +350,7 @@ async fn run_sluice(
 
     let started = Instant::now();
     let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("run")
-        .arg("--config")
+        .args(["run", "--config"])
         .arg(&config)
         .stdout(File::create(dir.join("sluice.stdout"))?)
         .stderr(File::create(&log)?)
@@ -410,22 +386,13 @@ async fn run_sluice(
 
     // SAFETY: plain syscall; the child is not reaped yet, so the pid is still ours.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-    match wait_with_timeout(&mut child.0, STOP_TIMEOUT).await? {
-        Some(status) if status.success() => {}
-        Some(status) => {
-            return Err(format!(
-                "sluice ({sink}) exited with {status} on SIGTERM:\n{}",
-                tail(&log)
-            )
-            .into())
-        }
-        None => {
-            return Err(format!(
-                "sluice ({sink}) did not exit within {STOP_TIMEOUT:?} of SIGTERM:\n{}",
-                tail(&log)
-            )
-            .into())
-        }
+    let problem = match wait_with_timeout(&mut child.0, STOP_TIMEOUT).await? {
+        Some(status) if status.success() => None,
+        Some(status) => Some(format!("exited with {status} on SIGTERM")),
+        None => Some(format!("did not exit within {STOP_TIMEOUT:?} of SIGTERM")),
+    };
+    if let Some(problem) = problem {
+        return Err(format!("sluice ({sink}) {problem}:\n{}", tail(&log)).into());
     }
     Ok(SluiceRun {
         seconds,
@@ -444,12 +411,8 @@ fn count_documents(data_dir: &Path) -> Result<u64> {
         .output()?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
-        return Err(format!(
-            "sluice search failed ({}):\n{stdout}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        )
-        .into());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(format!("sluice search failed ({}):\n{stderr}", output.status).into());
     }
     Ok(stdout
         .trim()

@@ -18,7 +18,7 @@ pub const DEFAULT_DATA_DIR: &str = "sluice-data";
 /// Default number of key shards.
 pub const DEFAULT_SHARDS: usize = 4;
 /// Default bound on the WAL bytes held anywhere in the pipeline.
-pub const DEFAULT_MAX_BYTES_IN_FLIGHT: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_MAX_BYTES_IN_FLIGHT: u64 = 16 * 1024 * 1024;
 /// Default maximum number of changes in one batch read from the WAL.
 pub const DEFAULT_BATCH_MAX_CHANGES: usize = 4096;
 /// Default maximum bytes in one batch read from the WAL.

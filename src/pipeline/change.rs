@@ -82,6 +82,8 @@ pub struct Routed {
     pub index: Arc<str>,
     pub shape: Arc<crate::pipeline::transform::DocShape>,
     pub id: String,
+    /// The first change to this document in its batch is an insert.
+    pub fresh: bool,
 }
 
 /// Whether a routed change writes or removes its document.
@@ -129,9 +131,13 @@ pub struct WriteOp {
 pub enum WriteAction {
     /// Insert or replace the document. `partial`: some fields were unchanged
     /// TOAST values and are absent; the sink merges into the stored document.
+    /// `fresh`: the row was inserted, so the index holds no earlier version of
+    /// it unless this change is read again after a restart (sinks that skip
+    /// what they already committed can then add without replacing).
     Upsert {
         doc: Vec<u8>,
         partial: bool,
+        fresh: bool,
     },
     Delete,
     /// Remove every document of `table` from `index`.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::change::{Op, RelationInfo, RouteAction, Routed, ShardBatch, ShardItem};
+use super::change::{Change, Op, RelationInfo, RouteAction, Routed, ShardBatch, ShardItem};
 use super::shard::ShardMsg;
 use super::stats::StageStats;
 use super::transform::{Shaped, ShapedBatch};
@@ -133,14 +133,16 @@ impl Actor for Router {
                 .new
                 .as_ref()
                 .and_then(|t| document_id(t, &route.key_columns, sep));
-            let mut push = |id: String, action: RouteAction, change| {
+            let mut push = |id: String, action: RouteAction, change: Change| {
                 let shard = shard_of(&id, shards);
+                let fresh = change.op == Op::Insert;
                 out[shard].items.push(ShardItem::Change(Routed {
                     change,
                     action,
                     index: route.index.clone(),
                     shape: shape.clone(),
                     id,
+                    fresh,
                 }));
             };
             match (change.op, old_id, new_id) {

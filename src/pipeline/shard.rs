@@ -147,6 +147,8 @@ impl ShardState {
 
 /// The state after `next` was applied to `previous` (same document).
 fn merge(previous: Routed, mut next: Routed) -> Routed {
+    // Whether a document existed before the batch depends on its first change.
+    next.fresh = previous.fresh;
     if next.action == RouteAction::Upsert && previous.action == RouteAction::Upsert {
         if let (Some(prev), Some(new)) = (previous.change.new.as_ref(), next.change.new.as_ref()) {
             if has_unchanged(new) {
@@ -202,6 +204,7 @@ fn encode(routed: Routed) -> WriteOp {
         index,
         shape,
         id,
+        fresh,
     } = routed;
     let action = match action {
         RouteAction::Delete => WriteAction::Delete,
@@ -218,6 +221,7 @@ fn encode(routed: Routed) -> WriteOp {
             WriteAction::Upsert {
                 doc,
                 partial: !complete,
+                fresh,
             }
         }
     };

@@ -46,6 +46,9 @@ struct OpenIndex {
     /// The highest commit position of any change the index may hold (early
     /// commits can hold changes beyond `committed`).
     written: Lsn,
+    /// `written` as this process found it: changes up to it may be read again
+    /// and already be in the index.
+    replay_horizon: Lsn,
     /// Hashes of ids written since the last commit (not yet visible to the reader).
     uncommitted: HashSet<u64>,
     /// Deletes queued since the last commit; tantivy keeps each until then.
@@ -118,7 +121,7 @@ impl EmbeddedSink {
                 // Changes below `committed` were skipped above, so a fresh row
                 // has no document to replace unless an early commit may have
                 // stored it: saves a delete (and its memory) per insert.
-                if !*fresh || op.lsn <= index.written {
+                if !*fresh || op.lsn <= index.replay_horizon {
                     index.writer.delete_term(id_term);
                     index.pending_deletes += 1;
                 }
@@ -271,6 +274,7 @@ fn open_index(data_dir: &Path, name: &str) -> Result<OpenIndex> {
         fields,
         committed: payload.covered,
         written: payload.written,
+        replay_horizon: payload.written,
         uncommitted: HashSet::new(),
         pending_deletes: 0,
         dirty: false,

@@ -131,7 +131,15 @@ pub fn init_logging(cli: &Cli) {
         .clone()
         .map(EnvFilter::new)
         .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new("info,tantivy=warn,ractor=warn"));
+        .unwrap_or_else(|| {
+            // The demo prints its own story; logs would drown it.
+            let level = if matches!(cli.command, Command::Demo(_)) {
+                "warn"
+            } else {
+                "info"
+            };
+            EnvFilter::new(format!("{level},tantivy=warn,ractor=warn"))
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

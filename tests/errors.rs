@@ -102,3 +102,52 @@ async fn check_reports_a_ready_database() {
     assert!(out.contains("ok"), "{out}");
     assert!(!db.slot_exists().await, "check must not create the slot");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slot_in_use_is_reported_and_secrets_come_from_the_environment() {
+    let db = TestDb::new("inuse").await;
+    db.exec("CREATE TABLE fine (id int PRIMARY KEY)").await;
+    // The URL comes from the environment; the file holds no secret.
+    let path = db.dir.path().join("env.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[source]\ndatabase_url_env = \"SLUICE_TEST_URL\"\nslot = \"{0}\"\npublication = \"{0}\"\n[pipeline]\ndata_dir = \"{1}\"\n[[tables]]\nname = \"fine\"\n",
+            db.name,
+            db.data_dir().display()
+        ),
+    )
+    .unwrap();
+    let log = db.dir.path().join("run.log");
+    let mut command = common::sluice_command();
+    command
+        .args(["run", "--config", path.to_str().unwrap()])
+        .env("SLUICE_TEST_URL", &db.url)
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut sluice = common::Sluice {
+        child: command.spawn().unwrap(),
+        log,
+    };
+    db.wait_streaming(&mut sluice).await;
+
+    let out = common::sluice_command()
+        .args(["check", "--config", path.to_str().unwrap()])
+        .env("SLUICE_TEST_URL", &db.url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(text.contains("is in use by another process"), "{text}");
+
+    // Without the variable: a configuration error naming it.
+    let (code, _, err) = run_to_end(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("SLUICE_TEST_URL"), "{err}");
+    let log = sluice.log.clone();
+    let status = sluice.stop();
+    assert!(
+        status.success(),
+        "{status}: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}

@@ -186,8 +186,17 @@ pub async fn run(
             e,
         )
     })?;
-    let tables = prepare(config).await?;
     let mut plan = PipelinePlan::new(config)?;
+    tokio::pin!(shutdown);
+    // A stop request during setup (slot creation waits for running
+    // transactions) ends it cleanly too.
+    let tables = tokio::select! {
+        tables = prepare(config) => tables?,
+        _ = &mut shutdown => {
+            tracing::info!("stopped before streaming started");
+            return Ok(Arc::new(plan));
+        }
+    };
     plan.resolve_keys(&tables);
     let plan = Arc::new(plan);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -206,7 +215,6 @@ pub async fn run(
             format!("cannot start the pipeline: {e}"),
         )
     })?;
-    tokio::pin!(shutdown);
     tokio::pin!(done_rx);
     tokio::select! {
         _ = &mut shutdown => {

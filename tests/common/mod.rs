@@ -124,8 +124,10 @@ commit_interval_ms = 100
             sluice.assert_running();
             let active = self
                 .client
+                // A slot is also active while it is being created: wait for the walsender.
                 .query_opt(
-                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                    "SELECT 1 FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid \
+                     WHERE s.slot_name = $1",
                     &[&self.name],
                 )
                 .await

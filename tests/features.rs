@@ -105,3 +105,48 @@ async fn schema_change_mid_stream_and_lost_connection() {
     );
     assert!(sluice.stop().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_metrics_are_served() {
+    let db = TestDb::new("metrics").await;
+    db.exec("CREATE TABLE m (id int PRIMARY KEY)").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = db.config(
+        "[[tables]]\nname = \"m\"",
+        &format!("metrics_listen = \"127.0.0.1:{port}\""),
+    );
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    db.exec("INSERT INTO m SELECT generate_series(1, 50)").await;
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            documents(&db.data_dir(), "m", "id").len() == 50
+        })
+        .await
+    );
+    let body = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        stream.read_to_string(&mut body).unwrap();
+        body
+    })
+    .await
+    .unwrap();
+    for metric in [
+        "sluice_stage_changes_total{stage=\"decoder\",direction=\"out\"} 50",
+        "sluice_sink_writes_total{sink=\"embedded\"} 50",
+        "sluice_confirmed_lsn",
+        "sluice_pipeline_up 1",
+    ] {
+        assert!(body.contains(metric), "{metric} missing in:\n{body}");
+    }
+    assert!(sluice.stop().success());
+}

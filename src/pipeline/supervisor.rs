@@ -19,9 +19,12 @@ use super::stats::StageStats;
 use super::transform::{TransformArgs, Transformer};
 use super::writer::{Writer, WriterArgs};
 use super::PipelinePlan;
+use crate::config::SinkKind;
 
 /// The first restart waits this long; each failure in a row doubles it.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
+/// The null sink "commits" this often (it only reports positions).
+const NULL_SINK_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 /// A pipeline that ran this long without failing resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 
@@ -206,146 +209,121 @@ impl SupervisorState {
         }
     }
 
+    /// Spawns one stage linked to the supervisor.
+    async fn spawn<A: Actor>(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        stage: &str,
+        actor: A,
+        args: A::Arguments,
+    ) -> Result<ActorRef<A::Msg>, ActorProcessingErr> {
+        let name = format!("{}-{stage}-{}", self.plan.name, self.generation);
+        let (actor, _) = Actor::spawn_linked(Some(name), actor, args, myself.get_cell()).await?;
+        self.children.push(actor.get_cell());
+        Ok(actor)
+    }
+
     /// Spawns every stage, from the last to the first.
     async fn start(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<(), ActorProcessingErr> {
         let plan = self.plan.clone();
-        let sup = myself.get_cell();
-        let name = |stage: &str| Some(format!("{}-{stage}-{}", plan.name, self.generation));
+        let stats = &plan.stats;
         let (ack_tx, ack_rx) = watch::channel(AckState::default());
         let sql = Arc::new(plan.conninfo.connect_sql().await?);
 
-        let (ack, _) = Actor::spawn_linked(
-            name("acknowledger"),
-            Acknowledger,
-            AckArgs {
-                sinks: plan.sinks.len(),
-                publish: ack_tx,
-            },
-            sup.clone(),
-        )
-        .await?;
-        self.children.push(ack.get_cell());
+        let ack = self
+            .spawn(
+                myself,
+                "acknowledger",
+                Acknowledger,
+                AckArgs {
+                    sinks: plan.sinks.len(),
+                    publish: ack_tx,
+                },
+            )
+            .await?;
 
         let mut writers = Vec::new();
         for (i, sink_config) in plan.sinks.iter().enumerate() {
             let sink =
                 tokio::task::block_in_place(|| crate::sink::build(sink_config, &plan.data_dir))?;
             let commit_interval = match sink_config.kind {
-                crate::config::SinkKind::Embedded { commit_interval_ms } => {
+                SinkKind::Embedded { commit_interval_ms } => {
                     Duration::from_millis(commit_interval_ms)
                 }
-                crate::config::SinkKind::Null => Duration::from_millis(100),
+                SinkKind::Null => NULL_SINK_COMMIT_INTERVAL,
             };
-            let (writer, _) = Actor::spawn_linked(
-                name(&format!("writer-{}", sink_config.name)),
-                Writer,
-                WriterArgs {
-                    sink_index: i,
-                    sink,
-                    shards: plan.shards,
-                    ack: ack.clone(),
-                    commit_interval,
-                    commit_bytes: plan.flow.max_bytes() / 2,
-                    stats: plan.stats.writer.clone(),
-                },
-                sup.clone(),
-            )
-            .await?;
-            self.children.push(writer.get_cell());
-            writers.push(writer);
+            let args = WriterArgs {
+                sink_index: i,
+                sink,
+                shards: plan.shards,
+                ack: ack.clone(),
+                commit_interval,
+                commit_bytes: plan.flow.max_bytes() / 2,
+                stats: stats.writer.clone(),
+            };
+            writers.push(
+                self.spawn(
+                    myself,
+                    &format!("writer-{}", sink_config.name),
+                    Writer,
+                    args,
+                )
+                .await?,
+            );
         }
 
         let mut shards = Vec::new();
         for shard in 0..plan.shards {
-            let (actor, _) = Actor::spawn_linked(
-                name(&format!("shard-{shard}")),
-                Shard,
-                ShardArgs {
-                    shard,
-                    writers: writers.clone(),
-                    stats: plan.stats.shard.clone(),
-                },
-                sup.clone(),
-            )
-            .await?;
-            self.children.push(actor.get_cell());
-            shards.push(actor);
+            let args = ShardArgs {
+                shard,
+                writers: writers.clone(),
+                stats: stats.shard.clone(),
+            };
+            shards.push(
+                self.spawn(myself, &format!("shard-{shard}"), Shard, args)
+                    .await?,
+            );
         }
 
-        let (router, _) = Actor::spawn_linked(
-            name("router"),
-            Router,
-            RouterArgs {
-                tables: plan.routes.clone(),
-                key_separator: plan.key_separator.clone(),
-                shards,
-                stats: plan.stats.router.clone(),
-            },
-            sup.clone(),
-        )
-        .await?;
-        self.children.push(router.get_cell());
-
-        let (transformer, _) = Actor::spawn_linked(
-            name("transformer"),
-            Transformer,
-            TransformArgs {
-                transforms: plan.transforms.clone(),
-                downstream: router,
-                stats: plan.stats.transformer.clone(),
-            },
-            sup.clone(),
-        )
-        .await?;
-        self.children.push(transformer.get_cell());
-
-        let (filter, _) = Actor::spawn_linked(
-            name("filter"),
-            Filter,
-            FilterArgs {
-                tables: plan.operations.clone(),
-                downstream: transformer,
-                stats: plan.stats.filter.clone(),
-            },
-            sup.clone(),
-        )
-        .await?;
-        self.children.push(filter.get_cell());
-
-        let (decoder, _) = Actor::spawn_linked(
-            name("decoder"),
-            Decoder,
-            DecoderArgs {
-                sql,
-                downstream: filter,
-                stats: plan.stats.decoder.clone(),
-            },
-            sup.clone(),
-        )
-        .await?;
-        self.children.push(decoder.get_cell());
-
-        let (reader, _) = Actor::spawn_linked(
-            name("reader"),
-            Reader,
-            ReaderArgs {
-                conninfo: plan.conninfo.clone(),
-                slot: plan.slot.clone(),
-                publication: plan.publication.clone(),
-                flow: plan.flow.clone(),
-                downstream: decoder,
-                acks: ack_rx,
-                batch_max_changes: plan.batch_max_changes,
-                batch_max_bytes: plan.batch_max_bytes,
-                linger: plan.batch_max_age,
-                status_interval: plan.status_interval,
-                stats: plan.stats.reader.clone(),
-            },
-            sup,
-        )
-        .await?;
-        self.children.push(reader.get_cell());
-        self.reader = Some(reader);
+        let args = RouterArgs {
+            tables: plan.routes.clone(),
+            key_separator: plan.key_separator.clone(),
+            shards,
+            stats: stats.router.clone(),
+        };
+        let router = self.spawn(myself, "router", Router, args).await?;
+        let args = TransformArgs {
+            transforms: plan.transforms.clone(),
+            downstream: router,
+            stats: stats.transformer.clone(),
+        };
+        let transformer = self.spawn(myself, "transformer", Transformer, args).await?;
+        let args = FilterArgs {
+            tables: plan.operations.clone(),
+            downstream: transformer,
+            stats: stats.filter.clone(),
+        };
+        let filter = self.spawn(myself, "filter", Filter, args).await?;
+        let args = DecoderArgs {
+            sql,
+            downstream: filter,
+            stats: stats.decoder.clone(),
+        };
+        let decoder = self.spawn(myself, "decoder", Decoder, args).await?;
+        let args = ReaderArgs {
+            conninfo: plan.conninfo.clone(),
+            slot: plan.slot.clone(),
+            publication: plan.publication.clone(),
+            flow: plan.flow.clone(),
+            downstream: decoder,
+            acks: ack_rx,
+            batch_max_changes: plan.batch_max_changes,
+            batch_max_bytes: plan.batch_max_bytes,
+            linger: plan.batch_max_age,
+            status_interval: plan.status_interval,
+            stats: stats.reader.clone(),
+        };
+        self.reader = Some(self.spawn(myself, "reader", Reader, args).await?);
         Ok(())
     }
 }

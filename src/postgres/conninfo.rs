@@ -142,33 +142,31 @@ impl ConnInfo {
 
     /// Opens an ordinary SQL connection; its driver task runs in the background.
     pub async fn connect_sql(&self) -> Result<tokio_postgres::Client, Error> {
-        let result = if self.ssl_mode == SslMode::Disable {
-            let (client, connection) = self
-                .config
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(|e| self.connect_error(e))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "SQL connection closed");
-                }
-            });
-            client
+        if self.ssl_mode == SslMode::Disable {
+            self.connect_with(tokio_postgres::NoTls).await
         } else {
-            let tls = tokio_postgres_rustls::MakeRustlsConnect::new((*self.tls_config()?).clone());
-            let (client, connection) = self
-                .config
-                .connect(tls)
+            let tls = (*self.tls_config()?).clone();
+            self.connect_with(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
                 .await
-                .map_err(|e| self.connect_error(e))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "SQL connection closed");
-                }
-            });
-            client
-        };
-        Ok(result)
+        }
+    }
+
+    async fn connect_with<T>(&self, tls: T) -> Result<tokio_postgres::Client, Error>
+    where
+        T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+        T::Stream: Send + 'static,
+    {
+        let (client, connection) = self
+            .config
+            .connect(tls)
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "SQL connection closed");
+            }
+        });
+        Ok(client)
     }
 
     fn connect_error(&self, e: tokio_postgres::Error) -> Error {

@@ -539,24 +539,30 @@ impl ReplicationConnection {
                     return Ok((self.read_buf[0] == tag).then_some(len));
                 }
             }
-            self.read_buf.reserve(4096);
-            let n = self
-                .stream
-                .read_buf(&mut self.read_buf)
-                .await
-                .map_err(|e| {
-                    Error::new(
-                        ErrorKind::Connection,
-                        format!("reading from the server failed: {e}"),
-                    )
-                })?;
-            if n == 0 {
-                return Err(Error::new(
-                    ErrorKind::Connection,
-                    "the server closed the connection",
-                ));
-            }
+            self.read_more().await?;
         }
+    }
+
+    /// Reads more bytes from the server into the buffer.
+    async fn read_more(&mut self) -> Result<()> {
+        self.read_buf.reserve(4096);
+        let n = self
+            .stream
+            .read_buf(&mut self.read_buf)
+            .await
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Connection,
+                    format!("reading from the server failed: {e}"),
+                )
+            })?;
+        if n == 0 {
+            return Err(Error::new(
+                ErrorKind::Connection,
+                "the server closed the connection",
+            ));
+        }
+        Ok(())
     }
 
     async fn read_message(&mut self) -> Result<backend::Message> {
@@ -566,23 +572,7 @@ impl ReplicationConnection {
             {
                 return Ok(message);
             }
-            self.read_buf.reserve(4096);
-            let n = self
-                .stream
-                .read_buf(&mut self.read_buf)
-                .await
-                .map_err(|e| {
-                    Error::new(
-                        ErrorKind::Connection,
-                        format!("reading from the server failed: {e}"),
-                    )
-                })?;
-            if n == 0 {
-                return Err(Error::new(
-                    ErrorKind::Connection,
-                    "the server closed the connection",
-                ));
-            }
+            self.read_more().await?;
         }
     }
 }

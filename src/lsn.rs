@@ -6,7 +6,15 @@ use std::str::FromStr;
 /// A Postgres log sequence number: a byte position in the write-ahead log.
 ///
 /// Displayed and parsed in Postgres' own `X/Y` notation (two hexadecimal
-/// halves), so values can be pasted from and into `psql`.
+/// halves), so values can be pasted from and into `psql`:
+///
+/// ```
+/// use sluice::lsn::Lsn;
+///
+/// let lsn: Lsn = "1/16B3748".parse().unwrap();
+/// assert_eq!(lsn, Lsn(0x1_016B_3748));
+/// assert_eq!(lsn.to_string(), "1/16B3748");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Lsn(pub u64);
 

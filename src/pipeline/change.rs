@@ -101,6 +101,8 @@ pub enum ShardItem {
     Truncate {
         index: Arc<str>,
         table: Arc<str>,
+        /// Commit LSN of the truncate (replays below a sink's position are skipped).
+        lsn: Lsn,
         barrier: u64,
     },
 }

@@ -111,6 +111,7 @@ impl Actor for Router {
                     shard.items.push(ShardItem::Truncate {
                         index: route.index.clone(),
                         table: change.rel.qualified.clone(),
+                        lsn: change.commit_lsn,
                         barrier,
                     });
                 }

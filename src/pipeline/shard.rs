@@ -28,6 +28,8 @@ pub struct ShardState {
     /// Position in `pending` of the last change per (index, id).
     latest: HashMap<(Arc<str>, String), usize>,
     pending: Vec<Option<Routed>>,
+    /// The position of the last batch sent whole.
+    delivered: crate::lsn::Lsn,
 }
 
 pub struct Shard;
@@ -46,6 +48,7 @@ impl Actor for Shard {
             args,
             latest: HashMap::new(),
             pending: Vec::new(),
+            delivered: crate::lsn::Lsn::ZERO,
         })
     }
 
@@ -64,21 +67,25 @@ impl Actor for Shard {
                 ShardItem::Truncate {
                     index,
                     table,
+                    lsn,
                     barrier,
                 } => {
-                    // Everything before the truncate goes first, the truncate alone after.
-                    written += state.flush(batch.upto, &batch.credits, false, true)?;
+                    // Everything before the truncate goes first, the truncate alone
+                    // after. Neither covers this batch's position: the rest of the
+                    // batch is not written yet.
+                    let delivered = state.delivered;
+                    written += state.flush(delivered, &batch.credits, false, true)?;
                     let op = WriteOp {
                         index,
                         table,
                         id: String::new(),
-                        lsn: batch.upto,
+                        lsn,
                         action: WriteAction::Truncate { barrier },
                     };
                     state.send(WriteBatch {
                         shard: state.args.shard,
                         ops: Arc::new(vec![op]),
-                        upto: batch.upto,
+                        upto: delivered,
                         credits: batch.credits.clone(),
                         last: false,
                     })?;
@@ -86,6 +93,7 @@ impl Actor for Shard {
             }
         }
         written += state.flush(batch.upto, &batch.credits, batch.last, false)?;
+        state.delivered = batch.upto;
         state.args.stats.batch(n, written);
         Ok(())
     }

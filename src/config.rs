@@ -227,7 +227,25 @@ pub enum SinkKind {
     },
     /// Discards every document (for benchmarks).
     Null,
+    /// An Elasticsearch or OpenSearch cluster, written with the bulk API.
+    Elasticsearch(Box<crate::sink::elasticsearch::ElasticsearchConfig>),
 }
+
+impl SinkKind {
+    /// How often the writer of this sink commits (makes writes durable and
+    /// reports their position).
+    pub fn commit_interval(&self) -> std::time::Duration {
+        let ms = match self {
+            SinkKind::Embedded { commit_interval_ms } => *commit_interval_ms,
+            SinkKind::Null => NULL_COMMIT_INTERVAL_MS,
+            SinkKind::Elasticsearch(es) => es.flush_interval_ms,
+        };
+        std::time::Duration::from_millis(ms)
+    }
+}
+
+/// The null sink "commits" this often: it only reports positions.
+const NULL_COMMIT_INTERVAL_MS: u64 = 100;
 
 /// A sink as written in the file: `type` selects the engine, the other keys
 /// are the engine's settings.
@@ -242,6 +260,8 @@ enum RawSink {
     Null {
         name: String,
     },
+    #[serde(alias = "opensearch")]
+    Elasticsearch(Box<crate::sink::elasticsearch::ElasticsearchConfig>),
 }
 
 impl From<RawSink> for SinkConfig {
@@ -257,6 +277,10 @@ impl From<RawSink> for SinkConfig {
             RawSink::Null { name } => SinkConfig {
                 name,
                 kind: SinkKind::Null,
+            },
+            RawSink::Elasticsearch(config) => SinkConfig {
+                name: config.name.clone(),
+                kind: SinkKind::Elasticsearch(config),
             },
         }
     }
@@ -557,13 +581,21 @@ impl Config {
                     format!("sink `{}` is defined twice", sink.name),
                 );
             }
-            if let SinkKind::Embedded { commit_interval_ms } = sink.kind {
-                if commit_interval_ms == 0 {
-                    problem(
-                        format!("sinks[{i}].commit_interval_ms"),
-                        "must be at least 1".into(),
-                    );
+            match &sink.kind {
+                SinkKind::Embedded {
+                    commit_interval_ms: 0,
+                } => problem(
+                    format!("sinks[{i}].commit_interval_ms"),
+                    "must be at least 1".into(),
+                ),
+                SinkKind::Elasticsearch(es) => {
+                    let mut found = Vec::new();
+                    es.validate(&format!("sinks[{i}]"), &mut found);
+                    for p in found {
+                        problem(p.field, p.message);
+                    }
                 }
+                _ => {}
             }
         }
         if problems.is_empty() {
@@ -776,6 +808,72 @@ mod tests {
                 commit_interval_ms: 1000
             }
         ));
+    }
+
+    #[test]
+    fn elasticsearch_sinks_are_parsed_and_checked() {
+        let config = parse(
+            r#"
+            source = { database_url = "postgres://localhost/db" }
+            [[tables]]
+            name = "t"
+            [[sinks]]
+            name = "search"
+            type = "opensearch"
+            url = "http://localhost:9200"
+            username = "elastic"
+            gzip = true
+            create_index = { settings = { number_of_shards = 1 }, mappings = { dynamic = true } }
+            "#,
+        )
+        .unwrap();
+        let SinkKind::Elasticsearch(es) = &config.sinks[0].kind else {
+            panic!("not an elasticsearch sink")
+        };
+        assert!(es.gzip);
+        assert_eq!(
+            es.batch_max_docs,
+            crate::sink::elasticsearch::DEFAULT_BATCH_MAX_DOCS
+        );
+        assert_eq!(es.authorization().unwrap(), "Basic ZWxhc3RpYzo=");
+
+        let err = parse(
+            r#"
+            source = { database_url = "postgres://localhost/db" }
+            [[tables]]
+            name = "t"
+            [[sinks]]
+            name = "search"
+            type = "elasticsearch"
+            url = "localhost:9200"
+            api_key_env = "SLUICE_SURELY_UNSET_VARIABLE"
+            bearer_token_env = "ALSO_UNSET"
+            batch_max_docs = 0
+            "#,
+        )
+        .unwrap_err();
+        for field in [
+            "sinks[0].url",
+            "sinks[0].api_key_env",
+            "sinks[0].bearer_token_env",
+            "sinks[0].batch_max_docs",
+        ] {
+            assert!(err.contains(field), "{field} missing in {err}");
+        }
+        let err = parse(
+            r#"
+            source = { database_url = "postgres://localhost/db" }
+            [[tables]]
+            name = "t"
+            [[sinks]]
+            name = "search"
+            type = "elasticsearch"
+            url = "http://localhost:9200"
+            bulk_size = 5
+            "#,
+        )
+        .unwrap_err();
+        assert!(err.contains("bulk_size"), "{err}");
     }
 
     #[test]

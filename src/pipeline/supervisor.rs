@@ -19,12 +19,9 @@ use super::stats::StageStats;
 use super::transform::{TransformArgs, Transformer};
 use super::writer::{Writer, WriterArgs};
 use super::PipelinePlan;
-use crate::config::SinkKind;
 
 /// The first restart waits this long; each failure in a row doubles it.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
-/// The null sink "commits" this often (it only reports positions).
-const NULL_SINK_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 /// A pipeline that ran this long without failing resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 
@@ -246,12 +243,7 @@ impl SupervisorState {
         for (i, sink_config) in plan.sinks.iter().enumerate() {
             let sink =
                 tokio::task::block_in_place(|| crate::sink::build(sink_config, &plan.data_dir))?;
-            let commit_interval = match sink_config.kind {
-                SinkKind::Embedded { commit_interval_ms } => {
-                    Duration::from_millis(commit_interval_ms)
-                }
-                SinkKind::Null => NULL_SINK_COMMIT_INTERVAL,
-            };
+            let commit_interval = sink_config.kind.commit_interval();
             let args = WriterArgs {
                 sink_index: i,
                 sink,

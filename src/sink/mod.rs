@@ -1,7 +1,10 @@
 //! Sinks: where documents are written.
 
+pub mod elasticsearch;
 pub mod embedded;
+pub mod failed;
 pub mod null;
+pub mod retry;
 
 use std::path::Path;
 
@@ -30,5 +33,8 @@ pub fn build(config: &SinkConfig, data_dir: &Path) -> Result<Box<dyn Sink>> {
             Box::new(embedded::EmbeddedSink::open(&config.name, data_dir)?)
         }
         SinkKind::Null => Box::new(null::NullSink::new(&config.name)),
+        SinkKind::Elasticsearch(es) => {
+            Box::new(elasticsearch::ElasticsearchSink::new(es, data_dir)?)
+        }
     })
 }

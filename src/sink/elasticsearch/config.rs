@@ -1,0 +1,188 @@
+//! Settings of an Elasticsearch / OpenSearch sink.
+
+use serde::Deserialize;
+
+use crate::config::ConfigProblem;
+
+/// Default documents per bulk request.
+pub const DEFAULT_BATCH_MAX_DOCS: usize = 1000;
+/// Default bytes per bulk request body (before compression).
+pub const DEFAULT_BATCH_MAX_BYTES: u64 = 5 * 1024 * 1024;
+/// Default time a write may wait in the buffer.
+pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 1000;
+/// Default timeout of one request.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// Default attempts of a write that keeps failing with a retryable error.
+pub const DEFAULT_MAX_RETRIES: u32 = 10;
+/// Default first retry delay; it doubles per attempt, with jitter.
+pub const DEFAULT_RETRY_INITIAL_BACKOFF_MS: u64 = 100;
+/// Default cap of the retry delay.
+pub const DEFAULT_RETRY_MAX_BACKOFF_MS: u64 = 30_000;
+
+/// `[[sinks]]` with `type = "elasticsearch"` (or `"opensearch"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElasticsearchConfig {
+    /// Name used in logs, metrics and state.
+    pub name: String,
+    /// Base URL of the cluster, e.g. `https://search.internal:9200`.
+    pub url: String,
+    /// Environment variable holding an API key (`Authorization: ApiKey …`).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// User for basic authentication (with `password_env`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Environment variable holding the basic-auth password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Environment variable holding a bearer token (`Authorization: Bearer …`).
+    #[serde(default)]
+    pub bearer_token_env: Option<String>,
+    /// A bulk request closes at this many documents ...
+    #[serde(default = "default_batch_max_docs")]
+    pub batch_max_docs: usize,
+    /// ... or this many bytes of NDJSON ...
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: u64,
+    /// ... or when its oldest write waited this many milliseconds.
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+    /// Timeout of one request, in milliseconds.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Attempts of a write failing with 429, 5xx or a timeout before it is parked.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// First retry delay in milliseconds; doubles per attempt, with jitter.
+    #[serde(default = "default_retry_initial_backoff_ms")]
+    pub retry_initial_backoff_ms: u64,
+    /// Cap of the retry delay in milliseconds.
+    #[serde(default = "default_retry_max_backoff_ms")]
+    pub retry_max_backoff_ms: u64,
+    /// Compress request bodies with gzip.
+    #[serde(default)]
+    pub gzip: bool,
+    /// Create missing indexes with these settings and mappings (JSON-like TOML
+    /// tables), e.g. `create_index = { settings = { number_of_shards = 1 } }`.
+    #[serde(default)]
+    pub create_index: Option<IndexDefinition>,
+}
+
+/// The body of a create-index request.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexDefinition {
+    #[serde(default)]
+    pub settings: Option<toml::Table>,
+    #[serde(default)]
+    pub mappings: Option<toml::Table>,
+}
+
+fn default_batch_max_docs() -> usize {
+    DEFAULT_BATCH_MAX_DOCS
+}
+fn default_batch_max_bytes() -> u64 {
+    DEFAULT_BATCH_MAX_BYTES
+}
+fn default_flush_interval_ms() -> u64 {
+    DEFAULT_FLUSH_INTERVAL_MS
+}
+fn default_request_timeout_ms() -> u64 {
+    DEFAULT_REQUEST_TIMEOUT_MS
+}
+fn default_max_retries() -> u32 {
+    DEFAULT_MAX_RETRIES
+}
+fn default_retry_initial_backoff_ms() -> u64 {
+    DEFAULT_RETRY_INITIAL_BACKOFF_MS
+}
+fn default_retry_max_backoff_ms() -> u64 {
+    DEFAULT_RETRY_MAX_BACKOFF_MS
+}
+
+impl ElasticsearchConfig {
+    /// Checks the settings; `path` is the field path of this sink.
+    pub fn validate(&self, path: &str, problems: &mut Vec<ConfigProblem>) {
+        let mut problem = |field: &str, message: String| {
+            problems.push(ConfigProblem {
+                field: format!("{path}.{field}"),
+                message,
+            })
+        };
+        match reqwest::Url::parse(&self.url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+            _ => problem(
+                "url",
+                format!(
+                    "`{}` is not an http(s) URL such as http://localhost:9200",
+                    self.url
+                ),
+            ),
+        }
+        let auth = [
+            self.api_key_env.is_some(),
+            self.username.is_some(),
+            self.bearer_token_env.is_some(),
+        ];
+        if auth.iter().filter(|a| **a).count() > 1 {
+            problem(
+                "api_key_env",
+                "api_key_env, username and bearer_token_env are exclusive; set one".into(),
+            );
+        }
+        if self.password_env.is_some() && self.username.is_none() {
+            problem("password_env", "needs username".into());
+        }
+        for (field, var) in [
+            ("api_key_env", &self.api_key_env),
+            ("password_env", &self.password_env),
+            ("bearer_token_env", &self.bearer_token_env),
+        ] {
+            if let Some(var) = var {
+                if std::env::var_os(var).is_none() {
+                    problem(field, format!("environment variable {var} is not set"));
+                }
+            }
+        }
+        if self.batch_max_docs == 0 {
+            problem("batch_max_docs", "must be at least 1".into());
+        }
+        if self.batch_max_bytes < 1024 {
+            problem("batch_max_bytes", "must be at least 1024".into());
+        }
+        for (field, value) in [
+            ("flush_interval_ms", self.flush_interval_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("retry_initial_backoff_ms", self.retry_initial_backoff_ms),
+        ] {
+            if value == 0 {
+                problem(field, "must be at least 1".into());
+            }
+        }
+        if self.retry_max_backoff_ms < self.retry_initial_backoff_ms {
+            problem(
+                "retry_max_backoff_ms",
+                "must be at least retry_initial_backoff_ms".into(),
+            );
+        }
+    }
+
+    /// The `Authorization` header value, read from the environment.
+    pub fn authorization(&self) -> Option<String> {
+        use base64::Engine;
+        let env = |var: &Option<String>| var.as_ref().and_then(|v| std::env::var(v).ok());
+        if let Some(key) = env(&self.api_key_env) {
+            return Some(format!("ApiKey {key}"));
+        }
+        if let Some(token) = env(&self.bearer_token_env) {
+            return Some(format!("Bearer {token}"));
+        }
+        self.username.as_ref().map(|user| {
+            let password = env(&self.password_env).unwrap_or_default();
+            let encoded =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            format!("Basic {encoded}")
+        })
+    }
+}

@@ -55,6 +55,13 @@ impl TestDb {
     /// Writes a config file streaming `tables` (TOML `[[tables]]` entries) into
     /// the embedded sink, with this database's own slot.
     pub fn config(&self, tables: &str, extra_pipeline: &str) -> PathBuf {
+        let embedded =
+            "[[sinks]]\nname = \"embedded\"\ntype = \"embedded\"\ncommit_interval_ms = 100\n";
+        self.config_with_sinks(tables, extra_pipeline, embedded)
+    }
+
+    /// Like `config`, with the given `[[sinks]]` entries.
+    pub fn config_with_sinks(&self, tables: &str, extra_pipeline: &str, sinks: &str) -> PathBuf {
         let path = self.dir.path().join("sluice.toml");
         let text = format!(
             r#"
@@ -70,10 +77,7 @@ data_dir = "{data}"
 
 {tables}
 
-[[sinks]]
-name = "embedded"
-type = "embedded"
-commit_interval_ms = 100
+{sinks}
 "#,
             url = self.url,
             slot = self.name,

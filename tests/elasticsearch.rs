@@ -1,0 +1,253 @@
+//! The Elasticsearch sink against a fake server that answers like
+//! Elasticsearch, partial failures included.
+
+mod common;
+mod fakes;
+
+use std::time::Duration;
+
+use common::{wait_until, Sluice, TestDb};
+use fakes::elasticsearch::{FakeElasticsearch, FakeOptions, Faults};
+use serde_json::Value;
+
+const PRODUCTS: &str = "
+CREATE TABLE products (
+    id bigint PRIMARY KEY,
+    name text NOT NULL,
+    price numeric(12, 2),
+    tags text[],
+    poison boolean NOT NULL DEFAULT false,
+    body text
+);
+ALTER TABLE products ALTER COLUMN body SET STORAGE EXTERNAL;";
+
+fn sink(url: &str, extra: &str) -> String {
+    format!(
+        "[[sinks]]\nname = \"search\"\ntype = \"elasticsearch\"\nurl = \"{url}\"\nflush_interval_ms = 100\nbatch_max_docs = 300\n\
+         max_retries = 60\nretry_initial_backoff_ms = 5\nretry_max_backoff_ms = 50\nrequest_timeout_ms = 5000\n{extra}"
+    )
+}
+
+/// Waits until the fake holds exactly the table's rows.
+async fn assert_engine_equals_table(db: &TestDb, es: &FakeElasticsearch, table: &str, index: &str) {
+    let equal = wait_until(Duration::from_secs(90), || async {
+        es.documents(index) == db.rows(table, "id").await
+    })
+    .await;
+    if !equal {
+        let docs = es.documents(index);
+        let rows = db.rows(table, "id").await;
+        let missing: Vec<_> = rows
+            .keys()
+            .filter(|k| !docs.contains_key(*k))
+            .take(5)
+            .collect();
+        let extra: Vec<_> = docs
+            .keys()
+            .filter(|k| !rows.contains_key(*k))
+            .take(5)
+            .collect();
+        let differ: Vec<_> = rows
+            .iter()
+            .filter(|(k, v)| docs.get(*k).is_some_and(|d| d != *v))
+            .take(3)
+            .map(|(k, v)| format!("{k}: row {v} doc {}", docs[k]))
+            .collect();
+        panic!(
+            "{index}: {} docs, {} rows; missing {missing:?}; extra {extra:?}; differ {differ:#?}",
+            docs.len(),
+            rows.len()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_changes_survive_random_failures() {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    println!("fault seed {seed}");
+    let es = FakeElasticsearch::start(FakeOptions {
+        seed,
+        record_requests: false,
+        faults: Faults {
+            item_rejected_429: 0.05,
+            item_unavailable_503: 0.02,
+            request_rejected_429: 0.05,
+            request_bad_gateway_502: 0.03,
+            request_unavailable_503: 0.03,
+            request_dropped: 0.03,
+            ..Faults::default()
+        },
+        ..FakeOptions::default()
+    })
+    .await;
+    let db = TestDb::new("es_faults").await;
+    db.exec(PRODUCTS).await;
+    let config = db.config_with_sinks(
+        "[[tables]]\nname = \"products\"",
+        "shards = 3",
+        &sink(&es.url(), ""),
+    );
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+
+    db.exec(
+        "INSERT INTO products (id, name, price, tags, body)
+         SELECT i, 'p' || i, i * 0.5, ARRAY['a', 't' || (i % 5)], repeat(md5(i::text), 10) FROM generate_series(1, 6000) i",
+    )
+    .await;
+    db.exec("UPDATE products SET price = price + 1 WHERE id % 2 = 0")
+        .await;
+    // Only a small column changes: the TOASTed body is 'unchanged' in the WAL.
+    db.exec("UPDATE products SET body = repeat('x', 30000) WHERE id <= 20")
+        .await;
+    db.exec("UPDATE products SET name = name || '!' WHERE id <= 40")
+        .await;
+    db.exec("DELETE FROM products WHERE id % 7 = 0").await;
+    db.exec("UPDATE products SET id = id + 100000 WHERE id BETWEEN 100 AND 150")
+        .await;
+    db.exec(
+        "INSERT INTO products (id, name, price, tags) SELECT i, 'q' || i, 1, '{}' FROM generate_series(6001, 7000) i",
+    )
+    .await;
+    sluice.assert_running();
+    assert_engine_equals_table(&db, &es, "products", "products").await;
+
+    db.exec("TRUNCATE products").await;
+    db.exec("INSERT INTO products (id, name) SELECT i, 'after' FROM generate_series(1, 50) i")
+        .await;
+    assert_engine_equals_table(&db, &es, "products", "products").await;
+    let failed = sluice::sink::failed::list(&db.data_dir(), "search").unwrap();
+    assert!(failed.is_empty(), "nothing should be parked: {failed:?}");
+    assert!(sluice.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_write_never_overwrites_a_newer_one() {
+    let es = FakeElasticsearch::start(FakeOptions::default()).await;
+    let db = TestDb::new("es_stale").await;
+    db.exec(PRODUCTS).await;
+    // The index already holds a newer version of row 1 than anything sluice will send.
+    let newer = serde_json::json!({"id": 1, "name": "from the future"});
+    es.insert_document("products", "1", newer.clone(), u64::MAX / 4);
+    let config = db.config_with_sinks("[[tables]]\nname = \"products\"", "", &sink(&es.url(), ""));
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    db.exec("INSERT INTO products (id, name) VALUES (1, 'old'), (2, 'two')")
+        .await;
+    db.exec("UPDATE products SET name = 'still old' WHERE id = 1")
+        .await;
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            es.document("products", "2").is_some()
+        })
+        .await
+    );
+    // Replays after a crash resend older versions of row 2: they must not win either.
+    db.exec("UPDATE products SET name = 'newest' WHERE id = 2")
+        .await;
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            es.document("products", "2")
+                .is_some_and(|d| d["name"] == "newest")
+        })
+        .await
+    );
+    sluice.kill();
+    let sluice = Sluice::run_config(&config);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(es.document("products", "1"), Some(newer));
+    assert_eq!(es.document("products", "2").unwrap()["name"], "newest");
+    assert!(sluice.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn permanently_failing_documents_are_parked_and_the_rest_flows() {
+    let es = FakeElasticsearch::start(FakeOptions {
+        faults: Faults {
+            poison_field: Some("poison".into()),
+            ..Faults::default()
+        },
+        ..FakeOptions::default()
+    })
+    .await;
+    let db = TestDb::new("es_poison").await;
+    db.exec(PRODUCTS).await;
+    let config = db.config_with_sinks("[[tables]]\nname = \"products\"", "", &sink(&es.url(), ""));
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    db.exec("INSERT INTO products (id, name, poison) SELECT i, 'p' || i, i % 50 = 0 FROM generate_series(1, 500) i")
+        .await;
+    let healthy = wait_until(Duration::from_secs(30), || async {
+        es.doc_count("products") == 490
+    })
+    .await;
+    assert!(healthy, "{} documents", es.doc_count("products"));
+    let failed = sluice::sink::failed::list(&db.data_dir(), "search").unwrap();
+    let mut ids: Vec<i64> = failed.iter().map(|m| m.id.parse().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, (1..=10).map(|i| i * 50).collect::<Vec<_>>());
+    assert!(
+        failed[0].error.contains("mapper_parsing_exception"),
+        "{}",
+        failed[0].error
+    );
+    let doc: Value = serde_json::from_str(failed[0].document.as_deref().unwrap()).unwrap();
+    assert_eq!(doc["poison"], true);
+    assert!(sluice.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_key_gzip_and_index_creation() {
+    let es = FakeElasticsearch::start(FakeOptions {
+        required_auth: Some("ApiKey c2x1aWNlOnNlY3JldA==".into()),
+        ..FakeOptions::default()
+    })
+    .await;
+    let db = TestDb::new("es_auth").await;
+    db.exec(PRODUCTS).await;
+    let extra = "api_key_env = \"SLUICE_TEST_ES_KEY\"\ngzip = true\ncreate_index = { settings = { number_of_shards = 2 }, mappings = { properties = { name = { type = \"text\" } } } }\n";
+    let config = db.config_with_sinks(
+        "[[tables]]\nname = \"products\"",
+        "",
+        &sink(&es.url(), extra),
+    );
+    let log = db.dir.path().join("auth.log");
+    let mut command = common::sluice_command();
+    command
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("SLUICE_TEST_ES_KEY", "c2x1aWNlOnNlY3JldA==")
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut sluice = Sluice {
+        child: command.spawn().unwrap(),
+        log,
+    };
+    db.wait_streaming(&mut sluice).await;
+    db.exec("INSERT INTO products (id, name) SELECT i, 'p' || i FROM generate_series(1, 20) i")
+        .await;
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            es.doc_count("products") == 20
+        })
+        .await
+    );
+    let definition = es.index_definition("products").unwrap();
+    assert_eq!(definition["settings"]["number_of_shards"], 2);
+    assert_eq!(definition["mappings"]["properties"]["name"]["type"], "text");
+    let bulk = es
+        .requests()
+        .into_iter()
+        .find(|r| r.path.ends_with("_bulk"))
+        .expect("a bulk request");
+    assert_eq!(bulk.header("content-encoding"), Some("gzip"));
+    assert_eq!(bulk.header("content-type"), Some("application/x-ndjson"));
+    let lines = bulk.json_lines();
+    assert_eq!(lines[0]["index"]["version_type"], "external_gte");
+    assert!(
+        !sluice.log_text().contains("c2x1aWNlOnNlY3JldA=="),
+        "the key was logged"
+    );
+    assert!(sluice.stop().success());
+}

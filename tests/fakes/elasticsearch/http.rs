@@ -1,0 +1,424 @@
+//! The REST endpoints, and the front door every request goes through first:
+//! body decompression, the request log, a dead cluster, authentication and
+//! the injected delay.
+
+use std::io::Read;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{to_bytes, Body, Bytes};
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use rand::Rng;
+use serde_json::{json, Value};
+
+use super::conn::ConnHandle;
+use super::errors::EsError;
+use super::store::Slot;
+use super::{bulk, lock, Faults, Flavor, RecordedRequest, Shared};
+
+/// `http.max_content_length`'s default.
+const MAX_BODY: usize = 100 * 1024 * 1024;
+
+type AppState = State<Arc<Shared>>;
+
+pub(super) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/", get(root))
+        .route("/_bulk", post(bulk_all).put(bulk_all))
+        .route("/{index}/_bulk", post(bulk_in).put(bulk_in))
+        .route(
+            "/{index}",
+            put(create_index)
+                .head(index_exists)
+                .get(get_index)
+                .delete(delete_index),
+        )
+        .route("/{index}/_doc/{id}", get(get_document))
+        .route("/{index}/_refresh", post(refresh).get(refresh))
+        .route("/{index}/_delete_by_query", post(delete_by_query))
+        .fallback(no_handler)
+        .layer(middleware::from_fn_with_state(shared.clone(), front_door))
+        .with_state(shared)
+}
+
+/// What happens to every request before its endpoint sees it.
+async fn front_door(State(shared): AppState, request: Request, next: Next) -> Response {
+    shared.requests.fetch_add(1, Ordering::Relaxed);
+    let (mut parts, body) = request.into_parts();
+    if parts.uri.path().ends_with("/_bulk") {
+        shared.bulk_requests.fetch_add(1, Ordering::Relaxed);
+    }
+    let Ok(mut body) = to_bytes(body, MAX_BODY).await else {
+        return EsError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "content_too_long_exception",
+            "request body too large",
+        )
+        .into_response();
+    };
+    if parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"))
+    {
+        let gunzipped = tokio::task::spawn_blocking(move || gunzip(&body))
+            .await
+            .expect("gunzip");
+        match gunzipped {
+            Ok(plain) => body = plain,
+            Err(e) => {
+                return EsError::illegal_argument(format!("invalid gzip body: {e}")).into_response()
+            }
+        }
+    }
+    if shared.options.record_requests {
+        lock(&shared.log).push(RecordedRequest {
+            method: parts.method.clone(),
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            headers: parts.headers.clone(),
+            body: body.clone(),
+        });
+    }
+    if shared.faults().dead && !hang_while_dead(&shared).await {
+        return EsError::unavailable().into_response();
+    }
+    if let Some(expected) = &shared.options.required_auth {
+        let given = parts.headers.get(header::AUTHORIZATION);
+        if given.map(HeaderValue::as_bytes) != Some(expected.as_bytes()) {
+            return unauthorized(parts.uri.path(), given.is_some());
+        }
+    }
+    let delay = shared.faults().delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    parts.headers.remove(header::CONTENT_ENCODING);
+    let mut response = next.run(Request::from_parts(parts, Body::from(body))).await;
+    if shared.options.flavor == Flavor::Elasticsearch {
+        let product = HeaderValue::from_static("Elasticsearch");
+        response.headers_mut().insert("x-elastic-product", product);
+    }
+    response
+}
+
+/// With `hang_when_dead`, holds a request while the cluster is dead (until
+/// the fake shuts down); true if the cluster came back meanwhile.
+async fn hang_while_dead(shared: &Shared) -> bool {
+    while shared.faults().hang_when_dead && !*shared.shutdown.borrow() {
+        if !shared.faults().dead {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+fn gunzip(body: &[u8]) -> std::io::Result<Bytes> {
+    let mut plain = Vec::with_capacity(body.len() * 4);
+    flate2::read::GzDecoder::new(body).read_to_end(&mut plain)?;
+    Ok(plain.into())
+}
+
+fn unauthorized(path: &str, had_credentials: bool) -> Response {
+    let reason = if had_credentials {
+        "unable to authenticate with provided credentials and anonymous access is not allowed for this request"
+            .to_owned()
+    } else {
+        format!("missing authentication credentials for REST request [{path}]")
+    };
+    let challenges = [
+        r#"Basic realm="security", charset="UTF-8""#,
+        "Bearer realm=\"security\"",
+        "ApiKey",
+    ];
+    let error = EsError::new(StatusCode::UNAUTHORIZED, "security_exception", reason)
+        .with("header", json!({ "WWW-Authenticate": challenges }));
+    let mut response = error.into_response();
+    for challenge in challenges {
+        response.headers_mut().append(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
+    }
+    response
+}
+
+async fn root(State(shared): AppState) -> Json<Value> {
+    Json(match shared.options.flavor {
+        Flavor::Elasticsearch => json!({
+            "name": "fake-node-0",
+            "cluster_name": "fake-cluster",
+            "cluster_uuid": "fAkEcLuStEr0000000000A",
+            "version": {
+                "number": "8.15.0",
+                "build_flavor": "default",
+                "build_type": "docker",
+                "build_snapshot": false,
+                "lucene_version": "9.11.1",
+                "minimum_wire_compatibility_version": "7.17.0",
+                "minimum_index_compatibility_version": "7.0.0"
+            },
+            "tagline": "You Know, for Search"
+        }),
+        Flavor::OpenSearch => json!({
+            "name": "fake-node-0",
+            "cluster_name": "fake-cluster",
+            "cluster_uuid": "fAkEcLuStEr0000000000A",
+            "version": {
+                "distribution": "opensearch",
+                "number": "2.15.0",
+                "build_type": "tar",
+                "build_snapshot": false,
+                "lucene_version": "9.10.0",
+                "minimum_wire_compatibility_version": "7.10.0",
+                "minimum_index_compatibility_version": "7.0.0"
+            },
+            "tagline": "The OpenSearch Project: https://opensearch.org/"
+        }),
+    })
+}
+
+async fn bulk_all(
+    state: AppState,
+    conn: ConnectInfo<ConnHandle>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    run_bulk(state, conn, None, headers, body).await
+}
+
+async fn bulk_in(
+    state: AppState,
+    conn: ConnectInfo<ConnHandle>,
+    Path(index): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    run_bulk(state, conn, Some(index), headers, body).await
+}
+
+/// `_bulk`: content type, request-level faults, then every item in order.
+async fn run_bulk(
+    State(shared): AppState,
+    ConnectInfo(conn): ConnectInfo<ConnHandle>,
+    path_index: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refusal) = check_content_type(&headers) {
+        return refusal;
+    }
+    let faults = shared.faults();
+    if let Some(failure) = request_failure(&shared, &faults, &conn) {
+        return failure;
+    }
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut store = lock(&shared.store);
+        let mut rng = lock(&shared.rng);
+        bulk::run(&mut store, &faults, &mut rng, path_index.as_deref(), &body)
+    })
+    .await
+    .expect("the bulk task");
+    match outcome {
+        Ok(answer) => ([(header::CONTENT_TYPE, "application/json")], answer).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// 406 unless the body is declared NDJSON (or JSON), as Elasticsearch checks.
+fn check_content_type(headers: &HeaderMap) -> Option<Response> {
+    let given = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()));
+    let essence = given
+        .as_deref()
+        .and_then(|t| t.split(';').next())
+        .map(str::trim);
+    let accepted = [
+        "application/x-ndjson",
+        "application/json",
+        "application/vnd.elasticsearch+x-ndjson",
+    ];
+    if essence.is_some_and(|e| accepted.iter().any(|a| a.eq_ignore_ascii_case(e))) {
+        return None;
+    }
+    let error = match given {
+        None => "Content-Type header is missing".to_owned(),
+        Some(t) => format!("Content-Type header [{t}] is not supported"),
+    };
+    let body = Json(json!({ "error": error, "status": 406 }));
+    Some((StatusCode::NOT_ACCEPTABLE, body).into_response())
+}
+
+/// The injected failure of a whole bulk request, if one is drawn.
+fn request_failure(shared: &Shared, faults: &Faults, conn: &ConnHandle) -> Option<Response> {
+    let failing = faults.request_dropped
+        + faults.request_rejected_429
+        + faults.request_bad_gateway_502
+        + faults.request_unavailable_503;
+    if failing <= 0.0 {
+        return None;
+    }
+    let draw: f64 = lock(&shared.rng).random();
+    let mut threshold = faults.request_dropped;
+    if draw < threshold {
+        conn.cut();
+        // Never sent: the connection is cut first.
+        return Some(StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    }
+    threshold += faults.request_rejected_429;
+    if draw < threshold {
+        return Some(EsError::rejected().into_response());
+    }
+    threshold += faults.request_bad_gateway_502;
+    if draw < threshold {
+        return Some(EsError::bad_gateway());
+    }
+    (draw < failing).then(|| EsError::unavailable().into_response())
+}
+
+async fn create_index(State(shared): AppState, Path(index): Path<String>, body: Bytes) -> Response {
+    if let Err(error) = EsError::check_index_name(&index) {
+        return error.into_response();
+    }
+    let definition = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(definition @ Value::Object(_)) => definition,
+            Ok(_) => {
+                return EsError::illegal_argument("request body must be an object").into_response()
+            }
+            Err(e) => return EsError::parse(e.line(), &e).into_response(),
+        }
+    };
+    let mut store = lock(&shared.store);
+    if !store.create_index(&index, definition) {
+        let uuid = store.indexes[&index].uuid.clone();
+        return EsError::new(
+            StatusCode::BAD_REQUEST,
+            "resource_already_exists_exception",
+            format!("index [{index}/{uuid}] already exists"),
+        )
+        .with("index_uuid", uuid)
+        .with("index", index)
+        .into_response();
+    }
+    Json(json!({ "acknowledged": true, "shards_acknowledged": true, "index": index }))
+        .into_response()
+}
+
+async fn index_exists(State(shared): AppState, Path(index): Path<String>) -> StatusCode {
+    if lock(&shared.store).indexes.contains_key(&index) {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+async fn get_index(State(shared): AppState, Path(index): Path<String>) -> Response {
+    let store = lock(&shared.store);
+    let Some(stored) = store.indexes.get(&index) else {
+        return EsError::index_not_found(&index).into_response();
+    };
+    let part = |name: &str| stored.definition.get(name).cloned().unwrap_or(json!({}));
+    let about = json!({ "aliases": part("aliases"), "mappings": part("mappings"), "settings": part("settings") });
+    Json(json!({ index: about })).into_response()
+}
+
+async fn delete_index(State(shared): AppState, Path(index): Path<String>) -> Response {
+    if lock(&shared.store).indexes.remove(&index).is_none() {
+        return EsError::index_not_found(&index).into_response();
+    }
+    Json(json!({ "acknowledged": true })).into_response()
+}
+
+async fn get_document(
+    State(shared): AppState,
+    Path((index, id)): Path<(String, String)>,
+) -> Response {
+    let store = lock(&shared.store);
+    let Some(stored) = store.indexes.get(&index) else {
+        return EsError::index_not_found(&index).into_response();
+    };
+    match stored.slots.get(&id) {
+        Some(Slot::Live {
+            version,
+            seq_no,
+            source,
+        }) => Json(json!({
+            "_index": index,
+            "_id": id,
+            "_version": version,
+            "_seq_no": seq_no,
+            "_primary_term": 1,
+            "found": true,
+            "_source": super::parse_source(source),
+        }))
+        .into_response(),
+        _ => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "_index": index, "_id": id, "found": false })),
+        )
+            .into_response(),
+    }
+}
+
+async fn refresh(State(shared): AppState, Path(index): Path<String>) -> Response {
+    if !lock(&shared.store).indexes.contains_key(&index) {
+        return EsError::index_not_found(&index).into_response();
+    }
+    Json(json!({ "_shards": { "total": 2, "successful": 1, "failed": 0 } })).into_response()
+}
+
+/// Only `{"query": {"match_all": {}}}`: what a truncate needs.
+async fn delete_by_query(
+    State(shared): AppState,
+    Path(index): Path<String>,
+    body: Bytes,
+) -> Response {
+    let query: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if query != json!({ "query": { "match_all": {} } }) {
+        return EsError::illegal_argument("this fake supports only {\"query\":{\"match_all\":{}}}")
+            .into_response();
+    }
+    let started = Instant::now();
+    let Some(deleted) = lock(&shared.store).delete_all(&index) else {
+        return EsError::index_not_found(&index).into_response();
+    };
+    Json(json!({
+        "took": started.elapsed().as_millis() as u64,
+        "timed_out": false,
+        "total": deleted,
+        "deleted": deleted,
+        "batches": u64::from(deleted > 0),
+        "version_conflicts": 0,
+        "noops": 0,
+        "retries": { "bulk": 0, "search": 0 },
+        "throttled_millis": 0,
+        "requests_per_second": -1.0,
+        "throttled_until_millis": 0,
+        "failures": []
+    }))
+    .into_response()
+}
+
+async fn no_handler(request: Request) -> Response {
+    let error = format!(
+        "no handler found for uri [{}] and method [{}]",
+        request.uri(),
+        request.method()
+    );
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({ "error": error, "status": 400 })),
+    )
+        .into_response()
+}

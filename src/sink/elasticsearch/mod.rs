@@ -3,7 +3,7 @@
 //! failing.
 
 mod config;
-mod request;
+pub mod request;
 mod response;
 
 use std::collections::HashSet;

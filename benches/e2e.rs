@@ -19,6 +19,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice::local_pg::{LocalPostgres, LocalPostgresOptions};
+
+#[path = "../tests/fakes/mod.rs"]
+mod fakes;
 use tokio_postgres::Client;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -28,6 +31,7 @@ const PUBLICATION: &str = "bench";
 const SLOT_RECV: &str = "bench_recvlogical";
 const SLOT_NULL: &str = "bench_sluice_null";
 const SLOT_EMBEDDED: &str = "bench_sluice_embedded";
+const SLOT_ES: &str = "bench_sluice_elasticsearch";
 /// How often the slot position (and the child's RSS) is polled.
 const POLL: Duration = Duration::from_millis(20);
 /// A consumer that has not drained the backlog by then is reported as stuck.
@@ -39,6 +43,7 @@ const USAGE: &str =
   --rows N         changes in the backlog (default 1000000)
   --txn-rows N     rows per committed transaction (default 10000; 0 = one transaction)
   --skip-embedded  skip the run with the embedded (tantivy) sink
+  --skip-elasticsearch  skip the run into a local Elasticsearch-compatible server that accepts instantly
   --only-rss       skip the pg_recvlogical baseline: only the sluice runs and their memory";
 
 const CREATE_TABLE: &str = "
@@ -68,6 +73,7 @@ struct Options {
     rows: u64,
     txn_rows: u64,
     skip_embedded: bool,
+    skip_elasticsearch: bool,
     only_rss: bool,
 }
 
@@ -77,6 +83,7 @@ impl Options {
             rows: 1_000_000,
             txn_rows: 10_000,
             skip_embedded: false,
+            skip_elasticsearch: false,
             only_rss: false,
         };
         let mut args = std::env::args().skip(1);
@@ -94,6 +101,7 @@ impl Options {
                 "--rows" => options.rows = number("--rows")?,
                 "--txn-rows" => options.txn_rows = number("--txn-rows")?,
                 "--skip-embedded" => options.skip_embedded = true,
+                "--skip-elasticsearch" => options.skip_elasticsearch = true,
                 "--only-rss" => options.only_rss = true,
                 "--bench" => {} // added by `cargo bench`
                 "-h" | "--help" => {
@@ -168,6 +176,9 @@ async fn bench(cluster: &LocalPostgres, options: &Options) -> Result<()> {
     if !options.skip_embedded {
         slots.push(SLOT_EMBEDDED);
     }
+    if !options.skip_elasticsearch {
+        slots.push(SLOT_ES);
+    }
     client
         .query(
             "SELECT pg_create_logical_replication_slot(s, 'pgoutput') FROM unnest($1::text[]) s",
@@ -190,17 +201,48 @@ async fn bench(cluster: &LocalPostgres, options: &Options) -> Result<()> {
     };
     eprintln!("sluice (null sink) draining its slot ...");
     let null_dir = work.path().join("null");
-    let null = run_sluice(&client, &url, SLOT_NULL, "null", &null_dir, target).await?;
+    let null = run_sluice(&client, &url, SLOT_NULL, "null", "", &null_dir, target).await?;
     let embedded = if options.skip_embedded {
         None
     } else {
         eprintln!("sluice (embedded sink) draining its slot ...");
         let dir = work.path().join("embedded");
-        let run = run_sluice(&client, &url, SLOT_EMBEDDED, "embedded", &dir, target).await?;
+        let run = run_sluice(&client, &url, SLOT_EMBEDDED, "embedded", "", &dir, target).await?;
         let indexed = count_documents(&dir.join("data"))?;
         if indexed != options.rows {
             return Err(
                 format!("the index holds {indexed} documents, not {}", options.rows).into(),
+            );
+        }
+        Some(run)
+    };
+
+    let elasticsearch = if options.skip_elasticsearch {
+        None
+    } else {
+        eprintln!(
+            "sluice (elasticsearch sink, local server accepting instantly) draining its slot ..."
+        );
+        let es = fakes::elasticsearch::FakeElasticsearch::start(
+            fakes::elasticsearch::FakeOptions::bench(),
+        )
+        .await;
+        let dir = work.path().join("elasticsearch");
+        let extra = format!("url = \"{}\"\n", es.url());
+        let run = run_sluice(
+            &client,
+            &url,
+            SLOT_ES,
+            "elasticsearch",
+            &extra,
+            &dir,
+            target,
+        )
+        .await?;
+        let indexed = es.doc_count("bench") as u64;
+        if indexed != options.rows {
+            return Err(
+                format!("the server holds {indexed} documents, not {}", options.rows).into(),
             );
         }
         Some(run)
@@ -241,6 +283,11 @@ async fn bench(cluster: &LocalPostgres, options: &Options) -> Result<()> {
     report("sluice (null sink)", &null);
     if let Some(run) = &embedded {
         report("sluice (embedded sink)", run);
+    }
+    if let Some(run) = &elasticsearch {
+        report("sluice (elasticsearch)", run);
+        let ratio = 100.0 * null.seconds / run.seconds;
+        println!("sluice elasticsearch / null sink: {ratio:.1} % of the changes/s");
     }
     if let Some(seconds) = recv {
         let ratio = 100.0 * seconds / null.seconds;
@@ -322,6 +369,7 @@ async fn run_sluice(
     url: &str,
     slot: &str,
     sink: &str,
+    sink_settings: &str,
     dir: &Path,
     target: i64,
 ) -> Result<SluiceRun> {
@@ -332,7 +380,7 @@ async fn run_sluice(
     let text = format!(
         "[source]\ndatabase_url = {url}\nslot = \"{slot}\"\npublication = \"{PUBLICATION}\"\n\n\
          [pipeline]\ndata_dir = {data_dir}\n\n[[tables]]\nname = \"public.bench\"\n\n\
-         [[sinks]]\nname = \"{sink}\"\ntype = \"{sink}\"\n"
+         [[sinks]]\nname = \"{sink}\"\ntype = \"{sink}\"\n{sink_settings}"
     );
     fs::write(&config, text)?;
     let log = dir.join("sluice.log");

@@ -185,6 +185,15 @@ async fn permanently_failing_documents_are_parked_and_the_rest_flows() {
     })
     .await;
     assert!(healthy, "{} documents", es.doc_count("products"));
+    // Parked before the position is confirmed; maybe after the others are visible.
+    let parked = wait_until(Duration::from_secs(30), || async {
+        sluice::sink::failed::list(&db.data_dir(), "search")
+            .unwrap()
+            .len()
+            == 10
+    })
+    .await;
+    assert!(parked, "the poison documents were not parked");
     let failed = sluice::sink::failed::list(&db.data_dir(), "search").unwrap();
     let mut ids: Vec<i64> = failed.iter().map(|m| m.id.parse().unwrap()).collect();
     ids.sort();

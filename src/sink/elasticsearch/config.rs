@@ -12,6 +12,8 @@ pub const DEFAULT_BATCH_MAX_BYTES: u64 = 5 * 1024 * 1024;
 pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 1000;
 /// Default timeout of one request.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// Default bulk requests in flight at once.
+pub const DEFAULT_CONCURRENCY: usize = 2;
 /// Default attempts of a write that keeps failing with a retryable error.
 pub const DEFAULT_MAX_RETRIES: u32 = 10;
 /// Default first retry delay; it doubles per attempt, with jitter.
@@ -48,6 +50,10 @@ pub struct ElasticsearchConfig {
     /// ... or when its oldest write waited this many milliseconds.
     #[serde(default = "default_flush_interval_ms")]
     pub flush_interval_ms: u64,
+    /// Bulk requests in flight at once (versions keep the newest write winning
+    /// whatever order they complete in).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
     /// Timeout of one request, in milliseconds.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
@@ -87,6 +93,9 @@ fn default_batch_max_bytes() -> u64 {
 }
 fn default_flush_interval_ms() -> u64 {
     DEFAULT_FLUSH_INTERVAL_MS
+}
+fn default_concurrency() -> usize {
+    DEFAULT_CONCURRENCY
 }
 fn default_request_timeout_ms() -> u64 {
     DEFAULT_REQUEST_TIMEOUT_MS
@@ -147,6 +156,9 @@ impl ElasticsearchConfig {
         }
         if self.batch_max_docs == 0 {
             problem("batch_max_docs", "must be at least 1".into());
+        }
+        if self.concurrency == 0 || self.concurrency > 64 {
+            problem("concurrency", "must be between 1 and 64".into());
         }
         if self.batch_max_bytes < 1024 {
             problem("batch_max_bytes", "must be at least 1024".into());

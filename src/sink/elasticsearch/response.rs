@@ -50,8 +50,50 @@ pub fn classify(action: BulkAction, status: u16, error: &str) -> Outcome {
     }
 }
 
+/// A first look at a response: whether any item failed, and how many items
+/// there are, without building them.
+#[derive(Debug, Deserialize)]
+struct Summary {
+    #[serde(default)]
+    errors: bool,
+    #[serde(default)]
+    items: ItemCount,
+}
+
+#[derive(Debug, Default)]
+struct ItemCount(usize);
+
+impl<'de> Deserialize<'de> for ItemCount {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Count;
+        impl<'de> serde::de::Visitor<'de> for Count {
+            type Value = ItemCount;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array of bulk items")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ItemCount, A::Error> {
+                let mut n = 0;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                Ok(ItemCount(n))
+            }
+        }
+        deserializer.deserialize_seq(Count)
+    }
+}
+
 /// The outcomes of a bulk response, in item order.
 pub fn parse(body: &[u8], actions: &[BulkAction]) -> Result<Vec<Outcome>, String> {
+    // Most responses have no error: then only the count matters.
+    let summary: Summary =
+        serde_json::from_slice(body).map_err(|e| format!("the bulk response is not valid: {e}"))?;
+    if !summary.errors && summary.items.0 == actions.len() && !actions.is_empty() {
+        return Ok(vec![Outcome::Done; actions.len()]);
+    }
     let response: BulkResponse =
         serde_json::from_slice(body).map_err(|e| format!("the bulk response is not valid: {e}"))?;
     if !response.errors && response.items.is_empty() && !actions.is_empty() {
@@ -109,6 +151,18 @@ mod tests {
         assert_eq!(outcomes[4], Outcome::Done);
         assert!(matches!(&outcomes[5], Outcome::Retry(_)));
         assert!(matches!(&outcomes[6], Outcome::Retry(_)));
+    }
+
+    #[test]
+    fn error_free_responses_take_the_fast_path() {
+        let body = br#"{"took":3,"errors":false,"items":[
+            {"index":{"_index":"i","_id":"1","status":201}},{"delete":{"_index":"i","_id":"2","status":200}}]}"#;
+        let outcomes = parse(body, &[BulkAction::Index, BulkAction::Delete]).unwrap();
+        assert_eq!(outcomes, [Outcome::Done, Outcome::Done]);
+        assert!(
+            parse(body, &[BulkAction::Index]).is_err(),
+            "item count is checked"
+        );
     }
 
     #[test]

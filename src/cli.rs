@@ -41,6 +41,49 @@ pub enum Command {
     Search(SearchArgs),
     /// Start a throwaway Postgres with a demo table, stream it into an embedded index, and search it.
     Demo(DemoArgs),
+    /// List, retry or discard writes that a sink parked after they kept failing.
+    #[command(subcommand)]
+    Failed(FailedCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FailedCommand {
+    /// Print parked writes as JSON lines (oldest first).
+    List {
+        /// The data directory of the pipeline.
+        #[arg(long, value_name = "DIR", default_value = crate::config::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// Only this sink's writes.
+        #[arg(long, value_name = "NAME")]
+        sink: Option<String>,
+    },
+    /// Send parked writes again, each with every later parked write to the same document, in order.
+    Retry {
+        /// The configuration the pipeline runs with (for the sink's settings).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, value_name = "NAME")]
+        sink: String,
+        /// The `key` of a message (see `list`); repeatable.
+        #[arg(long = "key", value_name = "KEY", required_unless_present = "all")]
+        keys: Vec<String>,
+        /// Every parked write of the sink.
+        #[arg(long, conflicts_with = "keys")]
+        all: bool,
+    },
+    /// Delete parked writes for good.
+    Discard {
+        #[arg(long, value_name = "DIR", default_value = crate::config::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        #[arg(long, value_name = "NAME")]
+        sink: String,
+        /// The `key` of a message (see `list`); repeatable.
+        #[arg(long = "key", value_name = "KEY", required_unless_present = "all")]
+        keys: Vec<String>,
+        /// Every parked write of the sink.
+        #[arg(long, conflicts_with = "keys")]
+        all: bool,
+    },
 }
 
 /// Either a config file or the one-line form.
@@ -232,4 +275,90 @@ pub fn search(args: SearchArgs) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+pub async fn failed(command: FailedCommand) -> Result<(), Error> {
+    use crate::sink::failed;
+    match command {
+        FailedCommand::List { data_dir, sink } => {
+            let sinks = match sink {
+                Some(sink) => vec![sink],
+                None => failed::sinks(&data_dir),
+            };
+            for sink in sinks {
+                for message in failed::list(&data_dir, &sink)? {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&message).expect("messages serialize")
+                    );
+                }
+            }
+            Ok(())
+        }
+        FailedCommand::Discard {
+            data_dir,
+            sink,
+            keys,
+            all,
+        } => {
+            let taken = failed::take(&data_dir, &sink, |m| all || keys.contains(&m.key))?;
+            println!("discarded {} parked write(s) of sink {sink}", taken.len());
+            Ok(())
+        }
+        FailedCommand::Retry {
+            config,
+            sink,
+            keys,
+            all,
+        } => {
+            let config = Config::load(&config)?;
+            let data_dir = config.pipeline.data_dir.clone();
+            let Some(sink_config) = config.sinks.iter().find(|s| s.name == sink) else {
+                let names: Vec<_> = config.sinks.iter().map(|s| s.name.as_str()).collect();
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!("no sink `{sink}` in the configuration"),
+                )
+                .hint(format!("sinks: {}", names.join(", "))));
+            };
+            // A document's later writes wait behind its first: retry them all, in order.
+            let documents: std::collections::HashSet<(String, String)> =
+                failed::list(&data_dir, &sink)?
+                    .into_iter()
+                    .filter(|m| all || keys.contains(&m.key))
+                    .map(|m| (m.index, m.id))
+                    .collect();
+            let taken = failed::take(&data_dir, &sink, |m| {
+                documents.contains(&(m.index.clone(), m.id.clone()))
+            })?;
+            let ops = taken
+                .iter()
+                .map(failed::FailedMessage::to_op)
+                .collect::<Result<Vec<_>, _>>()?;
+            let result = async {
+                let mut target = crate::sink::build(sink_config, &data_dir)?;
+                target.write(&ops).await?;
+                target.commit(crate::lsn::Lsn::ZERO).await
+            }
+            .await;
+            if let Err(e) = result {
+                // Nothing may be lost: put them back as they were.
+                let mut store = failed::FailedStore::new(&data_dir, &sink);
+                for message in &taken {
+                    store.park(message)?;
+                }
+                return Err(e);
+            }
+            let again = failed::list(&data_dir, &sink)?
+                .iter()
+                .filter(|m| documents.contains(&(m.index.clone(), m.id.clone())))
+                .count();
+            println!(
+                "retried {} parked write(s) of sink {sink}: {} written, {again} parked again",
+                taken.len(),
+                taken.len() - again.min(taken.len())
+            );
+            Ok(())
+        }
+    }
 }

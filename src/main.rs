@@ -22,6 +22,7 @@ fn main() -> ExitCode {
             Command::Check(args) => cli::check(args).await,
             Command::Search(args) => cli::search(args),
             Command::Demo(args) => sluice::demo::run(args).await,
+            Command::Failed(command) => cli::failed(command).await,
         }
     });
     match result {

@@ -205,6 +205,77 @@ async fn permanently_failing_documents_are_parked_and_the_rest_flows() {
     );
     let doc: Value = serde_json::from_str(failed[0].document.as_deref().unwrap()).unwrap();
     assert_eq!(doc["poison"], true);
+
+    // A later write to a parked document waits behind it, even if it would succeed.
+    db.exec("UPDATE products SET name = 'fixed', poison = false WHERE id = 50")
+        .await;
+    let waiting = wait_until(Duration::from_secs(30), || async {
+        sluice::sink::failed::list(&db.data_dir(), "search")
+            .unwrap()
+            .len()
+            == 11
+    })
+    .await;
+    assert!(
+        waiting,
+        "the later write was not parked behind the failed one"
+    );
+    assert!(es.document("products", "50").is_none());
+
+    // The operator fixes the mapping and retries everything, in order.
+    es.update_faults(|f| f.poison_field = None);
+    let data_dir = db.data_dir();
+    let (code, out, err) =
+        common::run_to_end(&["failed", "list", "--data-dir", data_dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 11, "{out}");
+    let (code, out, err) = common::run_to_end(&[
+        "failed",
+        "retry",
+        "--config",
+        config.to_str().unwrap(),
+        "--sink",
+        "search",
+        "--all",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("11 written"), "{out}");
+    assert_eq!(es.doc_count("products"), 500);
+    assert_eq!(es.document("products", "50").unwrap()["name"], "fixed");
+    assert!(sluice::sink::failed::list(&db.data_dir(), "search")
+        .unwrap()
+        .is_empty());
+
+    // Discarding drops a parked write for good.
+    es.update_faults(|f| f.poison_field = Some("poison".into()));
+    db.exec("INSERT INTO products (id, name, poison) VALUES (1000, 'bad', true)")
+        .await;
+    let parked = wait_until(Duration::from_secs(30), || async {
+        sluice::sink::failed::list(&db.data_dir(), "search")
+            .unwrap()
+            .len()
+            == 1
+    })
+    .await;
+    assert!(parked);
+    let key = sluice::sink::failed::list(&db.data_dir(), "search").unwrap()[0]
+        .key
+        .clone();
+    let (code, out, err) = common::run_to_end(&[
+        "failed",
+        "discard",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--sink",
+        "search",
+        "--key",
+        &key,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("discarded 1"), "{out}");
+    assert!(sluice::sink::failed::list(&db.data_dir(), "search")
+        .unwrap()
+        .is_empty());
     assert!(sluice.stop().success());
 }
 

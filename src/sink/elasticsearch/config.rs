@@ -12,6 +12,8 @@ pub const DEFAULT_BATCH_MAX_BYTES: u64 = 5 * 1024 * 1024;
 pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 1000;
 /// Default timeout of one request.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// Default number of parked messages at which the sink pauses.
+pub const DEFAULT_MAX_PARKED: usize = 10_000;
 /// Default bulk requests in flight at once.
 pub const DEFAULT_CONCURRENCY: usize = 2;
 /// Default attempts of a write that keeps failing with a retryable error.
@@ -66,6 +68,10 @@ pub struct ElasticsearchConfig {
     /// Cap of the retry delay in milliseconds.
     #[serde(default = "default_retry_max_backoff_ms")]
     pub retry_max_backoff_ms: u64,
+    /// When this many writes are parked in the failed-message store, the sink
+    /// pauses (and with it the slot) until some are retried or discarded.
+    #[serde(default = "default_max_parked")]
+    pub max_parked: usize,
     /// Compress request bodies with gzip.
     #[serde(default)]
     pub gzip: bool,
@@ -93,6 +99,9 @@ fn default_batch_max_bytes() -> u64 {
 }
 fn default_flush_interval_ms() -> u64 {
     DEFAULT_FLUSH_INTERVAL_MS
+}
+fn default_max_parked() -> usize {
+    DEFAULT_MAX_PARKED
 }
 fn default_concurrency() -> usize {
     DEFAULT_CONCURRENCY
@@ -156,6 +165,9 @@ impl ElasticsearchConfig {
         }
         if self.batch_max_docs == 0 {
             problem("batch_max_docs", "must be at least 1".into());
+        }
+        if self.max_parked == 0 {
+            problem("max_parked", "must be at least 1".into());
         }
         if self.concurrency == 0 || self.concurrency > 64 {
             problem("concurrency", "must be between 1 and 64".into());

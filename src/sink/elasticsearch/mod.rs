@@ -180,6 +180,7 @@ impl ElasticsearchSink {
                 .map(|(_, doc)| doc.trim_end().to_owned())
                 .filter(|d| !d.is_empty());
             self.failed.park(&FailedMessage {
+                key: String::new(),
                 sink: self.client.name.clone(),
                 index: item.index.to_string(),
                 table: item.table.to_string(),
@@ -210,6 +211,9 @@ impl super::Sink for ElasticsearchSink {
                 self.truncate(&op.index).await?;
                 continue;
             }
+            if self.failed.park_if_blocked(&self.client.name, op)? {
+                continue;
+            }
             self.ensure_index(&op.index).await?;
             let start = self.body.len();
             if let Some(action) = request::encode(op, &mut self.body) {
@@ -237,7 +241,10 @@ impl super::Sink for ElasticsearchSink {
 
     async fn commit(&mut self, _upto: Lsn) -> Result<()> {
         self.flush().await?;
-        self.drain().await
+        self.drain().await?;
+        let max = self.config().max_parked;
+        self.failed.wait_below(&self.client.name, max).await;
+        Ok(())
     }
 }
 

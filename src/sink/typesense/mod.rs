@@ -1,0 +1,264 @@
+//! The Typesense sink: `documents/import` JSONL (`upsert`, `emplace` for
+//! partial rows) with every answer line checked, deletes batched as
+//! `filter_by=id:[…]`, truncates, optional collection creation, retries of
+//! only what failed, and parking of what keeps failing.
+//!
+//! Typesense has no versioned writes, so order comes from the sink: one
+//! request at a time, and per document only its oldest waiting write may be
+//! sent. A write waiting for a retry holds back later writes to its document
+//! while other documents flow on.
+
+mod client;
+mod config;
+mod queue;
+pub mod request;
+mod response;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use client::Client;
+pub use config::{TypesenseConfig, DEFAULT_BATCH_MAX_DOCS, DEFAULT_FLUSH_INTERVAL_MS};
+use queue::{Item, Limits, Queue};
+use request::Kind;
+use response::Outcome;
+
+use crate::error::Result;
+use crate::lsn::Lsn;
+use crate::pipeline::change::WriteOp;
+use crate::sink::failed::{FailedMessage, FailedStore, WAITING_BEHIND};
+
+pub struct TypesenseSink {
+    client: Client,
+    queue: Queue,
+    created: HashSet<Arc<str>>,
+    failed: FailedStore,
+}
+
+impl TypesenseSink {
+    pub fn new(config: &TypesenseConfig, data_dir: &Path) -> Result<TypesenseSink> {
+        Ok(TypesenseSink {
+            client: Client::new(config)?,
+            queue: Queue::default(),
+            created: HashSet::new(),
+            failed: FailedStore::new(data_dir, &config.name),
+        })
+    }
+
+    fn config(&self) -> &TypesenseConfig {
+        &self.client.config
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_docs: self.config().batch_max_docs,
+            max_bytes: self.config().batch_max_bytes,
+            max_filter_bytes: self.config().delete_max_filter_bytes,
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.queue.len() >= self.config().batch_max_docs
+            || self.queue.bytes() >= self.config().batch_max_bytes
+    }
+
+    /// Creates the collection with the configured schema when it is missing.
+    async fn ensure_collection(&mut self, collection: &Arc<str>) -> Result<()> {
+        if self.created.contains(collection) {
+            return Ok(());
+        }
+        if let Some(schema) = &self.client.config.schema {
+            self.client.create_collection(collection, schema).await?;
+            tracing::info!(sink = %self.client.name, collection = %collection, "collection ready");
+        }
+        self.created.insert(collection.clone());
+        Ok(())
+    }
+
+    /// Sends requests until `done` holds or nothing waits; every write ends
+    /// applied or parked.
+    async fn drive(&mut self, done: impl Fn(&Self) -> bool) -> Result<()> {
+        while !self.queue.is_empty() && !done(self) {
+            let picked = self.queue.next_request(Instant::now(), self.limits());
+            // A document with a parked write: its later writes park behind it.
+            let blocked: Vec<usize> = picked
+                .iter()
+                .copied()
+                .filter(|&n| {
+                    let item = self.queue.get(n);
+                    self.failed.is_blocked(&item.collection, &item.id)
+                })
+                .collect();
+            if !blocked.is_empty() {
+                for mut item in self.queue.remove(&blocked) {
+                    item.last_error = WAITING_BEHIND.into();
+                    self.park(item)?;
+                }
+                continue;
+            }
+            if picked.is_empty() {
+                if let Some(at) = self.queue.next_retry() {
+                    tokio::time::sleep_until(at.into()).await;
+                }
+                continue;
+            }
+            let outcomes = self.send(&picked).await?;
+            self.settle(&picked, outcomes)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the writes at `picked` (one kind, one collection) in one request.
+    async fn send(&mut self, picked: &[usize]) -> Result<Vec<Outcome>> {
+        let first = self.queue.get(picked[0]);
+        let (kind, collection) = (first.kind, first.collection.clone());
+        if kind != Kind::Delete {
+            let mut body = Vec::new();
+            for &n in picked {
+                body.extend_from_slice(&self.queue.get(n).line);
+                body.push(b'\n');
+            }
+            return self
+                .client
+                .import(&collection, kind, body, picked.len())
+                .await;
+        }
+        let mut values = Vec::with_capacity(picked.len());
+        let mut outcomes = vec![Outcome::Done; picked.len()];
+        for (slot, &n) in picked.iter().enumerate() {
+            let id = &self.queue.get(n).id;
+            match request::filter_value(id) {
+                Some(value) => values.push(value),
+                // An id with a backtick: no filter can name it.
+                None => outcomes[slot] = self.client.delete_one(&collection, id).await?,
+            }
+        }
+        if !values.is_empty() {
+            let filter = request::id_filter(values.iter().map(String::as_str));
+            let outcome = self.client.delete_by_filter(&collection, &filter).await?;
+            for (slot, &n) in picked.iter().enumerate() {
+                if request::filter_value(&self.queue.get(n).id).is_some() {
+                    outcomes[slot] = outcome.clone();
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Applies the outcomes of a request: done writes leave the queue, failed
+    /// ones are parked, retryable ones wait for their backoff.
+    fn settle(&mut self, picked: &[usize], outcomes: Vec<Outcome>) -> Result<()> {
+        let now = Instant::now();
+        // Positions leaving the queue (ascending, as `picked`), and whether
+        // each is parked rather than applied.
+        let mut leaving = Vec::new();
+        let mut parking = Vec::new();
+        let mut retrying = 0;
+        let mut problem = None;
+        let max_retries = self.client.config.max_retries;
+        for (&n, outcome) in picked.iter().zip(outcomes) {
+            let item = self.queue.get_mut(n);
+            let (error, permanent) = match outcome {
+                Outcome::Done => {
+                    leaving.push(n);
+                    parking.push(false);
+                    continue;
+                }
+                Outcome::Retry(error) => (error, false),
+                Outcome::Failed(error) => (error, true),
+            };
+            item.attempts += 1;
+            item.last_error = error;
+            if permanent || item.attempts > max_retries {
+                leaving.push(n);
+                parking.push(true);
+            } else {
+                item.not_before = Some(now + self.client.backoff(item.attempts));
+                problem.get_or_insert_with(|| item.last_error.clone());
+                retrying += 1;
+            }
+        }
+        if retrying > 0 {
+            metrics::counter!("sluice_sink_retries_total", "sink" => self.client.name.clone())
+                .increment(retrying);
+            tracing::warn!(
+                sink = %self.client.name,
+                "{retrying} write(s) to retry: {}",
+                problem.unwrap_or_default()
+            );
+        }
+        for (item, park) in self.queue.remove(&leaving).into_iter().zip(parking) {
+            if park {
+                self.park(item)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn park(&mut self, item: Item) -> Result<()> {
+        let document = (!item.line.is_empty()).then(|| String::from_utf8_lossy(&item.line).into());
+        self.failed.park(&FailedMessage {
+            key: String::new(),
+            sink: self.client.name.clone(),
+            index: item.collection.to_string(),
+            table: item.table.to_string(),
+            id: item.id,
+            lsn: item.lsn.to_string(),
+            action: item.kind.name().to_owned(),
+            document,
+            error: item.last_error,
+            attempts: item.attempts,
+            failed_at_ms: crate::sink::failed::now_ms(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Sink for TypesenseSink {
+    fn name(&self) -> &str {
+        &self.client.name
+    }
+
+    async fn write(&mut self, ops: &[WriteOp]) -> Result<()> {
+        for op in ops {
+            let Some((kind, line)) = request::encode(op) else {
+                // A truncate: everything before it lands first, nothing after
+                // it is sent before it.
+                self.drive(|_| false).await?;
+                self.client.truncate(&op.index).await?;
+                tracing::info!(sink = %self.client.name, collection = %op.index, "table truncated: its documents are removed");
+                continue;
+            };
+            if self.failed.park_if_blocked(&self.client.name, op)? {
+                continue;
+            }
+            self.ensure_collection(&op.index).await?;
+            self.queue.push(Item {
+                collection: op.index.clone(),
+                table: op.table.clone(),
+                id: op.id.clone(),
+                lsn: op.lsn,
+                kind,
+                line,
+                attempts: 0,
+                last_error: String::new(),
+                not_before: None,
+            });
+            if self.full() {
+                self.drive(|sink| !sink.full()).await?;
+            }
+        }
+        metrics::counter!("sluice_sink_writes_total", "sink" => self.client.name.clone())
+            .increment(ops.len() as u64);
+        Ok(())
+    }
+
+    async fn commit(&mut self, _upto: Lsn) -> Result<()> {
+        self.drive(|_| false).await?;
+        let max = self.config().max_parked;
+        self.failed.wait_below(&self.client.name, max).await;
+        Ok(())
+    }
+}

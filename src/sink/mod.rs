@@ -5,6 +5,7 @@ pub mod embedded;
 pub mod failed;
 pub mod null;
 pub mod retry;
+pub mod turbopuffer;
 pub mod typesense;
 
 use std::path::Path;

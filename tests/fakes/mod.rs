@@ -10,4 +10,5 @@
 #![allow(dead_code)]
 
 pub mod elasticsearch;
+pub mod turbopuffer;
 pub mod typesense;

@@ -1,0 +1,270 @@
+//! Settings of a Turbopuffer sink.
+
+use serde::Deserialize;
+
+use crate::config::ConfigProblem;
+
+/// Default API endpoint (a region's own endpoint, such as
+/// `https://gcp-us-central1.turbopuffer.com`, can be set instead).
+pub const DEFAULT_URL: &str = "https://api.turbopuffer.com";
+/// Default environment variable holding the API key.
+pub const DEFAULT_API_KEY_ENV: &str = "TURBOPUFFER_API_KEY";
+/// Default attribute a document field literally named `id` is renamed to.
+pub const DEFAULT_ID_ATTRIBUTE: &str = "row_id";
+/// Default rows (upserts, patches and deletes) per write request.
+pub const DEFAULT_BATCH_MAX_ROWS: usize = 5000;
+/// Default bytes of rows per write request (the API takes up to 256 MB).
+pub const DEFAULT_BATCH_MAX_BYTES: u64 = 32 * 1024 * 1024;
+/// Largest `batch_max_bytes` accepted: the API's documented payload limit.
+pub const MAX_BATCH_BYTES: u64 = 256 * 1024 * 1024;
+/// Default time a write may wait in the buffer.
+pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 1000;
+/// Default timeout of one request.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 60_000;
+/// Default retries of a request failing with 429, 5xx or a timeout.
+pub const DEFAULT_MAX_RETRIES: u32 = 10;
+/// Default first retry delay; it doubles per attempt, with jitter.
+pub const DEFAULT_RETRY_INITIAL_BACKOFF_MS: u64 = 200;
+/// Default cap of the retry delay (a longer `Retry-After` is still honoured).
+pub const DEFAULT_RETRY_MAX_BACKOFF_MS: u64 = 30_000;
+/// Default number of parked writes at which the sink pauses.
+pub const DEFAULT_MAX_PARKED: usize = 10_000;
+/// The distance metrics the API knows.
+pub const DISTANCE_METRICS: [&str; 2] = ["cosine_distance", "euclidean_squared"];
+
+/// How document ids are sent. The API takes unsigned 64-bit integers, UUIDs
+/// or strings of up to 64 bytes, and one namespace holds one kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdType {
+    /// The document id as a JSON string, as it is.
+    #[default]
+    String,
+    /// The document id parsed as an unsigned 64-bit integer.
+    U64,
+    /// The document id parsed as a UUID (sent as a string, with the
+    /// namespace schema declaring `id` a `uuid`).
+    Uuid,
+}
+
+/// `[[sinks]]` with `type = "turbopuffer"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TurbopufferConfig {
+    /// Name used in logs, metrics and state.
+    pub name: String,
+    /// Base URL of the API, e.g. `https://gcp-us-central1.turbopuffer.com`.
+    #[serde(default = "default_url")]
+    pub url: String,
+    /// Environment variable holding the API key (`Authorization: Bearer …`).
+    #[serde(default = "default_api_key_env")]
+    pub api_key_env: String,
+    /// How document ids are typed: `string` (default), `u64` or `uuid`. An id
+    /// that does not parse as the type is parked with the reason.
+    #[serde(default)]
+    pub id_type: IdType,
+    /// A document field literally named `id` would clash with the row id: it
+    /// is stored under this attribute name instead. Empty drops the field.
+    #[serde(default = "default_id_attribute")]
+    pub id_attribute: String,
+    /// `distance_metric` sent with writes, for documents that carry a
+    /// `vector` attribute: `cosine_distance` or `euclidean_squared`.
+    #[serde(default)]
+    pub distance_metric: Option<String>,
+    /// A write request closes at this many rows ...
+    #[serde(default = "default_batch_max_rows")]
+    pub batch_max_rows: usize,
+    /// ... or this many bytes of rows ...
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: u64,
+    /// ... or when its oldest write waited this many milliseconds.
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+    /// Timeout of one request, in milliseconds.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Retries of a request failing with 429, 5xx or a timeout before its
+    /// writes are parked.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// First retry delay in milliseconds; doubles per attempt, with jitter.
+    #[serde(default = "default_retry_initial_backoff_ms")]
+    pub retry_initial_backoff_ms: u64,
+    /// Cap of the retry delay in milliseconds; a server's `Retry-After` is
+    /// honoured even when longer.
+    #[serde(default = "default_retry_max_backoff_ms")]
+    pub retry_max_backoff_ms: u64,
+    /// When this many writes are parked in the failed-message store, the sink
+    /// pauses (and with it the slot) until some are retried or discarded.
+    #[serde(default = "default_max_parked")]
+    pub max_parked: usize,
+}
+
+fn default_url() -> String {
+    DEFAULT_URL.into()
+}
+fn default_api_key_env() -> String {
+    DEFAULT_API_KEY_ENV.into()
+}
+fn default_id_attribute() -> String {
+    DEFAULT_ID_ATTRIBUTE.into()
+}
+fn default_batch_max_rows() -> usize {
+    DEFAULT_BATCH_MAX_ROWS
+}
+fn default_batch_max_bytes() -> u64 {
+    DEFAULT_BATCH_MAX_BYTES
+}
+fn default_flush_interval_ms() -> u64 {
+    DEFAULT_FLUSH_INTERVAL_MS
+}
+fn default_request_timeout_ms() -> u64 {
+    DEFAULT_REQUEST_TIMEOUT_MS
+}
+fn default_max_retries() -> u32 {
+    DEFAULT_MAX_RETRIES
+}
+fn default_retry_initial_backoff_ms() -> u64 {
+    DEFAULT_RETRY_INITIAL_BACKOFF_MS
+}
+fn default_retry_max_backoff_ms() -> u64 {
+    DEFAULT_RETRY_MAX_BACKOFF_MS
+}
+fn default_max_parked() -> usize {
+    DEFAULT_MAX_PARKED
+}
+
+impl TurbopufferConfig {
+    /// A config with every default, for tests and examples.
+    pub fn new(name: &str, url: &str) -> TurbopufferConfig {
+        TurbopufferConfig {
+            name: name.into(),
+            url: url.into(),
+            api_key_env: default_api_key_env(),
+            id_type: IdType::default(),
+            id_attribute: default_id_attribute(),
+            distance_metric: None,
+            batch_max_rows: DEFAULT_BATCH_MAX_ROWS,
+            batch_max_bytes: DEFAULT_BATCH_MAX_BYTES,
+            flush_interval_ms: DEFAULT_FLUSH_INTERVAL_MS,
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            max_retries: DEFAULT_MAX_RETRIES,
+            retry_initial_backoff_ms: DEFAULT_RETRY_INITIAL_BACKOFF_MS,
+            retry_max_backoff_ms: DEFAULT_RETRY_MAX_BACKOFF_MS,
+            max_parked: DEFAULT_MAX_PARKED,
+        }
+    }
+
+    /// Checks the settings, reporting every problem; `path` is the field
+    /// path of this sink, e.g. `sinks[0]`.
+    pub fn validate(&self, path: &str, problems: &mut Vec<ConfigProblem>) {
+        let mut problem = |field: &str, message: String| {
+            problems.push(ConfigProblem {
+                field: format!("{path}.{field}"),
+                message,
+            })
+        };
+        match reqwest::Url::parse(&self.url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+            _ => problem(
+                "url",
+                format!("`{}` is not an http(s) URL such as {DEFAULT_URL}", self.url),
+            ),
+        }
+        if self.api_key_env.is_empty() {
+            problem("api_key_env", "must name an environment variable".into());
+        } else if std::env::var_os(&self.api_key_env).is_none() {
+            problem(
+                "api_key_env",
+                format!("environment variable {} is not set", self.api_key_env),
+            );
+        }
+        if self.id_attribute == "id" || self.id_attribute == "vector" {
+            problem(
+                "id_attribute",
+                format!(
+                    "`{}` is reserved by the API; choose another name, or \"\" to drop the field",
+                    self.id_attribute
+                ),
+            );
+        } else if self.id_attribute.starts_with('$') || self.id_attribute.len() > 128 {
+            problem(
+                "id_attribute",
+                "must not start with `$` and must be at most 128 bytes".into(),
+            );
+        }
+        if let Some(metric) = &self.distance_metric {
+            if !DISTANCE_METRICS.contains(&metric.as_str()) {
+                problem(
+                    "distance_metric",
+                    format!("`{metric}` is not one of {}", DISTANCE_METRICS.join(", ")),
+                );
+            }
+        }
+        if self.max_parked == 0 {
+            problem("max_parked", "must be at least 1".into());
+        }
+        if self.batch_max_rows == 0 {
+            problem("batch_max_rows", "must be at least 1".into());
+        }
+        if !(1024..=MAX_BATCH_BYTES).contains(&self.batch_max_bytes) {
+            problem(
+                "batch_max_bytes",
+                format!("must be between 1024 and {MAX_BATCH_BYTES} (the API's payload limit)"),
+            );
+        }
+        for (field, value) in [
+            ("flush_interval_ms", self.flush_interval_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("retry_initial_backoff_ms", self.retry_initial_backoff_ms),
+        ] {
+            if value == 0 {
+                problem(field, "must be at least 1".into());
+            }
+        }
+        if self.retry_max_backoff_ms < self.retry_initial_backoff_ms {
+            problem(
+                "retry_max_backoff_ms",
+                "must be at least retry_initial_backoff_ms".into(),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_every_problem_at_once() {
+        let config: TurbopufferConfig =
+            toml::from_str("name = \"tp\"\napi_key_env = \"SLUICE_TP_TEST_UNSET_VAR\"").unwrap();
+        assert_eq!(config.url, DEFAULT_URL);
+        assert_eq!(config.id_type, IdType::String);
+        assert_eq!(config.id_attribute, DEFAULT_ID_ATTRIBUTE);
+        let mut problems = Vec::new();
+        config.validate("sinks[0]", &mut problems);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "sinks[0].api_key_env");
+
+        let bad: TurbopufferConfig = toml::from_str(
+            "name = \"tp\"\nurl = \"ftp://x\"\nid_type = \"u64\"\nid_attribute = \"id\"\n\
+             distance_metric = \"dot\"\nbatch_max_rows = 0\nretry_max_backoff_ms = 1",
+        )
+        .unwrap();
+        assert_eq!(bad.id_type, IdType::U64);
+        let mut problems = Vec::new();
+        bad.validate("sinks[2]", &mut problems);
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        for field in [
+            "sinks[2].url",
+            "sinks[2].id_attribute",
+            "sinks[2].distance_metric",
+            "sinks[2].batch_max_rows",
+            "sinks[2].retry_max_backoff_ms",
+        ] {
+            assert!(fields.contains(&field), "{field} in {fields:?}");
+        }
+        assert!(toml::from_str::<TurbopufferConfig>("name = \"tp\"\nbogus = 1").is_err());
+    }
+}

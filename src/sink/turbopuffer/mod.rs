@@ -1,0 +1,243 @@
+//! The Turbopuffer sink: the v2 namespace write API (`upsert_rows`,
+//! `patch_rows`, `deletes`), one request in flight, writes parked when the
+//! API refuses them or keeps failing.
+//!
+//! - **Namespaces** come from the router's index name; a name the API would
+//!   refuse (`[A-Za-z0-9-_.]{1,128}`) parks its writes.
+//! - **Ids** are typed per `id_type`; an id that is not of the type parks its
+//!   write. A document field literally named `id` is stored under
+//!   `id_attribute` (`row_id` by default), or dropped when that is empty.
+//! - **Per-key order**: the API applies a request atomically, part by part, so
+//!   a batch holds one state per document (see [`request`]) and requests go
+//!   one at a time, in order.
+//! - **Partial rows** (unchanged TOAST columns absent) become `patch_rows`,
+//!   which keep the attributes they leave out.
+//! - **Truncates** delete the namespace (`DELETE /v2/namespaces/:namespace`)
+//!   once everything before them is written: one request whatever the size,
+//!   with no filter to write for each id type, and the next write creates the
+//!   namespace again. Like a truncate on Elasticsearch it empties the whole
+//!   index, also of other tables routed to it.
+//! - **Failures**: 429, 5xx, timeouts and dropped connections are retried
+//!   with jittered, capped exponential backoff (at least `Retry-After` when
+//!   the answer has one); after `max_retries` the request's writes are
+//!   parked. A request the API refuses (400 and the like) is split in halves
+//!   and resent until the refused writes stand alone; those are parked with
+//!   the engine's error text and every other write goes through. Later
+//!   writes to a document with a parked write are parked behind it; with
+//!   `max_parked` writes parked, the sink pauses.
+
+mod client;
+mod config;
+pub mod request;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use client::{Client, Outcome};
+pub use config::{
+    IdType, TurbopufferConfig, DEFAULT_API_KEY_ENV, DEFAULT_BATCH_MAX_BYTES,
+    DEFAULT_BATCH_MAX_ROWS, DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_ID_ATTRIBUTE, DEFAULT_URL,
+};
+use request::{Batch, Encoder, Entry, RowWrite};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::lsn::Lsn;
+use crate::pipeline::change::{WriteAction, WriteOp};
+use crate::sink::failed::{FailedMessage, FailedStore};
+
+pub struct TurbopufferSink {
+    client: Client,
+    encoder: Encoder,
+    /// Buffered writes per namespace.
+    batches: Vec<Batch>,
+    by_namespace: HashMap<Arc<str>, usize>,
+    failed: FailedStore,
+}
+
+impl TurbopufferSink {
+    pub fn new(config: &TurbopufferConfig, data_dir: &Path) -> Result<TurbopufferSink> {
+        Ok(TurbopufferSink {
+            client: Client::new(config)?,
+            encoder: Encoder {
+                id_type: config.id_type,
+                id_attribute: config.id_attribute.clone(),
+                distance_metric: config.distance_metric.clone(),
+            },
+            batches: Vec::new(),
+            by_namespace: HashMap::new(),
+            failed: FailedStore::new(data_dir, &config.name),
+        })
+    }
+
+    fn config(&self) -> &TurbopufferConfig {
+        &self.client.config
+    }
+
+    /// Buffers one write (not a truncate), flushing its namespace when full.
+    async fn buffer(&mut self, op: &WriteOp) -> Result<()> {
+        if !request::valid_namespace(&op.index) {
+            let error = format!(
+                "`{}` is not a valid namespace name ([A-Za-z0-9-_.]{{1,128}})",
+                op.index
+            );
+            return self.park_op(op, error);
+        }
+        let id_json = match self.encoder.id_json(&op.id) {
+            Ok(id) => id,
+            Err(error) => return self.park_op(op, error),
+        };
+        let (write, size) = match self.encoder.row_write(op) {
+            Some(Ok(write)) => write,
+            Some(Err(error)) => return self.park_op(op, error),
+            None => return Ok(()),
+        };
+        let at = match self.by_namespace.get(&op.index) {
+            Some(&at) => at,
+            None => {
+                self.batches.push(Batch::new(op.index.clone()));
+                self.by_namespace
+                    .insert(op.index.clone(), self.batches.len() - 1);
+                self.batches.len() - 1
+            }
+        };
+        let (max_rows, max_bytes) = (self.config().batch_max_rows, self.config().batch_max_bytes);
+        let batch = &mut self.batches[at];
+        batch.push(op, id_json, write, size);
+        if batch.entries.len() >= max_rows || batch.bytes >= max_bytes {
+            let namespace = batch.namespace.clone();
+            let entries = batch.take();
+            self.deliver(&namespace, entries).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends every buffered write.
+    async fn flush(&mut self) -> Result<()> {
+        for at in 0..self.batches.len() {
+            if self.batches[at].is_empty() {
+                continue;
+            }
+            let namespace = self.batches[at].namespace.clone();
+            let entries = self.batches[at].take();
+            self.deliver(&namespace, entries).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes `entries` (distinct documents of one namespace): each ends
+    /// written or parked.
+    async fn deliver(&mut self, namespace: &str, entries: Vec<Entry>) -> Result<()> {
+        let mut groups = vec![entries];
+        while let Some(group) = groups.pop() {
+            let body = Bytes::from(self.encoder.body(&group));
+            let (problem, attempts) = match self.client.write(namespace, body).await? {
+                Outcome::Done => continue,
+                Outcome::Exhausted(problem, attempts) => (problem, attempts),
+                Outcome::NotFound => ("404: the namespace was not found".to_owned(), 1),
+                Outcome::Rejected(problem) if group.len() > 1 => {
+                    tracing::warn!(
+                        sink = %self.client.name,
+                        namespace,
+                        rows = group.len(),
+                        "write request refused ({problem}); resending in halves to find the refused rows"
+                    );
+                    let mut left = group;
+                    let right = left.split_off(left.len() / 2);
+                    groups.push(right);
+                    groups.push(left);
+                    continue;
+                }
+                Outcome::Rejected(problem) => (problem, 1),
+            };
+            for entry in group {
+                self.park_entry(namespace, entry, &problem, attempts)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Empties `namespace`, after every write before it.
+    async fn truncate(&mut self, namespace: &str) -> Result<()> {
+        self.flush().await?;
+        if !request::valid_namespace(namespace) {
+            return Ok(());
+        }
+        let problem = match self.client.delete_namespace(namespace).await? {
+            Outcome::Done | Outcome::NotFound => {
+                tracing::info!(sink = %self.client.name, namespace, "table truncated: the namespace is deleted");
+                return Ok(());
+            }
+            Outcome::Rejected(problem) | Outcome::Exhausted(problem, _) => problem,
+        };
+        Err(Error::new(
+            ErrorKind::Sink,
+            format!(
+                "sink {}: deleting namespace {namespace} for a truncate failed: {problem}",
+                self.client.name
+            ),
+        ))
+    }
+
+    fn park_op(&mut self, op: &WriteOp, error: String) -> Result<()> {
+        let message = FailedMessage::for_op(&self.client.name, op, error, 1);
+        self.failed.park(&message)
+    }
+
+    fn park_entry(
+        &mut self,
+        namespace: &str,
+        entry: Entry,
+        error: &str,
+        attempts: u32,
+    ) -> Result<()> {
+        let document = match &entry.write {
+            RowWrite::Upsert(row) | RowWrite::Patch(row) => {
+                Some(serde_json::to_string(row).expect("JSON values serialize"))
+            }
+            RowWrite::Delete => None,
+        };
+        self.failed.park(&FailedMessage {
+            key: String::new(),
+            sink: self.client.name.clone(),
+            index: namespace.to_owned(),
+            table: entry.table.to_string(),
+            id: entry.id,
+            lsn: entry.lsn.to_string(),
+            action: entry.write.name().into(),
+            document,
+            error: format!("turbopuffer refused the write: {error}"),
+            attempts,
+            failed_at_ms: crate::sink::failed::now_ms(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Sink for TurbopufferSink {
+    fn name(&self) -> &str {
+        &self.client.name
+    }
+
+    async fn write(&mut self, ops: &[WriteOp]) -> Result<()> {
+        for op in ops {
+            if let WriteAction::Truncate { .. } = op.action {
+                self.truncate(&op.index).await?;
+            } else if !self.failed.park_if_blocked(&self.client.name, op)? {
+                self.buffer(op).await?;
+            }
+        }
+        metrics::counter!("sluice_sink_writes_total", "sink" => self.client.name.clone())
+            .increment(ops.len() as u64);
+        Ok(())
+    }
+
+    async fn commit(&mut self, _upto: Lsn) -> Result<()> {
+        self.flush().await?;
+        let max = self.config().max_parked;
+        self.failed.wait_below(&self.client.name, max).await;
+        Ok(())
+    }
+}

@@ -367,6 +367,24 @@ async fn refused_writes_are_parked_and_later_writes_go_on() {
         parked[1].error
     );
     assert_eq!(parked[1].attempts, 3);
+
+    // So are timeouts.
+    fake.update_faults(|f| {
+        f.dropped = 0.0;
+        f.delay = Duration::from_millis(300);
+    });
+    let mut config = self::config(&fake);
+    config.max_retries = 1;
+    config.request_timeout_ms = 50;
+    let mut sink = TurbopufferSink::new(&config, dir.path()).unwrap();
+    sink.write(&[op("items", "502", 402, WriteAction::Delete)])
+        .await
+        .unwrap();
+    sink.commit(Lsn(402)).await.unwrap();
+    let parked = failed::list(dir.path(), "tp").unwrap();
+    assert_eq!(parked.len(), 3);
+    assert!(parked[2].error.contains("timed out"), "{}", parked[2].error);
+    assert_eq!(parked[2].attempts, 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,9 +7,11 @@
 //! `distance_metric` and `schema`, and `DELETE /v2/namespaces/:namespace`.
 //! Ids are unsigned integers, strings of at most 64 bytes, or UUIDs (when
 //! the schema says `"id": "uuid"`), one kind per namespace. A request is
-//! checked whole before anything is applied, then applied at once in the
-//! order `delete_by_filter`, `upsert_rows`, `patch_rows`, `deletes`. Errors
-//! answer `{"status":"error","error":"…"}`.
+//! checked whole before anything is applied, then applied at once:
+//! `delete_by_filter` first, then `upsert_rows`, `patch_rows` and `deletes`
+//! (an order of parts the fake picks; a client must not depend on it, and
+//! `repeated_ids` counts the requests that would). Errors answer
+//! `{"status":"error","error":"…"}`.
 //!
 //! Injected failures, drawn from a seeded `StdRng`: 429 (with `Retry-After`
 //! when asked), 500, dropped connections (before or after applying), a poison

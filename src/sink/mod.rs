@@ -3,6 +3,7 @@
 pub mod elasticsearch;
 pub mod embedded;
 pub mod failed;
+pub mod meilisearch;
 pub mod null;
 pub mod retry;
 pub mod turbopuffer;

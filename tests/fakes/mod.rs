@@ -10,5 +10,6 @@
 #![allow(dead_code)]
 
 pub mod elasticsearch;
+pub mod meilisearch;
 pub mod turbopuffer;
 pub mod typesense;

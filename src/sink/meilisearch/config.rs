@@ -1,0 +1,277 @@
+//! Settings of a Meilisearch sink.
+
+use serde::Deserialize;
+
+use crate::config::ConfigProblem;
+
+/// Default primary key field of the indexes.
+pub const DEFAULT_PRIMARY_KEY: &str = "id";
+/// Default documents per request.
+pub const DEFAULT_BATCH_MAX_DOCS: usize = 1000;
+/// Default bytes of JSON per request.
+pub const DEFAULT_BATCH_MAX_BYTES: u64 = 5 * 1024 * 1024;
+/// Default time a write may wait before it is sent and its task followed.
+pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 1000;
+/// Default timeout of one HTTP request.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// Default attempts of a request or task failing with a retryable error.
+pub const DEFAULT_MAX_RETRIES: u32 = 10;
+/// Default first retry delay; it doubles per attempt, with jitter.
+pub const DEFAULT_RETRY_INITIAL_BACKOFF_MS: u64 = 100;
+/// Default cap of the retry delay.
+pub const DEFAULT_RETRY_MAX_BACKOFF_MS: u64 = 30_000;
+/// Default number of parked messages at which the sink pauses.
+pub const DEFAULT_MAX_PARKED: usize = 10_000;
+/// Default tasks enqueued and not yet finished at once.
+pub const DEFAULT_MAX_TASKS_IN_FLIGHT: usize = 16;
+/// Default longest wait for one task to finish.
+pub const DEFAULT_TASK_TIMEOUT_MS: u64 = 300_000;
+/// Default first delay between two looks at an unfinished task.
+pub const DEFAULT_TASK_POLL_INITIAL_MS: u64 = 10;
+/// Default cap of the delay between two looks at an unfinished task.
+pub const DEFAULT_TASK_POLL_MAX_MS: u64 = 1000;
+
+/// `[[sinks]]` with `type = "meilisearch"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeilisearchConfig {
+    /// Name used in logs, metrics and state.
+    pub name: String,
+    /// Base URL of the instance, e.g. `http://search.internal:7700`.
+    pub url: String,
+    /// Environment variable holding the API key (`Authorization: Bearer …`).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// The primary key field of every index. sluice sets it to the document
+    /// id (a string) and passes it as `primaryKey` when writing.
+    #[serde(default = "default_primary_key")]
+    pub primary_key: String,
+    /// A request closes at this many documents ...
+    #[serde(default = "default_batch_max_docs")]
+    pub batch_max_docs: usize,
+    /// ... or this many bytes of JSON ...
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: u64,
+    /// ... or when its oldest write waited this many milliseconds (the
+    /// writer then commits: sends everything and waits for its tasks).
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+    /// Timeout of one HTTP request, in milliseconds.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Attempts of a request failing with 429, 5xx, a timeout or a dropped
+    /// connection, and of a task failing with an internal error.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// First retry delay in milliseconds; doubles per attempt, with jitter.
+    #[serde(default = "default_retry_initial_backoff_ms")]
+    pub retry_initial_backoff_ms: u64,
+    /// Cap of the retry delay in milliseconds.
+    #[serde(default = "default_retry_max_backoff_ms")]
+    pub retry_max_backoff_ms: u64,
+    /// When this many writes are parked in the failed-message store, the sink
+    /// pauses (and with it the slot) until some are retried or discarded.
+    #[serde(default = "default_max_parked")]
+    pub max_parked: usize,
+    /// Tasks enqueued and not finished at once; more writes wait for the oldest.
+    #[serde(default = "default_max_tasks_in_flight")]
+    pub max_tasks_in_flight: usize,
+    /// Longest wait for one task to finish, in milliseconds. A task still
+    /// enqueued or processing then is not resent: the sink reports an error
+    /// and the pipeline resumes from its last acknowledged position.
+    #[serde(default = "default_task_timeout_ms")]
+    pub task_timeout_ms: u64,
+    /// First delay between two looks at an unfinished task, in milliseconds.
+    #[serde(default = "default_task_poll_initial_ms")]
+    pub task_poll_initial_ms: u64,
+    /// Cap of the delay between two looks at an unfinished task.
+    #[serde(default = "default_task_poll_max_ms")]
+    pub task_poll_max_ms: u64,
+}
+
+fn default_primary_key() -> String {
+    DEFAULT_PRIMARY_KEY.into()
+}
+fn default_batch_max_docs() -> usize {
+    DEFAULT_BATCH_MAX_DOCS
+}
+fn default_batch_max_bytes() -> u64 {
+    DEFAULT_BATCH_MAX_BYTES
+}
+fn default_flush_interval_ms() -> u64 {
+    DEFAULT_FLUSH_INTERVAL_MS
+}
+fn default_request_timeout_ms() -> u64 {
+    DEFAULT_REQUEST_TIMEOUT_MS
+}
+fn default_max_retries() -> u32 {
+    DEFAULT_MAX_RETRIES
+}
+fn default_retry_initial_backoff_ms() -> u64 {
+    DEFAULT_RETRY_INITIAL_BACKOFF_MS
+}
+fn default_retry_max_backoff_ms() -> u64 {
+    DEFAULT_RETRY_MAX_BACKOFF_MS
+}
+fn default_max_parked() -> usize {
+    DEFAULT_MAX_PARKED
+}
+fn default_max_tasks_in_flight() -> usize {
+    DEFAULT_MAX_TASKS_IN_FLIGHT
+}
+fn default_task_timeout_ms() -> u64 {
+    DEFAULT_TASK_TIMEOUT_MS
+}
+fn default_task_poll_initial_ms() -> u64 {
+    DEFAULT_TASK_POLL_INITIAL_MS
+}
+fn default_task_poll_max_ms() -> u64 {
+    DEFAULT_TASK_POLL_MAX_MS
+}
+
+impl MeilisearchConfig {
+    /// A config with every default, for `name` at `url`.
+    pub fn new(name: &str, url: &str) -> MeilisearchConfig {
+        MeilisearchConfig {
+            name: name.into(),
+            url: url.into(),
+            api_key_env: None,
+            primary_key: default_primary_key(),
+            batch_max_docs: DEFAULT_BATCH_MAX_DOCS,
+            batch_max_bytes: DEFAULT_BATCH_MAX_BYTES,
+            flush_interval_ms: DEFAULT_FLUSH_INTERVAL_MS,
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            max_retries: DEFAULT_MAX_RETRIES,
+            retry_initial_backoff_ms: DEFAULT_RETRY_INITIAL_BACKOFF_MS,
+            retry_max_backoff_ms: DEFAULT_RETRY_MAX_BACKOFF_MS,
+            max_parked: DEFAULT_MAX_PARKED,
+            max_tasks_in_flight: DEFAULT_MAX_TASKS_IN_FLIGHT,
+            task_timeout_ms: DEFAULT_TASK_TIMEOUT_MS,
+            task_poll_initial_ms: DEFAULT_TASK_POLL_INITIAL_MS,
+            task_poll_max_ms: DEFAULT_TASK_POLL_MAX_MS,
+        }
+    }
+
+    /// Checks the settings; `path` is the field path of this sink.
+    pub fn validate(&self, path: &str, problems: &mut Vec<ConfigProblem>) {
+        let mut problem = |field: &str, message: String| {
+            problems.push(ConfigProblem {
+                field: format!("{path}.{field}"),
+                message,
+            })
+        };
+        match reqwest::Url::parse(&self.url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+            _ => problem(
+                "url",
+                format!(
+                    "`{}` is not an http(s) URL such as http://localhost:7700",
+                    self.url
+                ),
+            ),
+        }
+        if let Some(var) = &self.api_key_env {
+            if std::env::var_os(var).is_none() {
+                problem(
+                    "api_key_env",
+                    format!("environment variable {var} is not set"),
+                );
+            }
+        }
+        if self.primary_key.is_empty()
+            || !self
+                .primary_key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            problem(
+                "primary_key",
+                format!(
+                    "`{}` is not a field name Meilisearch takes as a primary key (a-z A-Z 0-9 _ -)",
+                    self.primary_key
+                ),
+            );
+        }
+        if self.batch_max_docs == 0 {
+            problem("batch_max_docs", "must be at least 1".into());
+        }
+        if self.batch_max_bytes < 1024 {
+            problem("batch_max_bytes", "must be at least 1024".into());
+        }
+        if self.max_parked == 0 {
+            problem("max_parked", "must be at least 1".into());
+        }
+        if self.max_tasks_in_flight == 0 || self.max_tasks_in_flight > 1024 {
+            problem("max_tasks_in_flight", "must be between 1 and 1024".into());
+        }
+        for (field, value) in [
+            ("flush_interval_ms", self.flush_interval_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("retry_initial_backoff_ms", self.retry_initial_backoff_ms),
+            ("task_timeout_ms", self.task_timeout_ms),
+            ("task_poll_initial_ms", self.task_poll_initial_ms),
+        ] {
+            if value == 0 {
+                problem(field, "must be at least 1".into());
+            }
+        }
+        if self.retry_max_backoff_ms < self.retry_initial_backoff_ms {
+            problem(
+                "retry_max_backoff_ms",
+                "must be at least retry_initial_backoff_ms".into(),
+            );
+        }
+        if self.task_poll_max_ms < self.task_poll_initial_ms {
+            problem(
+                "task_poll_max_ms",
+                "must be at least task_poll_initial_ms".into(),
+            );
+        }
+    }
+
+    /// The `Authorization` header value, read from the environment.
+    pub fn authorization(&self) -> Option<String> {
+        let key = std::env::var(self.api_key_env.as_ref()?).ok()?;
+        Some(format!("Bearer {key}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problems_name_their_fields() {
+        let mut config = MeilisearchConfig::new("meili", "ftp://x");
+        config.primary_key = "a|b".into();
+        config.batch_max_docs = 0;
+        config.task_timeout_ms = 0;
+        config.api_key_env = Some("SLUICE_TEST_SURELY_UNSET_MEILI_KEY".into());
+        let mut problems = Vec::new();
+        config.validate("sinks[0]", &mut problems);
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "sinks[0].url",
+                "sinks[0].api_key_env",
+                "sinks[0].primary_key",
+                "sinks[0].batch_max_docs",
+                "sinks[0].task_timeout_ms"
+            ]
+        );
+        let mut problems = Vec::new();
+        MeilisearchConfig::new("meili", "http://localhost:7700").validate("s", &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let config: MeilisearchConfig =
+            toml::from_str("name = \"m\"\nurl = \"http://x:7700\"").unwrap();
+        assert_eq!(config.primary_key, DEFAULT_PRIMARY_KEY);
+        assert!(
+            toml::from_str::<MeilisearchConfig>("name = \"m\"\nurl = \"u\"\nbogus = 1").is_err()
+        );
+    }
+}

@@ -1,0 +1,168 @@
+//! The queue of closed batches: enqueued in write order, their tasks
+//! followed, and a failed batch sent again before everything of its index
+//! that came after it (see the module documentation of the sink).
+
+use super::client::Sent;
+use super::request::{Batch, Kind};
+use super::tasks::{self, Outcome};
+use super::{Entry, MeilisearchSink, State};
+use crate::error::{Error, ErrorKind, Result};
+
+impl MeilisearchSink {
+    fn in_flight(&self) -> usize {
+        self.queue
+            .iter()
+            .filter(|e| matches!(e.state, State::Enqueued(_) | State::Rejected(_)))
+            .count()
+    }
+
+    /// Enqueues the unsent batches in order, waiting for the oldest task
+    /// when `max_tasks_in_flight` are out.
+    pub(super) async fn send_unsent(&mut self) -> Result<()> {
+        while let Some(i) = self
+            .queue
+            .iter()
+            .position(|e| matches!(e.state, State::Unsent))
+        {
+            if self.in_flight() >= self.config().max_tasks_in_flight {
+                self.settle_oldest().await?;
+                continue;
+            }
+            self.park_blocked(i)?;
+            let entry = &mut self.queue[i];
+            if entry.batch.items.is_empty() && entry.batch.kind != Kind::Clear {
+                entry.state = State::Done;
+                continue;
+            }
+            entry.state = match self.client.enqueue(&entry.batch).await? {
+                Sent::Task(uid) => State::Enqueued(uid),
+                Sent::Rejected(error) => State::Rejected(error),
+            };
+        }
+        Ok(())
+    }
+
+    /// Waits for the oldest task out; returns false if there is none.
+    pub(super) async fn settle_oldest(&mut self) -> Result<bool> {
+        let Some(i) = self
+            .queue
+            .iter()
+            .position(|e| matches!(e.state, State::Enqueued(_) | State::Rejected(_)))
+        else {
+            return Ok(false);
+        };
+        self.settle(i).await?;
+        while self
+            .queue
+            .front()
+            .is_some_and(|e| matches!(e.state, State::Done))
+        {
+            self.queue.pop_front();
+        }
+        Ok(true)
+    }
+
+    /// Waits for the task of entry `i` and acts on its outcome.
+    async fn settle(&mut self, i: usize) -> Result<()> {
+        let kind = self.queue[i].batch.kind;
+        let outcome = match &self.queue[i].state {
+            State::Enqueued(uid) => {
+                let task = self.client.wait_task(*uid).await?;
+                tasks::classify(kind, task.status, task.error.as_ref())
+            }
+            State::Rejected(error) => tasks::classify_error(kind, error),
+            State::Unsent | State::Done => return Ok(()),
+        };
+        let max_retries = self.client.config.max_retries;
+        let entry = &mut self.queue[i];
+        let what = format!(
+            "sink {}: {} {} write(s) to {}",
+            self.client.name,
+            entry.batch.items.len(),
+            kind.action(),
+            entry.batch.index
+        );
+        match outcome {
+            Outcome::Done => {
+                entry.state = State::Done;
+                Ok(())
+            }
+            Outcome::Retry(problem) => {
+                entry.batch.attempts += 1;
+                let attempts = entry.batch.attempts;
+                if attempts > max_retries {
+                    return Err(Error::new(
+                        ErrorKind::Sink,
+                        format!("{what} failed {attempts} times: {problem}"),
+                    ));
+                }
+                let batch = entry.batch.clone();
+                self.replay(i, vec![batch]).await?;
+                self.client
+                    .wait(attempts, &format!("{what} failed: {problem}"))
+                    .await;
+                Ok(())
+            }
+            Outcome::BadDocuments(problem) if entry.batch.items.len() > 1 => {
+                tracing::warn!("{what} failed, looking for the bad documents: {problem}");
+                let (first, second) = entry.batch.clone().split();
+                self.replay(i, vec![first, second]).await
+            }
+            Outcome::BadDocuments(problem) => {
+                let batch = entry.batch.clone();
+                for item in batch.items {
+                    self.park(
+                        &batch.index,
+                        kind,
+                        item,
+                        problem.clone(),
+                        batch.attempts + 1,
+                    )?;
+                }
+                self.replay(i, Vec::new()).await
+            }
+            Outcome::Fatal { problem, hint } => {
+                Err(Error::new(ErrorKind::Sink, format!("{what} failed: {problem}")).hint(hint))
+            }
+        }
+    }
+
+    /// Puts `replacements` in the place of entry `i`, whose task failed
+    /// without applying anything, and marks every later batch of the same
+    /// index unsent once its task finished: they are enqueued again after
+    /// the replacements, in order.
+    async fn replay(&mut self, i: usize, replacements: Vec<Batch>) -> Result<()> {
+        let index = self.queue[i].batch.index.clone();
+        let mut again = 0;
+        for j in i + 1..self.queue.len() {
+            if self.queue[j].batch.index != index {
+                continue;
+            }
+            if let State::Enqueued(uid) = self.queue[j].state {
+                self.client.wait_task(uid).await?;
+            }
+            if !matches!(self.queue[j].state, State::Unsent) {
+                again += 1;
+            }
+            self.queue[j].state = State::Unsent;
+        }
+        if again > 0 {
+            tracing::info!(
+                sink = %self.client.name,
+                index = %index,
+                "sending {again} later request(s) again after the failed one, to keep the order of writes"
+            );
+        }
+        self.queue.remove(i);
+        for (n, batch) in replacements.into_iter().enumerate() {
+            self.queue.insert(
+                i + n,
+                Entry {
+                    batch,
+                    state: State::Unsent,
+                },
+            );
+        }
+        Ok(())
+    }
+}

@@ -229,6 +229,12 @@ pub enum SinkKind {
     Null,
     /// An Elasticsearch or OpenSearch cluster, written with the bulk API.
     Elasticsearch(Box<crate::sink::elasticsearch::ElasticsearchConfig>),
+    /// A Typesense cluster, written with JSONL imports.
+    Typesense(Box<crate::sink::typesense::TypesenseConfig>),
+    /// A Meilisearch instance; every write's task is followed to its end.
+    Meilisearch(Box<crate::sink::meilisearch::MeilisearchConfig>),
+    /// Turbopuffer namespaces, written with the v2 write API.
+    Turbopuffer(Box<crate::sink::turbopuffer::TurbopufferConfig>),
 }
 
 impl SinkKind {
@@ -239,6 +245,9 @@ impl SinkKind {
             SinkKind::Embedded { commit_interval_ms } => *commit_interval_ms,
             SinkKind::Null => NULL_COMMIT_INTERVAL_MS,
             SinkKind::Elasticsearch(es) => es.flush_interval_ms,
+            SinkKind::Typesense(ts) => ts.flush_interval_ms,
+            SinkKind::Meilisearch(ms) => ms.flush_interval_ms,
+            SinkKind::Turbopuffer(tp) => tp.flush_interval_ms,
         };
         std::time::Duration::from_millis(ms)
     }
@@ -262,6 +271,9 @@ enum RawSink {
     },
     #[serde(alias = "opensearch")]
     Elasticsearch(Box<crate::sink::elasticsearch::ElasticsearchConfig>),
+    Typesense(Box<crate::sink::typesense::TypesenseConfig>),
+    Meilisearch(Box<crate::sink::meilisearch::MeilisearchConfig>),
+    Turbopuffer(Box<crate::sink::turbopuffer::TurbopufferConfig>),
 }
 
 impl From<RawSink> for SinkConfig {
@@ -281,6 +293,18 @@ impl From<RawSink> for SinkConfig {
             RawSink::Elasticsearch(config) => SinkConfig {
                 name: config.name.clone(),
                 kind: SinkKind::Elasticsearch(config),
+            },
+            RawSink::Typesense(config) => SinkConfig {
+                name: config.name.clone(),
+                kind: SinkKind::Typesense(config),
+            },
+            RawSink::Meilisearch(config) => SinkConfig {
+                name: config.name.clone(),
+                kind: SinkKind::Meilisearch(config),
+            },
+            RawSink::Turbopuffer(config) => SinkConfig {
+                name: config.name.clone(),
+                kind: SinkKind::Turbopuffer(config),
             },
         }
     }
@@ -581,21 +605,23 @@ impl Config {
                     format!("sink `{}` is defined twice", sink.name),
                 );
             }
+            let path = format!("sinks[{i}]");
+            let mut found = Vec::new();
             match &sink.kind {
                 SinkKind::Embedded {
                     commit_interval_ms: 0,
                 } => problem(
-                    format!("sinks[{i}].commit_interval_ms"),
+                    format!("{path}.commit_interval_ms"),
                     "must be at least 1".into(),
                 ),
-                SinkKind::Elasticsearch(es) => {
-                    let mut found = Vec::new();
-                    es.validate(&format!("sinks[{i}]"), &mut found);
-                    for p in found {
-                        problem(p.field, p.message);
-                    }
-                }
+                SinkKind::Elasticsearch(es) => es.validate(&path, &mut found),
+                SinkKind::Typesense(ts) => ts.validate(&path, &mut found),
+                SinkKind::Meilisearch(ms) => ms.validate(&path, &mut found),
+                SinkKind::Turbopuffer(tp) => tp.validate(&path, &mut found),
                 _ => {}
+            }
+            for p in found {
+                problem(p.field, p.message);
             }
         }
         if problems.is_empty() {

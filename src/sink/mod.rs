@@ -39,5 +39,8 @@ pub fn build(config: &SinkConfig, data_dir: &Path) -> Result<Box<dyn Sink>> {
         SinkKind::Elasticsearch(es) => {
             Box::new(elasticsearch::ElasticsearchSink::new(es, data_dir)?)
         }
+        SinkKind::Typesense(ts) => Box::new(typesense::TypesenseSink::new(ts, data_dir)?),
+        SinkKind::Meilisearch(ms) => Box::new(meilisearch::MeilisearchSink::new(ms, data_dir)?),
+        SinkKind::Turbopuffer(tp) => Box::new(turbopuffer::TurbopufferSink::new(tp, data_dir)?),
     })
 }

@@ -1,0 +1,229 @@
+//! Postgres → sluice → each search engine (its fake), under random failures:
+//! the engine ends equal to the table.
+
+mod common;
+mod fakes;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use common::{wait_until, Sluice, TestDb};
+use serde_json::Value;
+
+fn seed() -> u64 {
+    let seed = std::env::var("SLUICE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("fault seed {seed} (replay with SLUICE_SEED={seed})");
+    seed
+}
+
+/// Settings every engine's sink gets in these tests: quick retries, small batches.
+const FAST: &str = "flush_interval_ms = 100\nmax_retries = 60\nretry_initial_backoff_ms = 5\nretry_max_backoff_ms = 50\n";
+
+/// Streams a mixed workload into the sink `sinks` describes and waits until
+/// `engine()` equals the table's rows as `shape` turns them into documents.
+async fn run_workload<E, F>(
+    hint: &str,
+    sinks: String,
+    sink_name: &str,
+    engine: E,
+    shape: fn(String, Value) -> (String, Value),
+) where
+    E: Fn() -> F,
+    F: Future<Output = BTreeMap<String, Value>>,
+{
+    let db = TestDb::new(hint).await;
+    db.exec(
+        "CREATE TABLE products (id bigint PRIMARY KEY, name text NOT NULL, price numeric(12, 2), body text);
+         ALTER TABLE products ALTER COLUMN body SET STORAGE EXTERNAL;",
+    )
+    .await;
+    let config = db.config_with_sinks("[[tables]]\nname = \"products\"", "shards = 3", &sinks);
+    let log = db.dir.path().join("engine.log");
+    let mut command = common::sluice_command();
+    command
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("SLUICE_TEST_ENGINE_KEY", "secret")
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut sluice = Sluice {
+        child: command.spawn().unwrap(),
+        log,
+    };
+    db.wait_streaming(&mut sluice).await;
+    let expected = || async {
+        db.rows("products", "id")
+            .await
+            .into_iter()
+            .map(|(id, row)| shape(id, row))
+            .collect()
+    };
+
+    db.exec("INSERT INTO products SELECT i, 'p' || i, i * 0.5, repeat(md5(i::text), 10) FROM generate_series(1, 8000) i")
+        .await;
+    db.exec("UPDATE products SET price = price + 1 WHERE id % 2 = 0")
+        .await;
+    // Only small columns change: the TOASTed body is 'unchanged' in the WAL.
+    db.exec("UPDATE products SET body = repeat('x', 30000) WHERE id <= 20")
+        .await;
+    db.exec("UPDATE products SET name = name || '!' WHERE id <= 40")
+        .await;
+    db.exec("DELETE FROM products WHERE id % 7 = 0").await;
+    db.exec("UPDATE products SET id = id + 100000 WHERE id BETWEEN 100 AND 150")
+        .await;
+    sluice.assert_running();
+    let equal = wait_until(Duration::from_secs(90), || async {
+        engine().await == expected().await
+    })
+    .await;
+    if !equal {
+        let (docs, rows) = (engine().await, expected().await);
+        let missing: Vec<_> = rows
+            .keys()
+            .filter(|k| !docs.contains_key(*k))
+            .take(5)
+            .collect();
+        let differ: Vec<_> = rows
+            .iter()
+            .filter(|(k, v)| docs.get(*k).is_some_and(|d| d != *v))
+            .take(2)
+            .map(|(k, v)| format!("{k}: row {v} doc {}", docs[k]))
+            .collect();
+        panic!(
+            "{hint}: engine has {} documents, table {}; missing {missing:?}; differ {differ:#?}; log:\n{}",
+            docs.len(),
+            rows.len(),
+            tail(&sluice.log_text())
+        );
+    }
+
+    db.exec("TRUNCATE products").await;
+    db.exec("INSERT INTO products (id, name) SELECT i, 'after' FROM generate_series(1, 50) i")
+        .await;
+    let equal = wait_until(Duration::from_secs(60), || async {
+        engine().await == expected().await
+    })
+    .await;
+    assert!(equal, "{hint}: not equal after a truncate");
+    let parked = sluice::sink::failed::list(&db.data_dir(), sink_name).unwrap();
+    assert!(parked.is_empty(), "nothing should be parked: {parked:?}");
+    assert!(sluice.stop().success());
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// The row with its key as a string `field` (engines that want string ids).
+fn with_string_id(field: &'static str) -> fn(String, Value) -> (String, Value) {
+    match field {
+        "id" => |id, mut row| {
+            row["id"] = Value::String(id.clone());
+            (id, row)
+        },
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn typesense() {
+    use fakes::typesense::{FakeOptions, FakeTypesense, Faults};
+    let ts = FakeTypesense::start(FakeOptions {
+        api_key: Some("secret".into()),
+        seed: seed(),
+        record_requests: false,
+        faults: Faults {
+            line_rejected_429: 0.05,
+            line_unavailable_503: 0.02,
+            request_rejected_429: 0.05,
+            request_unavailable_503: 0.03,
+            request_dropped: 0.03,
+            dropped_after_apply: true,
+            ..Faults::default()
+        },
+    })
+    .await;
+    let sinks = format!(
+        "[[sinks]]\nname = \"typesense\"\ntype = \"typesense\"\nurl = \"{}\"\napi_key_env = \"SLUICE_TEST_ENGINE_KEY\"\n\
+         batch_max_docs = 300\nschema = {{ fields = [{{ name = \".*\", type = \"auto\" }}] }}\n{FAST}",
+        ts.url()
+    );
+    run_workload(
+        "ts",
+        sinks,
+        "typesense",
+        || async { ts.documents("products") },
+        with_string_id("id"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn meilisearch() {
+    use fakes::meilisearch::{FakeMeilisearch, FakeOptions, Faults};
+    let ms = FakeMeilisearch::start(FakeOptions {
+        api_key: Some("secret".into()),
+        seed: seed(),
+        processing_delay: Duration::from_millis(2),
+        faults: Faults {
+            request_429: 0.05,
+            request_503: 0.03,
+            dropped_before: 0.03,
+            task_internal_error: 0.03,
+            poll_503: 0.03,
+            ..Faults::default()
+        },
+        ..FakeOptions::default()
+    })
+    .await;
+    let sinks = format!(
+        "[[sinks]]\nname = \"meili\"\ntype = \"meilisearch\"\nurl = \"{}\"\napi_key_env = \"SLUICE_TEST_ENGINE_KEY\"\n\
+         batch_max_docs = 300\ntask_poll_max_ms = 20\n{FAST}",
+        ms.url()
+    );
+    run_workload(
+        "ms",
+        sinks,
+        "meili",
+        || async { ms.documents("products") },
+        with_string_id("id"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn turbopuffer() {
+    use fakes::turbopuffer::{FakeOptions, FakeTurbopuffer, Faults};
+    let tp = FakeTurbopuffer::start(FakeOptions {
+        api_key: Some("secret".into()),
+        seed: seed(),
+        faults: Faults {
+            rate_limited_429: 0.05,
+            server_error_500: 0.03,
+            dropped: 0.03,
+            dropped_after_apply: 0.03,
+            ..Faults::default()
+        },
+    })
+    .await;
+    let sinks = format!(
+        "[[sinks]]\nname = \"tpuf\"\ntype = \"turbopuffer\"\nurl = \"{}\"\napi_key_env = \"SLUICE_TEST_ENGINE_KEY\"\n\
+         batch_max_rows = 300\n{FAST}",
+        tp.url()
+    );
+    // Rows are keyed by id; the row's own `id` column is the attribute `row_id`.
+    let shape: fn(String, Value) -> (String, Value) = |id, mut row| {
+        let key = row.as_object_mut().unwrap().remove("id").unwrap();
+        row["row_id"] = key;
+        (id, row)
+    };
+    run_workload("tp", sinks, "tpuf", || async { tp.rows("products") }, shape).await;
+}

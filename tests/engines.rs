@@ -181,7 +181,6 @@ async fn meilisearch() {
             poll_503: 0.03,
             ..Faults::default()
         },
-        ..FakeOptions::default()
     })
     .await;
     let sinks = format!(

@@ -152,8 +152,11 @@ async fn unchanged_toasted_column_keeps_its_indexed_value() {
         .await;
     // The same in one transaction right after an insert: merged in the shard.
     db.exec("BEGIN; INSERT INTO docs VALUES (4, 'new', repeat('x', 20000)); UPDATE docs SET title = 'newer' WHERE id = 4; COMMIT").await;
+    // A key change: the new document has nothing to merge the unchanged body from.
+    db.exec("UPDATE docs SET id = 100 WHERE id = 2").await;
     assert_index_equals_table(&db, "docs", "docs", "id").await;
     let docs = documents(&db.data_dir(), "docs", "id");
+    assert_eq!(docs["100"]["body"].as_str().unwrap().len(), 20_000);
     assert_eq!(docs["1"]["title"], "second");
     assert_eq!(docs["1"]["body"].as_str().unwrap().len(), 20_000);
     assert!(sluice.stop().success());

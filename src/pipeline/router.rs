@@ -11,7 +11,7 @@ use super::change::{Change, Op, RelationInfo, RouteAction, Routed, ShardBatch, S
 use super::shard::ShardMsg;
 use super::stats::StageStats;
 use super::transform::{Shaped, ShapedBatch};
-use crate::postgres::pgoutput::{ColumnKind, Oid, Tuple};
+use crate::postgres::pgoutput::{ColumnKind, ColumnValue, Oid, Tuple};
 
 /// Routing rules of one table.
 #[derive(Debug, Clone)]
@@ -26,6 +26,8 @@ pub enum RouterMsg {
 }
 
 pub struct RouterArgs {
+    /// Reads columns the WAL leaves out (see `refetch_unchanged`).
+    pub sql: std::sync::Arc<tokio_postgres::Client>,
     /// Per table (`schema.table`).
     pub tables: HashMap<String, TableRoute>,
     pub key_separator: String,
@@ -42,6 +44,8 @@ pub struct RouterState {
     args: RouterArgs,
     routes: HashMap<Oid, (Arc<RelationInfo>, Arc<Route>)>,
     next_barrier: u64,
+    /// SQL type names by OID, for key lookups.
+    type_names: HashMap<Oid, String>,
 }
 
 pub struct Router;
@@ -81,6 +85,7 @@ impl Actor for Router {
             args,
             routes: HashMap::new(),
             next_barrier: 0,
+            type_names: HashMap::new(),
         })
     }
 
@@ -134,6 +139,36 @@ impl Actor for Router {
                 .new
                 .as_ref()
                 .and_then(|t| document_id(t, &route.key_columns, sep));
+            // A key change with unchanged TOAST columns: the WAL does not carry
+            // them and the new document has no earlier version to merge with,
+            // so read them from the table.
+            let mut change = change;
+            if change.op == Op::Update
+                && old_id.is_some()
+                && old_id != new_id
+                && change.new.as_ref().is_some_and(has_unchanged)
+            {
+                let new = change.new.take().expect("checked above");
+                let filled = refetch_unchanged(
+                    &state.args.sql,
+                    &mut state.type_names,
+                    &change.rel,
+                    &route.key_columns,
+                    &new,
+                )
+                .await;
+                change.new = Some(match filled {
+                    Ok(Some(tuple)) => tuple,
+                    Ok(None) => new, // the row is gone; a later delete follows
+                    Err(e) => {
+                        return Err(format!(
+                            "reading unchanged columns of {} failed: {e}",
+                            change.rel.qualified
+                        )
+                        .into())
+                    }
+                });
+            }
             let mut push = |id: String, action: RouteAction, change: Change| {
                 let shard = shard_of(&id, shards);
                 let fresh = change.op == Op::Insert;
@@ -171,6 +206,94 @@ impl Actor for Router {
         }
         Ok(())
     }
+}
+
+fn has_unchanged(tuple: &Tuple) -> bool {
+    tuple
+        .columns
+        .iter()
+        .any(|c| c.kind == ColumnKind::Unchanged)
+}
+
+/// Fills the unchanged columns of `new` with the row's current values, read
+/// by its key. `None` when the row no longer exists. The current values may be
+/// newer than this change; every later change follows it, so the document
+/// still ends equal to the row.
+async fn refetch_unchanged(
+    sql: &tokio_postgres::Client,
+    type_names: &mut HashMap<Oid, String>,
+    rel: &RelationInfo,
+    key_columns: &[usize],
+    new: &Tuple,
+) -> Result<Option<Tuple>, tokio_postgres::Error> {
+    use crate::config::quote_ident;
+    let unchanged: Vec<usize> = (0..new.len())
+        .filter(|&i| new.kind(i) == ColumnKind::Unchanged)
+        .collect();
+    let mut conditions = Vec::new();
+    let mut params: Vec<String> = Vec::new();
+    for (n, &column) in key_columns.iter().enumerate() {
+        let info = &rel.columns[column];
+        if let std::collections::hash_map::Entry::Vacant(entry) = type_names.entry(info.type_oid) {
+            let name: String = sql
+                .query_one("SELECT format_type($1, NULL)", &[&info.type_oid])
+                .await?
+                .get(0);
+            entry.insert(name);
+        }
+        conditions.push(format!(
+            "{} = ${}::text::{}",
+            quote_ident(&info.name),
+            n + 1,
+            type_names[&info.type_oid]
+        ));
+        params.push(String::from_utf8_lossy(new.value(column).unwrap_or_default()).into_owned());
+    }
+    let columns: Vec<String> = unchanged
+        .iter()
+        .map(|&i| format!("{}::text", quote_ident(&rel.columns[i].name)))
+        .collect();
+    let query = format!(
+        "SELECT {} FROM {} WHERE {}",
+        columns.join(", "),
+        rel.name.quoted(),
+        conditions.join(" AND ")
+    );
+    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        params.iter().map(|p| p as _).collect();
+    let Some(row) = sql.query_opt(&query, &refs).await? else {
+        return Ok(None);
+    };
+    let mut data = bytes::BytesMut::new();
+    let mut values = Vec::with_capacity(new.len());
+    let mut fetched = unchanged
+        .iter()
+        .enumerate()
+        .map(|(n, &i)| (i, row.get::<_, Option<String>>(n)))
+        .peekable();
+    for i in 0..new.len() {
+        let start = data.len() as u32;
+        let (kind, bytes): (ColumnKind, Vec<u8>) = match fetched.peek() {
+            Some((at, _)) if *at == i => match fetched.next().expect("peeked").1 {
+                Some(text) => (ColumnKind::Text, text.into_bytes()),
+                None => (ColumnKind::Null, Vec::new()),
+            },
+            _ => (
+                new.kind(i),
+                new.value(i).map(<[u8]>::to_vec).unwrap_or_default(),
+            ),
+        };
+        data.extend_from_slice(&bytes);
+        values.push(ColumnValue {
+            kind,
+            start,
+            len: bytes.len() as u32,
+        });
+    }
+    Ok(Some(Tuple {
+        data: data.freeze(),
+        columns: values,
+    }))
 }
 
 impl RouterState {

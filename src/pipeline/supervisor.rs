@@ -278,6 +278,7 @@ impl SupervisorState {
         }
 
         let args = RouterArgs {
+            sql: sql.clone(),
             tables: plan.routes.clone(),
             key_separator: plan.key_separator.clone(),
             shards,

@@ -103,6 +103,13 @@ impl ConnInfo {
             _ => PgSslMode::Require,
         });
         config.application_name("sluice");
+        // Values read over SQL (refetched TOAST columns) must look like the
+        // replication stream's: the same output settings.
+        let options = match config.get_options() {
+            Some(theirs) => format!("{theirs} {}", crate::postgres::replication::SESSION_OPTIONS),
+            None => crate::postgres::replication::SESSION_OPTIONS.to_owned(),
+        };
+        config.options(&options);
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }

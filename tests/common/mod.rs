@@ -228,7 +228,31 @@ pub async fn assert_index_equals_table(db: &TestDb, table: &str, index: &str, id
             .iter()
             .filter(|(k, v)| docs.get(*k).is_some_and(|d| d != *v))
             .take(3)
-            .map(|(k, v)| format!("{k}: row {v} doc {}", docs[k]))
+            .map(|(k, v)| {
+                // Only the fields that differ: documents can be long.
+                let short = |x: &Value| {
+                    let text = x.to_string();
+                    if text.len() > 80 {
+                        format!("{}…({} chars)", &text[..40], text.len())
+                    } else {
+                        text
+                    }
+                };
+                let fields: Vec<String> = v
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(f, x)| docs[k].get(*f) != Some(*x))
+                    .map(|(f, x)| {
+                        format!(
+                            "{f}: row {} doc {}",
+                            short(x),
+                            docs[k].get(f).map(short).unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                format!("{k}: {}", fields.join("; "))
+            })
             .collect();
         panic!(
             "index {index} != table {table}: {} docs, {} rows; missing {missing:?}; extra {extra:?}; differ {differ:#?}",

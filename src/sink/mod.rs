@@ -3,6 +3,7 @@
 pub mod elasticsearch;
 pub mod embedded;
 pub mod failed;
+pub mod http;
 pub mod meilisearch;
 pub mod null;
 pub mod retry;

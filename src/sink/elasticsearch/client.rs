@@ -4,7 +4,6 @@
 use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -13,7 +12,8 @@ use super::request::{self, BulkAction};
 use super::response::{self, Outcome};
 use crate::error::{Error, ErrorKind, Result};
 use crate::lsn::Lsn;
-use crate::sink::retry::backoff;
+pub use crate::sink::http::SendError;
+use crate::sink::http::{body_text, Answers, HttpClient};
 
 /// A buffered bulk item.
 #[derive(Debug)]
@@ -43,49 +43,38 @@ pub struct Parked {
     pub lines: String,
 }
 
-/// Why a request got no usable answer.
-pub enum SendError {
-    /// Network trouble, timeouts, 429 and 5xx: try again.
-    Retryable(String),
-    /// Credentials, request too large, or a request the engine rejects.
-    Fatal(Error),
-}
+/// How the cluster's answers are read.
+const ANSWERS: Answers = Answers {
+    retry_timeout: false,
+    error_text: body_text,
+    credentials_hint:
+        "check the sink's credentials (api_key_env, username/password_env, bearer_token_env)",
+    too_large_hint: Some(
+        "lower the sink's batch_max_bytes below the engine's http.max_content_length",
+    ),
+};
 
 /// The HTTP side of a sink; shared by its in-flight requests.
 pub struct Client {
     pub name: String,
     pub config: ElasticsearchConfig,
-    http: reqwest::Client,
-    base: String,
-    authorization: Option<String>,
+    http: HttpClient,
 }
 
 impl Client {
     pub fn new(config: &ElasticsearchConfig) -> Result<Client> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(config.request_timeout_ms))
-            .build()
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Config,
-                    format!("sink {}: cannot build an HTTP client: {e}", config.name),
-                )
-            })?;
+        let authorization = config
+            .authorization()
+            .map(|value| (reqwest::header::AUTHORIZATION, value));
         Ok(Client {
             name: config.name.clone(),
-            base: config.url.trim_end_matches('/').to_owned(),
-            authorization: config.authorization(),
+            http: HttpClient::new(&config.http(), authorization)?,
             config: config.clone(),
-            http,
         })
     }
 
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let mut request = self.http.request(method, format!("{}/{path}", self.base));
-        if let Some(auth) = &self.authorization {
-            request = request.header(reqwest::header::AUTHORIZATION, auth);
-        }
-        request
+        self.http.request(method, self.http.url(path))
     }
 
     /// Sends a request and reads the answer, classifying failures.
@@ -93,27 +82,8 @@ impl Client {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<(reqwest::StatusCode, Bytes), SendError> {
-        let response = request
-            .send()
-            .await
-            .map_err(|e| SendError::Retryable(format!("request failed: {}", error_chain(&e))))?;
-        let status = response.status();
-        let body = response.bytes().await.map_err(|e| {
-            SendError::Retryable(format!("reading the answer failed: {}", error_chain(&e)))
-        })?;
-        let text = || String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned();
-        match status.as_u16() {
-            429 | 500..=599 => Err(SendError::Retryable(format!("{status}: {}", text()))),
-            401 | 403 => Err(SendError::Fatal(
-                Error::new(ErrorKind::Sink, format!("sink {}: {status}: {}", self.name, text()))
-                    .hint("check the sink's credentials (api_key_env, username/password_env, bearer_token_env)"),
-            )),
-            413 => Err(SendError::Fatal(
-                Error::new(ErrorKind::Sink, format!("sink {}: request too large", self.name))
-                    .hint("lower the sink's batch_max_bytes below the engine's http.max_content_length"),
-            )),
-            _ => Ok((status, body)),
-        }
+        let answer = self.http.send(request, &ANSWERS).await?;
+        Ok((answer.status, answer.body))
     }
 
     /// Sends a request until `ok` holds for its answer, with backoff.
@@ -129,10 +99,13 @@ impl Client {
             let problem = match self.send(build()).await {
                 Ok((status, body)) if ok(status, &body) => return Ok(()),
                 Ok((status, body)) => {
-                    let text = String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned();
                     return Err(Error::new(
                         ErrorKind::Sink,
-                        format!("sink {}: {what} failed: {status}: {text}", self.name),
+                        format!(
+                            "sink {}: {what} failed: {status}: {}",
+                            self.name,
+                            body_text(&body)
+                        ),
                     ));
                 }
                 Err(SendError::Fatal(e)) => return Err(e),
@@ -147,19 +120,8 @@ impl Client {
                     ),
                 ));
             }
-            self.wait(attempt, &problem).await;
+            self.http.wait(attempt, &problem).await;
         }
-    }
-
-    async fn wait(&self, attempt: u32, problem: &str) {
-        let delay = backoff(
-            Duration::from_millis(self.config.retry_initial_backoff_ms),
-            Duration::from_millis(self.config.retry_max_backoff_ms),
-            attempt,
-        );
-        metrics::counter!("sluice_sink_retries_total", "sink" => self.name.clone()).increment(1);
-        tracing::warn!(sink = %self.name, attempt, retry_in_ms = delay.as_millis() as u64, "{problem}");
-        tokio::time::sleep(delay).await;
     }
 
     /// Delivers a bulk request: every item ends written, superseded, or
@@ -219,7 +181,7 @@ impl Client {
                 again.len(),
                 first_problem.unwrap_or_default()
             );
-            self.wait(attempt, &problem).await;
+            self.http.wait(attempt, &problem).await;
             let (next_body, ranges) =
                 request::rebuild(&body, again.iter().map(|p| p.range.clone()));
             for (item, range) in again.iter_mut().zip(ranges) {
@@ -255,26 +217,14 @@ impl Client {
         if status.is_success() {
             Ok(answer)
         } else {
-            let text = String::from_utf8_lossy(&answer[..answer.len().min(500)]).into_owned();
             Err(SendError::Fatal(Error::new(
                 ErrorKind::Sink,
                 format!(
-                    "sink {}: the bulk request was rejected: {status}: {text}",
-                    self.name
+                    "sink {}: the bulk request was rejected: {status}: {}",
+                    self.name,
+                    body_text(&answer)
                 ),
             )))
         }
     }
-}
-
-/// An error and its causes, on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -3,25 +3,10 @@
 use serde::Deserialize;
 
 use crate::config::ConfigProblem;
+use crate::sink::http::{self, HttpSettings, Problems};
 
-/// Default documents per bulk request.
-pub const DEFAULT_BATCH_MAX_DOCS: usize = 1000;
-/// Default bytes per bulk request body (before compression).
-pub const DEFAULT_BATCH_MAX_BYTES: u64 = 5 * 1024 * 1024;
-/// Default time a write may wait in the buffer.
-pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 1000;
-/// Default timeout of one request.
-pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
-/// Default number of parked messages at which the sink pauses.
-pub const DEFAULT_MAX_PARKED: usize = 10_000;
 /// Default bulk requests in flight at once.
 pub const DEFAULT_CONCURRENCY: usize = 2;
-/// Default attempts of a write that keeps failing with a retryable error.
-pub const DEFAULT_MAX_RETRIES: u32 = 10;
-/// Default first retry delay; it doubles per attempt, with jitter.
-pub const DEFAULT_RETRY_INITIAL_BACKOFF_MS: u64 = 100;
-/// Default cap of the retry delay.
-pub const DEFAULT_RETRY_MAX_BACKOFF_MS: u64 = 30_000;
 
 /// `[[sinks]]` with `type = "elasticsearch"` (or `"opensearch"`).
 #[derive(Debug, Clone, Deserialize)]
@@ -44,33 +29,33 @@ pub struct ElasticsearchConfig {
     #[serde(default)]
     pub bearer_token_env: Option<String>,
     /// A bulk request closes at this many documents ...
-    #[serde(default = "default_batch_max_docs")]
+    #[serde(default = "http::default_batch_max_docs")]
     pub batch_max_docs: usize,
     /// ... or this many bytes of NDJSON ...
-    #[serde(default = "default_batch_max_bytes")]
+    #[serde(default = "http::default_batch_max_bytes")]
     pub batch_max_bytes: u64,
     /// ... or when its oldest write waited this many milliseconds.
-    #[serde(default = "default_flush_interval_ms")]
+    #[serde(default = "http::default_flush_interval_ms")]
     pub flush_interval_ms: u64,
     /// Bulk requests in flight at once (versions keep the newest write winning
     /// whatever order they complete in).
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// Timeout of one request, in milliseconds.
-    #[serde(default = "default_request_timeout_ms")]
+    #[serde(default = "http::default_request_timeout_ms")]
     pub request_timeout_ms: u64,
     /// Attempts of a write failing with 429, 5xx or a timeout before it is parked.
-    #[serde(default = "default_max_retries")]
+    #[serde(default = "http::default_max_retries")]
     pub max_retries: u32,
     /// First retry delay in milliseconds; doubles per attempt, with jitter.
-    #[serde(default = "default_retry_initial_backoff_ms")]
+    #[serde(default = "http::default_retry_initial_backoff_ms")]
     pub retry_initial_backoff_ms: u64,
     /// Cap of the retry delay in milliseconds.
-    #[serde(default = "default_retry_max_backoff_ms")]
+    #[serde(default = "http::default_retry_max_backoff_ms")]
     pub retry_max_backoff_ms: u64,
     /// When this many writes are parked in the failed-message store, the sink
     /// pauses (and with it the slot) until some are retried or discarded.
-    #[serde(default = "default_max_parked")]
+    #[serde(default = "http::default_max_parked")]
     pub max_parked: usize,
     /// Compress request bodies with gzip.
     #[serde(default)]
@@ -91,66 +76,28 @@ pub struct IndexDefinition {
     pub mappings: Option<toml::Table>,
 }
 
-fn default_batch_max_docs() -> usize {
-    DEFAULT_BATCH_MAX_DOCS
-}
-fn default_batch_max_bytes() -> u64 {
-    DEFAULT_BATCH_MAX_BYTES
-}
-fn default_flush_interval_ms() -> u64 {
-    DEFAULT_FLUSH_INTERVAL_MS
-}
-fn default_max_parked() -> usize {
-    DEFAULT_MAX_PARKED
-}
 fn default_concurrency() -> usize {
     DEFAULT_CONCURRENCY
-}
-fn default_request_timeout_ms() -> u64 {
-    DEFAULT_REQUEST_TIMEOUT_MS
-}
-fn default_max_retries() -> u32 {
-    DEFAULT_MAX_RETRIES
-}
-fn default_retry_initial_backoff_ms() -> u64 {
-    DEFAULT_RETRY_INITIAL_BACKOFF_MS
-}
-fn default_retry_max_backoff_ms() -> u64 {
-    DEFAULT_RETRY_MAX_BACKOFF_MS
 }
 
 impl ElasticsearchConfig {
     /// Checks the settings; `path` is the field path of this sink.
     pub fn validate(&self, path: &str, problems: &mut Vec<ConfigProblem>) {
-        let mut problem = |field: &str, message: String| {
-            problems.push(ConfigProblem {
-                field: format!("{path}.{field}"),
-                message,
-            })
-        };
-        match reqwest::Url::parse(&self.url) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-            _ => problem(
-                "url",
-                format!(
-                    "`{}` is not an http(s) URL such as http://localhost:9200",
-                    self.url
-                ),
-            ),
-        }
+        let mut problems = Problems::new(path, problems);
+        problems.http_url(&self.url, "http://localhost:9200");
         let auth = [
             self.api_key_env.is_some(),
             self.username.is_some(),
             self.bearer_token_env.is_some(),
         ];
         if auth.iter().filter(|a| **a).count() > 1 {
-            problem(
+            problems.add(
                 "api_key_env",
-                "api_key_env, username and bearer_token_env are exclusive; set one".into(),
+                "api_key_env, username and bearer_token_env are exclusive; set one",
             );
         }
         if self.password_env.is_some() && self.username.is_none() {
-            problem("password_env", "needs username".into());
+            problems.add("password_env", "needs username");
         }
         for (field, var) in [
             ("api_key_env", &self.api_key_env),
@@ -158,37 +105,28 @@ impl ElasticsearchConfig {
             ("bearer_token_env", &self.bearer_token_env),
         ] {
             if let Some(var) = var {
-                if std::env::var_os(var).is_none() {
-                    problem(field, format!("environment variable {var} is not set"));
-                }
+                problems.env_var(field, var);
             }
         }
-        if self.batch_max_docs == 0 {
-            problem("batch_max_docs", "must be at least 1".into());
-        }
-        if self.max_parked == 0 {
-            problem("max_parked", "must be at least 1".into());
-        }
+        problems.at_least("batch_max_docs", self.batch_max_docs as u64, 1);
         if self.concurrency == 0 || self.concurrency > 64 {
-            problem("concurrency", "must be between 1 and 64".into());
+            problems.add("concurrency", "must be between 1 and 64");
         }
-        if self.batch_max_bytes < 1024 {
-            problem("batch_max_bytes", "must be at least 1024".into());
-        }
-        for (field, value) in [
-            ("flush_interval_ms", self.flush_interval_ms),
-            ("request_timeout_ms", self.request_timeout_ms),
-            ("retry_initial_backoff_ms", self.retry_initial_backoff_ms),
-        ] {
-            if value == 0 {
-                problem(field, "must be at least 1".into());
-            }
-        }
-        if self.retry_max_backoff_ms < self.retry_initial_backoff_ms {
-            problem(
-                "retry_max_backoff_ms",
-                "must be at least retry_initial_backoff_ms".into(),
-            );
+        self.http().check(&mut problems);
+    }
+
+    /// The settings every HTTP sink shares.
+    pub fn http(&self) -> HttpSettings<'_> {
+        HttpSettings {
+            name: &self.name,
+            url: &self.url,
+            batch_max_bytes: self.batch_max_bytes,
+            max_batch_bytes: None,
+            flush_interval_ms: self.flush_interval_ms,
+            request_timeout_ms: self.request_timeout_ms,
+            retry_initial_backoff_ms: self.retry_initial_backoff_ms,
+            retry_max_backoff_ms: self.retry_max_backoff_ms,
+            max_parked: self.max_parked,
         }
     }
 

@@ -15,8 +15,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::task::JoinHandle;
 
+pub use crate::sink::http::DEFAULT_BATCH_MAX_DOCS;
 use client::{Client, Job, Parked, Pending};
-pub use config::{ElasticsearchConfig, IndexDefinition, DEFAULT_BATCH_MAX_DOCS};
+pub use config::{ElasticsearchConfig, IndexDefinition};
 use request::BulkAction;
 
 use crate::error::{Error, ErrorKind, Result};

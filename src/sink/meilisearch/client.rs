@@ -10,6 +10,7 @@ use super::config::MeilisearchConfig;
 use super::request::{Batch, Kind};
 use super::tasks::{ApiError, Summary, Task};
 use crate::error::{Error, ErrorKind, Result};
+use crate::sink::http::{body_text, Answers, HttpClient, SendError};
 use crate::sink::retry::backoff;
 
 /// What became of a sent batch.
@@ -21,71 +22,43 @@ pub enum Sent {
     Rejected(ApiError),
 }
 
-/// Why a request got no usable answer.
-enum SendError {
-    /// Network trouble, timeouts, 429 and 5xx: nothing was learned.
-    Retryable(String),
-    Fatal(Error),
-}
+/// How Meilisearch's answers are read (a 413 is a refusal like any other).
+const ANSWERS: Answers = Answers {
+    retry_timeout: false,
+    error_text: body_text,
+    credentials_hint: "check the sink's api_key_env: the key needs the documents.add, documents.delete and tasks.get actions",
+    too_large_hint: None,
+};
 
 /// The HTTP side of a sink.
 pub struct Client {
     pub name: String,
     pub config: MeilisearchConfig,
-    http: reqwest::Client,
-    base: String,
-    authorization: Option<String>,
+    http: HttpClient,
 }
 
 impl Client {
     pub fn new(config: &MeilisearchConfig) -> Result<Client> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(config.request_timeout_ms))
-            .build()
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Config,
-                    format!("sink {}: cannot build an HTTP client: {e}", config.name),
-                )
-            })?;
+        let authorization = config
+            .authorization()
+            .map(|value| (reqwest::header::AUTHORIZATION, value));
         Ok(Client {
             name: config.name.clone(),
-            base: config.url.trim_end_matches('/').to_owned(),
-            authorization: config.authorization(),
+            http: HttpClient::new(&config.http(), authorization)?,
             config: config.clone(),
-            http,
         })
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let mut request = self.http.request(method, format!("{}/{path}", self.base));
-        if let Some(auth) = &self.authorization {
-            request = request.header(reqwest::header::AUTHORIZATION, auth);
-        }
-        request
+        self.http.request(method, self.http.url(path))
     }
 
     async fn send(
         &self,
         request: reqwest::RequestBuilder,
     ) -> std::result::Result<(reqwest::StatusCode, Bytes), SendError> {
-        let response = request
-            .send()
-            .await
-            .map_err(|e| SendError::Retryable(format!("request failed: {}", error_chain(&e))))?;
-        let status = response.status();
-        let body = response.bytes().await.map_err(|e| {
-            SendError::Retryable(format!("reading the answer failed: {}", error_chain(&e)))
-        })?;
-        let text = || String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned();
-        match status.as_u16() {
-            429 | 500..=599 => Err(SendError::Retryable(format!("{status}: {}", text()))),
-            401 | 403 => Err(SendError::Fatal(
-                Error::new(ErrorKind::Sink, format!("sink {}: {status}: {}", self.name, text()))
-                    .hint("check the sink's api_key_env: the key needs the documents.add, documents.delete and tasks.get actions"),
-            )),
-            _ => Ok((status, body)),
-        }
+        let answer = self.http.send(request, &ANSWERS).await?;
+        Ok((answer.status, answer.body))
     }
 
     /// Sends a batch until Meilisearch answers it: with a task, or with a
@@ -129,10 +102,7 @@ impl Client {
                         let error =
                             serde_json::from_slice::<ApiError>(&answer).unwrap_or_else(|_| {
                                 ApiError {
-                                    message: String::from_utf8_lossy(
-                                        &answer[..answer.len().min(500)],
-                                    )
-                                    .into_owned(),
+                                    message: body_text(&answer),
                                     code: status.as_str().to_owned(),
                                     kind: "invalid_request".into(),
                                     link: None,
@@ -155,20 +125,13 @@ impl Client {
                     ),
                 ));
             }
-            self.wait(attempt, &problem).await;
+            self.http.wait(attempt, &problem).await;
         }
     }
 
-    /// Sleeps before retry number `attempt`.
+    /// Counts, logs and sleeps before retry number `attempt`.
     pub async fn wait(&self, attempt: u32, problem: &str) {
-        let delay = backoff(
-            Duration::from_millis(self.config.retry_initial_backoff_ms),
-            Duration::from_millis(self.config.retry_max_backoff_ms),
-            attempt,
-        );
-        metrics::counter!("sluice_sink_retries_total", "sink" => self.name.clone()).increment(1);
-        tracing::warn!(sink = %self.name, attempt, retry_in_ms = delay.as_millis() as u64, "{problem}");
-        tokio::time::sleep(delay).await;
+        self.http.wait(attempt, problem).await;
     }
 
     /// Follows a task until it finished, looking at it with growing delays.
@@ -193,12 +156,12 @@ impl Client {
                     }
                 }
                 Ok((status, answer)) => {
-                    let text = String::from_utf8_lossy(&answer[..answer.len().min(500)]);
                     return Err(Error::new(
                         ErrorKind::Sink,
                         format!(
-                            "sink {}: looking at task {uid} failed: {status}: {text}",
-                            self.name
+                            "sink {}: looking at task {uid} failed: {status}: {}",
+                            self.name,
+                            body_text(&answer)
                         ),
                     ));
                 }
@@ -234,16 +197,4 @@ fn urlencode(name: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-/// An error and its causes, on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

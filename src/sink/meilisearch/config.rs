@@ -3,25 +3,15 @@
 use serde::Deserialize;
 
 use crate::config::ConfigProblem;
+use crate::sink::http::{self, HttpSettings, Problems};
+use crate::sink::http::{
+    DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_DOCS, DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_MAX_PARKED,
+    DEFAULT_MAX_RETRIES, DEFAULT_REQUEST_TIMEOUT_MS, DEFAULT_RETRY_INITIAL_BACKOFF_MS,
+    DEFAULT_RETRY_MAX_BACKOFF_MS,
+};
 
 /// Default primary key field of the indexes.
 pub const DEFAULT_PRIMARY_KEY: &str = "id";
-/// Default documents per request.
-pub const DEFAULT_BATCH_MAX_DOCS: usize = 1000;
-/// Default bytes of JSON per request.
-pub const DEFAULT_BATCH_MAX_BYTES: u64 = 5 * 1024 * 1024;
-/// Default time a write may wait before it is sent and its task followed.
-pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 1000;
-/// Default timeout of one HTTP request.
-pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
-/// Default attempts of a request or task failing with a retryable error.
-pub const DEFAULT_MAX_RETRIES: u32 = 10;
-/// Default first retry delay; it doubles per attempt, with jitter.
-pub const DEFAULT_RETRY_INITIAL_BACKOFF_MS: u64 = 100;
-/// Default cap of the retry delay.
-pub const DEFAULT_RETRY_MAX_BACKOFF_MS: u64 = 30_000;
-/// Default number of parked messages at which the sink pauses.
-pub const DEFAULT_MAX_PARKED: usize = 10_000;
 /// Default tasks enqueued and not yet finished at once.
 pub const DEFAULT_MAX_TASKS_IN_FLIGHT: usize = 16;
 /// Default longest wait for one task to finish.
@@ -47,31 +37,31 @@ pub struct MeilisearchConfig {
     #[serde(default = "default_primary_key")]
     pub primary_key: String,
     /// A request closes at this many documents ...
-    #[serde(default = "default_batch_max_docs")]
+    #[serde(default = "http::default_batch_max_docs")]
     pub batch_max_docs: usize,
     /// ... or this many bytes of JSON ...
-    #[serde(default = "default_batch_max_bytes")]
+    #[serde(default = "http::default_batch_max_bytes")]
     pub batch_max_bytes: u64,
     /// ... or when its oldest write waited this many milliseconds (the
     /// writer then commits: sends everything and waits for its tasks).
-    #[serde(default = "default_flush_interval_ms")]
+    #[serde(default = "http::default_flush_interval_ms")]
     pub flush_interval_ms: u64,
     /// Timeout of one HTTP request, in milliseconds.
-    #[serde(default = "default_request_timeout_ms")]
+    #[serde(default = "http::default_request_timeout_ms")]
     pub request_timeout_ms: u64,
     /// Attempts of a request failing with 429, 5xx, a timeout or a dropped
     /// connection, and of a task failing with an internal error.
-    #[serde(default = "default_max_retries")]
+    #[serde(default = "http::default_max_retries")]
     pub max_retries: u32,
     /// First retry delay in milliseconds; doubles per attempt, with jitter.
-    #[serde(default = "default_retry_initial_backoff_ms")]
+    #[serde(default = "http::default_retry_initial_backoff_ms")]
     pub retry_initial_backoff_ms: u64,
     /// Cap of the retry delay in milliseconds.
-    #[serde(default = "default_retry_max_backoff_ms")]
+    #[serde(default = "http::default_retry_max_backoff_ms")]
     pub retry_max_backoff_ms: u64,
     /// When this many writes are parked in the failed-message store, the sink
     /// pauses (and with it the slot) until some are retried or discarded.
-    #[serde(default = "default_max_parked")]
+    #[serde(default = "http::default_max_parked")]
     pub max_parked: usize,
     /// Tasks enqueued and not finished at once; more writes wait for the oldest.
     #[serde(default = "default_max_tasks_in_flight")]
@@ -91,30 +81,6 @@ pub struct MeilisearchConfig {
 
 fn default_primary_key() -> String {
     DEFAULT_PRIMARY_KEY.into()
-}
-fn default_batch_max_docs() -> usize {
-    DEFAULT_BATCH_MAX_DOCS
-}
-fn default_batch_max_bytes() -> u64 {
-    DEFAULT_BATCH_MAX_BYTES
-}
-fn default_flush_interval_ms() -> u64 {
-    DEFAULT_FLUSH_INTERVAL_MS
-}
-fn default_request_timeout_ms() -> u64 {
-    DEFAULT_REQUEST_TIMEOUT_MS
-}
-fn default_max_retries() -> u32 {
-    DEFAULT_MAX_RETRIES
-}
-fn default_retry_initial_backoff_ms() -> u64 {
-    DEFAULT_RETRY_INITIAL_BACKOFF_MS
-}
-fn default_retry_max_backoff_ms() -> u64 {
-    DEFAULT_RETRY_MAX_BACKOFF_MS
-}
-fn default_max_parked() -> usize {
-    DEFAULT_MAX_PARKED
 }
 fn default_max_tasks_in_flight() -> usize {
     DEFAULT_MAX_TASKS_IN_FLIGHT
@@ -154,29 +120,10 @@ impl MeilisearchConfig {
 
     /// Checks the settings; `path` is the field path of this sink.
     pub fn validate(&self, path: &str, problems: &mut Vec<ConfigProblem>) {
-        let mut problem = |field: &str, message: String| {
-            problems.push(ConfigProblem {
-                field: format!("{path}.{field}"),
-                message,
-            })
-        };
-        match reqwest::Url::parse(&self.url) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-            _ => problem(
-                "url",
-                format!(
-                    "`{}` is not an http(s) URL such as http://localhost:7700",
-                    self.url
-                ),
-            ),
-        }
+        let mut problems = Problems::new(path, problems);
+        problems.http_url(&self.url, "http://localhost:7700");
         if let Some(var) = &self.api_key_env {
-            if std::env::var_os(var).is_none() {
-                problem(
-                    "api_key_env",
-                    format!("environment variable {var} is not set"),
-                );
-            }
+            problems.env_var("api_key_env", var);
         }
         if self.primary_key.is_empty()
             || !self
@@ -184,7 +131,7 @@ impl MeilisearchConfig {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
-            problem(
+            problems.add(
                 "primary_key",
                 format!(
                     "`{}` is not a field name Meilisearch takes as a primary key (a-z A-Z 0-9 _ -)",
@@ -192,40 +139,30 @@ impl MeilisearchConfig {
                 ),
             );
         }
-        if self.batch_max_docs == 0 {
-            problem("batch_max_docs", "must be at least 1".into());
-        }
-        if self.batch_max_bytes < 1024 {
-            problem("batch_max_bytes", "must be at least 1024".into());
-        }
-        if self.max_parked == 0 {
-            problem("max_parked", "must be at least 1".into());
-        }
+        problems.at_least("batch_max_docs", self.batch_max_docs as u64, 1);
         if self.max_tasks_in_flight == 0 || self.max_tasks_in_flight > 1024 {
-            problem("max_tasks_in_flight", "must be between 1 and 1024".into());
+            problems.add("max_tasks_in_flight", "must be between 1 and 1024");
         }
-        for (field, value) in [
-            ("flush_interval_ms", self.flush_interval_ms),
-            ("request_timeout_ms", self.request_timeout_ms),
-            ("retry_initial_backoff_ms", self.retry_initial_backoff_ms),
-            ("task_timeout_ms", self.task_timeout_ms),
-            ("task_poll_initial_ms", self.task_poll_initial_ms),
-        ] {
-            if value == 0 {
-                problem(field, "must be at least 1".into());
-            }
-        }
-        if self.retry_max_backoff_ms < self.retry_initial_backoff_ms {
-            problem(
-                "retry_max_backoff_ms",
-                "must be at least retry_initial_backoff_ms".into(),
-            );
-        }
+        problems.at_least("task_timeout_ms", self.task_timeout_ms, 1);
+        problems.at_least("task_poll_initial_ms", self.task_poll_initial_ms, 1);
         if self.task_poll_max_ms < self.task_poll_initial_ms {
-            problem(
-                "task_poll_max_ms",
-                "must be at least task_poll_initial_ms".into(),
-            );
+            problems.add("task_poll_max_ms", "must be at least task_poll_initial_ms");
+        }
+        self.http().check(&mut problems);
+    }
+
+    /// The settings every HTTP sink shares.
+    pub fn http(&self) -> HttpSettings<'_> {
+        HttpSettings {
+            name: &self.name,
+            url: &self.url,
+            batch_max_bytes: self.batch_max_bytes,
+            max_batch_bytes: None,
+            flush_interval_ms: self.flush_interval_ms,
+            request_timeout_ms: self.request_timeout_ms,
+            retry_initial_backoff_ms: self.retry_initial_backoff_ms,
+            retry_max_backoff_ms: self.retry_max_backoff_ms,
+            max_parked: self.max_parked,
         }
     }
 

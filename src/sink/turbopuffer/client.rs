@@ -7,10 +7,18 @@ use bytes::Bytes;
 
 use super::config::TurbopufferConfig;
 use crate::error::{Error, ErrorKind, Result};
-use crate::sink::retry::backoff;
+use crate::sink::http::{body_text, Answers, HttpClient, SendError};
 
 /// Longest `Retry-After` honoured; a longer one is taken as this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// How the API's answers are read.
+const ANSWERS: Answers = Answers {
+    retry_timeout: true,
+    error_text,
+    credentials_hint: "check the API key in the sink's api_key_env and its region's url",
+    too_large_hint: Some("lower the sink's batch_max_bytes"),
+};
 
 /// How a request ended, once retries are over.
 #[derive(Debug)]
@@ -31,9 +39,7 @@ pub enum Outcome {
 pub struct Client {
     pub name: String,
     pub config: TurbopufferConfig,
-    http: reqwest::Client,
-    base: String,
-    authorization: String,
+    http: HttpClient,
 }
 
 /// One attempt's result.
@@ -56,21 +62,11 @@ impl Client {
                 ),
             )
         })?;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(config.request_timeout_ms))
-            .build()
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Config,
-                    format!("sink {}: cannot build an HTTP client: {e}", config.name),
-                )
-            })?;
+        let authorization = (reqwest::header::AUTHORIZATION, format!("Bearer {key}"));
         Ok(Client {
             name: config.name.clone(),
-            base: config.url.trim_end_matches('/').to_owned(),
-            authorization: format!("Bearer {key}"),
+            http: HttpClient::new(&config.http(), Some(authorization))?,
             config: config.clone(),
-            http,
         })
     }
 
@@ -92,9 +88,8 @@ impl Client {
 
     fn request(&self, method: reqwest::Method, namespace: &str) -> reqwest::RequestBuilder {
         // Namespaces are `[A-Za-z0-9-_.]`: safe in a path as they are.
-        self.http
-            .request(method, format!("{}/v2/namespaces/{namespace}", self.base))
-            .header(reqwest::header::AUTHORIZATION, &self.authorization)
+        let url = self.http.url(&format!("v2/namespaces/{namespace}"));
+        self.http.request(method, url)
     }
 
     async fn with_retries(&self, build: impl Fn() -> reqwest::RequestBuilder) -> Result<Outcome> {
@@ -114,73 +109,50 @@ impl Client {
                     attempt,
                 ));
             }
-            let mut delay = backoff(
-                Duration::from_millis(self.config.retry_initial_backoff_ms),
-                Duration::from_millis(self.config.retry_max_backoff_ms),
-                attempt,
-            );
+            let mut delay = self.http.backoff(attempt);
             if let Some(after) = retry_after {
                 delay = delay.max(after.min(MAX_RETRY_AFTER));
             }
-            metrics::counter!("sluice_sink_retries_total", "sink" => self.name.clone())
-                .increment(1);
-            tracing::warn!(sink = %self.name, attempt, retry_in_ms = delay.as_millis() as u64, "{problem}");
-            tokio::time::sleep(delay).await;
+            self.http.wait_for(attempt, delay, &problem).await;
         }
     }
 
     /// Sends once and classifies the answer.
     async fn attempt(&self, request: reqwest::RequestBuilder) -> Result<Attempt> {
-        let retry = |problem: String| Attempt::Retry {
-            problem,
-            retry_after: None,
+        let answer = match self.http.fetch(request).await {
+            Ok(answer) => answer,
+            Err(problem) => {
+                return Ok(Attempt::Retry {
+                    problem,
+                    retry_after: None,
+                })
+            }
         };
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(e) => return Ok(retry(format!("request failed: {}", error_chain(&e)))),
-        };
-        let status = response.status();
-        let retry_after = response
-            .headers()
+        let retry_after = answer
+            .headers
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|s| s.is_finite() && *s >= 0.0)
             .map(|s| Duration::from_secs_f64(s.min(MAX_RETRY_AFTER.as_secs_f64())));
-        let body = match response.bytes().await {
-            Ok(body) => body,
-            Err(e) => {
-                return Ok(retry(format!(
-                    "reading the answer failed: {}",
-                    error_chain(&e)
-                )))
-            }
-        };
+        let status = answer.status;
         metrics::counter!("sluice_sink_requests_total", "sink" => self.name.clone(), "status" => status.as_str().to_owned())
             .increment(1);
-        let text = || format!("{status}: {}", error_text(&body));
-        Ok(match status.as_u16() {
-            200..=299 => Attempt::Final(Outcome::Done),
-            404 => Attempt::Final(Outcome::NotFound),
-            408 | 429 | 500..=599 => Attempt::Retry {
-                problem: text(),
-                retry_after,
-            },
-            401 | 403 => {
-                return Err(
-                    Error::new(ErrorKind::Sink, format!("sink {}: {}", self.name, text()))
-                        .hint("check the API key in the sink's api_key_env and its region's url"),
-                )
+        let body = match answer.check(&self.name, &ANSWERS) {
+            Ok(answer) => answer.body,
+            Err(SendError::Retryable(problem)) => {
+                return Ok(Attempt::Retry {
+                    problem,
+                    retry_after,
+                })
             }
-            413 => {
-                return Err(Error::new(
-                    ErrorKind::Sink,
-                    format!("sink {}: request too large: {}", self.name, text()),
-                )
-                .hint("lower the sink's batch_max_bytes"))
-            }
-            _ => Attempt::Final(Outcome::Rejected(text())),
-        })
+            Err(SendError::Fatal(e)) => return Err(e),
+        };
+        Ok(Attempt::Final(match status.as_u16() {
+            200..=299 => Outcome::Done,
+            404 => Outcome::NotFound,
+            _ => Outcome::Rejected(format!("{status}: {}", error_text(&body))),
+        }))
     }
 }
 
@@ -193,20 +165,8 @@ fn error_text(body: &[u8]) -> String {
     }
     match serde_json::from_slice::<ErrorBody>(body) {
         Ok(parsed) => parsed.error,
-        Err(_) => String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned(),
+        Err(_) => body_text(body),
     }
-}
-
-/// An error and its causes, on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

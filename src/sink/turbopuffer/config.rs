@@ -3,6 +3,11 @@
 use serde::Deserialize;
 
 use crate::config::ConfigProblem;
+use crate::sink::http::{self, HttpSettings, Problems};
+use crate::sink::http::{
+    DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_MAX_PARKED, DEFAULT_MAX_RETRIES,
+    DEFAULT_RETRY_MAX_BACKOFF_MS,
+};
 
 /// Default API endpoint (a region's own endpoint, such as
 /// `https://gcp-us-central1.turbopuffer.com`, can be set instead).
@@ -17,18 +22,10 @@ pub const DEFAULT_BATCH_MAX_ROWS: usize = 5000;
 pub const DEFAULT_BATCH_MAX_BYTES: u64 = 32 * 1024 * 1024;
 /// Largest `batch_max_bytes` accepted: the API's documented payload limit.
 pub const MAX_BATCH_BYTES: u64 = 256 * 1024 * 1024;
-/// Default time a write may wait in the buffer.
-pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 1000;
 /// Default timeout of one request.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 60_000;
-/// Default retries of a request failing with 429, 5xx or a timeout.
-pub const DEFAULT_MAX_RETRIES: u32 = 10;
 /// Default first retry delay; it doubles per attempt, with jitter.
 pub const DEFAULT_RETRY_INITIAL_BACKOFF_MS: u64 = 200;
-/// Default cap of the retry delay (a longer `Retry-After` is still honoured).
-pub const DEFAULT_RETRY_MAX_BACKOFF_MS: u64 = 30_000;
-/// Default number of parked writes at which the sink pauses.
-pub const DEFAULT_MAX_PARKED: usize = 10_000;
 /// The distance metrics the API knows.
 pub const DISTANCE_METRICS: [&str; 2] = ["cosine_distance", "euclidean_squared"];
 
@@ -78,25 +75,25 @@ pub struct TurbopufferConfig {
     #[serde(default = "default_batch_max_bytes")]
     pub batch_max_bytes: u64,
     /// ... or when its oldest write waited this many milliseconds.
-    #[serde(default = "default_flush_interval_ms")]
+    #[serde(default = "http::default_flush_interval_ms")]
     pub flush_interval_ms: u64,
     /// Timeout of one request, in milliseconds.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
     /// Retries of a request failing with 429, 5xx or a timeout before its
     /// writes are parked.
-    #[serde(default = "default_max_retries")]
+    #[serde(default = "http::default_max_retries")]
     pub max_retries: u32,
     /// First retry delay in milliseconds; doubles per attempt, with jitter.
     #[serde(default = "default_retry_initial_backoff_ms")]
     pub retry_initial_backoff_ms: u64,
     /// Cap of the retry delay in milliseconds; a server's `Retry-After` is
     /// honoured even when longer.
-    #[serde(default = "default_retry_max_backoff_ms")]
+    #[serde(default = "http::default_retry_max_backoff_ms")]
     pub retry_max_backoff_ms: u64,
     /// When this many writes are parked in the failed-message store, the sink
     /// pauses (and with it the slot) until some are retried or discarded.
-    #[serde(default = "default_max_parked")]
+    #[serde(default = "http::default_max_parked")]
     pub max_parked: usize,
 }
 
@@ -115,23 +112,11 @@ fn default_batch_max_rows() -> usize {
 fn default_batch_max_bytes() -> u64 {
     DEFAULT_BATCH_MAX_BYTES
 }
-fn default_flush_interval_ms() -> u64 {
-    DEFAULT_FLUSH_INTERVAL_MS
-}
 fn default_request_timeout_ms() -> u64 {
     DEFAULT_REQUEST_TIMEOUT_MS
 }
-fn default_max_retries() -> u32 {
-    DEFAULT_MAX_RETRIES
-}
 fn default_retry_initial_backoff_ms() -> u64 {
     DEFAULT_RETRY_INITIAL_BACKOFF_MS
-}
-fn default_retry_max_backoff_ms() -> u64 {
-    DEFAULT_RETRY_MAX_BACKOFF_MS
-}
-fn default_max_parked() -> usize {
-    DEFAULT_MAX_PARKED
 }
 
 impl TurbopufferConfig {
@@ -158,29 +143,15 @@ impl TurbopufferConfig {
     /// Checks the settings, reporting every problem; `path` is the field
     /// path of this sink, e.g. `sinks[0]`.
     pub fn validate(&self, path: &str, problems: &mut Vec<ConfigProblem>) {
-        let mut problem = |field: &str, message: String| {
-            problems.push(ConfigProblem {
-                field: format!("{path}.{field}"),
-                message,
-            })
-        };
-        match reqwest::Url::parse(&self.url) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-            _ => problem(
-                "url",
-                format!("`{}` is not an http(s) URL such as {DEFAULT_URL}", self.url),
-            ),
-        }
+        let mut problems = Problems::new(path, problems);
+        problems.http_url(&self.url, DEFAULT_URL);
         if self.api_key_env.is_empty() {
-            problem("api_key_env", "must name an environment variable".into());
-        } else if std::env::var_os(&self.api_key_env).is_none() {
-            problem(
-                "api_key_env",
-                format!("environment variable {} is not set", self.api_key_env),
-            );
+            problems.add("api_key_env", "must name an environment variable");
+        } else {
+            problems.env_var("api_key_env", &self.api_key_env);
         }
         if self.id_attribute == "id" || self.id_attribute == "vector" {
-            problem(
+            problems.add(
                 "id_attribute",
                 format!(
                     "`{}` is reserved by the API; choose another name, or \"\" to drop the field",
@@ -188,45 +159,35 @@ impl TurbopufferConfig {
                 ),
             );
         } else if self.id_attribute.starts_with('$') || self.id_attribute.len() > 128 {
-            problem(
+            problems.add(
                 "id_attribute",
-                "must not start with `$` and must be at most 128 bytes".into(),
+                "must not start with `$` and must be at most 128 bytes",
             );
         }
         if let Some(metric) = &self.distance_metric {
             if !DISTANCE_METRICS.contains(&metric.as_str()) {
-                problem(
+                problems.add(
                     "distance_metric",
                     format!("`{metric}` is not one of {}", DISTANCE_METRICS.join(", ")),
                 );
             }
         }
-        if self.max_parked == 0 {
-            problem("max_parked", "must be at least 1".into());
-        }
-        if self.batch_max_rows == 0 {
-            problem("batch_max_rows", "must be at least 1".into());
-        }
-        if !(1024..=MAX_BATCH_BYTES).contains(&self.batch_max_bytes) {
-            problem(
-                "batch_max_bytes",
-                format!("must be between 1024 and {MAX_BATCH_BYTES} (the API's payload limit)"),
-            );
-        }
-        for (field, value) in [
-            ("flush_interval_ms", self.flush_interval_ms),
-            ("request_timeout_ms", self.request_timeout_ms),
-            ("retry_initial_backoff_ms", self.retry_initial_backoff_ms),
-        ] {
-            if value == 0 {
-                problem(field, "must be at least 1".into());
-            }
-        }
-        if self.retry_max_backoff_ms < self.retry_initial_backoff_ms {
-            problem(
-                "retry_max_backoff_ms",
-                "must be at least retry_initial_backoff_ms".into(),
-            );
+        problems.at_least("batch_max_rows", self.batch_max_rows as u64, 1);
+        self.http().check(&mut problems);
+    }
+
+    /// The settings every HTTP sink shares.
+    pub fn http(&self) -> HttpSettings<'_> {
+        HttpSettings {
+            name: &self.name,
+            url: &self.url,
+            batch_max_bytes: self.batch_max_bytes,
+            max_batch_bytes: Some(MAX_BATCH_BYTES),
+            flush_interval_ms: self.flush_interval_ms,
+            request_timeout_ms: self.request_timeout_ms,
+            retry_initial_backoff_ms: self.retry_initial_backoff_ms,
+            retry_max_backoff_ms: self.retry_max_backoff_ms,
+            max_parked: self.max_parked,
         }
     }
 }

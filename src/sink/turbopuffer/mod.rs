@@ -36,10 +36,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+pub use crate::sink::http::DEFAULT_FLUSH_INTERVAL_MS;
 use client::{Client, Outcome};
 pub use config::{
     IdType, TurbopufferConfig, DEFAULT_API_KEY_ENV, DEFAULT_BATCH_MAX_BYTES,
-    DEFAULT_BATCH_MAX_ROWS, DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_ID_ATTRIBUTE, DEFAULT_URL,
+    DEFAULT_BATCH_MAX_ROWS, DEFAULT_ID_ATTRIBUTE, DEFAULT_URL,
 };
 use request::{Batch, Encoder, Entry, RowWrite};
 

@@ -5,52 +5,43 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use reqwest::header::HeaderName;
 
 use super::config::TypesenseConfig;
 use super::request::{self, Kind};
 use super::response::{self, Outcome};
 use crate::error::{Error, ErrorKind, Result};
-use crate::sink::retry::backoff;
+use crate::sink::http::{Answers, HttpClient, SendError};
 
-/// Why a request got no usable answer.
-pub enum SendError {
-    /// Network trouble, timeouts, 429 and 5xx: try again.
-    Retryable(String),
-    /// Credentials or a request too large: no write can succeed.
-    Fatal(Error),
-}
+/// How Typesense's answers are read.
+const ANSWERS: Answers = Answers {
+    retry_timeout: true,
+    error_text: response::error_text,
+    credentials_hint: "check the sink's api_key_env: the key must exist and allow writes",
+    too_large_hint: Some("lower the sink's batch_max_bytes"),
+};
 
 /// The HTTP side of a sink.
 pub struct Client {
     pub name: String,
     pub config: TypesenseConfig,
-    http: reqwest::Client,
-    base: String,
-    api_key: Option<String>,
+    http: HttpClient,
 }
 
 impl Client {
     pub fn new(config: &TypesenseConfig) -> Result<Client> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(config.request_timeout_ms))
-            .build()
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Config,
-                    format!("sink {}: cannot build an HTTP client: {e}", config.name),
-                )
-            })?;
+        let api_key = config
+            .api_key()
+            .map(|key| (HeaderName::from_static("x-typesense-api-key"), key));
         Ok(Client {
             name: config.name.clone(),
-            base: config.url.trim_end_matches('/').to_owned(),
-            api_key: config.api_key(),
+            http: HttpClient::new(&config.http(), api_key)?,
             config: config.clone(),
-            http,
         })
     }
 
     fn url(&self, path: &str) -> Result<reqwest::Url> {
-        reqwest::Url::parse(&format!("{}/{path}", self.base)).map_err(|e| {
+        reqwest::Url::parse(&self.http.url(path)).map_err(|e| {
             Error::new(
                 ErrorKind::Config,
                 format!("sink {}: bad URL for {path}: {e}", self.name),
@@ -59,11 +50,7 @@ impl Client {
     }
 
     fn request(&self, method: reqwest::Method, url: reqwest::Url) -> reqwest::RequestBuilder {
-        let mut request = self.http.request(method, url);
-        if let Some(key) = &self.api_key {
-            request = request.header("X-TYPESENSE-API-KEY", key);
-        }
-        request
+        self.http.request(method, url)
     }
 
     /// Sends a request and reads the answer, classifying failures.
@@ -71,41 +58,16 @@ impl Client {
         &self,
         request: reqwest::RequestBuilder,
     ) -> std::result::Result<(u16, Bytes), SendError> {
-        let response = request
-            .send()
+        let answer = self
+            .http
+            .fetch(request)
             .await
-            .map_err(|e| SendError::Retryable(format!("request failed: {}", error_chain(&e))))?;
-        let status = response.status().as_u16();
-        let body = response.bytes().await.map_err(|e| {
-            SendError::Retryable(format!("reading the answer failed: {}", error_chain(&e)))
-        })?;
+            .map_err(SendError::Retryable)?;
+        let status = answer.status.as_u16();
         metrics::counter!("sluice_sink_requests_total", "sink" => self.name.clone(), "status" => status.to_string())
             .increment(1);
-        match status {
-            408 | 429 | 500..=599 => Err(SendError::Retryable(format!(
-                "{status}: {}",
-                response::error_text(&body)
-            ))),
-            401 | 403 => Err(SendError::Fatal(
-                Error::new(
-                    ErrorKind::Sink,
-                    format!(
-                        "sink {}: {status}: {}",
-                        self.name,
-                        response::error_text(&body)
-                    ),
-                )
-                .hint("check the sink's api_key_env: the key must exist and allow writes"),
-            )),
-            413 => Err(SendError::Fatal(
-                Error::new(
-                    ErrorKind::Sink,
-                    format!("sink {}: request too large", self.name),
-                )
-                .hint("lower the sink's batch_max_bytes"),
-            )),
-            _ => Ok((status, body)),
-        }
+        let answer = answer.check(&self.name, &ANSWERS)?;
+        Ok((status, answer.body))
     }
 
     /// Imports `lines` (JSONL) into `collection`; one outcome per line.
@@ -246,22 +208,6 @@ impl Client {
 
     /// The delay before retry number `attempt`.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        backoff(
-            Duration::from_millis(self.config.retry_initial_backoff_ms),
-            Duration::from_millis(self.config.retry_max_backoff_ms),
-            attempt,
-        )
+        self.http.backoff(attempt)
     }
-}
-
-/// An error and its causes, on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -3,25 +3,15 @@
 use serde::Deserialize;
 
 use crate::config::ConfigProblem;
+use crate::sink::http::{self, HttpSettings, Problems};
+use crate::sink::http::{
+    DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_DOCS, DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_MAX_PARKED,
+    DEFAULT_MAX_RETRIES, DEFAULT_REQUEST_TIMEOUT_MS, DEFAULT_RETRY_INITIAL_BACKOFF_MS,
+    DEFAULT_RETRY_MAX_BACKOFF_MS,
+};
 
-/// Default documents per import request (and ids per delete request).
-pub const DEFAULT_BATCH_MAX_DOCS: usize = 1000;
-/// Default bytes per import body (JSONL).
-pub const DEFAULT_BATCH_MAX_BYTES: u64 = 5 * 1024 * 1024;
 /// Default bytes of the `filter_by` of one delete request (it travels in the URL).
 pub const DEFAULT_DELETE_MAX_FILTER_BYTES: usize = 16 * 1024;
-/// Default time a write may wait in the buffer.
-pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 1000;
-/// Default timeout of one request.
-pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
-/// Default attempts of a write that keeps failing with a retryable error.
-pub const DEFAULT_MAX_RETRIES: u32 = 10;
-/// Default number of parked messages at which the sink pauses.
-pub const DEFAULT_MAX_PARKED: usize = 10_000;
-/// Default first retry delay; it doubles per attempt, with jitter.
-pub const DEFAULT_RETRY_INITIAL_BACKOFF_MS: u64 = 100;
-/// Default cap of the retry delay.
-pub const DEFAULT_RETRY_MAX_BACKOFF_MS: u64 = 30_000;
 
 /// `[[sinks]]` with `type = "typesense"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -36,33 +26,33 @@ pub struct TypesenseConfig {
     pub api_key_env: Option<String>,
     /// An import request closes at this many documents (a delete request at
     /// this many ids) ...
-    #[serde(default = "default_batch_max_docs")]
+    #[serde(default = "http::default_batch_max_docs")]
     pub batch_max_docs: usize,
     /// ... or this many bytes of JSONL ...
-    #[serde(default = "default_batch_max_bytes")]
+    #[serde(default = "http::default_batch_max_bytes")]
     pub batch_max_bytes: u64,
     /// ... and a delete request at this many bytes of `filter_by`.
     #[serde(default = "default_delete_max_filter_bytes")]
     pub delete_max_filter_bytes: usize,
     /// Writes wait at most this many milliseconds in the buffer (the interval
     /// between commits).
-    #[serde(default = "default_flush_interval_ms")]
+    #[serde(default = "http::default_flush_interval_ms")]
     pub flush_interval_ms: u64,
     /// Timeout of one request, in milliseconds.
-    #[serde(default = "default_request_timeout_ms")]
+    #[serde(default = "http::default_request_timeout_ms")]
     pub request_timeout_ms: u64,
     /// Attempts of a write failing with 429, 5xx or a timeout before it is parked.
-    #[serde(default = "default_max_retries")]
+    #[serde(default = "http::default_max_retries")]
     pub max_retries: u32,
     /// First retry delay in milliseconds; doubles per attempt, with jitter.
-    #[serde(default = "default_retry_initial_backoff_ms")]
+    #[serde(default = "http::default_retry_initial_backoff_ms")]
     pub retry_initial_backoff_ms: u64,
     /// Cap of the retry delay in milliseconds.
-    #[serde(default = "default_retry_max_backoff_ms")]
+    #[serde(default = "http::default_retry_max_backoff_ms")]
     pub retry_max_backoff_ms: u64,
     /// When this many writes are parked in the failed-message store, the sink
     /// pauses (and with it the slot) until some are retried or discarded.
-    #[serde(default = "default_max_parked")]
+    #[serde(default = "http::default_max_parked")]
     pub max_parked: usize,
     /// Create missing collections with this schema (a TOML table written as
     /// Typesense's JSON schema, without `name`: the collection name comes from
@@ -71,32 +61,8 @@ pub struct TypesenseConfig {
     pub schema: Option<toml::Table>,
 }
 
-fn default_batch_max_docs() -> usize {
-    DEFAULT_BATCH_MAX_DOCS
-}
-fn default_batch_max_bytes() -> u64 {
-    DEFAULT_BATCH_MAX_BYTES
-}
 fn default_delete_max_filter_bytes() -> usize {
     DEFAULT_DELETE_MAX_FILTER_BYTES
-}
-fn default_flush_interval_ms() -> u64 {
-    DEFAULT_FLUSH_INTERVAL_MS
-}
-fn default_request_timeout_ms() -> u64 {
-    DEFAULT_REQUEST_TIMEOUT_MS
-}
-fn default_max_retries() -> u32 {
-    DEFAULT_MAX_RETRIES
-}
-fn default_max_parked() -> usize {
-    DEFAULT_MAX_PARKED
-}
-fn default_retry_initial_backoff_ms() -> u64 {
-    DEFAULT_RETRY_INITIAL_BACKOFF_MS
-}
-fn default_retry_max_backoff_ms() -> u64 {
-    DEFAULT_RETRY_MAX_BACKOFF_MS
 }
 
 impl TypesenseConfig {
@@ -121,63 +87,40 @@ impl TypesenseConfig {
 
     /// Checks the settings; `path` is the field path of this sink.
     pub fn validate(&self, path: &str, problems: &mut Vec<ConfigProblem>) {
-        let mut problem = |field: &str, message: String| {
-            problems.push(ConfigProblem {
-                field: format!("{path}.{field}"),
-                message,
-            })
-        };
-        match reqwest::Url::parse(&self.url) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-            _ => problem(
-                "url",
-                format!(
-                    "`{}` is not an http(s) URL such as http://localhost:8108",
-                    self.url
-                ),
-            ),
+        let mut problems = Problems::new(path, problems);
+        problems.http_url(&self.url, "http://localhost:8108");
+        if let Some(var) = &self.api_key_env {
+            problems.env_var("api_key_env", var);
         }
-        match &self.api_key_env {
-            Some(var) if std::env::var_os(var).is_none() => problem(
-                "api_key_env",
-                format!("environment variable {var} is not set"),
-            ),
-            _ => {}
-        }
-        if self.batch_max_docs == 0 {
-            problem("batch_max_docs", "must be at least 1".into());
-        }
-        if self.max_parked == 0 {
-            problem("max_parked", "must be at least 1".into());
-        }
-        if self.batch_max_bytes < 1024 {
-            problem("batch_max_bytes", "must be at least 1024".into());
-        }
-        if self.delete_max_filter_bytes < 256 {
-            problem("delete_max_filter_bytes", "must be at least 256".into());
-        }
-        for (field, value) in [
-            ("flush_interval_ms", self.flush_interval_ms),
-            ("request_timeout_ms", self.request_timeout_ms),
-            ("retry_initial_backoff_ms", self.retry_initial_backoff_ms),
-        ] {
-            if value == 0 {
-                problem(field, "must be at least 1".into());
-            }
-        }
-        if self.retry_max_backoff_ms < self.retry_initial_backoff_ms {
-            problem(
-                "retry_max_backoff_ms",
-                "must be at least retry_initial_backoff_ms".into(),
-            );
-        }
+        problems.at_least("batch_max_docs", self.batch_max_docs as u64, 1);
+        problems.at_least(
+            "delete_max_filter_bytes",
+            self.delete_max_filter_bytes as u64,
+            256,
+        );
         if let Some(schema) = &self.schema {
             if !matches!(schema.get("fields"), Some(toml::Value::Array(_))) {
-                problem(
+                problems.add(
                     "schema",
-                    "needs `fields`, an array such as [{ name = \".*\", type = \"auto\" }]".into(),
+                    "needs `fields`, an array such as [{ name = \".*\", type = \"auto\" }]",
                 );
             }
+        }
+        self.http().check(&mut problems);
+    }
+
+    /// The settings every HTTP sink shares.
+    pub fn http(&self) -> HttpSettings<'_> {
+        HttpSettings {
+            name: &self.name,
+            url: &self.url,
+            batch_max_bytes: self.batch_max_bytes,
+            max_batch_bytes: None,
+            flush_interval_ms: self.flush_interval_ms,
+            request_timeout_ms: self.request_timeout_ms,
+            retry_initial_backoff_ms: self.retry_initial_backoff_ms,
+            retry_max_backoff_ms: self.retry_max_backoff_ms,
+            max_parked: self.max_parked,
         }
     }
 

@@ -19,8 +19,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+pub use crate::sink::http::{DEFAULT_BATCH_MAX_DOCS, DEFAULT_FLUSH_INTERVAL_MS};
 use client::Client;
-pub use config::{TypesenseConfig, DEFAULT_BATCH_MAX_DOCS, DEFAULT_FLUSH_INTERVAL_MS};
+pub use config::TypesenseConfig;
 use queue::{Item, Limits, Queue};
 use request::Kind;
 use response::Outcome;

@@ -3,6 +3,8 @@
 
 use serde::Deserialize;
 
+use crate::sink::http::body_text;
+
 /// What to do with one write after an answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -32,7 +34,7 @@ struct ErrorBody {
 pub fn error_text(body: &[u8]) -> String {
     serde_json::from_slice::<ErrorBody>(body)
         .map(|e| e.message)
-        .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned())
+        .unwrap_or_else(|_| body_text(body))
 }
 
 /// Classifies a failure with an HTTP-like status code.

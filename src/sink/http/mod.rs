@@ -1,0 +1,13 @@
+//! What every HTTP sink (Elasticsearch, Typesense, Meilisearch, Turbopuffer)
+//! shares: the defaults and checks of its batching, timeout, retry and
+//! parking settings, and a client that authenticates requests, reads answers
+//! the same way and waits between retries.
+//!
+//! Each sink keeps its own config struct (with its own doc comments and
+//! `deny_unknown_fields`) and lends the shared settings as [`HttpSettings`].
+
+mod client;
+mod settings;
+
+pub use client::{body_text, Answer, Answers, HttpClient, SendError};
+pub use settings::*;

@@ -35,28 +35,10 @@ async fn assert_engine_equals_table(db: &TestDb, es: &FakeElasticsearch, table: 
     })
     .await;
     if !equal {
-        let docs = es.documents(index);
         let rows = db.rows(table, "id").await;
-        let missing: Vec<_> = rows
-            .keys()
-            .filter(|k| !docs.contains_key(*k))
-            .take(5)
-            .collect();
-        let extra: Vec<_> = docs
-            .keys()
-            .filter(|k| !rows.contains_key(*k))
-            .take(5)
-            .collect();
-        let differ: Vec<_> = rows
-            .iter()
-            .filter(|(k, v)| docs.get(*k).is_some_and(|d| d != *v))
-            .take(3)
-            .map(|(k, v)| format!("{k}: row {v} doc {}", docs[k]))
-            .collect();
         panic!(
-            "{index}: {} docs, {} rows; missing {missing:?}; extra {extra:?}; differ {differ:#?}",
-            docs.len(),
-            rows.len()
+            "{index}: {}",
+            common::difference(&es.documents(index), &rows)
         );
     }
 }

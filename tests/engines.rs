@@ -85,21 +85,9 @@ async fn run_workload<E, F>(
     .await;
     if !equal {
         let (docs, rows) = (engine().await, expected().await);
-        let missing: Vec<_> = rows
-            .keys()
-            .filter(|k| !docs.contains_key(*k))
-            .take(5)
-            .collect();
-        let differ: Vec<_> = rows
-            .iter()
-            .filter(|(k, v)| docs.get(*k).is_some_and(|d| d != *v))
-            .take(2)
-            .map(|(k, v)| format!("{k}: row {v} doc {}", docs[k]))
-            .collect();
         panic!(
-            "{hint}: engine has {} documents, table {}; missing {missing:?}; differ {differ:#?}; log:\n{}",
-            docs.len(),
-            rows.len(),
+            "{hint}: {}; log:\n{}",
+            common::difference(&docs, &rows),
             tail(&sluice.log_text())
         );
     }

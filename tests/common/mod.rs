@@ -214,52 +214,60 @@ pub async fn assert_index_equals_table(db: &TestDb, table: &str, index: &str, id
     if !caught_up {
         let docs = documents(&db.data_dir(), index, id);
         let rows = db.rows(table, id).await;
-        let missing: Vec<_> = rows
-            .keys()
-            .filter(|k| !docs.contains_key(*k))
-            .take(5)
-            .collect();
-        let extra: Vec<_> = docs
-            .keys()
-            .filter(|k| !rows.contains_key(*k))
-            .take(5)
-            .collect();
-        let differ: Vec<_> = rows
-            .iter()
-            .filter(|(k, v)| docs.get(*k).is_some_and(|d| d != *v))
-            .take(3)
-            .map(|(k, v)| {
-                // Only the fields that differ: documents can be long.
-                let short = |x: &Value| {
-                    let text = x.to_string();
-                    if text.len() > 80 {
-                        format!("{}…({} chars)", &text[..40], text.len())
-                    } else {
-                        text
-                    }
-                };
-                let fields: Vec<String> = v
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .filter(|(f, x)| docs[k].get(*f) != Some(*x))
-                    .map(|(f, x)| {
-                        format!(
-                            "{f}: row {} doc {}",
-                            short(x),
-                            docs[k].get(f).map(short).unwrap_or_default()
-                        )
-                    })
-                    .collect();
-                format!("{k}: {}", fields.join("; "))
-            })
-            .collect();
         panic!(
-            "index {index} != table {table}: {} docs, {} rows; missing {missing:?}; extra {extra:?}; differ {differ:#?}",
-            docs.len(),
-            rows.len()
+            "index {index} != table {table}: {}",
+            difference(&docs, &rows)
         );
     }
+}
+
+/// What tells documents and rows apart, briefly: counts, missing and extra
+/// ids, and the fields that differ (documents can be long).
+pub fn difference(docs: &BTreeMap<String, Value>, rows: &BTreeMap<String, Value>) -> String {
+    let missing: Vec<_> = rows
+        .keys()
+        .filter(|k| !docs.contains_key(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = docs
+        .keys()
+        .filter(|k| !rows.contains_key(*k))
+        .take(5)
+        .collect();
+    let short = |x: &Value| {
+        let text = x.to_string();
+        if text.len() > 80 {
+            format!("{}…({} chars)", &text[..40], text.len())
+        } else {
+            text
+        }
+    };
+    let differ: Vec<_> = rows
+        .iter()
+        .filter(|(k, v)| docs.get(*k).is_some_and(|d| d != *v))
+        .take(3)
+        .map(|(k, v)| {
+            let fields: Vec<String> = v
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(f, x)| docs[k].get(*f) != Some(*x))
+                .map(|(f, x)| {
+                    format!(
+                        "{f}: row {} doc {}",
+                        short(x),
+                        docs[k].get(f).map(short).unwrap_or_default()
+                    )
+                })
+                .collect();
+            format!("{k}: {}", fields.join("; "))
+        })
+        .collect();
+    format!(
+        "{} docs, {} rows; missing {missing:?}; extra {extra:?}; differ {differ:#?}",
+        docs.len(),
+        rows.len()
+    )
 }
 
 /// The sluice binary as a child process.

@@ -276,16 +276,8 @@ async fn api_key_gzip_and_index_creation() {
         "",
         &sink(&es.url(), extra),
     );
-    let log = db.dir.path().join("auth.log");
-    let mut command = common::sluice_command();
-    command
-        .args(["run", "--config", config.to_str().unwrap()])
-        .env("SLUICE_TEST_ES_KEY", "c2x1aWNlOnNlY3JldA==")
-        .stderr(std::fs::File::create(&log).unwrap());
-    let mut sluice = Sluice {
-        child: command.spawn().unwrap(),
-        log,
-    };
+    let mut sluice =
+        Sluice::run_config_with_env(&config, &[("SLUICE_TEST_ES_KEY", "c2x1aWNlOnNlY3JldA==")]);
     db.wait_streaming(&mut sluice).await;
     db.exec("INSERT INTO products (id, name) SELECT i, 'p' || i FROM generate_series(1, 20) i")
         .await;

@@ -47,16 +47,7 @@ async fn run_workload<E, F>(
     )
     .await;
     let config = db.config_with_sinks("[[tables]]\nname = \"products\"", "shards = 3", &sinks);
-    let log = db.dir.path().join("engine.log");
-    let mut command = common::sluice_command();
-    command
-        .args(["run", "--config", config.to_str().unwrap()])
-        .env("SLUICE_TEST_ENGINE_KEY", "secret")
-        .stderr(std::fs::File::create(&log).unwrap());
-    let mut sluice = Sluice {
-        child: command.spawn().unwrap(),
-        log,
-    };
+    let mut sluice = Sluice::run_config_with_env(&config, &[("SLUICE_TEST_ENGINE_KEY", "secret")]);
     db.wait_streaming(&mut sluice).await;
     let expected = || async {
         db.rows("products", "id")

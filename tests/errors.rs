@@ -118,16 +118,7 @@ async fn a_slot_in_use_is_reported_and_secrets_come_from_the_environment() {
         ),
     )
     .unwrap();
-    let log = db.dir.path().join("run.log");
-    let mut command = common::sluice_command();
-    command
-        .args(["run", "--config", path.to_str().unwrap()])
-        .env("SLUICE_TEST_URL", &db.url)
-        .stderr(std::fs::File::create(&log).unwrap());
-    let mut sluice = common::Sluice {
-        child: command.spawn().unwrap(),
-        log,
-    };
+    let mut sluice = common::Sluice::run_config_with_env(&path, &[("SLUICE_TEST_URL", &db.url)]);
     db.wait_streaming(&mut sluice).await;
 
     let out = common::sluice_command()

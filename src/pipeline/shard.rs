@@ -26,7 +26,10 @@ pub struct ShardArgs {
 pub struct ShardState {
     args: ShardArgs,
     /// Position in `pending` of the last change per (index, id).
-    latest: HashMap<(Arc<str>, String), usize>,
+    /// Keyed by a hash of (index, id), so no id is copied per change; the
+    /// rare keys whose hash is taken by another key go to `collided`.
+    latest: HashMap<u64, usize>,
+    collided: HashMap<(Arc<str>, String), usize>,
     pending: Vec<Option<Routed>>,
     /// The position of the last batch sent whole.
     delivered: crate::lsn::Lsn,
@@ -47,6 +50,7 @@ impl Actor for Shard {
         Ok(ShardState {
             args,
             latest: HashMap::new(),
+            collided: HashMap::new(),
             pending: Vec::new(),
             delivered: crate::lsn::Lsn::ZERO,
         })
@@ -101,19 +105,34 @@ impl Actor for Shard {
 
 impl ShardState {
     fn collapse(&mut self, routed: Routed) {
-        let key = (routed.index.clone(), routed.id.clone());
-        match self.latest.get(&key) {
-            Some(&at) => {
+        let seed = xxhash_rust::xxh3::xxh3_64(routed.index.as_bytes());
+        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(routed.id.as_bytes(), seed);
+        let same = |other: &Routed| other.id == routed.id && other.index == routed.index;
+        let at = match self.latest.get(&hash) {
+            None => {
+                self.latest.insert(hash, self.pending.len());
+                None
+            }
+            Some(&at) if self.pending[at].as_ref().is_some_and(same) => Some(at),
+            Some(_) => {
+                let key = (routed.index.clone(), routed.id.clone());
+                match self.collided.get(&key) {
+                    Some(&at) => Some(at),
+                    None => {
+                        self.collided.insert(key, self.pending.len());
+                        None
+                    }
+                }
+            }
+        };
+        match at {
+            Some(at) => {
                 let previous = self.pending[at]
                     .take()
                     .expect("latest points at a pending change");
-                let merged = merge(previous, routed);
-                self.pending[at] = Some(merged);
+                self.pending[at] = Some(merge(previous, routed));
             }
-            None => {
-                self.latest.insert(key, self.pending.len());
-                self.pending.push(Some(routed));
-            }
+            None => self.pending.push(Some(routed)),
         }
     }
 
@@ -127,6 +146,7 @@ impl ShardState {
         only_if_any: bool,
     ) -> Result<usize, ActorProcessingErr> {
         self.latest.clear();
+        self.collided.clear();
         if only_if_any && self.pending.is_empty() {
             return Ok(0);
         }

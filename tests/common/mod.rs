@@ -284,9 +284,15 @@ pub fn sluice_command() -> Command {
 
 impl Sluice {
     pub fn start(args: &[&str], log: &Path) -> Sluice {
+        Sluice::start_with_env(args, log, &[])
+    }
+
+    /// Like `start`, with extra environment variables (secrets).
+    pub fn start_with_env(args: &[&str], log: &Path, env: &[(&str, &str)]) -> Sluice {
         let file = std::fs::File::create(log).unwrap();
         let child = sluice_command()
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -298,8 +304,13 @@ impl Sluice {
     }
 
     pub fn run_config(config: &Path) -> Sluice {
+        Sluice::run_config_with_env(config, &[])
+    }
+
+    /// `sluice run --config` with extra environment variables (secrets).
+    pub fn run_config_with_env(config: &Path, env: &[(&str, &str)]) -> Sluice {
         let log = config.with_extension(format!("log.{}", rand_suffix()));
-        Sluice::start(&["run", "--config", config.to_str().unwrap()], &log)
+        Sluice::start_with_env(&["run", "--config", config.to_str().unwrap()], &log, env)
     }
 
     /// SIGTERM, then the exit status.

@@ -93,35 +93,7 @@ impl Client {
         build: impl Fn() -> reqwest::RequestBuilder,
         ok: impl Fn(reqwest::StatusCode, &[u8]) -> bool,
     ) -> Result<()> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let problem = match self.send(build()).await {
-                Ok((status, body)) if ok(status, &body) => return Ok(()),
-                Ok((status, body)) => {
-                    return Err(Error::new(
-                        ErrorKind::Sink,
-                        format!(
-                            "sink {}: {what} failed: {status}: {}",
-                            self.name,
-                            body_text(&body)
-                        ),
-                    ));
-                }
-                Err(SendError::Fatal(e)) => return Err(e),
-                Err(SendError::Retryable(problem)) => problem,
-            };
-            if attempt > self.config.max_retries {
-                return Err(Error::new(
-                    ErrorKind::Sink,
-                    format!(
-                        "sink {}: {what} failed {attempt} times: {problem}",
-                        self.name
-                    ),
-                ));
-            }
-            self.http.wait(attempt, &problem).await;
-        }
+        self.http.with_retries(what, &ANSWERS, build, ok).await
     }
 
     /// Delivers a bulk request: every item ends written, superseded, or
@@ -212,8 +184,6 @@ impl Client {
             request = request.body(body);
         }
         let (status, answer) = self.send(request).await?;
-        metrics::counter!("sluice_sink_requests_total", "sink" => self.name.clone(), "status" => status.as_str().to_owned())
-            .increment(1);
         if status.is_success() {
             Ok(answer)
         } else {

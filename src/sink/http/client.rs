@@ -11,9 +11,13 @@ use super::HttpSettings;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sink::retry::backoff;
 
+/// Longest `Retry-After` honoured; a longer one is taken as this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
 /// Why a request got no usable answer.
 pub enum SendError {
-    /// Network trouble, timeouts, 429 and 5xx: try again.
+    /// Timeouts, dropped connections, 500 (and 408 where the engine says so):
+    /// try again, within the write's retry budget.
     Retryable(String),
     /// Credentials or a request too large: no write can succeed.
     Fatal(Error),
@@ -39,8 +43,8 @@ pub struct Answers {
 }
 
 impl Answer {
-    /// Classifies the answer as every sink does: 429 and 5xx (and 408 where
-    /// the engine says so) are retryable; 401, 403 and 413 are fatal; any
+    /// Classifies the answer as every sink does: 5xx (and 408 where the
+    /// engine says so) are retryable; 401, 403 and 413 are fatal; any
     /// other answer is the caller's to read.
     pub fn check(self, sink: &str, answers: &Answers) -> Result<Answer, SendError> {
         let status = self.status;
@@ -75,6 +79,7 @@ pub struct HttpClient {
     authorization: Option<(HeaderName, String)>,
     retry_initial_backoff: Duration,
     retry_max_backoff: Duration,
+    max_retries: u32,
 }
 
 impl HttpClient {
@@ -100,6 +105,7 @@ impl HttpClient {
             authorization,
             retry_initial_backoff: Duration::from_millis(settings.retry_initial_backoff_ms),
             retry_max_backoff: Duration::from_millis(settings.retry_max_backoff_ms),
+            max_retries: settings.max_retries,
         })
     }
 
@@ -123,22 +129,93 @@ impl HttpClient {
 
     /// Sends a request and reads the whole answer; failing to do either is a
     /// retryable problem.
+    ///
+    /// While the engine is unavailable (it refuses connections, or answers
+    /// 429, 502, 503 or 504) the request is sent again, with backoff and
+    /// honouring `Retry-After`, for as long as it takes: an outage or an
+    /// overloaded engine is waited out, never counted against a write's retry
+    /// budget, so it never parks writes that are fine.
     pub async fn fetch(&self, request: reqwest::RequestBuilder) -> Result<Answer, String> {
-        let response = request
-            .send()
-            .await
-            .map_err(|e| format!("request failed: {}", error_chain(&e)))?;
+        let mut outage = 0;
+        let mut request = request;
+        loop {
+            let again = request.try_clone();
+            let (problem, retry_after) = match self.fetch_once(request).await {
+                Fetched::Answer(answer) => {
+                    if outage > 0 {
+                        tracing::info!(sink = %self.name, attempts = outage + 1, "the engine is available again");
+                        self.set_available(true);
+                    }
+                    return Ok(answer);
+                }
+                Fetched::Failed(problem) => return Err(problem),
+                Fetched::Unavailable(problem, retry_after) => (problem, retry_after),
+            };
+            let Some(next) = again else {
+                return Err(problem);
+            };
+            outage += 1;
+            if outage == 1 {
+                self.set_available(false);
+            }
+            let mut delay = self.backoff(outage);
+            if let Some(after) = retry_after {
+                delay = delay.max(after);
+            }
+            self.wait_for(
+                outage,
+                delay,
+                &format!("the engine is unavailable, waiting: {problem}"),
+            )
+            .await;
+            request = next;
+        }
+    }
+
+    async fn fetch_once(&self, request: reqwest::RequestBuilder) -> Fetched {
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => {
+                self.count("none");
+                let problem = format!("request failed: {}", error_chain(&e));
+                return if e.is_connect() {
+                    Fetched::Unavailable(problem, None)
+                } else {
+                    Fetched::Failed(problem)
+                };
+            }
+        };
         let status = response.status();
+        self.count(status.as_str());
         let headers = response.headers().clone();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| format!("reading the answer failed: {}", error_chain(&e)))?;
-        Ok(Answer {
+        let body = match response.bytes().await {
+            Ok(body) => body,
+            Err(e) => {
+                return Fetched::Failed(format!("reading the answer failed: {}", error_chain(&e)))
+            }
+        };
+        if matches!(status.as_u16(), 429 | 502..=504) {
+            let problem = format!("{status}: {}", body_text(&body));
+            return Fetched::Unavailable(problem, retry_after(&headers));
+        }
+        Fetched::Answer(Answer {
             status,
             headers,
             body,
         })
+    }
+
+    fn count(&self, status: &str) {
+        metrics::counter!("sluice_sink_requests_total", "sink" => self.name.clone(), "status" => status.to_owned())
+            .increment(1);
+    }
+
+    fn set_available(&self, available: bool) {
+        metrics::gauge!("sluice_sink_available", "sink" => self.name.clone()).set(if available {
+            1.0
+        } else {
+            0.0
+        });
     }
 
     /// Fetches and checks an answer.
@@ -149,6 +226,47 @@ impl HttpClient {
     ) -> Result<Answer, SendError> {
         let answer = self.fetch(request).await.map_err(SendError::Retryable)?;
         answer.check(&self.name, answers)
+    }
+
+    /// Sends a request until `ok` holds for its answer, with backoff, at
+    /// most `max_retries` times over; any other answer is an error.
+    pub async fn with_retries(
+        &self,
+        what: &str,
+        answers: &Answers,
+        build: impl Fn() -> reqwest::RequestBuilder,
+        ok: impl Fn(StatusCode, &[u8]) -> bool,
+    ) -> Result<()> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let problem = match self.send(build(), answers).await {
+                Ok(answer) if ok(answer.status, &answer.body) => return Ok(()),
+                Ok(answer) => {
+                    return Err(Error::new(
+                        ErrorKind::Sink,
+                        format!(
+                            "sink {}: {what} failed: {}: {}",
+                            self.name,
+                            answer.status,
+                            (answers.error_text)(&answer.body)
+                        ),
+                    ));
+                }
+                Err(SendError::Fatal(e)) => return Err(e),
+                Err(SendError::Retryable(problem)) => problem,
+            };
+            if attempt > self.max_retries {
+                return Err(Error::new(
+                    ErrorKind::Sink,
+                    format!(
+                        "sink {}: {what} failed {attempt} times: {problem}",
+                        self.name
+                    ),
+                ));
+            }
+            self.wait(attempt, &format!("{what}: {problem}")).await;
+        }
     }
 
     /// The delay before retry number `attempt`.
@@ -167,6 +285,26 @@ impl HttpClient {
         tracing::warn!(sink = %self.name, attempt, retry_in_ms = delay.as_millis() as u64, "{problem}");
         tokio::time::sleep(delay).await;
     }
+}
+
+/// How one try of a request ended.
+enum Fetched {
+    Answer(Answer),
+    /// No answer: worth another try within the write's budget.
+    Failed(String),
+    /// The engine is not there or asks to wait: the problem and how long it
+    /// asked to wait.
+    Unavailable(String, Option<Duration>),
+}
+
+/// The wait a `Retry-After` header asks for (in seconds), capped.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(MAX_RETRY_AFTER.as_secs_f64())))
 }
 
 /// The start of a body, as text for a message.

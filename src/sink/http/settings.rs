@@ -10,7 +10,8 @@ pub const DEFAULT_BATCH_MAX_BYTES: u64 = 5 * 1024 * 1024;
 pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 1000;
 /// Default timeout of one request.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
-/// Default attempts of a write that keeps failing with a retryable error.
+/// Default retries of a write that keeps failing with a retryable error
+/// (an unavailable engine is waited for without counting).
 pub const DEFAULT_MAX_RETRIES: u32 = 10;
 /// Default first retry delay; it doubles per attempt, with jitter.
 pub const DEFAULT_RETRY_INITIAL_BACKOFF_MS: u64 = 100;
@@ -56,6 +57,7 @@ pub struct HttpSettings<'a> {
     pub request_timeout_ms: u64,
     pub retry_initial_backoff_ms: u64,
     pub retry_max_backoff_ms: u64,
+    pub max_retries: u32,
     pub max_parked: usize,
 }
 
@@ -146,6 +148,7 @@ mod tests {
             request_timeout_ms: 0,
             retry_initial_backoff_ms: 5,
             retry_max_backoff_ms: 1,
+            max_retries: 3,
             max_parked: 0,
         };
         let mut found = Vec::new();

@@ -91,8 +91,6 @@ impl Client {
             attempt += 1;
             let problem = match self.send(build()).await {
                 Ok((status, answer)) => {
-                    metrics::counter!("sluice_sink_requests_total", "sink" => self.name.clone(), "status" => status.as_str().to_owned())
-                        .increment(1);
                     if status.is_success() {
                         match serde_json::from_slice::<Summary>(&answer) {
                             Ok(summary) => return Ok(Sent::Task(summary.task_uid)),

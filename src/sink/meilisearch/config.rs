@@ -162,6 +162,7 @@ impl MeilisearchConfig {
             request_timeout_ms: self.request_timeout_ms,
             retry_initial_backoff_ms: self.retry_initial_backoff_ms,
             retry_max_backoff_ms: self.retry_max_backoff_ms,
+            max_retries: self.max_retries,
             max_parked: self.max_parked,
         }
     }

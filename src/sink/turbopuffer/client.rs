@@ -1,16 +1,11 @@
 //! Talking to the API: authenticated requests, classification of answers, and
 //! retries with jittered, capped exponential backoff that honour `Retry-After`.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 
 use super::config::TurbopufferConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sink::http::{body_text, Answers, HttpClient, SendError};
-
-/// Longest `Retry-After` honoured; a longer one is taken as this.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 /// How the API's answers are read.
 const ANSWERS: Answers = Answers {
@@ -30,7 +25,7 @@ pub enum Outcome {
     /// The API refused the request itself (4xx other than 401/403/404/413/429):
     /// retrying will not help. The engine's error text.
     Rejected(String),
-    /// 429, 5xx, timeouts or network trouble, `max_retries` times over: the
+    /// 500, timeouts or dropped connections, `max_retries` times over: the
     /// last problem and the attempts made.
     Exhausted(String, u32),
 }
@@ -45,10 +40,7 @@ pub struct Client {
 /// One attempt's result.
 enum Attempt {
     Final(Outcome),
-    Retry {
-        problem: String,
-        retry_after: Option<Duration>,
-    },
+    Retry(String),
 }
 
 impl Client {
@@ -96,12 +88,9 @@ impl Client {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (problem, retry_after) = match self.attempt(build()).await? {
+            let problem = match self.attempt(build()).await? {
                 Attempt::Final(outcome) => return Ok(outcome),
-                Attempt::Retry {
-                    problem,
-                    retry_after,
-                } => (problem, retry_after),
+                Attempt::Retry(problem) => problem,
             };
             if attempt > self.config.max_retries {
                 return Ok(Outcome::Exhausted(
@@ -109,11 +98,7 @@ impl Client {
                     attempt,
                 ));
             }
-            let mut delay = self.http.backoff(attempt);
-            if let Some(after) = retry_after {
-                delay = delay.max(after.min(MAX_RETRY_AFTER));
-            }
-            self.http.wait_for(attempt, delay, &problem).await;
+            self.http.wait(attempt, &problem).await;
         }
     }
 
@@ -121,31 +106,12 @@ impl Client {
     async fn attempt(&self, request: reqwest::RequestBuilder) -> Result<Attempt> {
         let answer = match self.http.fetch(request).await {
             Ok(answer) => answer,
-            Err(problem) => {
-                return Ok(Attempt::Retry {
-                    problem,
-                    retry_after: None,
-                })
-            }
+            Err(problem) => return Ok(Attempt::Retry(problem)),
         };
-        let retry_after = answer
-            .headers
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(|s| Duration::from_secs_f64(s.min(MAX_RETRY_AFTER.as_secs_f64())));
         let status = answer.status;
-        metrics::counter!("sluice_sink_requests_total", "sink" => self.name.clone(), "status" => status.as_str().to_owned())
-            .increment(1);
         let body = match answer.check(&self.name, &ANSWERS) {
             Ok(answer) => answer.body,
-            Err(SendError::Retryable(problem)) => {
-                return Ok(Attempt::Retry {
-                    problem,
-                    retry_after,
-                })
-            }
+            Err(SendError::Retryable(problem)) => return Ok(Attempt::Retry(problem)),
             Err(SendError::Fatal(e)) => return Err(e),
         };
         Ok(Attempt::Final(match status.as_u16() {

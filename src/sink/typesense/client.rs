@@ -64,8 +64,6 @@ impl Client {
             .await
             .map_err(SendError::Retryable)?;
         let status = answer.status.as_u16();
-        metrics::counter!("sluice_sink_requests_total", "sink" => self.name.clone(), "status" => status.to_string())
-            .increment(1);
         let answer = answer.check(&self.name, &ANSWERS)?;
         Ok((status, answer.body))
     }
@@ -173,37 +171,9 @@ impl Client {
         build: impl Fn() -> reqwest::RequestBuilder,
         ok: impl Fn(u16) -> bool,
     ) -> Result<()> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let problem = match self.send(build()).await {
-                Ok((status, _)) if ok(status) => return Ok(()),
-                Ok((status, body)) => {
-                    return Err(Error::new(
-                        ErrorKind::Sink,
-                        format!(
-                            "sink {}: {what} failed: {status}: {}",
-                            self.name,
-                            response::error_text(&body)
-                        ),
-                    ))
-                }
-                Err(SendError::Fatal(e)) => return Err(e),
-                Err(SendError::Retryable(problem)) => problem,
-            };
-            if attempt > self.config.max_retries {
-                return Err(Error::new(
-                    ErrorKind::Sink,
-                    format!(
-                        "sink {}: {what} failed {attempt} times: {problem}",
-                        self.name
-                    ),
-                ));
-            }
-            let delay = self.backoff(attempt);
-            tracing::warn!(sink = %self.name, attempt, retry_in_ms = delay.as_millis() as u64, "{what}: {problem}");
-            tokio::time::sleep(delay).await;
-        }
+        self.http
+            .with_retries(what, &ANSWERS, build, |status, _| ok(status.as_u16()))
+            .await
     }
 
     /// The delay before retry number `attempt`.

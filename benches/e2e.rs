@@ -5,6 +5,7 @@
 //! cargo bench --bench e2e                                    # 1,000,000 rows, 10,000 per transaction
 //! cargo bench --bench e2e -- --rows 100000 --skip-embedded
 //! cargo bench --bench e2e -- --rows 1000000 --txn-rows 0 --only-rss   # one huge transaction
+//! cargo bench --bench e2e -- --only-rss --skip-embedded --skip-elasticsearch --dead-sink
 //! ```
 //!
 //! A throwaway Postgres gets `public.bench`, a publication and one logical slot per
@@ -12,6 +13,11 @@
 //! Each sluice run is timed from the spawn of `sluice run --config FILE` until the
 //! slot's `confirmed_flush_lsn` reaches the WAL position recorded after the load, with
 //! its peak RSS sampled from `/proc/PID/status`; it must then exit 0 on SIGTERM.
+//!
+//! `--dead-sink` adds two runs timed by the null sink's committed position (read
+//! from the metrics endpoint, as the slot cannot move while a sink is down): the
+//! null sink alone, and the null sink next to an Elasticsearch sink whose server
+//! answers 503 to everything.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -32,6 +38,8 @@ const SLOT_RECV: &str = "bench_recvlogical";
 const SLOT_NULL: &str = "bench_sluice_null";
 const SLOT_EMBEDDED: &str = "bench_sluice_embedded";
 const SLOT_ES: &str = "bench_sluice_elasticsearch";
+const SLOT_ALONE: &str = "bench_sluice_alone";
+const SLOT_DEAD: &str = "bench_sluice_dead";
 /// How often the slot position (and the child's RSS) is polled.
 const POLL: Duration = Duration::from_millis(20);
 /// A consumer that has not drained the backlog by then is reported as stuck.
@@ -44,7 +52,8 @@ const USAGE: &str =
   --txn-rows N     rows per committed transaction (default 10000; 0 = one transaction)
   --skip-embedded  skip the run with the embedded (tantivy) sink
   --skip-elasticsearch  skip the run into a local Elasticsearch-compatible server that accepts instantly
-  --only-rss       skip the pg_recvlogical baseline: only the sluice runs and their memory";
+  --only-rss       skip the pg_recvlogical baseline: only the sluice runs and their memory
+  --dead-sink      also time the null sink alone and next to a dead Elasticsearch sink";
 
 const CREATE_TABLE: &str = "
 CREATE TABLE public.bench (
@@ -75,6 +84,7 @@ struct Options {
     skip_embedded: bool,
     skip_elasticsearch: bool,
     only_rss: bool,
+    dead_sink: bool,
 }
 
 impl Options {
@@ -85,6 +95,7 @@ impl Options {
             skip_embedded: false,
             skip_elasticsearch: false,
             only_rss: false,
+            dead_sink: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -103,6 +114,7 @@ impl Options {
                 "--skip-embedded" => options.skip_embedded = true,
                 "--skip-elasticsearch" => options.skip_elasticsearch = true,
                 "--only-rss" => options.only_rss = true,
+                "--dead-sink" => options.dead_sink = true,
                 "--bench" => {} // added by `cargo bench`
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -118,9 +130,19 @@ impl Options {
     }
 }
 
+/// When a sluice run is done.
+#[derive(Clone, Copy)]
+enum Done<'a> {
+    /// The slot confirmed the whole backlog.
+    Slot,
+    /// The sink of this name committed the whole backlog, as its
+    /// `sluice_sink_committed_lsn` on the metrics endpoint says.
+    Sink(&'a str),
+}
+
 /// What one sluice run measured.
 struct SluiceRun {
-    /// From the spawn until the slot confirmed the whole backlog.
+    /// From the spawn until the backlog was done (see [`Done`]).
     seconds: f64,
     /// From the spawn until the slot first moved (startup, first batch, first commit).
     first_confirm: Option<f64>,
@@ -179,6 +201,9 @@ async fn bench(cluster: &LocalPostgres, options: &Options) -> Result<()> {
     if !options.skip_elasticsearch {
         slots.push(SLOT_ES);
     }
+    if options.dead_sink {
+        slots.extend([SLOT_ALONE, SLOT_DEAD]);
+    }
     client
         .query(
             "SELECT pg_create_logical_replication_slot(s, 'pgoutput') FROM unnest($1::text[]) s",
@@ -201,13 +226,33 @@ async fn bench(cluster: &LocalPostgres, options: &Options) -> Result<()> {
     };
     eprintln!("sluice (null sink) draining its slot ...");
     let null_dir = work.path().join("null");
-    let null = run_sluice(&client, &url, SLOT_NULL, "null", "", &null_dir, target).await?;
+    let null_sink = sink_toml("null", "");
+    let null = run_sluice(
+        &client,
+        &url,
+        SLOT_NULL,
+        &null_sink,
+        &null_dir,
+        target,
+        Done::Slot,
+    )
+    .await?;
     let embedded = if options.skip_embedded {
         None
     } else {
         eprintln!("sluice (embedded sink) draining its slot ...");
         let dir = work.path().join("embedded");
-        let run = run_sluice(&client, &url, SLOT_EMBEDDED, "embedded", "", &dir, target).await?;
+        let sinks = sink_toml("embedded", "");
+        let run = run_sluice(
+            &client,
+            &url,
+            SLOT_EMBEDDED,
+            &sinks,
+            &dir,
+            target,
+            Done::Slot,
+        )
+        .await?;
         let indexed = count_documents(&dir.join("data"))?;
         if indexed != options.rows {
             return Err(
@@ -228,17 +273,8 @@ async fn bench(cluster: &LocalPostgres, options: &Options) -> Result<()> {
         )
         .await;
         let dir = work.path().join("elasticsearch");
-        let extra = format!("url = \"{}\"\n", es.url());
-        let run = run_sluice(
-            &client,
-            &url,
-            SLOT_ES,
-            "elasticsearch",
-            &extra,
-            &dir,
-            target,
-        )
-        .await?;
+        let sinks = sink_toml("elasticsearch", &format!("url = \"{}\"\n", es.url()));
+        let run = run_sluice(&client, &url, SLOT_ES, &sinks, &dir, target, Done::Slot).await?;
         let indexed = es.doc_count("bench") as u64;
         if indexed != options.rows {
             return Err(
@@ -246,6 +282,28 @@ async fn bench(cluster: &LocalPostgres, options: &Options) -> Result<()> {
             );
         }
         Some(run)
+    };
+
+    let dead_sink = if options.dead_sink {
+        eprintln!(
+            "sluice (null sink alone, timed by its committed position) draining its slot ..."
+        );
+        let dir = work.path().join("alone");
+        let done = Done::Sink("null");
+        let alone = run_sluice(&client, &url, SLOT_ALONE, &null_sink, &dir, target, done).await?;
+        eprintln!("sluice (null sink next to a dead elasticsearch sink) draining its slot ...");
+        let mut options = fakes::elasticsearch::FakeOptions::bench();
+        options.faults.dead = true;
+        let es = fakes::elasticsearch::FakeElasticsearch::start(options).await;
+        let dir = work.path().join("dead");
+        let sinks = format!(
+            "{null_sink}\n{}",
+            sink_toml("elasticsearch", &format!("url = \"{}\"\n", es.url()))
+        );
+        let with_dead = run_sluice(&client, &url, SLOT_DEAD, &sinks, &dir, target, done).await?;
+        Some((alone, with_dead))
+    } else {
+        None
     };
 
     let txn = match options.txn_rows {
@@ -288,6 +346,12 @@ async fn bench(cluster: &LocalPostgres, options: &Options) -> Result<()> {
         report("sluice (elasticsearch)", run);
         let ratio = 100.0 * null.seconds / run.seconds;
         println!("sluice elasticsearch / null sink: {ratio:.1} % of the changes/s");
+    }
+    if let Some((alone, with_dead)) = &dead_sink {
+        report("null alone (by commit)", alone);
+        report("null + dead sink", with_dead);
+        let ratio = 100.0 * alone.seconds / with_dead.seconds;
+        println!("null sink next to a dead sink / alone: {ratio:.1} % of the changes/s");
     }
     if let Some(seconds) = recv {
         let ratio = 100.0 * seconds / null.seconds;
@@ -364,24 +428,54 @@ async fn run_recvlogical(
 }
 
 /// Runs `sluice run` with one sink until its slot confirms `target`, then stops it.
+/// A `[[sinks]]` entry of type `kind`, named after it.
+fn sink_toml(kind: &str, settings: &str) -> String {
+    format!("[[sinks]]\nname = \"{kind}\"\ntype = \"{kind}\"\n{settings}")
+}
+
 async fn run_sluice(
     client: &Client,
     url: &str,
     slot: &str,
-    sink: &str,
-    sink_settings: &str,
+    sinks: &str,
     dir: &Path,
     target: i64,
+    done: Done<'_>,
 ) -> Result<SluiceRun> {
     fs::create_dir_all(dir)?;
     let config = dir.join("sluice.toml");
     let quote = |s: &str| toml::Value::from(s).to_string();
     let (url, data_dir) = (quote(url), quote(&dir.join("data").to_string_lossy()));
+    let metrics_port = match done {
+        Done::Slot => None,
+        Done::Sink(_) => Some(
+            std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port(),
+        ),
+    };
+    let metrics_listen = metrics_port
+        .map(|port| format!("metrics_listen = \"127.0.0.1:{port}\"\n"))
+        .unwrap_or_default();
     let text = format!(
         "[source]\ndatabase_url = {url}\nslot = \"{slot}\"\npublication = \"{PUBLICATION}\"\n\n\
-         [pipeline]\ndata_dir = {data_dir}\n\n[[tables]]\nname = \"public.bench\"\n\n\
-         [[sinks]]\nname = \"{sink}\"\ntype = \"{sink}\"\n{sink_settings}"
+         [pipeline]\ndata_dir = {data_dir}\n{metrics_listen}\n[[tables]]\nname = \"public.bench\"\n\n{sinks}"
     );
+    let http = reqwest::Client::new();
+    let committed = |sink: &str, port: u16| {
+        let request = http.get(format!("http://127.0.0.1:{port}/metrics"));
+        let prefix = format!("sluice_sink_committed_lsn{{sink=\"{sink}\"}} ");
+        async move {
+            let Ok(response) = request.send().await else {
+                return 0; // not listening yet
+            };
+            let text = response.text().await.unwrap_or_default();
+            text.lines()
+                .find_map(|line| line.strip_prefix(&prefix))
+                .and_then(|value| value.trim().parse::<f64>().ok())
+                .map_or(0, |value| value as i64)
+        }
+    };
     fs::write(&config, text)?;
     let log = dir.join("sluice.log");
     let confirmed = || async {
@@ -420,10 +514,13 @@ async fn run_sluice(
     let mut peak_rss_kb = 0;
     loop {
         if let Some(status) = child.0.try_wait()? {
-            return Err(format!("sluice ({sink}) exited early ({status}):\n{}", tail(&log)).into());
+            return Err(format!("sluice ({slot}) exited early ({status}):\n{}", tail(&log)).into());
         }
         peak_rss_kb = peak_rss_kb.max(proc_status_kb(pid, "VmRSS:").unwrap_or(0));
-        let lsn = confirmed().await?;
+        let lsn = match (done, metrics_port) {
+            (Done::Sink(sink), Some(port)) => committed(sink, port).await,
+            _ => confirmed().await?,
+        };
         if lsn > initial && first_confirm.is_none() {
             first_confirm = Some(started.elapsed().as_secs_f64());
         }
@@ -432,7 +529,7 @@ async fn run_sluice(
         }
         if started.elapsed() > DRAIN_TIMEOUT {
             return Err(format!(
-                "sluice ({sink}) did not confirm the backlog within {DRAIN_TIMEOUT:?}:\n{}",
+                "sluice ({slot}) did not confirm the backlog within {DRAIN_TIMEOUT:?}:\n{}",
                 tail(&log)
             )
             .into());
@@ -444,15 +541,20 @@ async fn run_sluice(
 
     // SAFETY: plain syscall; the child is not reaped yet, so the pid is still ours.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-    let problem = match wait_with_timeout(&mut child.0, STOP_TIMEOUT).await? {
+    // A dead sink holds the drain until the reader's drain timeout (30 s).
+    let stop_timeout = match done {
+        Done::Slot => STOP_TIMEOUT,
+        Done::Sink(_) => STOP_TIMEOUT * 3,
+    };
+    let problem = match wait_with_timeout(&mut child.0, stop_timeout).await? {
         Some(status) if status.success() => None,
         // A profiler wrapper may not pass the signal's clean exit through.
         Some(_) if std::env::var_os("SLUICE_BENCH_WRAP").is_some() => None,
         Some(status) => Some(format!("exited with {status} on SIGTERM")),
-        None => Some(format!("did not exit within {STOP_TIMEOUT:?} of SIGTERM")),
+        None => Some(format!("did not exit within {stop_timeout:?} of SIGTERM")),
     };
     if let Some(problem) = problem {
-        return Err(format!("sluice ({sink}) {problem}:\n{}", tail(&log)).into());
+        return Err(format!("sluice ({slot}) {problem}:\n{}", tail(&log)).into());
     }
     Ok(SluiceRun {
         seconds,

@@ -35,6 +35,8 @@ pub const DEFAULT_COMMIT_INTERVAL_MS: u64 = 1000;
 pub const DEFAULT_STATUS_INTERVAL_MS: u64 = 10_000;
 /// Default cap of the restart backoff.
 pub const DEFAULT_MAX_RESTART_BACKOFF_MS: u64 = 30_000;
+/// Default bound of the writes spooled to disk for one sink that fell behind.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -130,6 +132,11 @@ pub struct PipelineConfig {
     /// Cap of the exponential backoff between pipeline restarts, in milliseconds.
     #[serde(default = "default_max_restart_backoff_ms")]
     pub max_restart_backoff_ms: u64,
+    /// With several sinks, a sink that falls behind has its writes spooled to
+    /// `data_dir/spool/<sink>/` so the others go on; at most this many bytes
+    /// per sink, beyond which the pipeline waits for it.
+    #[serde(default = "default_spool_max_bytes")]
+    pub spool_max_bytes: u64,
     /// Address for the Prometheus metrics endpoint (e.g. `127.0.0.1:9187`); off when unset.
     #[serde(default)]
     pub metrics_listen: Option<String>,
@@ -147,6 +154,7 @@ impl Default for PipelineConfig {
             index_template: default_index_template(),
             key_separator: default_key_separator(),
             max_restart_backoff_ms: DEFAULT_MAX_RESTART_BACKOFF_MS,
+            spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
             metrics_listen: None,
         }
     }
@@ -330,6 +338,9 @@ fn default_data_dir() -> PathBuf {
 fn default_shards() -> usize {
     DEFAULT_SHARDS
 }
+fn default_spool_max_bytes() -> u64 {
+    DEFAULT_SPOOL_MAX_BYTES
+}
 fn default_max_bytes_in_flight() -> u64 {
     DEFAULT_MAX_BYTES_IN_FLIGHT
 }
@@ -502,6 +513,12 @@ impl Config {
         if pipeline.max_bytes_in_flight < 1024 * 1024 {
             problem(
                 "pipeline.max_bytes_in_flight".into(),
+                "must be at least 1048576 (1 MiB)".into(),
+            );
+        }
+        if pipeline.spool_max_bytes < 1024 * 1024 {
+            problem(
+                "pipeline.spool_max_bytes".into(),
                 "must be at least 1048576 (1 MiB)".into(),
             );
         }

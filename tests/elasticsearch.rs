@@ -305,3 +305,109 @@ async fn api_key_gzip_and_index_creation() {
     );
     assert!(sluice.stop().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_sink_does_not_hold_back_the_others() {
+    let es = FakeElasticsearch::start(FakeOptions {
+        faults: Faults {
+            dead: true,
+            ..Faults::default()
+        },
+        ..FakeOptions::default()
+    })
+    .await;
+    let db = TestDb::new("es_dead_sink").await;
+    db.exec(PRODUCTS).await;
+    let sinks = format!(
+        "[[sinks]]\nname = \"embedded\"\ntype = \"embedded\"\ncommit_interval_ms = 100\n\n{}",
+        sink(&es.url(), "")
+    );
+    // A small budget: the dead sink's share of it is spent within the first rows.
+    let config = db.config_with_sinks(
+        "[[tables]]\nname = \"products\"",
+        "shards = 3\nmax_bytes_in_flight = 1048576\nbatch_max_bytes = 65536",
+        &sinks,
+    );
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    db.exec(
+        "INSERT INTO products (id, name, price, tags, body)
+         SELECT i, 'p' || i, i * 0.5, ARRAY['a'], repeat(md5(i::text), 4) FROM generate_series(1, 20000) i",
+    )
+    .await;
+    let after_first_insert = db.current_wal_lsn().await;
+    db.exec("UPDATE products SET price = price + 1 WHERE id % 2 = 0")
+        .await;
+    db.exec("DELETE FROM products WHERE id % 7 = 0").await;
+    db.exec("UPDATE products SET id = id + 100000 WHERE id BETWEEN 100 AND 150")
+        .await;
+    // The embedded index follows the table while Elasticsearch is down.
+    common::assert_index_equals_table(&db, "products", "products", "id").await;
+    assert!(es.documents("products").is_empty());
+    let log = sluice.log_text();
+    assert!(
+        log.contains("spooling its writes to disk"),
+        "the dead sink was not spooled:\n{log}"
+    );
+    // The slot keeps what the dead sink has not written.
+    let confirmed = db.confirmed_flush().await;
+    assert!(
+        confirmed < after_first_insert,
+        "the slot confirmed {confirmed}, past the changes up to {after_first_insert} the dead sink lacks"
+    );
+
+    // Back to life: it catches up from its spool, then follows live changes.
+    es.update_faults(|f| f.dead = false);
+    db.exec("UPDATE products SET name = name || '!' WHERE id <= 500")
+        .await;
+    assert_engine_equals_table(&db, &es, "products", "products").await;
+    common::assert_index_equals_table(&db, "products", "products", "id").await;
+    assert!(sluice
+        .log_text()
+        .contains("the sink caught up with its spool"));
+    let failed = sluice::sink::failed::list(&db.data_dir(), "search").unwrap();
+    assert!(failed.is_empty(), "nothing should be parked: {failed:?}");
+    assert!(sluice.stop().success());
+    let spool = db.data_dir().join("spool").join("search");
+    let left = std::fs::read_dir(&spool).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "the spool is emptied");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sink_spooled_at_a_crash_catches_up_from_the_slot() {
+    let es = FakeElasticsearch::start(FakeOptions {
+        faults: Faults {
+            dead: true,
+            ..Faults::default()
+        },
+        ..FakeOptions::default()
+    })
+    .await;
+    let db = TestDb::new("es_dead_crash").await;
+    db.exec(PRODUCTS).await;
+    let sinks = format!(
+        "[[sinks]]\nname = \"embedded\"\ntype = \"embedded\"\ncommit_interval_ms = 100\n\n{}",
+        sink(&es.url(), "")
+    );
+    let config = db.config_with_sinks(
+        "[[tables]]\nname = \"products\"",
+        "max_bytes_in_flight = 1048576\nbatch_max_bytes = 65536",
+        &sinks,
+    );
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    db.exec(
+        "INSERT INTO products (id, name, price, tags) SELECT i, 'p' || i, i, ARRAY['a'] FROM generate_series(1, 10000) i",
+    )
+    .await;
+    common::assert_index_equals_table(&db, "products", "products", "id").await;
+    // The spool dies with the process; the slot still holds every change.
+    sluice.kill();
+    es.update_faults(|f| f.dead = false);
+    db.exec("DELETE FROM products WHERE id % 3 = 0").await;
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    assert_engine_equals_table(&db, &es, "products", "products").await;
+    common::assert_index_equals_table(&db, "products", "products", "id").await;
+    assert!(sluice.stop().success());
+}

@@ -156,4 +156,6 @@ pub struct WriteBatch {
     pub upto: Lsn,
     pub credits: Vec<Arc<Credit>>,
     pub last: bool,
+    /// The bytes `ops` take in memory, roughly (see `lane::batch_bytes`).
+    pub bytes: u64,
 }

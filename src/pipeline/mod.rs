@@ -2,9 +2,9 @@
 //! under a bound on the bytes in flight.
 //!
 //! ```text
-//! reader ─► decoder ─► filter ─► transformer ─► router ─► shards (N) ─► writer per sink ─► acknowledger
-//!   ▲                                                                                         │
-//!   └──────────────────────────── confirmed position (watch) ◄────────────────────────────────┘
+//! reader ─► decoder ─► filter ─► transformer ─► router ─► shards (N) ─► lane + writer per sink ─► acknowledger
+//!   ▲                                                                                                │
+//!   └──────────────────────────── confirmed position (watch) ◄───────────────────────────────────────┘
 //! ```
 
 pub mod ack;
@@ -12,6 +12,7 @@ pub mod change;
 pub mod decoder;
 pub mod filter;
 pub mod flow;
+pub mod lane;
 pub mod reader;
 pub mod router;
 pub mod shard;
@@ -49,6 +50,7 @@ pub struct PipelinePlan {
     pub batch_max_age: Duration,
     pub status_interval: Duration,
     pub max_restart_backoff: Duration,
+    pub spool_max_bytes: u64,
     pub key_separator: String,
     pub operations: HashMap<String, Vec<Operation>>,
     pub transforms: HashMap<String, TransformConfig>,
@@ -94,6 +96,7 @@ impl PipelinePlan {
             batch_max_age: Duration::from_millis(p.batch_max_age_ms),
             status_interval: Duration::from_millis(config.source.status_interval_ms),
             max_restart_backoff: Duration::from_millis(p.max_restart_backoff_ms),
+            spool_max_bytes: p.spool_max_bytes,
             key_separator: p.key_separator.clone(),
             operations,
             transforms,

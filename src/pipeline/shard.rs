@@ -1,6 +1,6 @@
 //! A key shard: collapses several changes to one document within a batch into
 //! its last state (merging unchanged TOAST values from earlier states), encodes
-//! documents, and hands the writes to the writer of every sink, in order.
+//! documents, and hands the writes to the lane of every sink, in order.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,8 +9,8 @@ use bytes::BytesMut;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::change::{RouteAction, Routed, ShardBatch, ShardItem, WriteAction, WriteBatch, WriteOp};
+use super::lane::{batch_bytes, Lane};
 use super::stats::StageStats;
-use super::writer::WriterMsg;
 use crate::postgres::pgoutput::{ColumnKind, ColumnValue, Tuple};
 
 pub enum ShardMsg {
@@ -19,7 +19,7 @@ pub enum ShardMsg {
 
 pub struct ShardArgs {
     pub shard: usize,
-    pub writers: Vec<ActorRef<WriterMsg>>,
+    pub lanes: Vec<Arc<Lane>>,
     pub stats: Arc<StageStats>,
 }
 
@@ -78,7 +78,7 @@ impl Actor for Shard {
                     // after. Neither covers this batch's position: the rest of the
                     // batch is not written yet.
                     let delivered = state.delivered;
-                    written += state.flush(delivered, &batch.credits, false, true)?;
+                    written += state.flush(delivered, &batch.credits, false, true).await?;
                     let op = WriteOp {
                         index,
                         table,
@@ -86,17 +86,23 @@ impl Actor for Shard {
                         lsn,
                         action: WriteAction::Truncate { barrier },
                     };
-                    state.send(WriteBatch {
-                        shard: state.args.shard,
-                        ops: Arc::new(vec![op]),
-                        upto: delivered,
-                        credits: batch.credits.clone(),
-                        last: false,
-                    })?;
+                    let ops = vec![op];
+                    state
+                        .send(WriteBatch {
+                            shard: state.args.shard,
+                            bytes: batch_bytes(&ops),
+                            ops: Arc::new(ops),
+                            upto: delivered,
+                            credits: batch.credits.clone(),
+                            last: false,
+                        })
+                        .await?;
                 }
             }
         }
-        written += state.flush(batch.upto, &batch.credits, batch.last, false)?;
+        written += state
+            .flush(batch.upto, &batch.credits, batch.last, false)
+            .await?;
         state.delivered = batch.upto;
         state.args.stats.batch(n, written);
         Ok(())
@@ -138,7 +144,7 @@ impl ShardState {
 
     /// Encodes and sends the collapsed changes. Sends even an empty batch so
     /// the writers learn the position (unless `only_if_any`).
-    fn flush(
+    async fn flush(
         &mut self,
         upto: crate::lsn::Lsn,
         credits: &[Arc<super::flow::Credit>],
@@ -157,17 +163,22 @@ impl ShardState {
         let n = ops.len();
         self.send(WriteBatch {
             shard: self.args.shard,
+            bytes: batch_bytes(&ops),
             ops: Arc::new(ops),
             upto,
             credits: credits.to_vec(),
             last,
-        })?;
+        })
+        .await?;
         Ok(n)
     }
 
-    fn send(&self, batch: WriteBatch) -> Result<(), ActorProcessingErr> {
-        for writer in &self.args.writers {
-            writer.cast(WriterMsg::Batch(batch.clone()))?;
+    async fn send(&self, batch: WriteBatch) -> Result<(), ActorProcessingErr> {
+        if let [lanes @ .., last] = self.args.lanes.as_slice() {
+            for lane in lanes {
+                lane.send(batch.clone()).await?;
+            }
+            last.send(batch).await?;
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ use tokio::sync::{oneshot, watch};
 use super::ack::{AckArgs, AckState, Acknowledger};
 use super::decoder::{Decoder, DecoderArgs};
 use super::filter::{Filter, FilterArgs};
+use super::lane::{Lane, SpillPolicy};
 use super::reader::{Reader, ReaderArgs, ReaderMsg, DRAIN_TIMEOUT};
 use super::router::{Router, RouterArgs};
 use super::shard::{Shard, ShardArgs};
@@ -22,6 +23,9 @@ use super::PipelinePlan;
 
 /// The first restart waits this long; each failure in a row doubles it.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
+/// With several sinks, a sink whose oldest waiting write waited this long
+/// is spooled, so the others go on.
+const SPILL_AFTER: Duration = Duration::from_secs(5);
 /// A pipeline that ran this long without failing resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 
@@ -239,36 +243,49 @@ impl SupervisorState {
             )
             .await?;
 
-        let mut writers = Vec::new();
+        let policy = if plan.sinks.len() > 1 {
+            SpillPolicy {
+                memory_bytes: plan.flow.max_bytes() / 2,
+                max_wait: SPILL_AFTER,
+                spool_max_bytes: plan.spool_max_bytes,
+            }
+        } else {
+            SpillPolicy::never()
+        };
+        let mut lanes = Vec::new();
         for (i, sink_config) in plan.sinks.iter().enumerate() {
+            let dir = plan.data_dir.join("spool").join(&sink_config.name);
+            let lane = Lane::new(&sink_config.name, dir, policy);
             let sink =
                 tokio::task::block_in_place(|| crate::sink::build(sink_config, &plan.data_dir))?;
             let commit_interval = sink_config.kind.commit_interval();
             let args = WriterArgs {
                 sink_index: i,
                 sink,
+                lane: lane.clone(),
                 shards: plan.shards,
                 ack: ack.clone(),
                 commit_interval,
                 commit_bytes: plan.flow.max_bytes() / 2,
                 stats: stats.writer.clone(),
             };
-            writers.push(
-                self.spawn(
+            let writer = self
+                .spawn(
                     myself,
                     &format!("writer-{}", sink_config.name),
                     Writer,
                     args,
                 )
-                .await?,
-            );
+                .await?;
+            lane.attach(writer);
+            lanes.push(lane);
         }
 
         let mut shards = Vec::new();
         for shard in 0..plan.shards {
             let args = ShardArgs {
                 shard,
-                writers: writers.clone(),
+                lanes: lanes.clone(),
                 stats: stats.shard.clone(),
             };
             shards.push(

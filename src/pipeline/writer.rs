@@ -1,6 +1,7 @@
-//! The writer of one sink: applies the shards' writes in order per shard,
-//! holds truncates as barriers until every shard reached them, commits on age
-//! or held bytes, and reports the committed position to the acknowledger.
+//! The writer of one sink: takes the shards' writes from the sink's lane and
+//! applies them in order per shard, holds truncates as barriers until every
+//! shard reached them, commits on age or held bytes, and reports the
+//! committed position to the acknowledger.
 //!
 //! The committed position is the lowest position every shard has delivered:
 //! all changes below it are durable in this sink.
@@ -13,13 +14,14 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::ack::AckMsg;
 use super::change::{WriteAction, WriteBatch};
-use super::flow::Credit;
+use super::lane::Lane;
 use super::stats::StageStats;
 use crate::lsn::Lsn;
 use crate::sink::Sink;
 
 pub enum WriterMsg {
-    Batch(WriteBatch),
+    /// The lane has batches.
+    Ready,
     /// Commit if anything is pending.
     Tick,
 }
@@ -27,6 +29,7 @@ pub enum WriterMsg {
 pub struct WriterArgs {
     pub sink_index: usize,
     pub sink: Box<dyn Sink>,
+    pub lane: Arc<Lane>,
     pub shards: usize,
     pub ack: ActorRef<AckMsg>,
     pub commit_interval: Duration,
@@ -42,7 +45,6 @@ pub struct WriterState {
     /// Shards waiting at a truncate barrier, and what they sent meanwhile.
     blocked: Vec<bool>,
     queues: Vec<VecDeque<WriteBatch>>,
-    held: Vec<Arc<Credit>>,
     /// Credits are shared by the pieces of one WAL batch: count each once.
     held_seen: HashSet<usize>,
     held_bytes: u64,
@@ -53,6 +55,9 @@ pub struct WriterState {
 }
 
 pub struct Writer;
+
+/// Batches a writer takes from its lane before it lets other messages in.
+const BATCHES_PER_TURN: usize = 64;
 
 impl Actor for Writer {
     type Msg = WriterMsg;
@@ -73,7 +78,6 @@ impl Actor for Writer {
             shard_last: vec![false; shards],
             blocked: vec![false; shards],
             queues: (0..shards).map(|_| VecDeque::new()).collect(),
-            held: Vec::new(),
             held_seen: HashSet::new(),
             held_bytes: 0,
             dirty: false,
@@ -85,25 +89,20 @@ impl Actor for Writer {
 
     async fn handle(
         &self,
-        _myself: ActorRef<WriterMsg>,
+        myself: ActorRef<WriterMsg>,
         msg: WriterMsg,
         state: &mut WriterState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            WriterMsg::Batch(batch) => {
-                let shard = batch.shard;
-                if state.blocked[shard] {
-                    state.queues[shard].push_back(batch);
-                } else {
-                    state.apply(batch).await?;
-                    state.drain_queues().await?;
+            WriterMsg::Ready => {
+                // A bounded turn, so commits on age and stop requests get in.
+                for _ in 0..BATCHES_PER_TURN {
+                    let Some(batch) = state.args.lane.next()? else {
+                        return Ok(());
+                    };
+                    state.receive(batch).await?;
                 }
-                if !state.finished && state.shard_last.iter().all(|l| *l) {
-                    state.commit(true).await?;
-                    state.finished = true;
-                } else if state.held_bytes() >= state.args.commit_bytes {
-                    state.commit(false).await?;
-                }
+                myself.cast(WriterMsg::Ready)?;
             }
             WriterMsg::Tick => {
                 if !state.finished && state.last_commit.elapsed() >= state.args.commit_interval {
@@ -120,8 +119,40 @@ impl WriterState {
         self.held_bytes
     }
 
-    async fn apply(&mut self, batch: WriteBatch) -> Result<(), ActorProcessingErr> {
+    async fn receive(&mut self, batch: WriteBatch) -> Result<(), ActorProcessingErr> {
         let shard = batch.shard;
+        if self.blocked[shard] {
+            self.queues[shard].push_back(batch);
+        } else {
+            self.apply(batch).await?;
+            self.drain_queues().await?;
+        }
+        if !self.finished && self.shard_last.iter().all(|l| *l) {
+            self.commit(true).await?;
+            self.finished = true;
+        } else if self.held_bytes() >= self.args.commit_bytes
+            || self.last_commit.elapsed() >= self.args.commit_interval
+        {
+            self.commit(false).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply(&mut self, mut batch: WriteBatch) -> Result<(), ActorProcessingErr> {
+        let shard = batch.shard;
+        // The credits are the lane's to hold until the commit (or to let go
+        // of, should the sink fall behind while this write waits).
+        let credits = std::mem::take(&mut batch.credits);
+        for credit in &credits {
+            if self.held_seen.insert(Arc::as_ptr(credit) as usize) {
+                self.held_bytes += credit.bytes();
+            }
+        }
+        if credits.is_empty() {
+            // Read back from the spool: count what it holds instead.
+            self.held_bytes += batch.bytes;
+        }
+        self.args.lane.hold(credits);
         if let [op] = batch.ops.as_slice() {
             if let WriteAction::Truncate { .. } = op.action {
                 self.blocked[shard] = true;
@@ -143,12 +174,6 @@ impl WriterState {
         self.args.stats.batch(batch.ops.len(), batch.ops.len());
         self.shard_upto[shard] = self.shard_upto[shard].max(batch.upto);
         self.shard_last[shard] |= batch.last;
-        for credit in batch.credits {
-            if self.held_seen.insert(Arc::as_ptr(&credit) as usize) {
-                self.held_bytes += credit.bytes();
-            }
-            self.held.push(credit);
-        }
         Ok(())
     }
 
@@ -180,13 +205,15 @@ impl WriterState {
                 .record(start.elapsed().as_secs_f64());
             self.dirty = false;
             self.committed = self.committed.max(upto);
+            metrics::gauge!("sluice_sink_committed_lsn", "sink" => self.args.sink.name().to_owned())
+                .set(self.committed.0 as f64);
             self.args.ack.cast(AckMsg::Committed {
                 sink: self.args.sink_index,
                 upto: self.committed,
                 last,
             })?;
         }
-        self.held.clear();
+        self.args.lane.release();
         self.held_seen.clear();
         self.held_bytes = 0;
         self.last_commit = Instant::now();

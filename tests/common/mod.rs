@@ -148,6 +148,16 @@ data_dir = "{data}"
         );
     }
 
+    /// The server's current WAL write position as a number.
+    pub async fn current_wal_lsn(&self) -> u64 {
+        let row = self
+            .client
+            .query_one("SELECT (pg_current_wal_lsn() - '0/0')::bigint", &[])
+            .await
+            .unwrap();
+        row.get::<_, i64>(0) as u64
+    }
+
     /// The slot's confirmed flush position as a number.
     pub async fn confirmed_flush(&self) -> u64 {
         let row = self

@@ -162,12 +162,19 @@ impl HttpClient {
             if let Some(after) = retry_after {
                 delay = delay.max(after);
             }
-            self.wait_for(
-                outage,
-                delay,
-                &format!("the engine is unavailable, waiting: {problem}"),
-            )
-            .await;
+            // Every try is counted; the log says so at the start of an
+            // outage and then ever more rarely.
+            metrics::counter!("sluice_sink_retries_total", "sink" => self.name.clone())
+                .increment(1);
+            if outage.is_power_of_two() || outage % 100 == 0 {
+                tracing::warn!(
+                    sink = %self.name,
+                    attempt = outage,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "the engine is unavailable, waiting: {problem}"
+                );
+            }
+            tokio::time::sleep(delay).await;
             request = next;
         }
     }

@@ -32,6 +32,7 @@ fn ops() -> Vec<WriteOp> {
                 id: i.to_string(),
                 lsn: Lsn(0x3_0000_0000 + i * 200),
                 action,
+                routing: None,
             }
         })
         .collect()

@@ -195,6 +195,11 @@ pub struct TableConfig {
     /// Default: the primary key (or replica identity index).
     #[serde(default)]
     pub key: Option<Vec<String>>,
+    /// Column whose value routes the document to a shard of the index
+    /// (Elasticsearch/OpenSearch `routing`). Must be one of the key columns:
+    /// a delete carries only the key.
+    #[serde(default)]
+    pub routing: Option<String>,
     /// Declarative transform of rows into documents.
     #[serde(default)]
     pub transform: TransformConfig,
@@ -579,6 +584,14 @@ impl Config {
                     problem(path("key"), "must list at least one column".into());
                 }
             }
+            if let (Some(routing), Some(key)) = (&table.routing, &table.key) {
+                if !key.contains(routing) {
+                    problem(
+                        path("routing"),
+                        format!("`{routing}` must be one of the key columns ({}): a delete carries only the key", key.join(", ")),
+                    );
+                }
+            }
             let transform = &table.transform;
             if transform.keep.is_some() && !transform.drop.is_empty() {
                 problem(
@@ -707,6 +720,7 @@ impl Config {
                     operations: default_operations(),
                     index: None,
                     key: None,
+                    routing: None,
                     transform: TransformConfig::default(),
                 })
                 .collect(),

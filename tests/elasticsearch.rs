@@ -411,3 +411,89 @@ async fn a_sink_spooled_at_a_crash_catches_up_from_the_slot() {
     common::assert_index_equals_table(&db, "products", "products", "id").await;
     assert!(sluice.stop().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn documents_are_routed_by_a_key_column() {
+    let es = FakeElasticsearch::start(FakeOptions::default()).await;
+    let db = TestDb::new("es_routing").await;
+    db.exec(
+        "CREATE TABLE orders (tenant text, id bigint, note text, PRIMARY KEY (tenant, id));
+         CREATE TABLE notes (id bigint PRIMARY KEY, tenant text)",
+    )
+    .await;
+
+    // Only a key column can route: a delete carries nothing else.
+    let bad = db.config_with_sinks(
+        "[[tables]]\nname = \"notes\"\nrouting = \"tenant\"",
+        "",
+        &sink(&es.url(), ""),
+    );
+    let (code, out, err) = common::run_to_end(&["check", "--config", bad.to_str().unwrap()]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        out.contains("the routing column `tenant` of table public.notes is not in its key (id)"),
+        "{out}{err}"
+    );
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&bad).unwrap().replace(
+            "routing = \"tenant\"",
+            "key = [\"id\"]\nrouting = \"tenant\"",
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = common::run_to_end(&["check", "--config", bad.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("tables[0].routing"), "{err}");
+
+    let config = db.config_with_sinks(
+        "[[tables]]\nname = \"orders\"\nrouting = \"tenant\"",
+        "",
+        &sink(&es.url(), ""),
+    );
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    db.exec("INSERT INTO orders SELECT 't' || (i % 3), i, 'n' FROM generate_series(1, 30) i")
+        .await;
+    db.exec("UPDATE orders SET note = 'changed' WHERE id <= 10")
+        .await;
+    db.exec("UPDATE orders SET tenant = 'moved' WHERE id = 11")
+        .await;
+    db.exec("DELETE FROM orders WHERE id > 25").await;
+    let id = "tenant || '|' || id";
+    let equal = wait_until(Duration::from_secs(60), || async {
+        es.documents("orders") == db.rows("orders", id).await
+    })
+    .await;
+    assert!(
+        equal,
+        "{}",
+        common::difference(&es.documents("orders"), &db.rows("orders", id).await)
+    );
+
+    // Every action line names the tenant of its document as its routing.
+    let (mut actions, mut deletes) = (0, 0);
+    for request in es.requests().iter().filter(|r| r.path.ends_with("_bulk")) {
+        for line in String::from_utf8_lossy(&request.body).lines() {
+            let line: Value = serde_json::from_str(line).unwrap();
+            let Some(meta) = ["index", "delete", "update"]
+                .iter()
+                .find_map(|action| line.get(*action))
+            else {
+                continue;
+            };
+            let id = meta["_id"].as_str().unwrap();
+            let tenant = id.split('|').next().unwrap();
+            assert_eq!(meta["routing"], tenant, "{line}");
+            actions += 1;
+            deletes += line.get("delete").is_some() as usize;
+        }
+    }
+    // Changes to one document within a batch are collapsed: at least one
+    // action per document, and the deletes of the moved and deleted rows.
+    assert!(
+        actions >= 31 && deletes >= 6,
+        "{actions} actions, {deletes} deletes"
+    );
+    assert!(sluice.stop().success());
+}

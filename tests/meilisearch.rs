@@ -38,6 +38,7 @@ fn op(index: &str, id: &str, lsn: u64, action: WriteAction) -> WriteOp {
         id: id.into(),
         lsn: Lsn(lsn),
         action,
+        routing: None,
     }
 }
 

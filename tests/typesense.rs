@@ -41,6 +41,7 @@ fn op(id: &str, lsn: u64, action: WriteAction) -> WriteOp {
         id: id.to_owned(),
         lsn: Lsn(lsn),
         action,
+        routing: None,
     }
 }
 

@@ -82,6 +82,8 @@ pub struct Routed {
     pub index: Arc<str>,
     pub shape: Arc<crate::pipeline::transform::DocShape>,
     pub id: String,
+    /// The document's routing value, when its table has one.
+    pub routing: Option<Box<str>>,
     /// The first change to this document in its batch is an insert.
     pub fresh: bool,
 }
@@ -126,6 +128,8 @@ pub struct WriteOp {
     /// Commit LSN of the change (a version for engines that take one).
     pub lsn: Lsn,
     pub action: WriteAction,
+    /// Routing value (Elasticsearch/OpenSearch), from a key column.
+    pub routing: Option<Box<str>>,
 }
 
 /// What a write does.

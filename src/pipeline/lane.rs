@@ -409,6 +409,13 @@ fn encode(batch: &WriteBatch, out: &mut Vec<u8>) {
         bytes(out, op.index.as_bytes());
         bytes(out, op.table.as_bytes());
         bytes(out, op.id.as_bytes());
+        match &op.routing {
+            Some(routing) => {
+                out.push(1);
+                bytes(out, routing.as_bytes());
+            }
+            None => out.push(0),
+        }
         match &op.action {
             WriteAction::Upsert {
                 doc,
@@ -455,6 +462,11 @@ fn decode(frame: &[u8], names: &mut HashMap<Box<str>, Arc<str>>) -> Option<Write
         let index = name(&mut r)?;
         let table = name(&mut r)?;
         let id = std::str::from_utf8(r.bytes()?).ok()?.to_owned();
+        let routing = match r.u8()? {
+            0 => None,
+            1 => Some(std::str::from_utf8(r.bytes()?).ok()?.into()),
+            _ => return None,
+        };
         let action = match r.u8()? {
             0 => {
                 let flags = r.u8()?;
@@ -474,6 +486,7 @@ fn decode(frame: &[u8], names: &mut HashMap<Box<str>, Arc<str>>) -> Option<Write
             id,
             lsn,
             action,
+            routing,
         });
     }
     r.0.is_empty().then(|| WriteBatch {
@@ -537,6 +550,7 @@ mod tests {
                 index: index.clone(),
                 table: table.clone(),
                 id: format!("{upto}-{i}"),
+                routing: (i % 2 == 0).then(|| format!("r{i}").into()),
                 lsn: Lsn(upto),
                 action: match i % 3 {
                     0 => WriteAction::Upsert {
@@ -566,8 +580,8 @@ mod tests {
         );
         for (x, y) in a.ops.iter().zip(b.ops.iter()) {
             assert_eq!(
-                (&x.index, &x.table, &x.id, x.lsn, &x.action),
-                (&y.index, &y.table, &y.id, y.lsn, &y.action)
+                (&x.index, &x.table, &x.id, &x.routing, x.lsn, &x.action),
+                (&y.index, &y.table, &y.id, &y.routing, y.lsn, &y.action)
             );
         }
     }

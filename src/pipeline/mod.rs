@@ -80,6 +80,7 @@ impl PipelinePlan {
                 TableRoute {
                     index: config.index_for(table, &name),
                     key: table.key.clone(),
+                    routing: table.routing.clone(),
                 },
             );
         }
@@ -119,6 +120,9 @@ pub async fn check(config: &Config) -> Result<Vec<catalog::Problem>> {
         .collect();
     let report = catalog::check_source(&client, &tables, &plan.slot, &plan.publication).await?;
     let mut problems = report.problems;
+    if problems.is_empty() {
+        problems.extend(check_routing(config, &client).await?);
+    }
     // The replication connection itself (pg_hba.conf `replication` lines, TLS).
     match crate::postgres::replication::ReplicationConnection::connect(&plan.conninfo).await {
         Ok(conn) => conn.close().await,
@@ -129,6 +133,44 @@ pub async fn check(config: &Config) -> Result<Vec<catalog::Problem>> {
                 .unwrap_or("allow replication connections for this role in pg_hba.conf")
                 .to_owned(),
         }),
+    }
+    Ok(problems)
+}
+
+/// A routing column must be one of its table's key columns (the configured
+/// key, or else the primary key): a delete carries only the key.
+async fn check_routing(
+    config: &Config,
+    client: &tokio_postgres::Client,
+) -> Result<Vec<catalog::Problem>> {
+    let routed: Vec<_> = config
+        .tables
+        .iter()
+        .zip(config.table_names())
+        .filter(|(t, _)| t.routing.is_some() && t.key.is_none())
+        .collect();
+    if routed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names: Vec<_> = routed.iter().map(|(_, name)| name.clone()).collect();
+    let metas = catalog::load_tables(client, &names).await?;
+    let mut problems = Vec::new();
+    for (table, name) in routed {
+        let routing = table.routing.as_deref().unwrap_or_default();
+        let key = metas
+            .get(&name)
+            .map(|m| m.identity_columns.clone())
+            .unwrap_or_default();
+        if !key.iter().any(|column| column == routing) {
+            problems.push(catalog::Problem {
+                what: format!(
+                    "the routing column `{routing}` of table {name} is not in its key ({})",
+                    key.join(", ")
+                ),
+                fix: "route by a key column, or set the table's `key` to columns that include it"
+                    .to_owned(),
+            });
+        }
     }
     Ok(problems)
 }

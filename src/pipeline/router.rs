@@ -19,6 +19,8 @@ pub struct TableRoute {
     pub index: String,
     /// Key columns; `None` means the replica identity (primary key).
     pub key: Option<Vec<String>>,
+    /// The key column whose value is the document's routing.
+    pub routing: Option<String>,
 }
 
 pub enum RouterMsg {
@@ -38,6 +40,7 @@ pub struct RouterArgs {
 struct Route {
     index: Arc<str>,
     key_columns: Vec<usize>,
+    routing_column: Option<usize>,
 }
 
 pub struct RouterState {
@@ -172,12 +175,21 @@ impl Actor for Router {
             let mut push = |id: String, action: RouteAction, change: Change| {
                 let shard = shard_of(&id, shards);
                 let fresh = change.op == Op::Insert;
+                let routing = route.routing_column.and_then(|column| {
+                    let tuple = match action {
+                        RouteAction::Delete => change.old.as_ref(),
+                        RouteAction::Upsert => change.new.as_ref(),
+                    }?;
+                    let value = tuple.value(column)?;
+                    Some(String::from_utf8_lossy(value).into())
+                });
                 out[shard].items.push(ShardItem::Change(Routed {
                     change,
                     action,
                     index: route.index.clone(),
                     shape: shape.clone(),
                     id,
+                    routing,
                     fresh,
                 }));
             };
@@ -318,7 +330,14 @@ impl RouterState {
                 .map(|(i, _)| i)
                 .collect(),
         };
-        let route = Arc::new(Route { index, key_columns });
+        let routing_column = config
+            .and_then(|c| c.routing.as_deref())
+            .and_then(|name| rel.column_index(name));
+        let route = Arc::new(Route {
+            index,
+            key_columns,
+            routing_column,
+        });
         self.routes.insert(rel.id, (rel.clone(), route.clone()));
         route
     }

@@ -85,6 +85,7 @@ impl Actor for Shard {
                         id: String::new(),
                         lsn,
                         action: WriteAction::Truncate { barrier },
+                        routing: None,
                     };
                     let ops = vec![op];
                     state
@@ -243,6 +244,7 @@ fn encode(routed: Routed) -> WriteOp {
         index,
         shape,
         id,
+        routing,
         fresh,
     } = routed;
     let action = match action {
@@ -270,5 +272,6 @@ fn encode(routed: Routed) -> WriteOp {
         id,
         lsn: change.commit_lsn,
         action,
+        routing,
     }
 }

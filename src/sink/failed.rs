@@ -35,6 +35,9 @@ pub struct FailedMessage {
     /// `schema.table` the change came from.
     pub table: String,
     pub id: String,
+    /// The document's routing value, when its table has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<String>,
     /// Commit position of the change.
     pub lsn: String,
     /// `upsert`, `update` (partial) or `delete`.
@@ -196,6 +199,7 @@ impl FailedMessage {
             index: op.index.to_string(),
             table: op.table.to_string(),
             id: op.id.clone(),
+            routing: op.routing.as_deref().map(str::to_owned),
             lsn: op.lsn.to_string(),
             action: action.to_owned(),
             document,
@@ -237,6 +241,7 @@ impl FailedMessage {
             id: self.id.clone(),
             lsn,
             action,
+            routing: self.routing.as_deref().map(Into::into),
         })
     }
 }
@@ -349,6 +354,7 @@ mod tests {
             index: "items".into(),
             table: "public.items".into(),
             id: id.into(),
+            routing: None,
             lsn: Lsn(5).to_string(),
             action: "upsert".into(),
             document: Some("{}".into()),

@@ -24,6 +24,7 @@ pub struct Pending {
     pub index: Arc<str>,
     pub table: Arc<str>,
     pub id: String,
+    pub routing: Option<Box<str>>,
     pub lsn: Lsn,
     pub attempts: u32,
     pub last_error: String,

@@ -54,6 +54,10 @@ pub fn encode(op: &WriteOp, body: &mut Vec<u8>) -> Option<BulkAction> {
     write_json_string(op.index.as_bytes(), body);
     body.extend_from_slice(b",\"_id\":");
     write_json_string(op.id.as_bytes(), body);
+    if let Some(routing) = &op.routing {
+        body.extend_from_slice(b",\"routing\":");
+        write_json_string(routing.as_bytes(), body);
+    }
     if action == BulkAction::Update {
         body.extend_from_slice(b",\"retry_on_conflict\":3}}\n{\"doc\":");
         body.extend_from_slice(doc.expect("updates carry a document"));
@@ -99,6 +103,7 @@ mod tests {
             id: id.into(),
             lsn: Lsn(0x1_0000_0010),
             action,
+            routing: None,
         }
     }
 
@@ -149,6 +154,44 @@ mod tests {
         assert_eq!(text, expected);
         for line in text.lines() {
             serde_json::from_str::<serde_json::Value>(line).unwrap();
+        }
+    }
+
+    #[test]
+    fn every_action_carries_the_routing() {
+        let mut body = Vec::new();
+        let routed = |action| WriteOp {
+            routing: Some("tenant \"7\"".into()),
+            ..op("7|1", action)
+        };
+        encode(
+            &routed(WriteAction::Upsert {
+                doc: b"{}".to_vec(),
+                partial: false,
+                fresh: true,
+            }),
+            &mut body,
+        );
+        encode(&routed(WriteAction::Delete), &mut body);
+        encode(
+            &routed(WriteAction::Upsert {
+                doc: b"{}".to_vec(),
+                partial: true,
+                fresh: false,
+            }),
+            &mut body,
+        );
+        let text = String::from_utf8(body).unwrap();
+        let actions: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .filter(|line: &serde_json::Value| {
+                line.get("doc").is_none() && line != &serde_json::json!({})
+            })
+            .collect();
+        assert_eq!(actions.len(), 3);
+        for (action, name) in actions.iter().zip(["index", "delete", "update"]) {
+            assert_eq!(action[name]["routing"], "tenant \"7\"", "{action}");
         }
     }
 }

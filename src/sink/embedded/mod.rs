@@ -382,6 +382,7 @@ mod tests {
                 partial,
                 fresh,
             },
+            routing: None,
         }
     }
 

@@ -207,6 +207,7 @@ impl MeilisearchSink {
             index: index.to_owned(),
             table: item.table.to_string(),
             id: item.id,
+            routing: None,
             lsn: item.lsn.to_string(),
             action: kind.action().to_owned(),
             document: item.doc.map(|d| String::from_utf8_lossy(&d).into_owned()),

@@ -185,6 +185,7 @@ mod tests {
                 partial: true,
                 fresh: false,
             },
+            routing: None,
         };
         let (kind, doc) = encode(&op, "id").unwrap();
         assert_eq!(kind, Kind::Update);

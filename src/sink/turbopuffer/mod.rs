@@ -206,6 +206,7 @@ impl TurbopufferSink {
             index: namespace.to_owned(),
             table: entry.table.to_string(),
             id: entry.id,
+            routing: None,
             lsn: entry.lsn.to_string(),
             action: entry.write.name().into(),
             document,

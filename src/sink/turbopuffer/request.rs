@@ -288,6 +288,7 @@ mod tests {
             id: id.into(),
             lsn: Lsn(7),
             action,
+            routing: None,
         }
     }
 

@@ -206,6 +206,7 @@ impl TypesenseSink {
             index: item.collection.to_string(),
             table: item.table.to_string(),
             id: item.id,
+            routing: None,
             lsn: item.lsn.to_string(),
             action: item.kind.name().to_owned(),
             document,

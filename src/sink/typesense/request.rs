@@ -113,6 +113,7 @@ mod tests {
             id: id.into(),
             lsn: Lsn(16),
             action,
+            routing: None,
         }
     }
 

@@ -118,6 +118,7 @@ async fn ten_thousand_writes_survive_random_failures() {
             request_rejected_429: 0.05,
             request_unavailable_503: 0.03,
             request_dropped: 0.03,
+            delay: std::time::Duration::from_micros(500),
             ..Faults::default()
         },
         ..FakeOptions::default()
@@ -125,7 +126,11 @@ async fn ten_thousand_writes_survive_random_failures() {
     .await;
     ts.create_collection(COLLECTION);
     let dir = tempfile::tempdir().unwrap();
-    let mut sink = sink(&config(&ts.url()), dir.path());
+    // Requests of disjoint documents overlap; writes to one document never do.
+    let mut config = config(&ts.url());
+    config.concurrency = 4;
+    config.batch_max_docs = 50;
+    let mut sink = sink(&config, dir.path());
     let mut rng = StdRng::seed_from_u64(seed);
     let mut expected = BTreeMap::new();
     let mut lsn = 0u64;
@@ -178,6 +183,7 @@ async fn ten_thousand_writes_survive_random_failures() {
     }
     sink.commit(Lsn(lsn)).await.unwrap();
     assert!(ts.injected_failures() > 100, "{}", ts.injected_failures());
+    assert!(ts.max_in_flight() > 1, "requests never overlapped");
     assert!(expected.len() > 100, "{} documents", expected.len());
     let parked = failed::list(dir.path(), "search").unwrap();
     assert!(parked.is_empty(), "nothing should be parked: {parked:?}");

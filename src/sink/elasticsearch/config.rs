@@ -44,7 +44,8 @@ pub struct ElasticsearchConfig {
     /// Timeout of one request, in milliseconds.
     #[serde(default = "http::default_request_timeout_ms")]
     pub request_timeout_ms: u64,
-    /// Attempts of a write failing with 429, 5xx or a timeout before it is parked.
+    /// Retries of a write failing with a 500, a timeout or a dropped answer
+    /// before it is parked (an unavailable engine is waited out uncounted).
     #[serde(default = "http::default_max_retries")]
     pub max_retries: u32,
     /// First retry delay in milliseconds; doubles per attempt, with jitter.

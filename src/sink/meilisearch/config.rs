@@ -49,8 +49,9 @@ pub struct MeilisearchConfig {
     /// Timeout of one HTTP request, in milliseconds.
     #[serde(default = "http::default_request_timeout_ms")]
     pub request_timeout_ms: u64,
-    /// Attempts of a request failing with 429, 5xx, a timeout or a dropped
-    /// connection, and of a task failing with an internal error.
+    /// Retries of a request failing with a 500, a timeout or a dropped
+    /// connection, and of a task failing with an internal error (an
+    /// unavailable engine is waited out uncounted).
     #[serde(default = "http::default_max_retries")]
     pub max_retries: u32,
     /// First retry delay in milliseconds; doubles per attempt, with jitter.

@@ -80,8 +80,9 @@ pub struct TurbopufferConfig {
     /// Timeout of one request, in milliseconds.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
-    /// Retries of a request failing with 429, 5xx or a timeout before its
-    /// writes are parked.
+    /// Retries of a request failing with a 500, a timeout or a dropped
+    /// connection before its writes are parked (an unavailable or
+    /// rate-limiting engine is waited out uncounted).
     #[serde(default = "http::default_max_retries")]
     pub max_retries: u32,
     /// First retry delay in milliseconds; doubles per attempt, with jitter.

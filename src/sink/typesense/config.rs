@@ -41,7 +41,12 @@ pub struct TypesenseConfig {
     /// Timeout of one request, in milliseconds.
     #[serde(default = "http::default_request_timeout_ms")]
     pub request_timeout_ms: u64,
-    /// Attempts of a write failing with 429, 5xx or a timeout before it is parked.
+    /// Requests in flight at once (of disjoint documents, so that the writes
+    /// to one document still apply in order).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Retries of a write failing with a 500, a timeout or a dropped answer
+    /// before it is parked (an unavailable engine is waited out uncounted).
     #[serde(default = "http::default_max_retries")]
     pub max_retries: u32,
     /// First retry delay in milliseconds; doubles per attempt, with jitter.
@@ -61,6 +66,13 @@ pub struct TypesenseConfig {
     pub schema: Option<toml::Table>,
 }
 
+/// Default requests in flight.
+pub const DEFAULT_CONCURRENCY: usize = 2;
+
+fn default_concurrency() -> usize {
+    DEFAULT_CONCURRENCY
+}
+
 fn default_delete_max_filter_bytes() -> usize {
     DEFAULT_DELETE_MAX_FILTER_BYTES
 }
@@ -77,6 +89,7 @@ impl TypesenseConfig {
             delete_max_filter_bytes: DEFAULT_DELETE_MAX_FILTER_BYTES,
             flush_interval_ms: DEFAULT_FLUSH_INTERVAL_MS,
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            concurrency: DEFAULT_CONCURRENCY,
             max_retries: DEFAULT_MAX_RETRIES,
             retry_initial_backoff_ms: DEFAULT_RETRY_INITIAL_BACKOFF_MS,
             retry_max_backoff_ms: DEFAULT_RETRY_MAX_BACKOFF_MS,
@@ -93,6 +106,9 @@ impl TypesenseConfig {
             problems.env_var("api_key_env", var);
         }
         problems.at_least("batch_max_docs", self.batch_max_docs as u64, 1);
+        if self.concurrency == 0 || self.concurrency > 64 {
+            problems.add("concurrency", "must be between 1 and 64");
+        }
         problems.at_least(
             "delete_max_filter_bytes",
             self.delete_max_filter_bytes as u64,

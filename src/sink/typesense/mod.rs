@@ -3,10 +3,11 @@
 //! `filter_by=id:[…]`, truncates, optional collection creation, retries of
 //! only what failed, and parking of what keeps failing.
 //!
-//! Typesense has no versioned writes, so order comes from the sink: one
-//! request at a time, and per document only its oldest waiting write may be
-//! sent. A write waiting for a retry holds back later writes to its document
-//! while other documents flow on.
+//! Typesense has no versioned writes, so order comes from the sink: per
+//! document only its oldest waiting write may be sent, and only while no
+//! other write to it is in flight; up to `concurrency` requests of disjoint
+//! documents run at once. A write waiting for a retry holds back later writes
+//! to its document while other documents flow on.
 
 mod client;
 mod config;
@@ -18,6 +19,9 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::task::JoinHandle;
 
 pub use crate::sink::http::{DEFAULT_BATCH_MAX_DOCS, DEFAULT_FLUSH_INTERVAL_MS};
 use client::Client;
@@ -32,17 +36,45 @@ use crate::pipeline::change::WriteOp;
 use crate::sink::failed::{FailedMessage, FailedStore, WAITING_BEHIND};
 
 pub struct TypesenseSink {
-    client: Client,
+    client: Arc<Client>,
     queue: Queue,
+    /// Requests in flight: the queue numbers of their writes and the outcomes.
+    running: FuturesUnordered<JoinHandle<Sent>>,
     created: HashSet<Arc<str>>,
     failed: FailedStore,
+}
+
+/// A finished request: its writes' queue numbers, one outcome each.
+type Sent = (Vec<u64>, Result<Vec<Outcome>>);
+
+/// What one request carries, owned, to be sent from a task.
+enum Request {
+    Import {
+        kind: Kind,
+        body: Vec<u8>,
+        lines: usize,
+    },
+    Delete {
+        ids: Vec<String>,
+    },
+}
+
+impl Drop for TypesenseSink {
+    fn drop(&mut self) {
+        // A request of a stopped pipeline must not land after the writes of
+        // the next one.
+        for task in self.running.iter() {
+            task.abort();
+        }
+    }
 }
 
 impl TypesenseSink {
     pub fn new(config: &TypesenseConfig, data_dir: &Path) -> Result<TypesenseSink> {
         Ok(TypesenseSink {
-            client: Client::new(config)?,
+            client: Arc::new(Client::new(config)?),
             queue: Queue::default(),
+            running: FuturesUnordered::new(),
             created: HashSet::new(),
             failed: FailedStore::new(data_dir, &config.name),
         })
@@ -78,10 +110,33 @@ impl TypesenseSink {
         Ok(())
     }
 
-    /// Sends requests until `done` holds or nothing waits; every write ends
-    /// applied or parked.
+    /// Sends requests, up to `concurrency` at once, until `done` holds or
+    /// nothing waits; every write ends applied or parked.
     async fn drive(&mut self, done: impl Fn(&Self) -> bool) -> Result<()> {
-        while !self.queue.is_empty() && !done(self) {
+        loop {
+            self.launch()?;
+            if self.queue.is_empty() || done(self) {
+                return Ok(());
+            }
+            if let Some(finished) = self.running.next().await {
+                let (seqs, outcomes) = finished.map_err(|e| {
+                    crate::error::Error::new(
+                        crate::error::ErrorKind::Sink,
+                        format!("sink {}: a request task failed: {e}", self.client.name),
+                    )
+                })?;
+                self.settle(&seqs, outcomes?)?;
+            } else if let Some(at) = self.queue.next_retry() {
+                tokio::time::sleep_until(at.into()).await;
+            } else {
+                return Ok(()); // nothing can go and nothing runs
+            }
+        }
+    }
+
+    /// Starts requests while fewer than `concurrency` run and writes can go.
+    fn launch(&mut self) -> Result<()> {
+        while self.running.len() < self.config().concurrency {
             let picked = self.queue.next_request(Instant::now(), self.limits());
             // A document with a parked write: its later writes park behind it.
             let blocked: Vec<usize> = picked
@@ -100,58 +155,55 @@ impl TypesenseSink {
                 continue;
             }
             if picked.is_empty() {
-                if let Some(at) = self.queue.next_retry() {
-                    tokio::time::sleep_until(at.into()).await;
-                }
-                continue;
+                return Ok(());
             }
-            let outcomes = self.send(&picked).await?;
-            self.settle(&picked, outcomes)?;
+            let first = self.queue.get(picked[0]);
+            let (kind, collection) = (first.kind, first.collection.clone());
+            let request = if kind == Kind::Delete {
+                let ids = picked.iter().map(|&n| self.queue.get(n).id.clone());
+                Request::Delete { ids: ids.collect() }
+            } else {
+                let mut body = Vec::new();
+                for &n in &picked {
+                    body.extend_from_slice(&self.queue.get(n).line);
+                    body.push(b'\n');
+                }
+                Request::Import {
+                    kind,
+                    body,
+                    lines: picked.len(),
+                }
+            };
+            let mut seqs = Vec::with_capacity(picked.len());
+            for &n in &picked {
+                let item = self.queue.get_mut(n);
+                item.in_flight = true;
+                seqs.push(item.seq);
+            }
+            let client = self.client.clone();
+            self.running.push(tokio::spawn(async move {
+                (seqs, send(&client, &collection, request).await)
+            }));
         }
         Ok(())
     }
 
-    /// Sends the writes at `picked` (one kind, one collection) in one request.
-    async fn send(&mut self, picked: &[usize]) -> Result<Vec<Outcome>> {
-        let first = self.queue.get(picked[0]);
-        let (kind, collection) = (first.kind, first.collection.clone());
-        if kind != Kind::Delete {
-            let mut body = Vec::new();
-            for &n in picked {
-                body.extend_from_slice(&self.queue.get(n).line);
-                body.push(b'\n');
-            }
-            return self
-                .client
-                .import(&collection, kind, body, picked.len())
-                .await;
-        }
-        let mut values = Vec::with_capacity(picked.len());
-        let mut outcomes = vec![Outcome::Done; picked.len()];
-        for (slot, &n) in picked.iter().enumerate() {
-            let id = &self.queue.get(n).id;
-            match request::filter_value(id) {
-                Some(value) => values.push(value),
-                // An id with a backtick: no filter can name it.
-                None => outcomes[slot] = self.client.delete_one(&collection, id).await?,
-            }
-        }
-        if !values.is_empty() {
-            let filter = request::id_filter(values.iter().map(String::as_str));
-            let outcome = self.client.delete_by_filter(&collection, &filter).await?;
-            for (slot, &n) in picked.iter().enumerate() {
-                if request::filter_value(&self.queue.get(n).id).is_some() {
-                    outcomes[slot] = outcome.clone();
-                }
-            }
-        }
-        Ok(outcomes)
-    }
-
     /// Applies the outcomes of a request: done writes leave the queue, failed
     /// ones are parked, retryable ones wait for their backoff.
-    fn settle(&mut self, picked: &[usize], outcomes: Vec<Outcome>) -> Result<()> {
+    fn settle(&mut self, seqs: &[u64], outcomes: Vec<Outcome>) -> Result<()> {
         let now = Instant::now();
+        // Queue numbers are ascending, so are their positions.
+        let picked: Vec<usize> = seqs
+            .iter()
+            .map(|&seq| {
+                self.queue
+                    .position(seq)
+                    .expect("a write in flight stays queued")
+            })
+            .collect();
+        for &n in &picked {
+            self.queue.get_mut(n).in_flight = false;
+        }
         // Positions leaving the queue (ascending, as `picked`), and whether
         // each is parked rather than applied.
         let mut leaving = Vec::new();
@@ -217,6 +269,35 @@ impl TypesenseSink {
     }
 }
 
+/// Sends the writes of one request (one kind, one collection).
+async fn send(client: &Client, collection: &str, request: Request) -> Result<Vec<Outcome>> {
+    let ids = match request {
+        Request::Import { kind, body, lines } => {
+            return client.import(collection, kind, body, lines).await
+        }
+        Request::Delete { ids } => ids,
+    };
+    let mut values = Vec::with_capacity(ids.len());
+    let mut outcomes = vec![Outcome::Done; ids.len()];
+    for (slot, id) in ids.iter().enumerate() {
+        match request::filter_value(id) {
+            Some(value) => values.push(value),
+            // An id with a backtick: no filter can name it.
+            None => outcomes[slot] = client.delete_one(collection, id).await?,
+        }
+    }
+    if !values.is_empty() {
+        let filter = request::id_filter(values.iter().map(String::as_str));
+        let outcome = client.delete_by_filter(collection, &filter).await?;
+        for (slot, id) in ids.iter().enumerate() {
+            if request::filter_value(id).is_some() {
+                outcomes[slot] = outcome.clone();
+            }
+        }
+    }
+    Ok(outcomes)
+}
+
 #[async_trait::async_trait]
 impl super::Sink for TypesenseSink {
     fn name(&self) -> &str {
@@ -247,6 +328,8 @@ impl super::Sink for TypesenseSink {
                 attempts: 0,
                 last_error: String::new(),
                 not_before: None,
+                seq: 0,
+                in_flight: false,
             });
             if self.full() {
                 self.drive(|sink| !sink.full()).await?;

@@ -1,7 +1,8 @@
 //! The writes waiting to be sent, and the choice of the next request: per
-//! key, only the oldest waiting write may go, so writes to one document apply
-//! in order although Typesense has no versions; across keys, writes of one
-//! kind and collection are gathered into one request.
+//! key, only the oldest waiting write may go, and only while no write to that
+//! key is in flight, so writes to one document apply in order although
+//! Typesense has no versions, even with several requests in flight; across
+//! keys, writes of one kind and collection are gathered into one request.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -24,6 +25,10 @@ pub struct Item {
     pub last_error: String,
     /// Set after a retryable failure: not sent again before.
     pub not_before: Option<Instant>,
+    /// Its queue number (set by `push`): stable while positions shift.
+    pub seq: u64,
+    /// Part of a request in flight.
+    pub in_flight: bool,
 }
 
 /// Limits of one request.
@@ -39,12 +44,20 @@ pub struct Limits {
 pub struct Queue {
     items: Vec<Item>,
     bytes: u64,
+    next_seq: u64,
 }
 
 impl Queue {
-    pub fn push(&mut self, item: Item) {
+    pub fn push(&mut self, mut item: Item) {
         self.bytes += item.line.len() as u64 + 1;
+        item.seq = self.next_seq;
+        self.next_seq += 1;
         self.items.push(item);
+    }
+
+    /// The position of the write numbered `seq`, if it still waits.
+    pub fn position(&self, seq: u64) -> Option<usize> {
+        self.items.binary_search_by_key(&seq, |item| item.seq).ok()
     }
 
     pub fn len(&self) -> usize {
@@ -68,9 +81,9 @@ impl Queue {
     }
 
     /// The positions of the writes of the next request: writes that are the
-    /// oldest of their key and not waiting for a retry, of the kind and
-    /// collection of the first such write, within `limits`. Empty if every
-    /// write waits.
+    /// oldest of their key, not in flight and not waiting for a retry, of the
+    /// kind and collection of the first such write, within `limits`. Empty if
+    /// every write waits.
     pub fn next_request(&self, now: Instant, limits: Limits) -> Vec<usize> {
         let mut seen: HashSet<(&str, &str)> = HashSet::new();
         let mut chosen: Option<(&str, Kind)> = None;
@@ -80,7 +93,7 @@ impl Queue {
             if !seen.insert((&item.collection, &item.id)) {
                 continue; // an older write to this document goes first
             }
-            if item.not_before.is_some_and(|t| t > now) {
+            if item.in_flight || item.not_before.is_some_and(|t| t > now) {
                 continue;
             }
             match chosen {
@@ -115,7 +128,11 @@ impl Queue {
 
     /// When the first write waiting for a retry may go.
     pub fn next_retry(&self) -> Option<Instant> {
-        self.items.iter().filter_map(|i| i.not_before).min()
+        self.items
+            .iter()
+            .filter(|i| !i.in_flight)
+            .filter_map(|i| i.not_before)
+            .min()
     }
 
     /// Removes the writes at `done` (sorted positions) and returns them.
@@ -161,6 +178,8 @@ mod tests {
             attempts: 0,
             last_error: String::new(),
             not_before: None,
+            seq: 0,
+            in_flight: false,
         }
     }
 
@@ -189,6 +208,34 @@ mod tests {
         assert_eq!(queue.remove(&[0, 3]).len(), 2);
         assert_eq!(queue.next_request(now, LIMITS), [0, 1]);
         assert_eq!(queue.len(), 3);
+    }
+
+    #[test]
+    fn a_key_with_a_write_in_flight_waits_for_it() {
+        let mut queue = Queue::default();
+        queue.push(item("1", Kind::Upsert));
+        queue.push(item("2", Kind::Upsert));
+        queue.push(item("1", Kind::Upsert));
+        queue.push(item("3", Kind::Upsert));
+        let now = Instant::now();
+        let first = queue.next_request(
+            now,
+            Limits {
+                max_docs: 1,
+                ..LIMITS
+            },
+        );
+        assert_eq!(first, [0]);
+        queue.get_mut(0).in_flight = true;
+        assert_eq!(
+            queue.next_request(now, LIMITS),
+            [1, 3],
+            "key 1's second write waits for the first in flight"
+        );
+        let seq = queue.get(3).seq;
+        assert_eq!(queue.remove(&[0]).len(), 1);
+        assert_eq!(queue.position(seq), Some(2));
+        assert_eq!(queue.next_request(now, LIMITS), [0, 1, 2]);
     }
 
     #[test]

@@ -66,6 +66,24 @@ async fn front_door(State(shared): AppState, request: Request, next: Next) -> Re
     if shared.faults().dead {
         return message(StatusCode::SERVICE_UNAVAILABLE, "Not Ready or Lagging");
     }
+    use std::sync::atomic::Ordering::Relaxed;
+    let now = shared.in_flight.fetch_add(1, Relaxed) + 1;
+    shared.max_in_flight.fetch_max(now, Relaxed);
+    let delay = shared.faults().delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let response = handle(&shared, parts, body, next).await;
+    shared.in_flight.fetch_sub(1, Relaxed);
+    response
+}
+
+async fn handle(
+    shared: &Shared,
+    parts: axum::http::request::Parts,
+    body: Bytes,
+    next: Next,
+) -> Response {
     if let Some(key) = &shared.options.api_key {
         let given = parts.headers.get("x-typesense-api-key");
         if given.map(|v| v.as_bytes()) != Some(key.as_bytes()) {

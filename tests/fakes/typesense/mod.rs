@@ -90,6 +90,8 @@ pub struct Faults {
     pub poison_field: Option<String>,
     /// Every request answers 503.
     pub dead: bool,
+    /// Every request waits this long before it is handled.
+    pub delay: std::time::Duration,
 }
 
 /// One request as received.
@@ -130,6 +132,9 @@ struct Shared {
     faults: Mutex<Faults>,
     rng: Mutex<StdRng>,
     log: Mutex<Vec<RecordedRequest>>,
+    /// Requests being handled now, and the most there ever were at once.
+    in_flight: std::sync::atomic::AtomicUsize,
+    max_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -164,6 +169,8 @@ impl FakeTypesense {
             faults: Mutex::new(options.faults.clone()),
             rng: Mutex::new(StdRng::seed_from_u64(options.seed)),
             log: Mutex::new(Vec::new()),
+            in_flight: Default::default(),
+            max_in_flight: Default::default(),
             options,
         });
         let listener = conn::CuttableListener {
@@ -256,6 +263,13 @@ impl FakeTypesense {
     /// requests).
     pub fn injected_failures(&self) -> u64 {
         lock(&self.shared.store).injected
+    }
+
+    /// The most requests that were handled at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.shared
+            .max_in_flight
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Every request received since the start or `clear_requests`.

@@ -306,8 +306,12 @@ async fn api_key_gzip_and_index_creation() {
     assert!(sluice.stop().success());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_dead_sink_does_not_hold_back_the_others() {
+/// A dead Elasticsearch (503 to everything) and a database whose products
+/// stream to it and to an embedded index, with a small in-flight budget: the
+/// dead sink's share of it is spent within the first rows.
+async fn dead_elasticsearch_next_to_embedded(
+    hint: &str,
+) -> (FakeElasticsearch, TestDb, std::path::PathBuf) {
     let es = FakeElasticsearch::start(FakeOptions {
         faults: Faults {
             dead: true,
@@ -316,18 +320,23 @@ async fn a_dead_sink_does_not_hold_back_the_others() {
         ..FakeOptions::default()
     })
     .await;
-    let db = TestDb::new("es_dead_sink").await;
+    let db = TestDb::new(hint).await;
     db.exec(PRODUCTS).await;
     let sinks = format!(
         "[[sinks]]\nname = \"embedded\"\ntype = \"embedded\"\ncommit_interval_ms = 100\n\n{}",
         sink(&es.url(), "")
     );
-    // A small budget: the dead sink's share of it is spent within the first rows.
     let config = db.config_with_sinks(
         "[[tables]]\nname = \"products\"",
         "shards = 3\nmax_bytes_in_flight = 1048576\nbatch_max_bytes = 65536",
         &sinks,
     );
+    (es, db, config)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_sink_does_not_hold_back_the_others() {
+    let (es, db, config) = dead_elasticsearch_next_to_embedded("es_dead_sink").await;
     let mut sluice = Sluice::run_config(&config);
     db.wait_streaming(&mut sluice).await;
     db.exec(
@@ -375,25 +384,7 @@ async fn a_dead_sink_does_not_hold_back_the_others() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sink_spooled_at_a_crash_catches_up_from_the_slot() {
-    let es = FakeElasticsearch::start(FakeOptions {
-        faults: Faults {
-            dead: true,
-            ..Faults::default()
-        },
-        ..FakeOptions::default()
-    })
-    .await;
-    let db = TestDb::new("es_dead_crash").await;
-    db.exec(PRODUCTS).await;
-    let sinks = format!(
-        "[[sinks]]\nname = \"embedded\"\ntype = \"embedded\"\ncommit_interval_ms = 100\n\n{}",
-        sink(&es.url(), "")
-    );
-    let config = db.config_with_sinks(
-        "[[tables]]\nname = \"products\"",
-        "max_bytes_in_flight = 1048576\nbatch_max_bytes = 65536",
-        &sinks,
-    );
+    let (es, db, config) = dead_elasticsearch_next_to_embedded("es_dead_crash").await;
     let mut sluice = Sluice::run_config(&config);
     db.wait_streaming(&mut sluice).await;
     db.exec(

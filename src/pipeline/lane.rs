@@ -118,18 +118,15 @@ impl Lane {
     /// Queues a batch for the writer: in memory while it keeps up, in the
     /// spool when it does not. Waits only while the spool is full.
     pub async fn send(&self, batch: WriteBatch) -> Result<()> {
-        let mut batch = Some(batch);
         let mut warned = false;
         loop {
             {
                 let mut state = self.lock();
-                let size = batch.as_ref().map_or(0, |b| b.bytes);
                 if state.spool.is_none()
                     && (state.queue.is_empty()
-                        || state.queued_bytes + size <= self.policy.memory_bytes)
+                        || state.queued_bytes + batch.bytes <= self.policy.memory_bytes)
                 {
-                    state.queued_bytes += size;
-                    let batch = batch.take().expect("sent once");
+                    state.queued_bytes += batch.bytes;
                     state.queue.push_back((Instant::now(), batch));
                     self.wake(&mut state);
                     return Ok(());
@@ -139,10 +136,8 @@ impl Lane {
                 }
                 let spool = state.spool.as_mut().expect("spilled");
                 if spool.pending() < self.policy.spool_max_bytes {
-                    spool.append(&batch.take().expect("sent once"))?;
-                    let pending = spool.pending();
-                    metrics::gauge!("sluice_sink_spooled_bytes", "sink" => self.sink.clone())
-                        .set(pending as f64);
+                    spool.append(&batch)?;
+                    self.report_spooled(spool.pending());
                     self.wake(&mut state);
                     return Ok(());
                 }
@@ -198,9 +193,7 @@ impl Lane {
         }
         if let Some(spool) = state.spool.as_mut() {
             if let Some(batch) = spool.read()? {
-                let pending = spool.pending();
-                metrics::gauge!("sluice_sink_spooled_bytes", "sink" => self.sink.clone())
-                    .set(pending as f64);
+                self.report_spooled(spool.pending());
                 return Ok(Some(batch));
             }
             state.spool = None;
@@ -217,6 +210,11 @@ impl Lane {
         if state.spool.is_none() {
             state.held.extend(credits);
         }
+    }
+
+    fn report_spooled(&self, pending: u64) {
+        metrics::gauge!("sluice_sink_spooled_bytes", "sink" => self.sink.clone())
+            .set(pending as f64);
     }
 
     /// Returns the credits of everything committed.

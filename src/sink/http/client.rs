@@ -43,8 +43,9 @@ pub struct Answers {
 }
 
 impl Answer {
-    /// Classifies the answer as every sink does: 5xx (and 408 where the
-    /// engine says so) are retryable; 401, 403 and 413 are fatal; any
+    /// Classifies the answer as every sink does: 429 and 5xx (and 408 where
+    /// the engine says so) are retryable (`fetch` already waited out 429,
+    /// 502, 503 and 504 unless the request could not be cloned); 401, 403 and 413 are fatal; any
     /// other answer is the caller's to read.
     pub fn check(self, sink: &str, answers: &Answers) -> Result<Answer, SendError> {
         let status = self.status;

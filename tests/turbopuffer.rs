@@ -138,6 +138,7 @@ async fn ten_thousand_writes_survive_random_failures() {
             server_error_500: 0.05,
             dropped: 0.03,
             dropped_after_apply: 0.03,
+            delay: Duration::from_micros(500),
             ..Faults::default()
         },
     })
@@ -146,6 +147,7 @@ async fn ten_thousand_writes_survive_random_failures() {
     let mut config = config(&fake);
     config.batch_max_rows = 150;
     config.batch_max_bytes = 16 * 1024;
+    config.concurrency = 4;
     let mut sink = TurbopufferSink::new(&config, dir.path()).unwrap();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut model = Model::default();
@@ -186,6 +188,7 @@ async fn ten_thousand_writes_survive_random_failures() {
     }
     assert_eq!(fake.repeated_ids(), 0, "a request named one id twice");
     assert!(failed::list(dir.path(), "tp").unwrap().is_empty());
+    assert!(fake.max_in_flight() > 1, "requests never overlapped");
     let requests = fake.requests();
     assert!(requests.len() > 100, "{} requests", requests.len());
     assert!(
@@ -332,6 +335,35 @@ async fn refused_writes_are_parked_and_later_writes_go_on() {
     let parked = failed::list(dir.path(), "tp").unwrap();
     assert_eq!(parked.len(), 3);
     assert_eq!(parked[2].error, failed::WAITING_BEHIND);
+
+    // A later write whose batch waited for the request carrying the earlier
+    // one parks behind it when that one was refused.
+    let mut two_rows = config(&fake);
+    two_rows.batch_max_rows = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = TurbopufferSink::new(&two_rows, dir.path()).unwrap();
+    let ops: Vec<WriteOp> = [("7", true), ("8", false), ("7", false), ("9", false)]
+        .into_iter()
+        .zip(310..)
+        .map(|((id, poison), lsn)| {
+            let doc = json!({"n": id, "poison": poison});
+            op("behind", id, lsn, upsert(&doc, false))
+        })
+        .collect();
+    sink.write(&ops).await.unwrap();
+    sink.commit(Lsn(313)).await.unwrap();
+    let rows = fake.rows("behind");
+    assert_eq!(rows.keys().collect::<Vec<_>>(), ["8", "9"]);
+    let parked = failed::list(dir.path(), "tp").unwrap();
+    let parked: Vec<(&str, &str)> = parked
+        .iter()
+        .map(|m| (m.id.as_str(), m.lsn.as_str()))
+        .collect();
+    assert_eq!(parked, [("7", "0/136"), ("7", "0/138")]);
+    assert_eq!(
+        failed::list(dir.path(), "tp").unwrap()[1].error,
+        failed::WAITING_BEHIND
+    );
 
     // A dead service (503 to everything) is waited out, however long it
     // takes: nothing is parked, and the write lands once it is back.

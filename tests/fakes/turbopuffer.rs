@@ -134,6 +134,9 @@ struct Shared {
     log: Mutex<Vec<RecordedRequest>>,
     /// Ids named more than once in one request.
     repeated_ids: AtomicU64,
+    /// Requests in their `delay` now, and the most there were at once.
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -159,6 +162,8 @@ impl FakeTurbopuffer {
             namespaces: Mutex::new(BTreeMap::new()),
             log: Mutex::new(Vec::new()),
             repeated_ids: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
             options,
         });
         let app = Router::new()
@@ -211,6 +216,11 @@ impl FakeTurbopuffer {
     /// depends on the API's order of parts, not the order of writes.
     pub fn repeated_ids(&self) -> u64 {
         self.shared.repeated_ids.load(Ordering::Relaxed)
+    }
+
+    /// The most requests that were in their `delay` at once.
+    pub fn max_in_flight(&self) -> u64 {
+        self.shared.max_in_flight.load(Ordering::Relaxed)
     }
 
     pub fn update_faults(&self, change: impl FnOnce(&mut Faults)) {
@@ -266,7 +276,10 @@ async fn common(
     });
     let faults = lock(&shared.faults).clone();
     if !faults.delay.is_zero() {
+        let now = shared.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        shared.max_in_flight.fetch_max(now, Ordering::Relaxed);
         tokio::time::sleep(faults.delay).await;
+        shared.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
     if let Some(key) = &shared.options.api_key {
         let expected = format!("Bearer {key}");

@@ -5,9 +5,6 @@ use serde::Deserialize;
 use crate::config::ConfigProblem;
 use crate::sink::http::{self, HttpSettings, Problems};
 
-/// Default bulk requests in flight at once.
-pub const DEFAULT_CONCURRENCY: usize = 2;
-
 /// `[[sinks]]` with `type = "elasticsearch"` (or `"opensearch"`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,7 +36,7 @@ pub struct ElasticsearchConfig {
     pub flush_interval_ms: u64,
     /// Bulk requests in flight at once (versions keep the newest write winning
     /// whatever order they complete in).
-    #[serde(default = "default_concurrency")]
+    #[serde(default = "http::default_concurrency")]
     pub concurrency: usize,
     /// Timeout of one request, in milliseconds.
     #[serde(default = "http::default_request_timeout_ms")]
@@ -77,10 +74,6 @@ pub struct IndexDefinition {
     pub mappings: Option<toml::Table>,
 }
 
-fn default_concurrency() -> usize {
-    DEFAULT_CONCURRENCY
-}
-
 impl ElasticsearchConfig {
     /// Checks the settings; `path` is the field path of this sink.
     pub fn validate(&self, path: &str, problems: &mut Vec<ConfigProblem>) {
@@ -110,9 +103,6 @@ impl ElasticsearchConfig {
             }
         }
         problems.at_least("batch_max_docs", self.batch_max_docs as u64, 1);
-        if self.concurrency == 0 || self.concurrency > 64 {
-            problems.add("concurrency", "must be between 1 and 64");
-        }
         self.http().check(&mut problems);
     }
 
@@ -129,6 +119,7 @@ impl ElasticsearchConfig {
             retry_max_backoff_ms: self.retry_max_backoff_ms,
             max_retries: self.max_retries,
             max_parked: self.max_parked,
+            concurrency: Some(self.concurrency),
         }
     }
 

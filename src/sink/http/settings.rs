@@ -19,6 +19,10 @@ pub const DEFAULT_RETRY_INITIAL_BACKOFF_MS: u64 = 100;
 pub const DEFAULT_RETRY_MAX_BACKOFF_MS: u64 = 30_000;
 /// Default number of parked writes at which the sink pauses.
 pub const DEFAULT_MAX_PARKED: usize = 10_000;
+/// Default requests in flight at once.
+pub const DEFAULT_CONCURRENCY: usize = 2;
+/// Most requests in flight at once a sink accepts.
+pub const MAX_CONCURRENCY: usize = 64;
 
 pub fn default_batch_max_docs() -> usize {
     DEFAULT_BATCH_MAX_DOCS
@@ -44,6 +48,9 @@ pub fn default_retry_max_backoff_ms() -> u64 {
 pub fn default_max_parked() -> usize {
     DEFAULT_MAX_PARKED
 }
+pub fn default_concurrency() -> usize {
+    DEFAULT_CONCURRENCY
+}
 
 /// The shared settings of one sink, borrowed from its config.
 #[derive(Debug, Clone, Copy)]
@@ -59,12 +66,22 @@ pub struct HttpSettings<'a> {
     pub retry_max_backoff_ms: u64,
     pub max_retries: u32,
     pub max_parked: usize,
+    /// Requests in flight at once, for sinks that send several.
+    pub concurrency: Option<usize>,
 }
 
 impl HttpSettings<'_> {
     /// Checks every shared setting but the URL (see [`Problems::http_url`]).
     pub fn check(&self, problems: &mut Problems) {
         problems.at_least("max_parked", self.max_parked as u64, 1);
+        if let Some(concurrency) = self.concurrency {
+            if !(1..=MAX_CONCURRENCY).contains(&concurrency) {
+                problems.add(
+                    "concurrency",
+                    format!("must be between 1 and {MAX_CONCURRENCY}"),
+                );
+            }
+        }
         match self.max_batch_bytes {
             None => problems.at_least("batch_max_bytes", self.batch_max_bytes, 1024),
             Some(max) if !(1024..=max).contains(&self.batch_max_bytes) => problems.add(
@@ -150,6 +167,7 @@ mod tests {
             retry_max_backoff_ms: 1,
             max_retries: 3,
             max_parked: 0,
+            concurrency: Some(65),
         };
         let mut found = Vec::new();
         let mut problems = Problems::new("sinks[1]", &mut found);
@@ -161,6 +179,7 @@ mod tests {
             [
                 "sinks[1].url",
                 "sinks[1].max_parked",
+                "sinks[1].concurrency",
                 "sinks[1].batch_max_bytes",
                 "sinks[1].flush_interval_ms",
                 "sinks[1].request_timeout_ms",

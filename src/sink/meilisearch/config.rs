@@ -165,6 +165,7 @@ impl MeilisearchConfig {
             retry_max_backoff_ms: self.retry_max_backoff_ms,
             max_retries: self.max_retries,
             max_parked: self.max_parked,
+            concurrency: None,
         }
     }
 

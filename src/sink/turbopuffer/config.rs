@@ -5,7 +5,7 @@ use serde::Deserialize;
 use crate::config::ConfigProblem;
 use crate::sink::http::{self, HttpSettings, Problems};
 use crate::sink::http::{
-    DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_MAX_PARKED, DEFAULT_MAX_RETRIES,
+    DEFAULT_CONCURRENCY, DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_MAX_PARKED, DEFAULT_MAX_RETRIES,
     DEFAULT_RETRY_MAX_BACKOFF_MS,
 };
 
@@ -80,6 +80,10 @@ pub struct TurbopufferConfig {
     /// Timeout of one request, in milliseconds.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// Write requests in flight at once (of disjoint documents, so that the
+    /// writes to one document still apply in order).
+    #[serde(default = "http::default_concurrency")]
+    pub concurrency: usize,
     /// Retries of a request failing with a 500, a timeout or a dropped
     /// connection before its writes are parked (an unavailable or
     /// rate-limiting engine is waited out uncounted).
@@ -134,6 +138,7 @@ impl TurbopufferConfig {
             batch_max_bytes: DEFAULT_BATCH_MAX_BYTES,
             flush_interval_ms: DEFAULT_FLUSH_INTERVAL_MS,
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            concurrency: DEFAULT_CONCURRENCY,
             max_retries: DEFAULT_MAX_RETRIES,
             retry_initial_backoff_ms: DEFAULT_RETRY_INITIAL_BACKOFF_MS,
             retry_max_backoff_ms: DEFAULT_RETRY_MAX_BACKOFF_MS,
@@ -190,6 +195,7 @@ impl TurbopufferConfig {
             retry_max_backoff_ms: self.retry_max_backoff_ms,
             max_retries: self.max_retries,
             max_parked: self.max_parked,
+            concurrency: Some(self.concurrency),
         }
     }
 }
@@ -212,7 +218,8 @@ mod tests {
 
         let bad: TurbopufferConfig = toml::from_str(
             "name = \"tp\"\nurl = \"ftp://x\"\nid_type = \"u64\"\nid_attribute = \"id\"\n\
-             distance_metric = \"dot\"\nbatch_max_rows = 0\nretry_max_backoff_ms = 1",
+             distance_metric = \"dot\"\nbatch_max_rows = 0\nretry_max_backoff_ms = 1\n\
+             concurrency = 0",
         )
         .unwrap();
         assert_eq!(bad.id_type, IdType::U64);
@@ -225,6 +232,7 @@ mod tests {
             "sinks[2].distance_metric",
             "sinks[2].batch_max_rows",
             "sinks[2].retry_max_backoff_ms",
+            "sinks[2].concurrency",
         ] {
             assert!(fields.contains(&field), "{field} in {fields:?}");
         }

@@ -5,9 +5,9 @@ use serde::Deserialize;
 use crate::config::ConfigProblem;
 use crate::sink::http::{self, HttpSettings, Problems};
 use crate::sink::http::{
-    DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_DOCS, DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_MAX_PARKED,
-    DEFAULT_MAX_RETRIES, DEFAULT_REQUEST_TIMEOUT_MS, DEFAULT_RETRY_INITIAL_BACKOFF_MS,
-    DEFAULT_RETRY_MAX_BACKOFF_MS,
+    DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_DOCS, DEFAULT_CONCURRENCY,
+    DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_MAX_PARKED, DEFAULT_MAX_RETRIES, DEFAULT_REQUEST_TIMEOUT_MS,
+    DEFAULT_RETRY_INITIAL_BACKOFF_MS, DEFAULT_RETRY_MAX_BACKOFF_MS,
 };
 
 /// Default bytes of the `filter_by` of one delete request (it travels in the URL).
@@ -43,7 +43,7 @@ pub struct TypesenseConfig {
     pub request_timeout_ms: u64,
     /// Requests in flight at once (of disjoint documents, so that the writes
     /// to one document still apply in order).
-    #[serde(default = "default_concurrency")]
+    #[serde(default = "http::default_concurrency")]
     pub concurrency: usize,
     /// Retries of a write failing with a 500, a timeout or a dropped answer
     /// before it is parked (an unavailable engine is waited out uncounted).
@@ -64,13 +64,6 @@ pub struct TypesenseConfig {
     /// the router), e.g. `schema = { fields = [{ name = ".*", type = "auto" }] }`.
     #[serde(default)]
     pub schema: Option<toml::Table>,
-}
-
-/// Default requests in flight.
-pub const DEFAULT_CONCURRENCY: usize = 2;
-
-fn default_concurrency() -> usize {
-    DEFAULT_CONCURRENCY
 }
 
 fn default_delete_max_filter_bytes() -> usize {
@@ -106,9 +99,6 @@ impl TypesenseConfig {
             problems.env_var("api_key_env", var);
         }
         problems.at_least("batch_max_docs", self.batch_max_docs as u64, 1);
-        if self.concurrency == 0 || self.concurrency > 64 {
-            problems.add("concurrency", "must be between 1 and 64");
-        }
         problems.at_least(
             "delete_max_filter_bytes",
             self.delete_max_filter_bytes as u64,
@@ -138,6 +128,7 @@ impl TypesenseConfig {
             retry_max_backoff_ms: self.retry_max_backoff_ms,
             max_retries: self.max_retries,
             max_parked: self.max_parked,
+            concurrency: Some(self.concurrency),
         }
     }
 

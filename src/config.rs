@@ -52,6 +52,12 @@ pub struct Config {
     /// Where documents are written. Defaults to one embedded index.
     #[serde(default = "default_sinks")]
     pub sinks: Vec<SinkConfig>,
+    /// How backfills read tables, and whether new sinks get one.
+    #[serde(default)]
+    pub backfill: crate::backfill::BackfillConfig,
+    /// The management API (status, backfills).
+    #[serde(default)]
+    pub api: crate::api::ApiConfig,
 }
 
 /// Connection to the source database.
@@ -251,6 +257,18 @@ pub enum SinkKind {
 }
 
 impl SinkKind {
+    /// The `type` of the sink in the configuration.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SinkKind::Embedded { .. } => "embedded",
+            SinkKind::Null => "null",
+            SinkKind::Elasticsearch(_) => "elasticsearch",
+            SinkKind::Typesense(_) => "typesense",
+            SinkKind::Meilisearch(_) => "meilisearch",
+            SinkKind::Turbopuffer(_) => "turbopuffer",
+        }
+    }
+
     /// How often the writer of this sink commits (makes writes durable and
     /// reports their position).
     pub fn commit_interval(&self) -> std::time::Duration {
@@ -654,6 +672,8 @@ impl Config {
                 problem(p.field, p.message);
             }
         }
+        self.backfill.validate(&mut problems);
+        self.api.validate(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -725,6 +745,8 @@ impl Config {
                 })
                 .collect(),
             sinks: default_sinks(),
+            backfill: Default::default(),
+            api: Default::default(),
         }
     }
 

@@ -4,6 +4,8 @@
 //! decoder live in [`postgres`], the actor pipeline in [`pipeline`], the
 //! destinations in [`sink`].
 
+pub mod api;
+pub mod backfill;
 pub mod cli;
 pub mod config;
 pub mod demo;

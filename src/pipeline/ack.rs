@@ -1,9 +1,12 @@
 //! The acknowledger: the position every sink has committed, published to the
 //! reader, which confirms it to Postgres as the slot's flush position.
 
+use std::sync::Arc;
+
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::watch;
 
+use super::status::PipelineStatus;
 use crate::lsn::Lsn;
 
 /// What may be confirmed to Postgres.
@@ -22,6 +25,9 @@ pub enum AckMsg {
 pub struct AckArgs {
     pub sinks: usize,
     pub publish: watch::Sender<AckState>,
+    /// The position each sink committed, for backfills waiting on one sink.
+    pub positions: watch::Sender<Vec<Lsn>>,
+    pub status: Arc<PipelineStatus>,
 }
 
 pub struct AckActorState {
@@ -59,7 +65,9 @@ impl Actor for Acknowledger {
         let AckMsg::Committed { sink, upto, last } = msg;
         state.committed[sink] = state.committed[sink].max(upto);
         state.last[sink] |= last;
+        state.args.positions.send_replace(state.committed.clone());
         let lsn = state.committed.iter().copied().min().unwrap_or(Lsn::ZERO);
+        state.args.status.committed(sink, upto, lsn);
         let drained = state.last.iter().all(|l| *l);
         state.args.publish.send_if_modified(|current| {
             let next = AckState {

@@ -43,6 +43,30 @@ pub enum Op {
     Update,
     Delete,
     Truncate,
+    /// The row as a backfill read it.
+    Read,
+}
+
+/// Which sinks a batch is for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// Every sink: the replication stream.
+    #[default]
+    All,
+    /// One sink only: rows a backfill of that sink read. The sink commits as
+    /// soon as it passed `commit_above`, so the backfill learns early that
+    /// they are durable.
+    Backfill { sink: usize, commit_above: Lsn },
+}
+
+impl Scope {
+    /// Whether sink number `sink` gets the batch.
+    pub fn includes(self, sink: usize) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Backfill { sink: only, .. } => only == sink,
+        }
+    }
 }
 
 /// One decoded change.
@@ -72,6 +96,7 @@ pub struct ChangeBatch {
     pub credits: Vec<Arc<Credit>>,
     /// The last batch before shutdown: flush and acknowledge everything.
     pub last: bool,
+    pub scope: Scope,
 }
 
 /// The document id and shard of a change, computed by the router.
@@ -116,6 +141,7 @@ pub struct ShardBatch {
     pub upto: Lsn,
     pub credits: Vec<Arc<Credit>>,
     pub last: bool,
+    pub scope: Scope,
 }
 
 /// A write for a sink.
@@ -162,4 +188,5 @@ pub struct WriteBatch {
     pub last: bool,
     /// The bytes `ops` take in memory, roughly (see `lane::batch_bytes`).
     pub bytes: u64,
+    pub scope: Scope,
 }

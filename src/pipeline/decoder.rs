@@ -6,10 +6,13 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::change::{Change, ChangeBatch, ColumnInfo, Op, RelationInfo};
+use super::change::{Change, ChangeBatch, ColumnInfo, Op, RelationInfo, Scope};
 use super::filter::FilterMsg;
+use super::flow::Credit;
 use super::reader::RawBatch;
 use super::stats::StageStats;
+use crate::backfill::window::{self, Mark, Marker, Verdict, Windows, PREFIX};
+use crate::backfill::{Chunk, ChunkOutcome};
 use crate::config::TableName;
 use crate::lsn::Lsn;
 use crate::postgres::catalog;
@@ -19,6 +22,8 @@ use crate::postgres::types::TypeKind;
 
 pub enum DecoderMsg {
     Raw(RawBatch),
+    /// A backfill's chunk, inserted at its high watermark.
+    Chunk(Chunk),
 }
 
 pub struct DecoderArgs {
@@ -37,6 +42,15 @@ pub struct DecoderState {
     commit_time: i64,
     seq: u32,
     upto: Lsn,
+    /// The transaction being decoded.
+    xid: u32,
+    /// Backfill windows, and the chunks waiting for their high watermark.
+    windows: Windows,
+    chunks: HashMap<u64, Chunk>,
+    /// Batches closed early in the current raw batch (at a chunk), and the
+    /// credits of that raw batch, which every piece of it shares.
+    pieces: Vec<ChangeBatch>,
+    credits: Vec<Arc<Credit>>,
 }
 
 pub struct Decoder;
@@ -60,6 +74,11 @@ impl Actor for Decoder {
             commit_time: 0,
             seq: 0,
             upto: Lsn::ZERO,
+            xid: 0,
+            windows: Windows::default(),
+            chunks: HashMap::new(),
+            pieces: Vec::new(),
+            credits: Vec::new(),
         })
     }
 
@@ -69,15 +88,32 @@ impl Actor for Decoder {
         msg: DecoderMsg,
         state: &mut DecoderState,
     ) -> Result<(), ActorProcessingErr> {
-        let DecoderMsg::Raw(raw) = msg;
-        let batch = state.decode_batch(raw).await?;
-        state.args.downstream.cast(FilterMsg::Batch(batch))?;
+        match msg {
+            DecoderMsg::Raw(raw) => {
+                for batch in state.decode_batch(raw).await? {
+                    state.args.downstream.cast(FilterMsg::Batch(batch))?;
+                }
+            }
+            DecoderMsg::Chunk(chunk) => {
+                // A newer chunk of the same backfill: the older one never
+                // met its high watermark.
+                if let Some(old) = state.chunks.insert(chunk.backfill, chunk) {
+                    let _ = old.reply.send(ChunkOutcome::Retry);
+                }
+            }
+        }
         Ok(())
     }
 }
 
 impl DecoderState {
-    async fn decode_batch(&mut self, raw: RawBatch) -> Result<ChangeBatch, ActorProcessingErr> {
+    /// Decodes a raw batch into one change batch, or several when backfill
+    /// chunks enter the stream inside it.
+    async fn decode_batch(
+        &mut self,
+        raw: RawBatch,
+    ) -> Result<Vec<ChangeBatch>, ActorProcessingErr> {
+        self.credits = raw.credit.map(Arc::new).into_iter().collect();
         let mut changes = Vec::with_capacity(raw.events.len());
         let n = raw.events.len();
         for event in raw.events {
@@ -98,13 +134,17 @@ impl DecoderState {
                 }
             }
         }
-        self.args.stats.batch(n, changes.len());
-        Ok(ChangeBatch {
+        let mut batches = std::mem::take(&mut self.pieces);
+        batches.push(ChangeBatch {
             changes,
             upto: self.upto,
-            credits: raw.credit.map(Arc::new).into_iter().collect(),
+            credits: std::mem::take(&mut self.credits),
             last: raw.last,
-        })
+            scope: Scope::All,
+        });
+        let out = batches.iter().map(|b| b.changes.len()).sum();
+        self.args.stats.batch(n, out);
+        Ok(batches)
     }
 
     async fn apply(
@@ -116,8 +156,9 @@ impl DecoderState {
             Message::Begin {
                 final_lsn,
                 commit_time,
-                ..
+                xid,
             } => {
+                self.xid = xid;
                 self.in_transaction = true;
                 self.commit_lsn = final_lsn;
                 self.commit_time = commit_time;
@@ -133,6 +174,9 @@ impl DecoderState {
             }
             Message::Insert { relation_id, new } => {
                 if let Some(rel) = self.relation(relation_id) {
+                    if !self.windows.is_empty() {
+                        self.windows.record(&rel, self.xid, &[Some(&new)]);
+                    }
                     out.push(self.change(Op::Insert, rel, Some(new), None));
                 }
             }
@@ -145,6 +189,10 @@ impl DecoderState {
                     let old = old.map(|o| match o {
                         OldTuple::Key(t) | OldTuple::Full(t) => t,
                     });
+                    if !self.windows.is_empty() {
+                        self.windows
+                            .record(&rel, self.xid, &[Some(&new), old.as_ref()]);
+                    }
                     out.push(self.change(Op::Update, rel, Some(new), old));
                 }
             }
@@ -153,19 +201,119 @@ impl DecoderState {
                     let old = match old {
                         OldTuple::Key(t) | OldTuple::Full(t) => t,
                     };
+                    if !self.windows.is_empty() {
+                        self.windows.record(&rel, self.xid, &[Some(&old)]);
+                    }
                     out.push(self.change(Op::Delete, rel, None, Some(old)));
                 }
             }
             Message::Truncate { relation_ids, .. } => {
                 for id in relation_ids {
                     if let Some(rel) = self.relation(id) {
+                        if !self.windows.is_empty() {
+                            self.windows.record(&rel, self.xid, &[None]);
+                        }
                         out.push(self.change(Op::Truncate, rel, None, None));
                     }
                 }
             }
+            Message::Message {
+                prefix, content, ..
+            } if prefix == PREFIX => match Marker::parse(&content) {
+                Some(marker) if marker.mark == Mark::High => self.high(&marker, out),
+                Some(marker) => self.windows.mark(&marker),
+                None => self
+                    .args
+                    .stats
+                    .bad_record("a backfill watermark that cannot be read".to_owned()),
+            },
             Message::Type { .. } | Message::Origin { .. } | Message::Message { .. } => {}
         }
         Ok(())
+    }
+
+    /// A high watermark: the chunk it closes enters the stream here, as a
+    /// batch of its own for its sink, less the rows its window says are stale.
+    fn high(&mut self, marker: &Marker, out: &mut Vec<Change>) {
+        let chunk = match self.chunks.remove(&marker.backfill) {
+            Some(chunk) if chunk.number == marker.chunk => chunk,
+            Some(chunk) => {
+                // A watermark of an earlier chunk, read again after a restart.
+                self.chunks.insert(chunk.backfill, chunk);
+                return;
+            }
+            None => {
+                // Its chunk is gone (the backfill stopped): close the window.
+                self.windows
+                    .high(marker.backfill, marker.chunk, &Default::default(), &[]);
+                return;
+            }
+        };
+        let keys: Vec<Option<u64>> = chunk
+            .rows
+            .iter()
+            .map(|row| window::key_hash(row, &chunk.key_columns))
+            .collect();
+        let keep = match self
+            .windows
+            .high(marker.backfill, marker.chunk, &chunk.snapshot, &keys)
+        {
+            Verdict::Insert(keep) => keep,
+            Verdict::Retry => {
+                let _ = chunk.reply.send(ChunkOutcome::Retry);
+                return;
+            }
+        };
+        // Everything before the watermark goes first, for every sink.
+        self.pieces.push(ChangeBatch {
+            changes: std::mem::take(out),
+            upto: self.upto,
+            credits: self.credits.clone(),
+            last: false,
+            scope: Scope::All,
+        });
+        let rel = self.same_relation(&chunk.rel);
+        let mut changes = Vec::with_capacity(keep.iter().filter(|k| **k).count());
+        for (row, keep) in chunk.rows.into_iter().zip(keep) {
+            if keep {
+                let change = self.change(Op::Read, rel.clone(), Some(row), None);
+                changes.push(change);
+            }
+        }
+        let kept = changes.len();
+        self.pieces.push(ChangeBatch {
+            changes,
+            upto: self.upto,
+            credits: chunk.credit.map(Arc::new).into_iter().collect(),
+            last: false,
+            scope: Scope::Backfill {
+                sink: chunk.sink,
+                commit_above: self.commit_lsn,
+            },
+        });
+        let _ = chunk.reply.send(ChunkOutcome::Delivered {
+            lsn: self.commit_lsn,
+            kept,
+        });
+    }
+
+    /// The stream's own description of a chunk's table when it has the same
+    /// columns (so later stages keep their per-relation caches), else the
+    /// chunk's.
+    fn same_relation(&self, rel: &Arc<RelationInfo>) -> Arc<RelationInfo> {
+        match self.relations.get(&rel.id) {
+            Some(known)
+                if known.columns.len() == rel.columns.len()
+                    && known
+                        .columns
+                        .iter()
+                        .zip(&rel.columns)
+                        .all(|(a, b)| a.name == b.name && a.type_oid == b.type_oid) =>
+            {
+                known.clone()
+            }
+            _ => rel.clone(),
+        }
     }
 
     fn relation(&self, id: Oid) -> Option<Arc<RelationInfo>> {

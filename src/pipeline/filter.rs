@@ -34,7 +34,8 @@ pub struct Filter;
 
 fn bit(op: Op) -> u8 {
     match op {
-        Op::Insert => 1,
+        // A row a backfill read is an insert into the index.
+        Op::Insert | Op::Read => 1,
         Op::Update => 2,
         Op::Delete => 4,
         Op::Truncate => 8,

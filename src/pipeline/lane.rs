@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use ractor::ActorRef;
 
-use super::change::{WriteAction, WriteBatch, WriteOp};
+use super::change::{Scope, WriteAction, WriteBatch, WriteOp};
 use super::flow::Credit;
 use super::writer::WriterMsg;
 use crate::error::{Error, Result};
@@ -494,6 +494,9 @@ fn decode(frame: &[u8], names: &mut HashMap<Box<str>, Arc<str>>) -> Option<Write
         credits: Vec::new(),
         last,
         bytes,
+        // Only a hint to commit early: a spooled backfill batch waits for
+        // its sink's next regular commit.
+        scope: Scope::All,
     })
 }
 
@@ -568,6 +571,7 @@ mod tests {
             upto: Lsn(upto),
             credits: Vec::new(),
             last: upto % 2 == 0,
+            scope: Scope::All,
         }
     }
 

@@ -17,6 +17,7 @@ pub mod reader;
 pub mod router;
 pub mod shard;
 pub mod stats;
+pub mod status;
 pub mod supervisor;
 pub mod transform;
 pub mod writer;
@@ -57,6 +58,7 @@ pub struct PipelinePlan {
     pub routes: HashMap<String, TableRoute>,
     pub sinks: Vec<SinkConfig>,
     pub stats: PipelineStats,
+    pub status: Arc<status::PipelineStatus>,
 }
 
 impl PipelinePlan {
@@ -104,6 +106,7 @@ impl PipelinePlan {
             routes,
             sinks: config.sinks.clone(),
             stats: PipelineStats::default(),
+            status: Arc::new(status::PipelineStatus::new(config.sinks.len())),
         })
     }
 }
@@ -244,12 +247,26 @@ pub async fn run(
     };
     plan.resolve_keys(&tables);
     let plan = Arc::new(plan);
+    let backfills = crate::backfill::Manager::open(
+        crate::backfill::store::Store::open(&plan.data_dir)?,
+        config.backfill.settings(),
+        plan.conninfo.clone(),
+        config.sinks.iter().map(|s| s.name.clone()).collect(),
+        config.table_names(),
+    )?;
+    backfills.set_up_sinks(config.backfill.initial)?;
+    let state = crate::api::AppState {
+        plan: plan.clone(),
+        backfills: backfills.clone(),
+    };
+    let _api = crate::api::serve(&config.api, &plan.data_dir, state).await?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let (supervisor, handle) = ractor::Actor::spawn(
         Some(format!("{}-supervisor", plan.name)),
         supervisor::Supervisor,
         supervisor::SupervisorArgs {
             plan: plan.clone(),
+            backfills: Some(backfills),
             done: Some(done_tx),
         },
     )

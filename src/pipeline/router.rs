@@ -107,6 +107,7 @@ impl Actor for Router {
                 upto: batch.upto,
                 credits: batch.credits.clone(),
                 last: batch.last,
+                scope: batch.scope,
             })
             .collect();
         let mut routed = 0;
@@ -195,7 +196,7 @@ impl Actor for Router {
             };
             match (change.op, old_id, new_id) {
                 (Op::Delete, Some(id), _) => push(id, RouteAction::Delete, change),
-                (Op::Insert | Op::Update, old, Some(id)) => {
+                (Op::Insert | Op::Update | Op::Read, old, Some(id)) => {
                     // A key change moves the document: remove the old one.
                     if let Some(old) = old.filter(|old| *old != id) {
                         push(old, RouteAction::Delete, change.clone());

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::change::{RouteAction, Routed, ShardBatch, ShardItem, WriteAction, WriteBatch, WriteOp};
+use super::change::{
+    RouteAction, Routed, Scope, ShardBatch, ShardItem, WriteAction, WriteBatch, WriteOp,
+};
 use super::lane::{batch_bytes, Lane};
 use super::stats::StageStats;
 use crate::postgres::pgoutput::{ColumnKind, ColumnValue, Tuple};
@@ -78,7 +80,9 @@ impl Actor for Shard {
                     // after. Neither covers this batch's position: the rest of the
                     // batch is not written yet.
                     let delivered = state.delivered;
-                    written += state.flush(delivered, &batch.credits, false, true).await?;
+                    written += state
+                        .flush(delivered, &batch.credits, false, true, batch.scope)
+                        .await?;
                     let op = WriteOp {
                         index,
                         table,
@@ -96,13 +100,14 @@ impl Actor for Shard {
                             upto: delivered,
                             credits: batch.credits.clone(),
                             last: false,
+                            scope: batch.scope,
                         })
                         .await?;
                 }
             }
         }
         written += state
-            .flush(batch.upto, &batch.credits, batch.last, false)
+            .flush(batch.upto, &batch.credits, batch.last, false, batch.scope)
             .await?;
         state.delivered = batch.upto;
         state.args.stats.batch(n, written);
@@ -151,6 +156,7 @@ impl ShardState {
         credits: &[Arc<super::flow::Credit>],
         last: bool,
         only_if_any: bool,
+        scope: Scope,
     ) -> Result<usize, ActorProcessingErr> {
         self.latest.clear();
         self.collided.clear();
@@ -169,12 +175,21 @@ impl ShardState {
             upto,
             credits: credits.to_vec(),
             last,
+            scope,
         })
         .await?;
         Ok(n)
     }
 
+    /// Hands a batch to the lane of every sink it is for (lanes are in the
+    /// order of the sinks).
     async fn send(&self, batch: WriteBatch) -> Result<(), ActorProcessingErr> {
+        if let Scope::Backfill { sink, .. } = batch.scope {
+            if let Some(lane) = self.args.lanes.get(sink) {
+                lane.send(batch).await?;
+            }
+            return Ok(());
+        }
         if let [lanes @ .., last] = self.args.lanes.as_slice() {
             for lane in lanes {
                 lane.send(batch.clone()).await?;

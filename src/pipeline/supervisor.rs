@@ -20,6 +20,8 @@ use super::stats::StageStats;
 use super::transform::{TransformArgs, Transformer};
 use super::writer::{Writer, WriterArgs};
 use super::PipelinePlan;
+use crate::backfill::{Manager, RunContext};
+use crate::lsn::Lsn;
 
 /// The first restart waits this long; each failure in a row doubles it.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
@@ -37,12 +39,15 @@ pub enum SupervisorMsg {
 
 pub struct SupervisorArgs {
     pub plan: Arc<PipelinePlan>,
+    /// Backfills run while the pipeline streams.
+    pub backfills: Option<Arc<Manager>>,
     /// Told when the supervisor is done (after shutdown).
     pub done: Option<oneshot::Sender<()>>,
 }
 
 pub struct SupervisorState {
     plan: Arc<PipelinePlan>,
+    backfills: Option<Arc<Manager>>,
     children: Vec<ActorCell>,
     reader: Option<ActorRef<ReaderMsg>>,
     backoff: Duration,
@@ -68,6 +73,7 @@ impl Actor for Supervisor {
         myself.cast(SupervisorMsg::Start)?;
         Ok(SupervisorState {
             plan: args.plan,
+            backfills: args.backfills,
             children: Vec::new(),
             reader: None,
             backoff: INITIAL_BACKOFF,
@@ -108,6 +114,7 @@ impl Actor for Supervisor {
                 match state.start(&myself).await {
                     Ok(()) => {
                         state.started_at = Instant::now();
+                        state.plan.status.set_streaming(true);
                         metrics::gauge!("sluice_pipeline_up").set(1.0);
                     }
                     Err(e) => {
@@ -184,6 +191,8 @@ impl SupervisorState {
     fn schedule_restart(&mut self, myself: &ActorRef<SupervisorMsg>, error: &str) {
         metrics::gauge!("sluice_pipeline_up").set(0.0);
         metrics::counter!("sluice_pipeline_restarts_total").increment(1);
+        self.plan.status.set_streaming(false);
+        self.plan.status.restarted();
         if self.started_at.elapsed() >= HEALTHY_AFTER {
             self.backoff = INITIAL_BACKOFF;
         }
@@ -198,6 +207,9 @@ impl SupervisorState {
     }
 
     async fn stop_children(&mut self) {
+        if let Some(backfills) = &self.backfills {
+            backfills.detach();
+        }
         self.reader = None;
         for child in self.children.drain(..).rev() {
             child.unlink(child.clone());
@@ -229,6 +241,7 @@ impl SupervisorState {
         let plan = self.plan.clone();
         let stats = &plan.stats;
         let (ack_tx, ack_rx) = watch::channel(AckState::default());
+        let (positions_tx, positions_rx) = watch::channel(vec![Lsn::ZERO; plan.sinks.len()]);
         let sql = Arc::new(plan.conninfo.connect_sql().await?);
 
         let ack = self
@@ -239,6 +252,8 @@ impl SupervisorState {
                 AckArgs {
                     sinks: plan.sinks.len(),
                     publish: ack_tx,
+                    positions: positions_tx,
+                    status: plan.status.clone(),
                 },
             )
             .await?;
@@ -320,6 +335,14 @@ impl SupervisorState {
             stats: stats.decoder.clone(),
         };
         let decoder = self.spawn(myself, "decoder", Decoder, args).await?;
+        if let Some(backfills) = &self.backfills {
+            backfills.attach(RunContext {
+                generation: self.generation,
+                decoder: decoder.clone(),
+                positions: positions_rx,
+                flow: plan.flow.clone(),
+            });
+        }
         let args = ReaderArgs {
             conninfo: plan.conninfo.clone(),
             slot: plan.slot.clone(),

@@ -97,6 +97,7 @@ pub struct ShapedBatch {
     pub upto: crate::lsn::Lsn,
     pub credits: Vec<Arc<super::flow::Credit>>,
     pub last: bool,
+    pub scope: super::change::Scope,
 }
 
 pub enum TransformMsg {
@@ -152,6 +153,7 @@ impl Actor for Transformer {
             upto: batch.upto,
             credits: batch.credits,
             last: batch.last,
+            scope: batch.scope,
         }))?;
         Ok(())
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::ack::AckMsg;
-use super::change::{WriteAction, WriteBatch};
+use super::change::{Scope, WriteAction, WriteBatch};
 use super::lane::Lane;
 use super::stats::StageStats;
 use crate::lsn::Lsn;
@@ -50,6 +50,8 @@ pub struct WriterState {
     held_bytes: u64,
     dirty: bool,
     committed: Lsn,
+    /// A backfill waits for this position: commit as soon as it is passed.
+    commit_above: Lsn,
     last_commit: Instant,
     finished: bool,
 }
@@ -82,6 +84,7 @@ impl Actor for Writer {
             held_bytes: 0,
             dirty: false,
             committed: Lsn::ZERO,
+            commit_above: Lsn::ZERO,
             last_commit: Instant::now(),
             finished: false,
         })
@@ -127,10 +130,13 @@ impl WriterState {
             self.apply(batch).await?;
             self.drain_queues().await?;
         }
+        let wanted = self.commit_above > self.committed
+            && self.shard_upto.iter().all(|upto| *upto > self.commit_above);
         if !self.finished && self.shard_last.iter().all(|l| *l) {
             self.commit(true).await?;
             self.finished = true;
-        } else if self.held_bytes() >= self.args.commit_bytes
+        } else if wanted
+            || self.held_bytes() >= self.args.commit_bytes
             || self.last_commit.elapsed() >= self.args.commit_interval
         {
             self.commit(false).await?;
@@ -140,6 +146,9 @@ impl WriterState {
 
     async fn apply(&mut self, mut batch: WriteBatch) -> Result<(), ActorProcessingErr> {
         let shard = batch.shard;
+        if let Scope::Backfill { commit_above, .. } = batch.scope {
+            self.commit_above = self.commit_above.max(commit_above);
+        }
         // The credits are the lane's to hold until the commit (or to let go
         // of, should the sink fall behind while this write waits).
         let credits = std::mem::take(&mut batch.credits);

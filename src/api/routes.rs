@@ -1,0 +1,284 @@
+//! The routes of the management API and their JSON.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use crate::backfill::{BackfillError, View};
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/health", get(health))
+        .route("/api/pipelines", get(pipelines))
+        .route("/api/pipelines/{name}", get(pipeline))
+        .route("/api/sinks", get(sinks))
+        .route("/api/sinks/{sink}", get(sink))
+        .route(
+            "/api/sinks/{sink}/backfills",
+            get(sink_backfills).post(start_backfill),
+        )
+        .route("/api/backfills", get(backfills))
+        .route("/api/backfills/{id}", get(backfill))
+        .route("/api/backfills/{id}/pause", post(pause))
+        .route("/api/backfills/{id}/resume", post(resume))
+        .route("/api/backfills/{id}/cancel", post(cancel))
+        .fallback(unknown_route)
+        .with_state(state)
+}
+
+/// An error answer: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<BackfillError> for ApiError {
+    fn from(e: BackfillError) -> ApiError {
+        let (status, code) = match &e {
+            BackfillError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            BackfillError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+            BackfillError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            BackfillError::Database(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+type Answer<T> = Result<Json<T>, ApiError>;
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    pipeline: &'static str,
+}
+
+async fn health(State(state): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        pipeline: pipeline_state(&state),
+    })
+}
+
+fn pipeline_state(state: &AppState) -> &'static str {
+    if state.plan.status.is_streaming() {
+        "streaming"
+    } else if state.plan.status.restarts() > 0 {
+        "restarting"
+    } else {
+        "starting"
+    }
+}
+
+#[derive(Serialize)]
+struct PipelineView {
+    name: String,
+    slot: String,
+    publication: String,
+    state: &'static str,
+    /// Every change below this position is in every sink; the slot is here.
+    confirmed_lsn: String,
+    restarts: u64,
+    tables: Vec<String>,
+    sinks: Vec<SinkView>,
+}
+
+#[derive(Serialize)]
+struct SinkView {
+    name: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// Every change below this position is durable in the sink.
+    committed_lsn: String,
+    /// Writes parked in the failed-message store.
+    parked: usize,
+    /// Running or paused backfills of the sink.
+    active_backfills: Vec<u64>,
+}
+
+fn pipeline_view(state: &AppState) -> PipelineView {
+    let plan = &state.plan;
+    let mut tables: Vec<String> = plan.routes.keys().cloned().collect();
+    tables.sort();
+    PipelineView {
+        name: plan.name.clone(),
+        slot: plan.slot.clone(),
+        publication: plan.publication.clone(),
+        state: pipeline_state(state),
+        confirmed_lsn: plan.status.confirmed().to_string(),
+        restarts: plan.status.restarts(),
+        tables,
+        sinks: (0..plan.sinks.len()).map(|i| sink_view(state, i)).collect(),
+    }
+}
+
+fn sink_view(state: &AppState, i: usize) -> SinkView {
+    let plan = &state.plan;
+    let sink = &plan.sinks[i];
+    let parked = crate::sink::failed::list(&plan.data_dir, &sink.name)
+        .map(|m| m.len())
+        .unwrap_or_default();
+    let active_backfills = state
+        .backfills
+        .list(Some(&sink.name))
+        .iter()
+        .filter(|v| v.backfill.state.is_active())
+        .map(|v| v.backfill.id)
+        .collect();
+    SinkView {
+        name: sink.name.clone(),
+        kind: sink.kind.type_name(),
+        committed_lsn: plan.status.sink_committed(i).to_string(),
+        parked,
+        active_backfills,
+    }
+}
+
+async fn pipelines(State(state): State<AppState>) -> Json<Vec<PipelineView>> {
+    Json(vec![pipeline_view(&state)])
+}
+
+async fn pipeline(State(state): State<AppState>, Path(name): Path<String>) -> Answer<PipelineView> {
+    if name != state.plan.name {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "there is no pipeline named `{name}` (this one is `{}`)",
+                state.plan.name
+            ),
+        ));
+    }
+    Ok(Json(pipeline_view(&state)))
+}
+
+async fn sinks(State(state): State<AppState>) -> Json<Vec<SinkView>> {
+    Json(
+        (0..state.plan.sinks.len())
+            .map(|i| sink_view(&state, i))
+            .collect(),
+    )
+}
+
+fn sink_number(state: &AppState, name: &str) -> Result<usize, ApiError> {
+    state
+        .plan
+        .sinks
+        .iter()
+        .position(|s| s.name == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = state.plan.sinks.iter().map(|s| s.name.as_str()).collect();
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!(
+                    "there is no sink named `{name}` (sinks: {})",
+                    names.join(", ")
+                ),
+            )
+        })
+}
+
+async fn sink(State(state): State<AppState>, Path(name): Path<String>) -> Answer<SinkView> {
+    let i = sink_number(&state, &name)?;
+    Ok(Json(sink_view(&state, i)))
+}
+
+async fn sink_backfills(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Answer<Vec<View>> {
+    sink_number(&state, &name)?;
+    Ok(Json(state.backfills.list(Some(&name))))
+}
+
+/// The body of `POST /api/sinks/{sink}/backfills`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartBackfill {
+    /// `schema.table` (a bare name means `public`).
+    table: String,
+    /// Only rows matching this SQL condition.
+    #[serde(default, rename = "where")]
+    condition: Option<String>,
+}
+
+async fn start_backfill(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<StartBackfill>, JsonRejection>,
+) -> Result<(StatusCode, Json<View>), ApiError> {
+    let Json(body) = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("the body must be JSON such as {{\"table\": \"public.items\", \"where\": \"id > 10\"}}: {}", e.body_text()),
+        )
+    })?;
+    let view = state
+        .backfills
+        .create(&name, &body.table, body.condition.as_deref())
+        .await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+async fn backfills(State(state): State<AppState>) -> Json<Vec<View>> {
+    Json(state.backfills.list(None))
+}
+
+fn backfill_id(text: &str) -> Result<u64, ApiError> {
+    text.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("`{text}` is not a backfill id (a number)"),
+        )
+    })
+}
+
+async fn backfill(State(state): State<AppState>, Path(id): Path<String>) -> Answer<View> {
+    Ok(Json(state.backfills.get(backfill_id(&id)?)?))
+}
+
+async fn pause(State(state): State<AppState>, Path(id): Path<String>) -> Answer<View> {
+    Ok(Json(state.backfills.pause(backfill_id(&id)?)?))
+}
+
+async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> Answer<View> {
+    Ok(Json(state.backfills.resume(backfill_id(&id)?)?))
+}
+
+async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Answer<View> {
+    Ok(Json(state.backfills.cancel(backfill_id(&id)?)?))
+}
+
+async fn unknown_route() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; see openapi.yaml for the API",
+    )
+}

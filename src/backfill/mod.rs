@@ -1,0 +1,296 @@
+//! Backfills: a sink's index hydrated from the rows already in its tables,
+//! while the tables keep changing.
+//!
+//! A backfill reads its tables chunk by chunk in key order ([`chunk`]); each
+//! chunk enters the replication stream at its high watermark, without the
+//! rows a concurrent change made stale ([`window`]), and goes to its sink
+//! only. Once the sink committed the chunk, its cursor is stored in the data
+//! directory ([`store`]), so a restart resumes after the last chunk written.
+//! The [`Manager`] owns the backfills, starts and stops their [`runner`]s
+//! with the pipeline, and serves the management API and the CLI.
+
+pub mod chunk;
+mod manager;
+mod progress;
+mod runner;
+pub mod store;
+pub mod window;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+pub use manager::{state_name, Manager, RunContext, View};
+pub use progress::Progress;
+
+use crate::config::ConfigProblem;
+use crate::lsn::Lsn;
+use crate::pipeline::change::RelationInfo;
+use crate::pipeline::flow::Credit;
+use crate::postgres::pgoutput::Tuple;
+
+/// Default target time of one chunk, from its read to its commit in the sink.
+pub const DEFAULT_CHUNK_TARGET_MS: u64 = 200;
+/// Default rows of the first chunk of a table.
+pub const DEFAULT_MIN_CHUNK_ROWS: usize = 500;
+/// Default cap of the rows of one chunk.
+pub const DEFAULT_MAX_CHUNK_ROWS: usize = 50_000;
+
+/// `[backfill]`: whether new sinks get a backfill, and how backfills read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillConfig {
+    /// Backfill every table into a sink the first time sluice runs with it,
+    /// so a new index starts with the rows already in the tables.
+    #[serde(default = "default_initial")]
+    pub initial: bool,
+    /// Chunks grow or shrink so that reading one and committing it in the
+    /// sink takes about this many milliseconds; the SELECT of a chunk stays
+    /// under it, and live changes behind a chunk wait about this long.
+    #[serde(default = "default_chunk_target_ms")]
+    pub chunk_target_ms: u64,
+    /// Rows of a table's first chunk, and the fewest a chunk shrinks to.
+    #[serde(default = "default_min_chunk_rows")]
+    pub min_chunk_rows: usize,
+    /// The most rows a chunk grows to.
+    #[serde(default = "default_max_chunk_rows")]
+    pub max_chunk_rows: usize,
+}
+
+fn default_initial() -> bool {
+    true
+}
+fn default_chunk_target_ms() -> u64 {
+    DEFAULT_CHUNK_TARGET_MS
+}
+fn default_min_chunk_rows() -> usize {
+    DEFAULT_MIN_CHUNK_ROWS
+}
+fn default_max_chunk_rows() -> usize {
+    DEFAULT_MAX_CHUNK_ROWS
+}
+
+impl Default for BackfillConfig {
+    fn default() -> BackfillConfig {
+        BackfillConfig {
+            initial: true,
+            chunk_target_ms: DEFAULT_CHUNK_TARGET_MS,
+            min_chunk_rows: DEFAULT_MIN_CHUNK_ROWS,
+            max_chunk_rows: DEFAULT_MAX_CHUNK_ROWS,
+        }
+    }
+}
+
+impl BackfillConfig {
+    pub fn validate(&self, problems: &mut Vec<ConfigProblem>) {
+        let mut problem = |field: &str, message: &str| {
+            problems.push(ConfigProblem {
+                field: format!("backfill.{field}"),
+                message: message.to_owned(),
+            })
+        };
+        if !(10..=60_000).contains(&self.chunk_target_ms) {
+            problem("chunk_target_ms", "must be between 10 and 60000");
+        }
+        if self.min_chunk_rows == 0 {
+            problem("min_chunk_rows", "must be at least 1");
+        }
+        if self.max_chunk_rows < self.min_chunk_rows || self.max_chunk_rows > 1_000_000 {
+            problem(
+                "max_chunk_rows",
+                "must be at least min_chunk_rows and at most 1000000",
+            );
+        }
+    }
+
+    pub fn settings(&self) -> Settings {
+        Settings {
+            chunk_target: Duration::from_millis(self.chunk_target_ms),
+            min_chunk_rows: self.min_chunk_rows,
+            max_chunk_rows: self.max_chunk_rows,
+        }
+    }
+}
+
+/// How backfills read, from `[backfill]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub chunk_target: Duration,
+    pub min_chunk_rows: usize,
+    pub max_chunk_rows: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            chunk_target: Duration::from_millis(DEFAULT_CHUNK_TARGET_MS),
+            min_chunk_rows: DEFAULT_MIN_CHUNK_ROWS,
+            max_chunk_rows: DEFAULT_MAX_CHUNK_ROWS,
+        }
+    }
+}
+
+/// Where a backfill is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Running,
+    Paused,
+    Completed,
+    Cancelled,
+    Failed,
+}
+
+impl State {
+    /// Running or paused: it holds its tables.
+    pub fn is_active(self) -> bool {
+        matches!(self, State::Running | State::Paused)
+    }
+}
+
+/// One table of a backfill and how far it got.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableProgress {
+    /// `schema.table`.
+    pub table: String,
+    /// Only rows matching this SQL condition are read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    /// Rows read and committed by the sink.
+    pub rows_done: u64,
+    /// The planner's estimate of the rows to read, once known.
+    #[serde(default)]
+    pub rows_estimated: Option<u64>,
+    /// The key of the last row committed; reading resumes after it.
+    #[serde(default)]
+    pub cursor: Option<Vec<String>>,
+    pub done: bool,
+}
+
+/// A backfill, as stored and as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Backfill {
+    pub id: u64,
+    pub sink: String,
+    pub state: State,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Started because the sink was new, not on request.
+    #[serde(default)]
+    pub initial: bool,
+    /// Read in turn.
+    pub tables: Vec<TableProgress>,
+    /// Chunks written.
+    #[serde(default)]
+    pub chunks: u64,
+    /// Milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+}
+
+impl Backfill {
+    pub fn rows_done(&self) -> u64 {
+        self.tables.iter().map(|t| t.rows_done).sum()
+    }
+
+    /// The estimated rows in all, never below what is done.
+    pub fn rows_estimated(&self) -> Option<u64> {
+        let mut total = 0;
+        for table in &self.tables {
+            total += match (table.done, table.rows_estimated) {
+                (true, _) => table.rows_done,
+                (false, Some(estimate)) => estimate.max(table.rows_done),
+                (false, None) => return None,
+            };
+        }
+        Some(total)
+    }
+
+    /// The table being read, if any.
+    pub fn current_table(&self) -> Option<&TableProgress> {
+        self.tables.iter().find(|t| !t.done)
+    }
+}
+
+/// Why a backfill request or a backfill failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackfillError {
+    /// No such sink, table or backfill.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request cannot work: a condition that is not valid SQL, a table
+    /// without a key, a state change that does not apply.
+    #[error("{0}")]
+    Invalid(String),
+    /// Another backfill holds the table.
+    #[error("{0}")]
+    Conflict(String),
+    /// The database could not be asked; trying again may work.
+    #[error("{0}")]
+    Database(String),
+}
+
+impl BackfillError {
+    /// Classifies a Postgres error: errors of the statement itself (syntax,
+    /// unknown names, bad values, privileges) are `Invalid`; the rest, such
+    /// as a lost connection, may pass.
+    pub fn sql(e: tokio_postgres::Error) -> BackfillError {
+        match e.as_db_error() {
+            Some(db) => {
+                let code = db.code().code();
+                let text = match db.hint() {
+                    Some(hint) => format!("{} ({hint})", db.message()),
+                    None => db.message().to_owned(),
+                };
+                if ["42", "22", "2B", "0A"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
+                {
+                    BackfillError::Invalid(text)
+                } else {
+                    BackfillError::Database(text)
+                }
+            }
+            None => BackfillError::Database(e.to_string()),
+        }
+    }
+}
+
+/// A chunk on its way from a runner to the decoder, which inserts it at its
+/// high watermark.
+#[derive(Debug)]
+pub struct Chunk {
+    pub backfill: u64,
+    pub number: u64,
+    /// The sink the rows are for (its position among the sinks).
+    pub sink: usize,
+    pub rel: Arc<RelationInfo>,
+    pub key_columns: Vec<usize>,
+    pub rows: Vec<Tuple>,
+    pub snapshot: window::Snapshot,
+    pub credit: Option<Credit>,
+    pub reply: oneshot::Sender<ChunkOutcome>,
+}
+
+/// What the decoder did with a chunk.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ChunkOutcome {
+    /// In the stream at the high watermark's commit position `lsn`, less the
+    /// rows left out as stale.
+    Delivered { lsn: Lsn, kept: usize },
+    /// The window could not vouch for the chunk: read it again.
+    Retry,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,294 @@
+//! One backfill at work: for each of its tables, chunk after chunk, write
+//! the low watermark, read the chunk, hand it to the decoder, write the high
+//! watermark, wait until the sink committed the chunk, store the cursor.
+//! One chunk is in flight at a time, so a restart reads at most the chunk
+//! that was in flight again. Chunks grow or shrink so that each round takes
+//! about the configured time, which bounds how long the live changes behind
+//! a chunk wait.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tokio_postgres::Client;
+
+use super::chunk::{self, TableShape};
+use super::manager::{estimate, Manager, RunContext};
+use super::window::{Mark, Marker, PREFIX};
+use super::{BackfillError, Chunk, ChunkOutcome, State};
+use crate::config::TableName;
+use crate::lsn::Lsn;
+use crate::pipeline::decoder::DecoderMsg;
+
+/// The first wait after a failed attempt; doubles up to `MAX_BACKOFF`.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How a run ended.
+enum Ended {
+    /// Every table is read.
+    Completed,
+    /// Paused or cancelled by an operator, or the pipeline stopped.
+    Stopped,
+}
+
+/// Runs backfill `id` until it completes, fails, is paused or cancelled, or
+/// the pipeline generation ends (the task is then aborted).
+pub(super) async fn run(manager: Arc<Manager>, id: u64, context: RunContext) {
+    let mut backoff = INITIAL_BACKOFF;
+    loop {
+        let started = Instant::now();
+        let outcome = attempt(&manager, id, &context).await;
+        let result = match outcome {
+            Ok(Ended::Completed) => manager.finish(id, State::Completed, None),
+            Ok(Ended::Stopped) => Ok(()),
+            Err(BackfillError::Database(problem)) => {
+                if started.elapsed() > MAX_BACKOFF {
+                    backoff = INITIAL_BACKOFF;
+                }
+                tracing::warn!(
+                    backfill = id,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "backfill interrupted, resuming from its cursor: {problem}"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+            Err(e) => manager.finish(id, State::Failed, Some(e.to_string())),
+        };
+        if let Err(e) = result {
+            tracing::error!(backfill = id, "cannot store the backfill's state: {e}");
+        }
+        return;
+    }
+}
+
+async fn attempt(manager: &Manager, id: u64, context: &RunContext) -> Result<Ended, BackfillError> {
+    let Some(backfill) = manager.current(id) else {
+        return Ok(Ended::Stopped);
+    };
+    let sink = manager.sink_number(&backfill.sink).ok_or_else(|| {
+        BackfillError::Invalid(format!("sink {} is no longer configured", backfill.sink))
+    })?;
+    let client = manager
+        .conninfo
+        .connect_sql()
+        .await
+        .map_err(|e| BackfillError::Database(e.to_string()))?;
+    // Estimates first, so progress has a total from the start.
+    for (i, table) in backfill.tables.iter().enumerate() {
+        if table.rows_estimated.is_none() && !table.done {
+            let name = TableName::parse(&table.table).map_err(BackfillError::Invalid)?;
+            let rows = estimate(&client, &name, table.condition.as_deref()).await?;
+            store(manager.update(id, |b| b.tables[i].rows_estimated = Some(rows)))?;
+        }
+    }
+    let mut reader = Reader {
+        manager,
+        id,
+        context,
+        client,
+        sink,
+        chunk_rows: manager.settings.min_chunk_rows,
+        chunk_number: 0,
+    };
+    for i in 0..backfill.tables.len() {
+        let Some(current) = manager.current(id) else {
+            return Ok(Ended::Stopped);
+        };
+        if current.tables[i].done {
+            continue;
+        }
+        if let Ended::Stopped = reader.table(i).await? {
+            return Ok(Ended::Stopped);
+        }
+        store(manager.update(id, |b| {
+            let t = &mut b.tables[i];
+            t.done = true;
+            t.cursor = None;
+        }))?;
+    }
+    Ok(Ended::Completed)
+}
+
+fn store<T>(result: crate::error::Result<T>) -> Result<T, BackfillError> {
+    result.map_err(|e| BackfillError::Database(format!("storing the backfill failed: {e}")))
+}
+
+struct Reader<'a> {
+    manager: &'a Manager,
+    id: u64,
+    context: &'a RunContext,
+    client: Client,
+    sink: usize,
+    chunk_rows: usize,
+    chunk_number: u64,
+}
+
+impl Reader<'_> {
+    /// Reads table number `i` of the backfill from its cursor to its end.
+    async fn table(&mut self, i: usize) -> Result<Ended, BackfillError> {
+        let Some(backfill) = self.manager.current(self.id) else {
+            return Ok(Ended::Stopped);
+        };
+        let target = &backfill.tables[i];
+        let name = TableName::parse(&target.table).map_err(BackfillError::Invalid)?;
+        let shape = chunk::describe(&self.client, &name).await?;
+        let condition = target.condition.clone();
+        let mut cursor = target.cursor.clone();
+        tracing::info!(backfill = self.id, sink = %backfill.sink, table = %name, resumed = cursor.is_some(), "backfilling table");
+        self.mark(Mark::Start, Some(&shape)).await?;
+        loop {
+            let state = self.manager.current(self.id).map(|b| b.state);
+            if state != Some(State::Running) {
+                self.mark(Mark::End, None).await?;
+                return Ok(Ended::Stopped);
+            }
+            let round = Instant::now();
+            let limit = self.chunk_rows;
+            let Some(rows) = self
+                .chunk(&shape, cursor.as_deref(), condition.as_deref(), limit)
+                .await?
+            else {
+                return Ok(Ended::Stopped);
+            };
+            let Some((read, last)) = rows else {
+                // Not vouched for: read again after a fresh start mark.
+                self.mark(Mark::Start, Some(&shape)).await?;
+                continue;
+            };
+            if read == 0 {
+                break;
+            }
+            store(
+                self.manager
+                    .chunk_done(self.id, i, last.clone(), read as u64),
+            )?;
+            cursor = Some(last);
+            self.adapt(round.elapsed(), read == limit);
+            if read < limit {
+                break;
+            }
+        }
+        self.mark(Mark::End, None).await?;
+        Ok(Ended::Completed)
+    }
+
+    /// Reads one chunk and sees it committed by the sink. `None`: the
+    /// pipeline stopped; `Some(None)`: read it again; otherwise the rows
+    /// read and the cursor after them.
+    #[allow(clippy::type_complexity)]
+    async fn chunk(
+        &mut self,
+        shape: &TableShape,
+        cursor: Option<&[String]>,
+        condition: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<Option<(usize, Vec<String>)>>, BackfillError> {
+        self.chunk_number += 1;
+        let number = self.chunk_number;
+        self.mark_chunk(Mark::Low, number).await?;
+        let read = chunk::read(&self.client, shape, cursor, condition, limit).await?;
+        let rows = read.rows.len();
+        let Some(last) = read.rows.last().map(|row| shape.cursor_of(row)) else {
+            return Ok(Some(Some((0, Vec::new()))));
+        };
+        let (credit, _) = self.context.flow.acquire(read.bytes).await;
+        let (reply, outcome) = oneshot::channel();
+        let chunk = Chunk {
+            backfill: self.id,
+            number,
+            sink: self.sink,
+            rel: shape.rel.clone(),
+            key_columns: shape.key_columns.clone(),
+            rows: read.rows,
+            snapshot: read.snapshot,
+            credit: Some(credit),
+            reply,
+        };
+        if self.context.decoder.cast(DecoderMsg::Chunk(chunk)).is_err() {
+            return Ok(None);
+        }
+        self.mark_chunk(Mark::High, number).await?;
+        let lsn = match outcome.await {
+            Ok(ChunkOutcome::Delivered { lsn, kept }) => {
+                if kept < rows {
+                    tracing::debug!(
+                        backfill = self.id,
+                        chunk = number,
+                        left_out = rows - kept,
+                        "rows changed while the chunk was read are left to their changes"
+                    );
+                }
+                lsn
+            }
+            Ok(ChunkOutcome::Retry) => return Ok(Some(None)),
+            Err(_) => return Ok(None), // the decoder stopped
+        };
+        if !self.committed_above(lsn).await {
+            return Ok(None);
+        }
+        Ok(Some(Some((rows, last))))
+    }
+
+    /// Waits until the sink committed everything up to `lsn`; `false` when
+    /// the pipeline generation ended first.
+    async fn committed_above(&self, lsn: Lsn) -> bool {
+        let mut positions = self.context.positions.clone();
+        let sink = self.sink;
+        let reached = positions
+            .wait_for(|p| p.get(sink).is_some_and(|committed| *committed > lsn))
+            .await
+            .is_ok();
+        reached
+    }
+
+    /// Grows or shrinks the next chunk towards the target round time.
+    fn adapt(&mut self, round: Duration, full: bool) {
+        let settings = &self.manager.settings;
+        let ratio = settings.chunk_target.as_secs_f64() / round.as_secs_f64().max(1e-4);
+        let ratio = if full {
+            ratio.clamp(0.5, 2.0)
+        } else {
+            ratio.min(1.0)
+        };
+        self.chunk_rows = ((self.chunk_rows as f64 * ratio) as usize)
+            .clamp(settings.min_chunk_rows, settings.max_chunk_rows);
+    }
+
+    async fn mark(&mut self, mark: Mark, shape: Option<&TableShape>) -> Result<(), BackfillError> {
+        let marker = Marker {
+            backfill: self.id,
+            chunk: self.chunk_number,
+            mark,
+            table: shape.map(|s| s.rel.id),
+            key: shape.map(TableShape::key_names).unwrap_or_default(),
+        };
+        self.emit(&marker).await
+    }
+
+    async fn mark_chunk(&mut self, mark: Mark, chunk: u64) -> Result<(), BackfillError> {
+        let marker = Marker {
+            backfill: self.id,
+            chunk,
+            mark,
+            table: None,
+            key: Vec::new(),
+        };
+        self.emit(&marker).await
+    }
+
+    /// Writes a watermark into the WAL, in a transaction of its own (so it
+    /// reaches the stream at that transaction's commit).
+    async fn emit(&self, marker: &Marker) -> Result<(), BackfillError> {
+        self.client
+            .execute(
+                "SELECT pg_logical_emit_message(true, $1::text, $2::text)",
+                &[&PREFIX, &marker.to_json()],
+            )
+            .await
+            .map_err(BackfillError::sql)?;
+        Ok(())
+    }
+}

@@ -23,6 +23,8 @@ fn main() -> ExitCode {
             Command::Search(args) => cli::search(args),
             Command::Demo(args) => sluice::demo::run(args).await,
             Command::Failed(command) => cli::failed(command).await,
+            Command::Status { api, json } => cli::manage::status(api, json).await,
+            Command::Backfill { api, command } => cli::manage::backfill(api, command).await,
         }
     });
     match result {

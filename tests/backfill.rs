@@ -81,3 +81,363 @@ async fn a_new_sink_is_backfilled_from_the_rows_already_there() {
     assert_eq!(documents(&db.data_dir(), "items", "id").len(), 20_000);
     assert_eq!(sluice.stop().code(), Some(0));
 }
+
+async fn get(api: &str, path: &str) -> Value {
+    reqwest::get(format!("{api}{path}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// POSTs and returns the status and the JSON answer.
+async fn post(api: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    let mut request = reqwest::Client::new().post(format!("{api}{path}"));
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits until backfill `id` reached `state`.
+async fn wait_state(api: &str, id: u64, state: &str, sluice: &mut Sluice) -> Value {
+    for _ in 0..1200 {
+        let b = get(api, &format!("/api/backfills/{id}")).await;
+        if b["state"] == state {
+            return b;
+        }
+        sluice.assert_running();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "backfill {id} never became {state}: {:#}\nlog:\n{}",
+        get(api, &format!("/api/backfills/{id}")).await,
+        sluice.log_text()
+    );
+}
+
+/// `sluice ARGS` to its end: (exit code, stdout, stderr).
+async fn cli(args: &[&str]) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        common::run_to_end(&args)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_condition_backfills_only_matching_rows_and_a_rebackfill_restores_a_lost_index() {
+    let db = TestDb::new("incremental").await;
+    db.exec(ITEMS).await;
+    db.exec(&insert_items(1, 5000)).await;
+    let tables =
+        format!("[[tables]]\nname = \"public.items\"\n\n{API}\n[backfill]\ninitial = false\n");
+    let config = db.config(&tables, "");
+    let config_arg = config.to_str().unwrap();
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    api_address(&db, &mut sluice).await;
+    db.exec("UPDATE items SET name = 'live' WHERE id = 3").await;
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            documents(&db.data_dir(), "items", "id").len() == 1
+        })
+        .await
+    );
+
+    // Only rows with n < 10 (and the row streamed meanwhile).
+    let (code, out, err) = cli(&[
+        "backfill",
+        "start",
+        "--config",
+        config_arg,
+        "--sink",
+        "embedded",
+        "--table",
+        "public.items",
+        "--where",
+        "n < 10",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("[completed]"), "{out}");
+    let docs = documents(&db.data_dir(), "items", "id");
+    let rows = db.rows("items", "id").await;
+    let matching: std::collections::BTreeMap<_, _> = rows
+        .iter()
+        .filter(|(id, row)| row["n"].as_i64().unwrap() < 10 || *id == "3")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert!(matching.len() > 400 && matching.len() < 1000);
+    let ok = wait_until(Duration::from_secs(10), || async {
+        documents(&db.data_dir(), "items", "id") == matching
+    })
+    .await;
+    assert!(ok, "{}", common::difference(&docs, &matching));
+
+    // The index is lost while sluice is stopped; a full backfill restores it.
+    assert_eq!(sluice.stop().code(), Some(0));
+    std::fs::remove_dir_all(db.data_dir().join("indexes").join("items")).unwrap();
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    api_address(&db, &mut sluice).await;
+    let (code, out, err) = cli(&[
+        "backfill", "start", "--config", config_arg, "--sink", "embedded", "--table", "items",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_index_equals_table(&db, "items", "items", "id").await;
+
+    let (code, out, _) = cli(&["backfill", "list", "--config", config_arg]).await;
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(
+        out.contains("backfill 1 [completed] sink embedded: public.items where n < 10"),
+        "{out}"
+    );
+    assert!(
+        out.contains("backfill 2 [completed] sink embedded: public.items: 5000 row(s)"),
+        "{out}"
+    );
+    let (code, out, _) = cli(&["status", "--config", config_arg]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("pipeline "), "{out}");
+    assert!(
+        out.contains("sink embedded (embedded): committed "),
+        "{out}"
+    );
+    assert!(out.contains("no backfill running"), "{out}");
+    assert_eq!(sluice.stop().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_refuses_bad_requests_and_changes_nothing() {
+    let db = TestDb::new("api").await;
+    db.exec(ITEMS).await;
+    db.exec("CREATE TABLE other (id int PRIMARY KEY)").await;
+    db.exec(&insert_items(1, 30_000)).await;
+    let tables = format!(
+        "[[tables]]\nname = \"public.items\"\n\n{API}\n[backfill]\ninitial = false\nmin_chunk_rows = 100\nmax_chunk_rows = 100\n"
+    );
+    let config = db.config(&tables, "");
+    let config_arg = config.to_str().unwrap();
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    let api = api_address(&db, &mut sluice).await;
+
+    let health = get(&api, "/api/health").await;
+    assert_eq!(health["status"], "ok");
+    let pipelines = get(&api, "/api/pipelines").await;
+    assert_eq!(pipelines[0]["slot"], db.name.as_str());
+    assert_eq!(pipelines[0]["sinks"][0]["name"], "embedded");
+    assert_eq!(pipelines[0]["tables"][0], "public.items");
+    let sink = get(&api, "/api/sinks/embedded").await;
+    assert_eq!(sink["type"], "embedded");
+
+    let start = "/api/sinks/embedded/backfills";
+    for (path, body, status, says) in [
+        (
+            "/api/sinks/nope/backfills",
+            r#"{"table": "items"}"#,
+            404,
+            "no sink named `nope`",
+        ),
+        (start, r#"{"table": "public.other"}"#, 404, "not streamed"),
+        (start, r#"{"table": "no such"}"#, 400, "not a table name"),
+        (
+            start,
+            r#"{"table": "items", "where": "nope > 1"}"#,
+            400,
+            "column \"nope\" does not exist",
+        ),
+        (
+            start,
+            r#"{"table": "items", "where": "n >"}"#,
+            400,
+            "syntax error",
+        ),
+        (
+            start,
+            r#"{"table": "items", "where": "true); DROP TABLE items; --"}"#,
+            400,
+            "does not work",
+        ),
+        (start, r#"{"tables": "items"}"#, 400, "must be JSON"),
+        (start, "not json", 400, "must be JSON"),
+        ("/api/backfills/x/pause", "", 400, "not a backfill id"),
+        ("/api/backfills/99/cancel", "", 404, "no backfill 99"),
+    ] {
+        let body = (!body.is_empty()).then_some(body);
+        let (code, answer) = post(&api, path, body).await;
+        assert_eq!(code, status, "{path} {body:?}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{path} {body:?}: {message}");
+    }
+    assert_eq!(get(&api, "/api/backfills").await, serde_json::json!([]));
+    let (code, _) = post(&api, "/api/nowhere", None).await;
+    assert_eq!(code, 404);
+
+    // A backfill, paused at once: a second one of the table is refused.
+    let (code, started) = post(&api, start, Some(r#"{"table": "items"}"#)).await;
+    assert_eq!(code, 201, "{started}");
+    let id = started["id"].as_u64().unwrap();
+    let (code, paused) = post(&api, &format!("/api/backfills/{id}/pause"), None).await;
+    assert_eq!(code, 200, "{paused}");
+    let (code, refused) = post(&api, start, Some(r#"{"table": "items", "where": "n = 1"}"#)).await;
+    assert_eq!(code, 409, "{refused}");
+    assert!(refused["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("already reading"));
+    let (code, _) = post(&api, &format!("/api/backfills/{id}/pause"), None).await;
+    assert_eq!(code, 400, "pausing a paused backfill");
+    let paused = wait_state(&api, id, "paused", &mut sluice).await;
+    let done_when_paused = paused["rows_done"].as_u64().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let still = get(&api, &format!("/api/backfills/{id}")).await;
+    assert_eq!(
+        still["rows_done"].as_u64().unwrap(),
+        done_when_paused,
+        "a paused backfill moved"
+    );
+    assert!(done_when_paused < 30_000);
+
+    // Resumed, it goes on from where it was; then it can be cancelled.
+    let (code, out, err) = cli(&[
+        "backfill",
+        "resume",
+        "--config",
+        config_arg,
+        &id.to_string(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("[running]"), "{out}");
+    let (code, out, err) = cli(&[
+        "backfill",
+        "cancel",
+        "--config",
+        config_arg,
+        &id.to_string(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("[cancelled]"), "{out}");
+    let cancelled = get(&api, &format!("/api/backfills/{id}")).await;
+    assert_eq!(cancelled["state"], "cancelled");
+    let (code, _) = post(&api, &format!("/api/backfills/{id}/resume"), None).await;
+    assert_eq!(code, 400, "resuming a cancelled backfill");
+
+    // The CLI's errors name the problem and exit 2.
+    let (code, _, err) = cli(&[
+        "backfill", "start", "--config", config_arg, "--sink", "nope", "--table", "items",
+    ])
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no sink named `nope`"), "{err}");
+    let (code, _, err) = cli(&["backfill", "list", "--api", "127.0.0.1:1"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot reach the management API"), "{err}");
+
+    // After a cancel the table is free again; this one runs to its end.
+    let (code, out, err) = cli(&[
+        "backfill",
+        "start",
+        "--config",
+        config_arg,
+        "--sink",
+        "embedded",
+        "--table",
+        "items",
+        "--where",
+        "id <= 1000",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("[completed]"), "{out}");
+    assert!(out.contains("1000 row(s)"), "{out}");
+    assert_eq!(sluice.stop().code(), Some(0));
+}
+
+/// Rows the table's scans returned so far (sequential and by index).
+async fn rows_scanned(db: &TestDb) -> i64 {
+    db.client
+        .query_one(
+            "SELECT (COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0))::bigint FROM pg_stat_user_tables WHERE relname = 'items'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_backfill_resumes_from_its_cursor() {
+    let db = TestDb::new("resume").await;
+    db.exec(ITEMS).await;
+    db.exec(&insert_items(1, 40_000)).await;
+    db.exec("ANALYZE items").await;
+    let tables = format!(
+        "[[tables]]\nname = \"public.items\"\n\n{API}\n[backfill]\nmin_chunk_rows = 400\nmax_chunk_rows = 400\n"
+    );
+    let config = db.config(&tables, "");
+    db.client
+        .execute("SELECT pg_stat_reset()", &[])
+        .await
+        .unwrap();
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    let api = api_address(&db, &mut sluice).await;
+    // Killed part way.
+    let mut done_before = 0;
+    for _ in 0..600 {
+        let b = get(&api, "/api/backfills/1").await;
+        done_before = b["rows_done"].as_u64().unwrap_or_default();
+        if done_before >= 8000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sluice.kill();
+    assert!((8000..40_000).contains(&done_before), "{done_before}");
+    let stored: Value =
+        serde_json::from_slice(&std::fs::read(db.data_dir().join("backfills/1.json")).unwrap())
+            .unwrap();
+    let done_at_kill = stored["tables"][0]["rows_done"].as_u64().unwrap();
+    assert_eq!(stored["state"], "running");
+    assert!(done_at_kill >= done_before);
+    assert_eq!(
+        stored["tables"][0]["cursor"][0].as_str().unwrap(),
+        done_at_kill.to_string(),
+        "the cursor is the last key committed"
+    );
+
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    let api = api_address(&db, &mut sluice).await;
+    let b = wait_state(&api, 1, "completed", &mut sluice).await;
+    assert_eq!(b["rows_done"], 40_000, "{b:#}");
+    assert_index_equals_table(&db, "items", "items", "id").await;
+    assert_eq!(sluice.stop().code(), Some(0));
+    // Rows read twice: at most the chunk in flight at the kill (and a few
+    // the planner reads to find the key's current end).
+    let mut scanned = 0;
+    for _ in 0..50 {
+        scanned = rows_scanned(&db).await;
+        if scanned >= 40_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        (40_000..=40_000 + 400 + 50).contains(&scanned),
+        "{scanned} rows scanned for 40000"
+    );
+}

@@ -1,4 +1,7 @@
-//! The command line: `sluice run`, `check`, `search` and `demo`.
+//! The command line: `sluice run`, `check`, `search`, `demo`, `failed`, and
+//! the management commands `status` and `backfill` ([`manage`]).
+
+pub mod manage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +47,21 @@ pub enum Command {
     /// List, retry or discard writes that a sink parked after they kept failing.
     #[command(subcommand)]
     Failed(FailedCommand),
+    /// Show the running pipeline, its sinks and its backfills (through the management API).
+    Status {
+        #[command(flatten)]
+        api: manage::ApiArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start, list, watch, pause, resume or cancel backfills of a running pipeline.
+    Backfill {
+        #[command(flatten)]
+        api: manage::ApiArgs,
+        #[command(subcommand)]
+        command: manage::BackfillCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -441,3 +441,177 @@ async fn a_killed_backfill_resumes_from_its_cursor() {
         "{scanned} rows scanned for 40000"
     );
 }
+
+mod fakes;
+
+/// Random single-row changes, and now and then a transaction of several,
+/// until `stop` is set. Returns how many statements ran.
+async fn churn(
+    db_name: String,
+    seed: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> u64 {
+    use rand::{Rng, SeedableRng};
+    let client = common::cluster().connect(&db_name).await.unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut next_id = 200_000_i64;
+    let mut statements = 0;
+    let mut random_statement = |rng: &mut rand::rngs::StdRng| -> String {
+        let id = rng.random_range(1..=100_000_i64);
+        match rng.random_range(0..100) {
+            0..=29 => format!("UPDATE items SET n = n + 1, name = name || '+' WHERE id = {id}"),
+            30..=39 => {
+                format!("UPDATE items SET body = repeat(md5(random()::text), 100) WHERE id = {id}")
+            }
+            // Leaves a TOASTed body unchanged in the WAL.
+            40..=54 => format!("UPDATE items SET n = -n WHERE id = {id}"),
+            55..=69 => format!("DELETE FROM items WHERE id = {id}"),
+            70..=89 => {
+                next_id += 1;
+                format!("INSERT INTO items (id, name, n) VALUES ({next_id}, 'new', 1)")
+            }
+            _ => format!("UPDATE items SET id = id + 1000000 WHERE id = {id}"),
+        }
+    };
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let sql = if rng.random_bool(0.1) {
+            let body: Vec<String> = (0..5).map(|_| random_statement(&mut rng)).collect();
+            format!("BEGIN; {}; COMMIT", body.join("; "))
+        } else {
+            random_statement(&mut rng)
+        };
+        // A key change onto a taken key fails: that is fine.
+        let _ = client.batch_execute(&sql).await;
+        let _ = client.batch_execute("ROLLBACK").await;
+        statements += 1;
+    }
+    statements
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_during_a_backfill_never_leave_a_stale_row_in_any_index() {
+    use fakes::elasticsearch::{FakeElasticsearch, FakeOptions as EsOptions};
+    use fakes::meilisearch::{FakeMeilisearch, FakeOptions as MsOptions};
+    let seeds: Vec<u64> = match std::env::var("SLUICE_SEED") {
+        Ok(seed) => vec![seed.parse().expect("SLUICE_SEED is a number")],
+        Err(_) => {
+            let base = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64;
+            vec![base | 1, base.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1]
+        }
+    };
+    for seed in seeds {
+        println!("seed {seed} (replay with SLUICE_SEED={seed})");
+        let db = TestDb::new("bfprop").await;
+        db.exec(
+            "CREATE TABLE items (id bigint PRIMARY KEY, name text NOT NULL, n integer NOT NULL, body text);
+             ALTER TABLE items ALTER COLUMN body SET STORAGE EXTERNAL;",
+        )
+        .await;
+        db.exec(
+            "INSERT INTO items SELECT i, 'item ' || i, i % 1000,
+                    CASE WHEN i % 20 = 0 THEN repeat(md5(i::text), 100) END
+             FROM generate_series(1, 100000) i",
+        )
+        .await;
+        let es = FakeElasticsearch::start(EsOptions {
+            record_requests: false,
+            ..EsOptions::default()
+        })
+        .await;
+        let ms = FakeMeilisearch::start(MsOptions {
+            processing_delay: Duration::from_millis(1),
+            ..MsOptions::default()
+        })
+        .await;
+        let sinks = format!(
+            "[[sinks]]\nname = \"embedded\"\ntype = \"embedded\"\ncommit_interval_ms = 100\n\n\
+             [[sinks]]\nname = \"es\"\ntype = \"elasticsearch\"\nurl = \"{}\"\nflush_interval_ms = 100\n\n\
+             [[sinks]]\nname = \"meili\"\ntype = \"meilisearch\"\nurl = \"{}\"\nflush_interval_ms = 100\ntask_poll_max_ms = 20\n",
+            es.url(),
+            ms.url()
+        );
+        let tables = format!(
+            "[[tables]]\nname = \"public.items\"\n\n{API}\n[backfill]\nmin_chunk_rows = 500\nmax_chunk_rows = 5000\n"
+        );
+        let config = db.config_with_sinks(&tables, "shards = 3", &sinks);
+        let mut sluice = Sluice::run_config(&config);
+        db.wait_streaming(&mut sluice).await;
+        let api = api_address(&db, &mut sluice).await;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = tokio::spawn(churn(db.name.clone(), seed, stop.clone()));
+        for id in 1..=3 {
+            let b = wait_state(&api, id, "completed", &mut sluice).await;
+            assert!(b["rows_done"].as_u64().unwrap() > 90_000, "{b:#}");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let statements = writer.await.unwrap();
+        println!("{statements} statements ran during the backfills");
+        assert!(statements > 100, "too few concurrent changes: {statements}");
+
+        let rows = || async { db.rows("items", "id").await };
+        let string_ids = || async {
+            db.rows("items", "id")
+                .await
+                .into_iter()
+                .map(|(id, mut row)| {
+                    row["id"] = Value::String(id.clone());
+                    (id, row)
+                })
+                .collect()
+        };
+        let mut failures = Vec::new();
+        for (name, equal) in [
+            (
+                "embedded",
+                wait_until(Duration::from_secs(120), || async {
+                    documents(&db.data_dir(), "items", "id") == rows().await
+                })
+                .await,
+            ),
+            (
+                "es",
+                wait_until(Duration::from_secs(60), || async {
+                    es.documents("items") == rows().await
+                })
+                .await,
+            ),
+            (
+                "meili",
+                wait_until(Duration::from_secs(60), || async {
+                    ms.documents("items") == string_ids().await
+                })
+                .await,
+            ),
+        ] {
+            if !equal {
+                let docs = match name {
+                    "embedded" => documents(&db.data_dir(), "items", "id"),
+                    "es" => es.documents("items"),
+                    _ => ms.documents("items"),
+                };
+                let expected = if name == "meili" {
+                    string_ids().await
+                } else {
+                    rows().await
+                };
+                failures.push(format!(
+                    "seed {seed}: {name} != table: {}",
+                    common::difference(&docs, &expected)
+                ));
+            }
+        }
+        if !failures.is_empty() {
+            let log = sluice.log_text();
+            let notable: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("bad record"))
+                .take(40)
+                .collect();
+            panic!("{}\n{}", failures.join("\n"), notable.join("\n"));
+        }
+        assert_eq!(sluice.stop().code(), Some(0));
+    }
+}

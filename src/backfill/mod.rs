@@ -31,12 +31,12 @@ use crate::pipeline::change::RelationInfo;
 use crate::pipeline::flow::Credit;
 use crate::postgres::pgoutput::Tuple;
 
-/// Default target time of one chunk, from its read to its commit in the sink.
-pub const DEFAULT_CHUNK_TARGET_MS: u64 = 200;
+/// Default target time of the SELECT of one chunk.
+pub const DEFAULT_CHUNK_SELECT_MS: u64 = 100;
 /// Default rows of the first chunk of a table.
-pub const DEFAULT_MIN_CHUNK_ROWS: usize = 500;
+pub const DEFAULT_MIN_CHUNK_ROWS: usize = 1000;
 /// Default cap of the rows of one chunk.
-pub const DEFAULT_MAX_CHUNK_ROWS: usize = 50_000;
+pub const DEFAULT_MAX_CHUNK_ROWS: usize = 10_000;
 
 /// `[backfill]`: whether new sinks get a backfill, and how backfills read.
 #[derive(Debug, Clone, Deserialize)]
@@ -46,15 +46,16 @@ pub struct BackfillConfig {
     /// so a new index starts with the rows already in the tables.
     #[serde(default = "default_initial")]
     pub initial: bool,
-    /// Chunks grow or shrink so that reading one and committing it in the
-    /// sink takes about this many milliseconds; the SELECT of a chunk stays
-    /// under it, and live changes behind a chunk wait about this long.
-    #[serde(default = "default_chunk_target_ms")]
-    pub chunk_target_ms: u64,
+    /// Chunks grow or shrink so that the SELECT of one takes about this many
+    /// milliseconds (it holds a snapshot; keep it short on a busy database).
+    #[serde(default = "default_chunk_select_ms")]
+    pub chunk_select_ms: u64,
     /// Rows of a table's first chunk, and the fewest a chunk shrinks to.
     #[serde(default = "default_min_chunk_rows")]
     pub min_chunk_rows: usize,
-    /// The most rows a chunk grows to.
+    /// The most rows a chunk grows to. Live changes that arrive behind a
+    /// chunk wait until the sink has taken its rows: lower this when the
+    /// sink is slow and their latency matters.
     #[serde(default = "default_max_chunk_rows")]
     pub max_chunk_rows: usize,
 }
@@ -62,8 +63,8 @@ pub struct BackfillConfig {
 fn default_initial() -> bool {
     true
 }
-fn default_chunk_target_ms() -> u64 {
-    DEFAULT_CHUNK_TARGET_MS
+fn default_chunk_select_ms() -> u64 {
+    DEFAULT_CHUNK_SELECT_MS
 }
 fn default_min_chunk_rows() -> usize {
     DEFAULT_MIN_CHUNK_ROWS
@@ -76,7 +77,7 @@ impl Default for BackfillConfig {
     fn default() -> BackfillConfig {
         BackfillConfig {
             initial: true,
-            chunk_target_ms: DEFAULT_CHUNK_TARGET_MS,
+            chunk_select_ms: DEFAULT_CHUNK_SELECT_MS,
             min_chunk_rows: DEFAULT_MIN_CHUNK_ROWS,
             max_chunk_rows: DEFAULT_MAX_CHUNK_ROWS,
         }
@@ -91,8 +92,8 @@ impl BackfillConfig {
                 message: message.to_owned(),
             })
         };
-        if !(10..=60_000).contains(&self.chunk_target_ms) {
-            problem("chunk_target_ms", "must be between 10 and 60000");
+        if !(1..=60_000).contains(&self.chunk_select_ms) {
+            problem("chunk_select_ms", "must be between 1 and 60000");
         }
         if self.min_chunk_rows == 0 {
             problem("min_chunk_rows", "must be at least 1");
@@ -107,7 +108,7 @@ impl BackfillConfig {
 
     pub fn settings(&self) -> Settings {
         Settings {
-            chunk_target: Duration::from_millis(self.chunk_target_ms),
+            chunk_select: Duration::from_millis(self.chunk_select_ms),
             min_chunk_rows: self.min_chunk_rows,
             max_chunk_rows: self.max_chunk_rows,
         }
@@ -117,7 +118,7 @@ impl BackfillConfig {
 /// How backfills read, from `[backfill]`.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
-    pub chunk_target: Duration,
+    pub chunk_select: Duration,
     pub min_chunk_rows: usize,
     pub max_chunk_rows: usize,
 }
@@ -125,7 +126,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Settings {
         Settings {
-            chunk_target: Duration::from_millis(DEFAULT_CHUNK_TARGET_MS),
+            chunk_select: Duration::from_millis(DEFAULT_CHUNK_SELECT_MS),
             min_chunk_rows: DEFAULT_MIN_CHUNK_ROWS,
             max_chunk_rows: DEFAULT_MAX_CHUNK_ROWS,
         }

@@ -2,9 +2,8 @@
 //! the low watermark, read the chunk, hand it to the decoder, write the high
 //! watermark, wait until the sink committed the chunk, store the cursor.
 //! One chunk is in flight at a time, so a restart reads at most the chunk
-//! that was in flight again. Chunks grow or shrink so that each round takes
-//! about the configured time, which bounds how long the live changes behind
-//! a chunk wait.
+//! that was in flight again. Chunks grow or shrink so that their SELECT takes
+//! about the configured time, up to the configured most rows.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -145,7 +144,6 @@ impl Reader<'_> {
                 self.mark(Mark::End, None).await?;
                 return Ok(Ended::Stopped);
             }
-            let round = Instant::now();
             let limit = self.chunk_rows;
             let Some(rows) = self
                 .chunk(&shape, cursor.as_deref(), condition.as_deref(), limit)
@@ -153,7 +151,7 @@ impl Reader<'_> {
             else {
                 return Ok(Ended::Stopped);
             };
-            let Some((read, last)) = rows else {
+            let Some((read, last, select)) = rows else {
                 // Not vouched for: read again after a fresh start mark.
                 self.mark(Mark::Start, Some(&shape)).await?;
                 continue;
@@ -166,7 +164,7 @@ impl Reader<'_> {
                     .chunk_done(self.id, i, last.clone(), read as u64),
             )?;
             cursor = Some(last);
-            self.adapt(round.elapsed(), read == limit);
+            self.adapt(select, read == limit);
             if read < limit {
                 break;
             }
@@ -185,14 +183,16 @@ impl Reader<'_> {
         cursor: Option<&[String]>,
         condition: Option<&str>,
         limit: usize,
-    ) -> Result<Option<Option<(usize, Vec<String>)>>, BackfillError> {
+    ) -> Result<Option<Option<(usize, Vec<String>, Duration)>>, BackfillError> {
         self.chunk_number += 1;
         let number = self.chunk_number;
         self.mark_chunk(Mark::Low, number).await?;
+        let started = Instant::now();
         let read = chunk::read(&self.client, shape, cursor, condition, limit).await?;
+        let select = started.elapsed();
         let rows = read.rows.len();
         let Some(last) = read.rows.last().map(|row| shape.cursor_of(row)) else {
-            return Ok(Some(Some((0, Vec::new()))));
+            return Ok(Some(Some((0, Vec::new(), select))));
         };
         let (credit, _) = self.context.flow.acquire(read.bytes).await;
         let (reply, outcome) = oneshot::channel();
@@ -226,10 +226,20 @@ impl Reader<'_> {
             Ok(ChunkOutcome::Retry) => return Ok(Some(None)),
             Err(_) => return Ok(None), // the decoder stopped
         };
+        let delivered = Instant::now();
         if !self.committed_above(lsn).await {
             return Ok(None);
         }
-        Ok(Some(Some((rows, last))))
+        tracing::debug!(
+            backfill = self.id,
+            chunk = number,
+            rows,
+            select_ms = select.as_millis() as u64,
+            delivered_ms = (delivered - started).as_millis() as u64,
+            committed_ms = delivered.elapsed().as_millis() as u64,
+            "chunk committed"
+        );
+        Ok(Some(Some((rows, last, select))))
     }
 
     /// Waits until the sink committed everything up to `lsn`; `false` when
@@ -244,10 +254,10 @@ impl Reader<'_> {
         reached
     }
 
-    /// Grows or shrinks the next chunk towards the target round time.
-    fn adapt(&mut self, round: Duration, full: bool) {
+    /// Grows or shrinks the next chunk towards the target SELECT time.
+    fn adapt(&mut self, select: Duration, full: bool) {
         let settings = &self.manager.settings;
-        let ratio = settings.chunk_target.as_secs_f64() / round.as_secs_f64().max(1e-4);
+        let ratio = settings.chunk_select.as_secs_f64() / select.as_secs_f64().max(1e-4);
         let ratio = if full {
             ratio.clamp(0.5, 2.0)
         } else {

@@ -169,6 +169,11 @@ impl Windows {
         self.open.is_empty()
     }
 
+    /// Whether a backfill reads table `table` now.
+    pub fn tracks(&self, table: Oid) -> bool {
+        self.tables.contains(&table)
+    }
+
     /// Applies a start, low or end mark. High marks go to [`Windows::high`].
     pub fn mark(&mut self, marker: &Marker) {
         match marker.mark {
@@ -200,9 +205,9 @@ impl Windows {
         self.tables = self.open.values().map(|w| w.table).collect();
     }
 
-    /// Records a change of `rel` by transaction `xid`: the key of each row
-    /// it touches, at most two (new and old; `None`: a truncate, every row).
-    pub fn record(&mut self, rel: &Arc<RelationInfo>, xid: u32, rows: &[Option<&Tuple>]) {
+    /// Records a change of `rel` by transaction `xid` to the rows `rows`
+    /// (new and old, at most two), or to every row (a truncate: `None`).
+    pub fn record(&mut self, rel: &Arc<RelationInfo>, xid: u32, rows: Option<&[&Tuple]>) {
         if !self.tables.contains(&rel.id) {
             return;
         }
@@ -212,12 +217,15 @@ impl Windows {
             }
             let columns = window.columns_for(rel);
             let mut keys = [EVERY_ROW; 2];
-            for (key, row) in keys.iter_mut().zip(rows) {
-                if let Some(tuple) = row {
-                    *key = key_hash(tuple, columns).unwrap_or(EVERY_ROW);
+            let n = match rows {
+                Some(rows) => {
+                    for (key, tuple) in keys.iter_mut().zip(rows) {
+                        *key = key_hash(tuple, columns).unwrap_or(EVERY_ROW);
+                    }
+                    rows.len().min(keys.len())
                 }
-            }
-            let n = rows.len().min(keys.len());
+                None => 1,
+            };
             window
                 .recorded
                 .extend(keys[..n].iter().map(|&key| Seen { key, xid }));
@@ -417,9 +425,9 @@ mod tests {
         let rel = rel();
         start(&mut windows);
         // Before the low mark, by a transaction the snapshot sees: harmless.
-        windows.record(&rel, 50, &[Some(&row("1"))]);
+        windows.record(&rel, 50, Some(&[&row("1")]));
         low(&mut windows, 1);
-        windows.record(&rel, 60, &[Some(&row("2"))]);
+        windows.record(&rel, 60, Some(&[&row("2")]));
         let keys = [key("1"), key("2"), key("3")];
         assert_eq!(
             windows.high(1, 1, &snapshot(100, &[]), &keys),
@@ -434,7 +442,7 @@ mod tests {
         start(&mut windows);
         // xid 95 committed before the low mark, but the snapshot still
         // counts it as running.
-        windows.record(&rel, 95, &[Some(&row("1"))]);
+        windows.record(&rel, 95, Some(&[&row("1")]));
         low(&mut windows, 1);
         let keys = [key("1"), key("2")];
         let s = snapshot(100, &[95]);
@@ -462,7 +470,7 @@ mod tests {
         let rel = rel();
         start(&mut windows);
         low(&mut windows, 1);
-        windows.record(&rel, 60, &[None]);
+        windows.record(&rel, 60, None);
         let keys = [key("1"), None];
         assert_eq!(
             windows.high(1, 1, &snapshot(100, &[]), &keys),
@@ -487,7 +495,7 @@ mod tests {
         low(&mut windows, 5);
         let row = row("1");
         for _ in 0..=MAX_RECORDED {
-            windows.record(&rel, 60, &[Some(&row)]);
+            windows.record(&rel, 60, Some(&[&row]));
         }
         assert_eq!(
             windows.high(1, 5, &snapshot(100, &[]), &keys),

@@ -84,6 +84,10 @@ pub struct Change {
     pub commit_time: i64,
     /// Position of the change within its transaction.
     pub seq: u32,
+    /// An update with unchanged TOAST columns while a backfill reads the
+    /// table: the backfill may leave the row's document to this change, so
+    /// the missing columns are read from the table (see the router).
+    pub fill_unchanged: bool,
 }
 
 /// A batch of changes crossing stage boundaries.

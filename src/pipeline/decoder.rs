@@ -16,7 +16,7 @@ use crate::backfill::{Chunk, ChunkOutcome};
 use crate::config::TableName;
 use crate::lsn::Lsn;
 use crate::postgres::catalog;
-use crate::postgres::pgoutput::{self, Message, Oid, OldTuple};
+use crate::postgres::pgoutput::{self, ColumnKind, Message, Oid, OldTuple};
 use crate::postgres::replication::ReplicationEvent;
 use crate::postgres::types::TypeKind;
 
@@ -175,7 +175,7 @@ impl DecoderState {
             Message::Insert { relation_id, new } => {
                 if let Some(rel) = self.relation(relation_id) {
                     if !self.windows.is_empty() {
-                        self.windows.record(&rel, self.xid, &[Some(&new)]);
+                        self.windows.record(&rel, self.xid, Some(&[&new]));
                     }
                     out.push(self.change(Op::Insert, rel, Some(new), None));
                 }
@@ -189,11 +189,18 @@ impl DecoderState {
                     let old = old.map(|o| match o {
                         OldTuple::Key(t) | OldTuple::Full(t) => t,
                     });
+                    let mut fill_unchanged = false;
                     if !self.windows.is_empty() {
-                        self.windows
-                            .record(&rel, self.xid, &[Some(&new), old.as_ref()]);
+                        match &old {
+                            Some(old) => self.windows.record(&rel, self.xid, Some(&[&new, old])),
+                            None => self.windows.record(&rel, self.xid, Some(&[&new])),
+                        }
+                        fill_unchanged = self.windows.tracks(rel.id)
+                            && new.columns.iter().any(|c| c.kind == ColumnKind::Unchanged);
                     }
-                    out.push(self.change(Op::Update, rel, Some(new), old));
+                    let mut change = self.change(Op::Update, rel, Some(new), old);
+                    change.fill_unchanged = fill_unchanged;
+                    out.push(change);
                 }
             }
             Message::Delete { relation_id, old } => {
@@ -202,7 +209,7 @@ impl DecoderState {
                         OldTuple::Key(t) | OldTuple::Full(t) => t,
                     };
                     if !self.windows.is_empty() {
-                        self.windows.record(&rel, self.xid, &[Some(&old)]);
+                        self.windows.record(&rel, self.xid, Some(&[&old]));
                     }
                     out.push(self.change(Op::Delete, rel, None, Some(old)));
                 }
@@ -211,7 +218,7 @@ impl DecoderState {
                 for id in relation_ids {
                     if let Some(rel) = self.relation(id) {
                         if !self.windows.is_empty() {
-                            self.windows.record(&rel, self.xid, &[None]);
+                            self.windows.record(&rel, self.xid, None);
                         }
                         out.push(self.change(Op::Truncate, rel, None, None));
                     }
@@ -343,6 +350,7 @@ impl DecoderState {
             commit_lsn: self.commit_lsn,
             commit_time: self.commit_time,
             seq,
+            fill_unchanged: false,
         }
     }
 

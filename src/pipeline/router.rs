@@ -143,13 +143,14 @@ impl Actor for Router {
                 .new
                 .as_ref()
                 .and_then(|t| document_id(t, &route.key_columns, sep));
-            // A key change with unchanged TOAST columns: the WAL does not carry
-            // them and the new document has no earlier version to merge with,
-            // so read them from the table.
+            // Unchanged TOAST columns the WAL does not carry, where the document
+            // may have no earlier version to merge with: after a key change, or
+            // while a backfill reads the table (it leaves a row changed during
+            // its chunk to the change). Read them from the table.
             let mut change = change;
+            let moved = old_id.is_some() && old_id != new_id;
             if change.op == Op::Update
-                && old_id.is_some()
-                && old_id != new_id
+                && (moved || change.fill_unchanged)
                 && change.new.as_ref().is_some_and(has_unchanged)
             {
                 let new = change.new.take().expect("checked above");

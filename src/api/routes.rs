@@ -282,3 +282,33 @@ async fn unknown_route() -> ApiError {
         "no such route; see openapi.yaml for the API",
     )
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every route the server has is described in `openapi.yaml`, and every
+    /// path described there is served.
+    #[test]
+    fn openapi_describes_every_route() {
+        let spec = include_str!("../../openapi.yaml");
+        let source = include_str!("routes.rs");
+        let served: std::collections::BTreeSet<&str> = source
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(".route(\""))
+            .chain(
+                source
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| l.starts_with("\"/api/") && l.ends_with("\","))
+                    .map(|l| &l[1..]),
+            )
+            .filter_map(|l| l.split('"').next())
+            .collect();
+        let described: std::collections::BTreeSet<&str> = spec
+            .lines()
+            .filter(|l| l.starts_with("  /api/"))
+            .map(|l| l.trim().trim_end_matches(':'))
+            .collect();
+        assert_eq!(served, described);
+        assert!(served.len() >= 11, "{served:?}");
+    }
+}

@@ -75,6 +75,12 @@ async fn attempt(manager: &Manager, id: u64, context: &RunContext) -> Result<End
         .connect_sql()
         .await
         .map_err(|e| BackfillError::Database(e.to_string()))?;
+    // Watermarks flushed at once: the walsender sends only flushed WAL, and a
+    // chunk waits in the decoder until its high watermark arrives.
+    client
+        .batch_execute("SET synchronous_commit = local")
+        .await
+        .map_err(BackfillError::sql)?;
     // Estimates first, so progress has a total from the start.
     for (i, table) in backfill.tables.iter().enumerate() {
         if table.rows_estimated.is_none() && !table.done {

@@ -77,7 +77,19 @@ impl Store {
         self.write("sinks.json", &bytes)
     }
 
+    /// Replaces a file atomically and durably. Called from async code: the
+    /// runtime is told this thread blocks (on the fsync) meanwhile.
     fn write(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
+            tokio::task::block_in_place(|| self.write_now(name, bytes))
+        } else {
+            self.write_now(name, bytes)
+        }
+    }
+
+    fn write_now(&self, name: &str, bytes: &[u8]) -> Result<()> {
         let path = self.dir.join(name);
         let aside = self.dir.join(format!(".{name}.tmp"));
         let io = |e| Error::io(format!("cannot write {}", path.display()), e);

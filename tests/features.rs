@@ -115,8 +115,9 @@ async fn prometheus_metrics_are_served() {
         .local_addr()
         .unwrap()
         .port();
+    // Exact counts below: no initial backfill to race the inserts.
     let config = db.config(
-        "[[tables]]\nname = \"m\"",
+        "[[tables]]\nname = \"m\"\n\n[backfill]\ninitial = false",
         &format!("metrics_listen = \"127.0.0.1:{port}\""),
     );
     let mut sluice = Sluice::run_config(&config);
@@ -128,24 +129,35 @@ async fn prometheus_metrics_are_served() {
         })
         .await
     );
-    let body = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .unwrap();
-        let mut body = String::new();
-        stream.read_to_string(&mut body).unwrap();
-        body
-    })
-    .await
-    .unwrap();
-    for metric in [
+    let fetch = move || {
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            stream
+                .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                .unwrap();
+            let mut body = String::new();
+            stream.read_to_string(&mut body).unwrap();
+            body
+        })
+    };
+    let metrics = [
         "sluice_stage_changes_total{stage=\"decoder\",direction=\"out\"} 50",
         "sluice_sink_writes_total{sink=\"embedded\"} 50",
         "sluice_confirmed_lsn",
         "sluice_pipeline_up 1",
-    ] {
+    ];
+    // The confirmed position reaches Postgres (and its gauge) just after the
+    // documents become searchable.
+    let mut body = String::new();
+    for _ in 0..100 {
+        body = fetch().await.unwrap();
+        if metrics.iter().all(|m| body.contains(m)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for metric in metrics {
         assert!(body.contains(metric), "{metric} missing in:\n{body}");
     }
     assert!(sluice.stop().success());

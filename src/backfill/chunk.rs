@@ -195,25 +195,37 @@ pub fn select(
 /// A chunk as read.
 #[derive(Debug)]
 pub struct ReadChunk {
+    /// The table as it was when the chunk was read.
+    pub shape: TableShape,
     pub rows: Vec<Tuple>,
     pub snapshot: Snapshot,
     /// Bytes copied out.
     pub bytes: u64,
 }
 
-/// Reads one chunk in its own repeatable-read snapshot.
+/// Reads one chunk in its own repeatable-read snapshot. The table is
+/// described in the same transaction, under a lock that holds off schema
+/// changes until the chunk is read: the rows have the table's columns of
+/// that moment, even when a column was added or dropped since the last chunk.
 pub async fn read(
     client: &Client,
-    shape: &TableShape,
+    table: &TableName,
     cursor: Option<&[String]>,
     condition: Option<&str>,
     limit: usize,
 ) -> Result<ReadChunk, BackfillError> {
     client
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; LOCK TABLE {} IN ACCESS SHARE MODE",
+            table.quoted()
+        ))
         .await
         .map_err(BackfillError::sql)?;
-    let result = read_in_transaction(client, shape, cursor, condition, limit).await;
+    let result = async {
+        let shape = describe(client, table).await?;
+        read_in_transaction(client, shape, cursor, condition, limit).await
+    }
+    .await;
     let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
     // A failed end leaves the connection unusable; the caller reconnects.
     client
@@ -225,7 +237,7 @@ pub async fn read(
 
 async fn read_in_transaction(
     client: &Client,
-    shape: &TableShape,
+    shape: TableShape,
     cursor: Option<&[String]>,
     condition: Option<&str>,
     limit: usize,
@@ -239,7 +251,7 @@ async fn read_in_transaction(
         .ok_or_else(|| BackfillError::Database(format!("unexpected snapshot `{text}`")))?;
     let query = format!(
         "COPY ({}) TO STDOUT",
-        select(shape, cursor, condition, limit)
+        select(&shape, cursor, condition, limit)
     );
     let stream = client.copy_out(&query).await.map_err(BackfillError::sql)?;
     futures_util::pin_mut!(stream);
@@ -250,6 +262,7 @@ async fn read_in_transaction(
     let bytes = raw.len() as u64;
     let rows = parse_copy(&raw, shape.rel.columns.len())?;
     Ok(ReadChunk {
+        shape,
         rows,
         snapshot,
         bytes,

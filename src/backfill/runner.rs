@@ -194,10 +194,18 @@ impl Reader<'_> {
         let number = self.chunk_number;
         self.mark_chunk(Mark::Low, number).await?;
         let started = Instant::now();
-        let read = chunk::read(&self.client, shape, cursor, condition, limit).await?;
+        let read = chunk::read(&self.client, &shape.rel.name, cursor, condition, limit).await?;
         let select = started.elapsed();
+        if read.shape.key_names() != shape.key_names() {
+            return Err(BackfillError::Invalid(format!(
+                "the key of {} changed during the backfill (from {} to {}); start a new backfill",
+                shape.rel.name,
+                shape.key_names().join(", "),
+                read.shape.key_names().join(", ")
+            )));
+        }
         let rows = read.rows.len();
-        let Some(last) = read.rows.last().map(|row| shape.cursor_of(row)) else {
+        let Some(last) = read.rows.last().map(|row| read.shape.cursor_of(row)) else {
             return Ok(Some(Some((0, Vec::new(), select))));
         };
         let (credit, _) = self.context.flow.acquire(read.bytes).await;
@@ -206,8 +214,8 @@ impl Reader<'_> {
             backfill: self.id,
             number,
             sink: self.sink,
-            rel: shape.rel.clone(),
-            key_columns: shape.key_columns.clone(),
+            rel: read.shape.rel.clone(),
+            key_columns: read.shape.key_columns.clone(),
             rows: read.rows,
             snapshot: read.snapshot,
             credit: Some(credit),

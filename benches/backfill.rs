@@ -19,7 +19,7 @@
 
 use std::fs::{self, File};
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,6 +27,9 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use sluice::local_pg::{LocalPostgres, LocalPostgresOptions};
 use tokio_postgres::Client;
+
+mod common;
+use common::{proc_status_kb, tail, Guard};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -115,18 +118,6 @@ struct Run {
     before: Histogram<u64>,
     during: Histogram<u64>,
     peak_rss_kb: u64,
-}
-
-/// A child process killed if the benchmark fails while it runs.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 fn main() {
@@ -478,20 +469,4 @@ async fn watch_latency(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     Ok((before, during))
-}
-
-fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line[field.len()..].split_whitespace().next()?.parse().ok()
-}
-
-fn tail(log: &Path) -> String {
-    let text = fs::read_to_string(log).unwrap_or_else(|e| format!("({}: {e})", log.display()));
-    let lines: Vec<&str> = text.lines().collect();
-    format!(
-        "--- {} (last lines) ---\n{}",
-        log.display(),
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    )
 }

@@ -30,6 +30,9 @@ use sluice::local_pg::{LocalPostgres, LocalPostgresOptions};
 mod fakes;
 use tokio_postgres::Client;
 
+mod common;
+use common::{proc_status_kb, tail, Guard};
+
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 const DATABASE: &str = "bench";
@@ -147,18 +150,6 @@ struct SluiceRun {
     /// From the spawn until the slot first moved (startup, first batch, first commit).
     first_confirm: Option<f64>,
     peak_rss_kb: u64,
-}
-
-/// A child process that is killed if the benchmark fails while it runs.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 fn main() {
@@ -594,22 +585,4 @@ async fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Result<Optio
         }
         tokio::time::sleep(POLL).await;
     }
-}
-
-/// A `kB` field of `/proc/PID/status`, such as `VmRSS:` or `VmHWM:`.
-fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line[field.len()..].split_whitespace().next()?.parse().ok()
-}
-
-/// The last lines of a log file, for error messages.
-fn tail(log: &Path) -> String {
-    let text = fs::read_to_string(log).unwrap_or_else(|e| format!("({}: {e})", log.display()));
-    let lines: Vec<&str> = text.lines().collect();
-    format!(
-        "--- {} (last lines) ---\n{}",
-        log.display(),
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    )
 }

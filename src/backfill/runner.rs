@@ -23,6 +23,23 @@ use crate::pipeline::decoder::DecoderMsg;
 const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// What became of one chunk.
+enum Round {
+    /// The sink committed it: its rows, the cursor after them, and how long
+    /// its SELECT took.
+    Committed {
+        rows: usize,
+        last: Vec<String>,
+        select: Duration,
+    },
+    /// Nothing is left to read.
+    Empty,
+    /// The window could not vouch for it: read it again.
+    Retry,
+    /// The pipeline stopped.
+    Stopped,
+}
+
 /// How a run ended.
 enum Ended {
     /// Every table is read.
@@ -151,20 +168,19 @@ impl Reader<'_> {
                 return Ok(Ended::Stopped);
             }
             let limit = self.chunk_rows;
-            let Some(rows) = self
+            let (read, last, select) = match self
                 .chunk(&shape, cursor.as_deref(), condition.as_deref(), limit)
                 .await?
-            else {
-                return Ok(Ended::Stopped);
+            {
+                Round::Committed { rows, last, select } => (rows, last, select),
+                Round::Empty => break,
+                Round::Retry => {
+                    // Not vouched for: read again after a fresh start mark.
+                    self.mark(Mark::Start, Some(&shape)).await?;
+                    continue;
+                }
+                Round::Stopped => return Ok(Ended::Stopped),
             };
-            let Some((read, last, select)) = rows else {
-                // Not vouched for: read again after a fresh start mark.
-                self.mark(Mark::Start, Some(&shape)).await?;
-                continue;
-            };
-            if read == 0 {
-                break;
-            }
             store(
                 self.manager
                     .chunk_done(self.id, i, last.clone(), read as u64),
@@ -179,17 +195,14 @@ impl Reader<'_> {
         Ok(Ended::Completed)
     }
 
-    /// Reads one chunk and sees it committed by the sink. `None`: the
-    /// pipeline stopped; `Some(None)`: read it again; otherwise the rows
-    /// read and the cursor after them.
-    #[allow(clippy::type_complexity)]
+    /// Reads one chunk and sees it committed by the sink.
     async fn chunk(
         &mut self,
         shape: &TableShape,
         cursor: Option<&[String]>,
         condition: Option<&str>,
         limit: usize,
-    ) -> Result<Option<Option<(usize, Vec<String>, Duration)>>, BackfillError> {
+    ) -> Result<Round, BackfillError> {
         self.chunk_number += 1;
         let number = self.chunk_number;
         self.mark_chunk(Mark::Low, number).await?;
@@ -206,7 +219,7 @@ impl Reader<'_> {
         }
         let rows = read.rows.len();
         let Some(last) = read.rows.last().map(|row| read.shape.cursor_of(row)) else {
-            return Ok(Some(Some((0, Vec::new(), select))));
+            return Ok(Round::Empty);
         };
         let (credit, _) = self.context.flow.acquire(read.bytes).await;
         let (reply, outcome) = oneshot::channel();
@@ -222,7 +235,7 @@ impl Reader<'_> {
             reply,
         };
         if self.context.decoder.cast(DecoderMsg::Chunk(chunk)).is_err() {
-            return Ok(None);
+            return Ok(Round::Stopped);
         }
         self.mark_chunk(Mark::High, number).await?;
         let lsn = match outcome.await {
@@ -237,12 +250,12 @@ impl Reader<'_> {
                 }
                 lsn
             }
-            Ok(ChunkOutcome::Retry) => return Ok(Some(None)),
-            Err(_) => return Ok(None), // the decoder stopped
+            Ok(ChunkOutcome::Retry) => return Ok(Round::Retry),
+            Err(_) => return Ok(Round::Stopped), // the decoder stopped
         };
         let delivered = Instant::now();
         if !self.committed_above(lsn).await {
-            return Ok(None);
+            return Ok(Round::Stopped);
         }
         tracing::debug!(
             backfill = self.id,
@@ -253,7 +266,7 @@ impl Reader<'_> {
             committed_ms = delivered.elapsed().as_millis() as u64,
             "chunk committed"
         );
-        Ok(Some(Some((rows, last, select))))
+        Ok(Round::Committed { rows, last, select })
     }
 
     /// Waits until the sink committed everything up to `lsn`; `false` when

@@ -272,35 +272,39 @@ async fn read_in_transaction(
 /// Splits `COPY … TO STDOUT` text output into tuples of `columns` columns:
 /// rows end with `\n`, columns are separated by tabs, `\N` is NULL, and
 /// backslash escapes are undone, giving each type's text output as the
-/// replication stream sends it.
+/// replication stream sends it. Each tuple's data is its own row's slice of
+/// one shared buffer, as a streamed tuple's is its own message.
 pub fn parse_copy(raw: &[u8], columns: usize) -> Result<Vec<Tuple>, BackfillError> {
     let mut data = BytesMut::with_capacity(raw.len());
-    let mut rows: Vec<Vec<ColumnValue>> = Vec::new();
+    // Each row's columns and where its data starts.
+    let mut rows: Vec<(Vec<ColumnValue>, usize)> = Vec::new();
     let mut row = Vec::with_capacity(columns);
+    let mut row_start = 0usize;
     let mut field_start = 0u32;
     let mut null = false;
     let mut i = 0;
     let bad = |what: &str| BackfillError::Database(format!("unexpected COPY output: {what}"));
-    let end_field = |data: &BytesMut, row: &mut Vec<ColumnValue>, null: bool, start: u32| {
-        row.push(if null {
-            ColumnValue {
-                kind: ColumnKind::Null,
-                start: 0,
-                len: 0,
-            }
-        } else {
-            ColumnValue {
-                kind: ColumnKind::Text,
-                start,
-                len: data.len() as u32 - start,
-            }
-        });
-    };
+    let end_field =
+        |data: &BytesMut, row: &mut Vec<ColumnValue>, null: bool, row_start: usize, start: u32| {
+            row.push(if null {
+                ColumnValue {
+                    kind: ColumnKind::Null,
+                    start: 0,
+                    len: 0,
+                }
+            } else {
+                ColumnValue {
+                    kind: ColumnKind::Text,
+                    start: start - row_start as u32,
+                    len: data.len() as u32 - start,
+                }
+            });
+        };
     while i < raw.len() {
         let b = raw[i];
         match b {
             b'\t' | b'\n' => {
-                end_field(&data, &mut row, null, field_start);
+                end_field(&data, &mut row, null, row_start, field_start);
                 null = false;
                 field_start = data.len() as u32;
                 if b == b'\n' {
@@ -310,7 +314,9 @@ pub fn parse_copy(raw: &[u8], columns: usize) -> Result<Vec<Tuple>, BackfillErro
                             row.len()
                         )));
                     }
-                    rows.push(std::mem::replace(&mut row, Vec::with_capacity(columns)));
+                    let columns = std::mem::replace(&mut row, Vec::with_capacity(columns));
+                    rows.push((columns, row_start));
+                    row_start = data.len();
                 }
                 i += 1;
             }
@@ -381,13 +387,16 @@ pub fn parse_copy(raw: &[u8], columns: usize) -> Result<Vec<Tuple>, BackfillErro
         return Err(bad("a row without its end of line"));
     }
     let data: Bytes = data.freeze();
-    Ok(rows
-        .into_iter()
-        .map(|columns| Tuple {
-            data: data.clone(),
+    let mut tuples = Vec::with_capacity(rows.len());
+    let mut rows = rows.into_iter().peekable();
+    while let Some((columns, start)) = rows.next() {
+        let end = rows.peek().map_or(data.len(), |(_, next)| *next);
+        tuples.push(Tuple {
+            data: data.slice(start..end),
             columns,
-        })
-        .collect())
+        });
+    }
+    Ok(tuples)
 }
 
 #[cfg(test)]
@@ -427,6 +436,8 @@ mod tests {
             texts(&rows[2]),
             [Some("3".into()), Some(String::new()), Some("\\N".into())]
         );
+        // Each tuple holds its own row's bytes only.
+        assert_eq!(&rows[2].data[..], b"3\\N");
         assert!(parse_copy(b"", 2).unwrap().is_empty());
         assert!(parse_copy(b"1\t2\n", 3).is_err());
         assert!(parse_copy(b"1\t2", 2).is_err());

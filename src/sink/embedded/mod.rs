@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tantivy::collector::TopDocs;
 use tantivy::query::TermQuery;
 use tantivy::schema::{IndexRecordOption, OwnedValue, Value};
-use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term};
 
 pub use schema::Fields;
 
@@ -40,6 +40,8 @@ fn index_error(context: impl std::fmt::Display, e: impl std::fmt::Display) -> Er
 struct OpenIndex {
     writer: IndexWriter<TantivyDocument>,
     reader: IndexReader,
+    /// The reader's view as of the last commit.
+    searcher: Searcher,
     fields: Fields,
     /// The position the last commit covers; older changes are already in.
     committed: Lsn,
@@ -120,8 +122,14 @@ impl EmbeddedSink {
                 let doc = build_document(&f, op, &source, object);
                 // Changes below `committed` were skipped above, so a fresh row
                 // has no document to replace unless an early commit may have
-                // stored it: saves a delete (and its memory) per insert.
-                if !*fresh || op.lsn <= index.replay_horizon {
+                // stored it. Other rows (updates, rows a backfill read) replace
+                // one only when the index may hold it. A delete costs a lookup
+                // in every segment at each commit: a backfill into a new index
+                // would pay it for every row.
+                let id_hash = xxhash_rust::xxh3::xxh3_64(op.id.as_bytes());
+                if (!*fresh || op.lsn <= index.replay_horizon)
+                    && index.may_hold(&id_term, id_hash)?
+                {
                     index.writer.delete_term(id_term);
                     index.pending_deletes += 1;
                 }
@@ -129,9 +137,7 @@ impl EmbeddedSink {
                     .writer
                     .add_document(doc)
                     .map_err(|e| index_error(format!("writing to index {}", op.index), e))?;
-                index
-                    .uncommitted
-                    .insert(xxhash_rust::xxh3::xxh3_64(op.id.as_bytes()));
+                index.uncommitted.insert(id_hash);
             }
             WriteAction::Delete => {
                 index.writer.delete_term(id_term);
@@ -155,6 +161,20 @@ impl EmbeddedSink {
 }
 
 impl OpenIndex {
+    /// Whether the index may hold a document with `id_term` (whose id hashes
+    /// to `id_hash`): written since the last commit, or in a committed segment
+    /// (deleted documents count until merged away, which only costs a delete).
+    fn may_hold(&self, id_term: &Term, id_hash: u64) -> Result<bool> {
+        if self.uncommitted.contains(&id_hash) {
+            return Ok(true);
+        }
+        let found = self
+            .searcher
+            .doc_freq(id_term)
+            .map_err(|e| index_error("looking up a document id", e))?;
+        Ok(found > 0)
+    }
+
     /// The stored document `id`, as the index holds it (committing first if it
     /// was written since the last commit).
     fn stored(&mut self, id: &str) -> Result<Option<serde_json::Map<String, serde_json::Value>>> {
@@ -164,7 +184,7 @@ impl OpenIndex {
         {
             self.commit_now(None)?;
         }
-        let searcher = self.reader.searcher();
+        let searcher = &self.searcher;
         let query = TermQuery::new(
             Term::from_field_text(self.fields.id, id),
             IndexRecordOption::Basic,
@@ -204,6 +224,7 @@ impl OpenIndex {
         self.reader
             .reload()
             .map_err(|e| index_error("reloading the index reader", e))?;
+        self.searcher = self.reader.searcher();
         self.committed = covered;
         self.uncommitted.clear();
         self.pending_deletes = 0;
@@ -270,6 +291,7 @@ fn open_index(data_dir: &Path, name: &str) -> Result<OpenIndex> {
         .map_err(|e| index_error("opening an index reader", e))?;
     Ok(OpenIndex {
         writer,
+        searcher: reader.searcher(),
         reader,
         fields,
         committed: payload.covered,
@@ -420,5 +442,33 @@ mod tests {
         sink.write(&first_run).await.unwrap();
         sink.commit(Lsn(300)).await.unwrap();
         assert_eq!(all(dir.path()), expected);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn rows_that_are_not_inserts_replace_a_document_wherever_it_is() {
+        use crate::sink::Sink;
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = EmbeddedSink::open("e", dir.path()).unwrap();
+        // Not in the index: added without a delete.
+        sink.write(&[upsert("1", 10, r#"{"v":1}"#, false, false)])
+            .await
+            .unwrap();
+        assert_eq!(sink.indexes["items"].pending_deletes, 0);
+        // Written since the last commit: replaced.
+        sink.write(&[upsert("1", 20, r#"{"v":2}"#, false, false)])
+            .await
+            .unwrap();
+        sink.commit(Lsn(30)).await.unwrap();
+        assert_eq!(all(dir.path()), [r#"{"v":2}"#]);
+        // In a committed segment: replaced.
+        sink.write(&[
+            upsert("1", 40, r#"{"v":3}"#, false, false),
+            upsert("2", 40, r#"{"v":4}"#, false, false),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(sink.indexes["items"].pending_deletes, 1);
+        sink.commit(Lsn(50)).await.unwrap();
+        assert_eq!(all(dir.path()), [r#"{"v":3}"#, r#"{"v":4}"#]);
     }
 }

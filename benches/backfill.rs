@@ -38,7 +38,8 @@ const USAGE: &str = "usage: cargo bench --bench backfill -- [--rows N] [--live-r
   --rows N        rows in the table (default 1000000)
   --live-rate N   live single-row updates per second during the runs (default 200)
   --skip-null     skip the run into the null sink
-  --skip-embedded skip the run into the embedded (tantivy) sink";
+  --skip-embedded skip the run into the embedded (tantivy) sink
+  --backfill K=V  a [backfill] setting for sluice (repeatable), e.g. max_chunk_rows=5000";
 
 const CREATE_TABLE: &str = "
 CREATE TABLE public.bench (
@@ -70,6 +71,8 @@ struct Options {
     live_rate: u64,
     skip_null: bool,
     skip_embedded: bool,
+    /// `[backfill]` settings, as TOML lines.
+    backfill: Vec<String>,
 }
 
 impl Options {
@@ -79,6 +82,7 @@ impl Options {
             live_rate: 200,
             skip_null: false,
             skip_embedded: false,
+            backfill: Vec::new(),
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -96,6 +100,17 @@ impl Options {
                 "--live-rate" => options.live_rate = number("--live-rate")?,
                 "--skip-null" => options.skip_null = true,
                 "--skip-embedded" => options.skip_embedded = true,
+                "--backfill" => {
+                    let setting = args
+                        .next()
+                        .ok_or(format!("--backfill needs KEY=VALUE\n{USAGE}"))?;
+                    let (key, value) = setting
+                        .split_once('=')
+                        .ok_or(format!("--backfill `{setting}` is not KEY=VALUE\n{USAGE}"))?;
+                    options
+                        .backfill
+                        .push(format!("{} = {}", key.trim(), value.trim()));
+                }
                 "--bench" => {}
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -263,10 +278,11 @@ async fn run_sluice(
     };
     let text = format!(
         "[source]\ndatabase_url = {}\nslot = \"{slot}\"\npublication = \"{slot}\"\nstatus_interval_ms = 1000\n\n\
-         [pipeline]\ndata_dir = {}\n\n[backfill]\ninitial = false\n\n[api]\nlisten = \"127.0.0.1:0\"\n\n\
+         [pipeline]\ndata_dir = {}\n\n[backfill]\ninitial = false\n{}\n\n[api]\nlisten = \"127.0.0.1:0\"\n\n\
          [[tables]]\nname = \"public.bench\"\n\n[[sinks]]\nname = \"{kind}\"\ntype = \"{kind}\"\n{commit}",
         quote(url),
         quote(&dir.join("data").to_string_lossy()),
+        options.backfill.join("\n"),
     );
     fs::write(&config, text)?;
     let log = dir.join("sluice.log");

@@ -29,7 +29,7 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 pub struct RunContext {
     pub generation: u64,
     pub decoder: ActorRef<DecoderMsg>,
-    /// The position each sink committed, by sink number.
+    /// The position each sink committed backfill rows below, by sink number.
     pub positions: watch::Receiver<Vec<Lsn>>,
     pub flow: FlowControl,
 }

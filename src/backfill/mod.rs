@@ -37,6 +37,8 @@ pub const DEFAULT_CHUNK_SELECT_MS: u64 = 100;
 pub const DEFAULT_MIN_CHUNK_ROWS: usize = 1000;
 /// Default cap of the rows of one chunk.
 pub const DEFAULT_MAX_CHUNK_ROWS: usize = 10_000;
+/// Default number of chunks read ahead of the sink.
+pub const DEFAULT_CHUNKS_IN_FLIGHT: usize = 4;
 
 /// `[backfill]`: whether new sinks get a backfill, and how backfills read.
 #[derive(Debug, Clone, Deserialize)]
@@ -58,6 +60,11 @@ pub struct BackfillConfig {
     /// sink is slow and their latency matters.
     #[serde(default = "default_max_chunk_rows")]
     pub max_chunk_rows: usize,
+    /// Chunks read ahead of the sink: the next chunk is read while the sink
+    /// takes the last. A restart reads the chunks in flight again, and live
+    /// changes wait behind them.
+    #[serde(default = "default_chunks_in_flight")]
+    pub chunks_in_flight: usize,
 }
 
 fn default_initial() -> bool {
@@ -72,6 +79,9 @@ fn default_min_chunk_rows() -> usize {
 fn default_max_chunk_rows() -> usize {
     DEFAULT_MAX_CHUNK_ROWS
 }
+fn default_chunks_in_flight() -> usize {
+    DEFAULT_CHUNKS_IN_FLIGHT
+}
 
 impl Default for BackfillConfig {
     fn default() -> BackfillConfig {
@@ -80,6 +90,7 @@ impl Default for BackfillConfig {
             chunk_select_ms: DEFAULT_CHUNK_SELECT_MS,
             min_chunk_rows: DEFAULT_MIN_CHUNK_ROWS,
             max_chunk_rows: DEFAULT_MAX_CHUNK_ROWS,
+            chunks_in_flight: DEFAULT_CHUNKS_IN_FLIGHT,
         }
     }
 }
@@ -104,6 +115,9 @@ impl BackfillConfig {
                 "must be at least min_chunk_rows and at most 1000000",
             );
         }
+        if !(1..=16).contains(&self.chunks_in_flight) {
+            problem("chunks_in_flight", "must be between 1 and 16");
+        }
     }
 
     pub fn settings(&self) -> Settings {
@@ -111,6 +125,7 @@ impl BackfillConfig {
             chunk_select: Duration::from_millis(self.chunk_select_ms),
             min_chunk_rows: self.min_chunk_rows,
             max_chunk_rows: self.max_chunk_rows,
+            chunks_in_flight: self.chunks_in_flight,
         }
     }
 }
@@ -121,6 +136,7 @@ pub struct Settings {
     pub chunk_select: Duration,
     pub min_chunk_rows: usize,
     pub max_chunk_rows: usize,
+    pub chunks_in_flight: usize,
 }
 
 impl Default for Settings {
@@ -129,6 +145,7 @@ impl Default for Settings {
             chunk_select: Duration::from_millis(DEFAULT_CHUNK_SELECT_MS),
             min_chunk_rows: DEFAULT_MIN_CHUNK_ROWS,
             max_chunk_rows: DEFAULT_MAX_CHUNK_ROWS,
+            chunks_in_flight: DEFAULT_CHUNKS_IN_FLIGHT,
         }
     }
 }

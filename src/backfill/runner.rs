@@ -1,10 +1,12 @@
 //! One backfill at work: for each of its tables, chunk after chunk, write
 //! the low watermark, read the chunk, hand it to the decoder, write the high
-//! watermark, wait until the sink committed the chunk, store the cursor.
-//! One chunk is in flight at a time, so a restart reads at most the chunk
-//! that was in flight again. Chunks grow or shrink so that their SELECT takes
+//! watermark; once the sink committed the chunk, store the cursor after it.
+//! A few chunks are in flight at a time (`chunks_in_flight`), so that
+//! reading the next one overlaps the sink taking the last; a restart reads
+//! at most those again. Chunks grow or shrink so that their SELECT takes
 //! about the configured time, up to the configured most rows.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,17 +25,31 @@ use crate::pipeline::decoder::DecoderMsg;
 const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// What became of one chunk.
-enum Round {
-    /// The sink committed it: its rows, the cursor after them, and how long
-    /// its SELECT took.
-    Committed {
-        rows: usize,
-        last: Vec<String>,
-        select: Duration,
-    },
+/// A chunk handed to the decoder, waiting for its high watermark and for the
+/// sink to commit it.
+struct InFlight {
+    number: u64,
+    rows: usize,
+    /// The cursor after its last row.
+    last: Vec<String>,
+    outcome: oneshot::Receiver<ChunkOutcome>,
+    sent: Instant,
+}
+
+/// What became of reading one chunk.
+enum Read {
+    /// Handed to the decoder; `full` when it has as many rows as asked for.
+    Sent { chunk: InFlight, full: bool },
     /// Nothing is left to read.
     Empty,
+    /// The pipeline stopped.
+    Stopped,
+}
+
+/// What became of a chunk in flight.
+enum Settled {
+    /// The sink committed it.
+    Committed,
     /// The window could not vouch for it: read it again.
     Retry,
     /// The pipeline stopped.
@@ -149,7 +165,9 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    /// Reads table number `i` of the backfill from its cursor to its end.
+    /// Reads table number `i` of the backfill from its cursor to its end,
+    /// with up to `chunks_in_flight` chunks read ahead of the sink. The
+    /// stored cursor follows the chunks the sink committed, in order.
     async fn table(&mut self, i: usize) -> Result<Ended, BackfillError> {
         let Some(backfill) = self.manager.current(self.id) else {
             return Ok(Ended::Stopped);
@@ -158,53 +176,81 @@ impl Reader<'_> {
         let name = TableName::parse(&target.table).map_err(BackfillError::Invalid)?;
         let shape = chunk::describe(&self.client, &name).await?;
         let condition = target.condition.clone();
-        let mut cursor = target.cursor.clone();
-        tracing::info!(backfill = self.id, sink = %backfill.sink, table = %name, resumed = cursor.is_some(), "backfilling table");
+        // Where the next chunk is read from: after the last one sent.
+        let mut next = target.cursor.clone();
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        let mut exhausted = false;
+        let mut stopping = false;
+        tracing::info!(backfill = self.id, sink = %backfill.sink, table = %name, resumed = next.is_some(), "backfilling table");
         self.mark(Mark::Start, Some(&shape)).await?;
         loop {
-            let state = self.manager.current(self.id).map(|b| b.state);
-            if state != Some(State::Running) {
-                self.mark(Mark::End, None).await?;
-                return Ok(Ended::Stopped);
-            }
-            let limit = self.chunk_rows;
-            let (read, last, select) = match self
-                .chunk(&shape, cursor.as_deref(), condition.as_deref(), limit)
-                .await?
+            while !exhausted
+                && !stopping
+                && in_flight.len() < self.manager.settings.chunks_in_flight
             {
-                Round::Committed { rows, last, select } => (rows, last, select),
-                Round::Empty => break,
-                Round::Retry => {
-                    // Not vouched for: read again after a fresh start mark.
-                    self.mark(Mark::Start, Some(&shape)).await?;
-                    continue;
+                if self.manager.current(self.id).map(|b| b.state) != Some(State::Running) {
+                    stopping = true;
+                    break;
                 }
-                Round::Stopped => return Ok(Ended::Stopped),
-            };
-            store(
-                self.manager
-                    .chunk_done(self.id, i, last.clone(), read as u64),
-            )?;
-            cursor = Some(last);
-            self.adapt(select, read == limit);
-            if read < limit {
+                match self
+                    .read(&shape, next.as_deref(), condition.as_deref())
+                    .await?
+                {
+                    Read::Sent { chunk, full } => {
+                        next = Some(chunk.last.clone());
+                        exhausted = !full;
+                        in_flight.push_back(chunk);
+                    }
+                    Read::Empty => exhausted = true,
+                    Read::Stopped => return Ok(Ended::Stopped),
+                }
+            }
+            let Some(mut head) = in_flight.pop_front() else {
                 break;
+            };
+            match self.settle(&mut head).await {
+                Settled::Committed => {
+                    store(
+                        self.manager
+                            .chunk_done(self.id, i, head.last, head.rows as u64),
+                    )?
+                }
+                Settled::Retry => {
+                    // Not vouched for: let the chunks after it go (their rows
+                    // are harmless, but the cursor cannot pass this one), and
+                    // read again from it after a fresh start mark.
+                    for later in in_flight.drain(..) {
+                        let _ = later.outcome.await;
+                    }
+                    next = self
+                        .manager
+                        .current(self.id)
+                        .and_then(|b| b.tables[i].cursor.clone());
+                    exhausted = false;
+                    self.mark(Mark::Start, Some(&shape)).await?;
+                }
+                Settled::Stopped => return Ok(Ended::Stopped),
             }
         }
         self.mark(Mark::End, None).await?;
-        Ok(Ended::Completed)
+        Ok(if stopping {
+            Ended::Stopped
+        } else {
+            Ended::Completed
+        })
     }
 
-    /// Reads one chunk and sees it committed by the sink.
-    async fn chunk(
+    /// Reads the chunk after `cursor` and hands it to the decoder between its
+    /// low and high watermarks.
+    async fn read(
         &mut self,
         shape: &TableShape,
         cursor: Option<&[String]>,
         condition: Option<&str>,
-        limit: usize,
-    ) -> Result<Round, BackfillError> {
+    ) -> Result<Read, BackfillError> {
         self.chunk_number += 1;
         let number = self.chunk_number;
+        let limit = self.chunk_rows;
         self.mark_chunk(Mark::Low, number).await?;
         let started = Instant::now();
         let read = chunk::read(&self.client, &shape.rel.name, cursor, condition, limit).await?;
@@ -219,8 +265,9 @@ impl Reader<'_> {
         }
         let rows = read.rows.len();
         let Some(last) = read.rows.last().map(|row| read.shape.cursor_of(row)) else {
-            return Ok(Round::Empty);
+            return Ok(Read::Empty);
         };
+        self.adapt(select, rows == limit);
         let (credit, _) = self.context.flow.acquire(read.bytes).await;
         let (reply, outcome) = oneshot::channel();
         let chunk = Chunk {
@@ -235,41 +282,60 @@ impl Reader<'_> {
             reply,
         };
         if self.context.decoder.cast(DecoderMsg::Chunk(chunk)).is_err() {
-            return Ok(Round::Stopped);
+            return Ok(Read::Stopped);
         }
         self.mark_chunk(Mark::High, number).await?;
-        let lsn = match outcome.await {
-            Ok(ChunkOutcome::Delivered { lsn, kept }) => {
-                if kept < rows {
-                    tracing::debug!(
-                        backfill = self.id,
-                        chunk = number,
-                        left_out = rows - kept,
-                        "rows changed while the chunk was read are left to their changes"
-                    );
-                }
-                lsn
-            }
-            Ok(ChunkOutcome::Retry) => return Ok(Round::Retry),
-            Err(_) => return Ok(Round::Stopped), // the decoder stopped
-        };
-        let delivered = Instant::now();
-        if !self.committed_above(lsn).await {
-            return Ok(Round::Stopped);
-        }
         tracing::debug!(
             backfill = self.id,
             chunk = number,
             rows,
             select_ms = select.as_millis() as u64,
-            delivered_ms = (delivered - started).as_millis() as u64,
-            committed_ms = delivered.elapsed().as_millis() as u64,
-            "chunk committed"
+            "chunk read"
         );
-        Ok(Round::Committed { rows, last, select })
+        Ok(Read::Sent {
+            chunk: InFlight {
+                number,
+                rows,
+                last,
+                outcome,
+                sent: started,
+            },
+            full: rows == limit,
+        })
     }
 
-    /// Waits until the sink committed everything up to `lsn`; `false` when
+    /// Waits for a chunk in flight to meet its high watermark and for the
+    /// sink to commit it.
+    async fn settle(&self, chunk: &mut InFlight) -> Settled {
+        let lsn = match (&mut chunk.outcome).await {
+            Ok(ChunkOutcome::Delivered { lsn, kept }) => {
+                if kept < chunk.rows {
+                    tracing::debug!(
+                        backfill = self.id,
+                        chunk = chunk.number,
+                        left_out = chunk.rows - kept,
+                        "rows changed while the chunk was read are left to their changes"
+                    );
+                }
+                lsn
+            }
+            Ok(ChunkOutcome::Retry) => return Settled::Retry,
+            Err(_) => return Settled::Stopped, // the decoder stopped
+        };
+        if !self.committed_above(lsn).await {
+            return Settled::Stopped;
+        }
+        tracing::debug!(
+            backfill = self.id,
+            chunk = chunk.number,
+            rows = chunk.rows,
+            committed_ms = chunk.sent.elapsed().as_millis() as u64,
+            "chunk committed"
+        );
+        Settled::Committed
+    }
+
+    /// Waits until the sink committed every backfill row up to `lsn`; `false` when
     /// the pipeline generation ended first.
     async fn committed_above(&self, lsn: Lsn) -> bool {
         let mut positions = self.context.positions.clone();

@@ -19,13 +19,22 @@ pub struct AckState {
 }
 
 pub enum AckMsg {
-    Committed { sink: usize, upto: Lsn, last: bool },
+    /// Sink `sink` committed every change below `upto`, and every backfill
+    /// row below `backfilled` (which trails `upto` while live writes went
+    /// ahead of backfill rows).
+    Committed {
+        sink: usize,
+        upto: Lsn,
+        backfilled: Lsn,
+        last: bool,
+    },
 }
 
 pub struct AckArgs {
     pub sinks: usize,
     pub publish: watch::Sender<AckState>,
-    /// The position each sink committed, for backfills waiting on one sink.
+    /// The position each sink committed backfill rows below, for backfills
+    /// waiting on one sink.
     pub positions: watch::Sender<Vec<Lsn>>,
     pub status: Arc<PipelineStatus>,
 }
@@ -33,6 +42,7 @@ pub struct AckArgs {
 pub struct AckActorState {
     args: AckArgs,
     committed: Vec<Lsn>,
+    backfilled: Vec<Lsn>,
     last: Vec<bool>,
 }
 
@@ -52,6 +62,7 @@ impl Actor for Acknowledger {
         Ok(AckActorState {
             args,
             committed: vec![Lsn::ZERO; sinks],
+            backfilled: vec![Lsn::ZERO; sinks],
             last: vec![false; sinks],
         })
     }
@@ -62,10 +73,18 @@ impl Actor for Acknowledger {
         msg: AckMsg,
         state: &mut AckActorState,
     ) -> Result<(), ActorProcessingErr> {
-        let AckMsg::Committed { sink, upto, last } = msg;
+        let AckMsg::Committed {
+            sink,
+            upto,
+            backfilled,
+            last,
+        } = msg;
         state.committed[sink] = state.committed[sink].max(upto);
         state.last[sink] |= last;
-        state.args.positions.send_replace(state.committed.clone());
+        if backfilled > state.backfilled[sink] {
+            state.backfilled[sink] = backfilled;
+            state.args.positions.send_replace(state.backfilled.clone());
+        }
         let lsn = state.committed.iter().copied().min().unwrap_or(Lsn::ZERO);
         state.args.status.committed(sink, upto, lsn);
         let drained = state.last.iter().all(|l| *l);

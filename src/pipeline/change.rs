@@ -117,6 +117,13 @@ pub struct Routed {
     pub fresh: bool,
 }
 
+/// A hash of a document's index and id, for sets of documents that copy
+/// neither (a collision between two documents is possible, if rare).
+pub fn doc_hash(index: &str, id: &str) -> u64 {
+    let seed = xxhash_rust::xxh3::xxh3_64(index.as_bytes());
+    xxhash_rust::xxh3::xxh3_64_with_seed(id.as_bytes(), seed)
+}
+
 /// Whether a routed change writes or removes its document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteAction {

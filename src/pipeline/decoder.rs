@@ -1,7 +1,7 @@
 //! The decoder: pgoutput messages into changes, with the relation cache, the
 //! type mapping and the transaction boundaries that define acknowledgeable positions.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -19,6 +19,9 @@ use crate::postgres::catalog;
 use crate::postgres::pgoutput::{self, ColumnKind, Message, Oid, OldTuple};
 use crate::postgres::replication::ReplicationEvent;
 use crate::postgres::types::TypeKind;
+
+/// The most rows of a backfill's chunk in one batch.
+const CHUNK_PIECE: usize = 1024;
 
 pub enum DecoderMsg {
     Raw(RawBatch),
@@ -44,9 +47,10 @@ pub struct DecoderState {
     upto: Lsn,
     /// The transaction being decoded.
     xid: u32,
-    /// Backfill windows, and the chunks waiting for their high watermark.
+    /// Backfill windows, and the chunks waiting for their high watermark,
+    /// by backfill and chunk number (a backfill has a few chunks in flight).
     windows: Windows,
-    chunks: HashMap<u64, Chunk>,
+    chunks: BTreeMap<(u64, u64), Chunk>,
     /// Batches closed early in the current raw batch (at a chunk), and the
     /// credits of that raw batch, which every piece of it shares.
     pieces: Vec<ChangeBatch>,
@@ -76,7 +80,7 @@ impl Actor for Decoder {
             upto: Lsn::ZERO,
             xid: 0,
             windows: Windows::default(),
-            chunks: HashMap::new(),
+            chunks: BTreeMap::new(),
             pieces: Vec::new(),
             credits: Vec::new(),
         })
@@ -95,11 +99,18 @@ impl Actor for Decoder {
                 }
             }
             DecoderMsg::Chunk(chunk) => {
-                // A newer chunk of the same backfill: the older one never
-                // met its high watermark.
-                if let Some(old) = state.chunks.insert(chunk.backfill, chunk) {
+                // Chunks of the backfill numbered as high or higher are left
+                // from an earlier attempt, which numbered from the start:
+                // they never met their high watermark.
+                let stale = state.chunks.split_off(&(chunk.backfill, chunk.number));
+                let (keep, stale): (Vec<_>, Vec<_>) = stale
+                    .into_iter()
+                    .partition(|((backfill, _), _)| *backfill != chunk.backfill);
+                state.chunks.extend(keep);
+                for (_, old) in stale {
                     let _ = old.reply.send(ChunkOutcome::Retry);
                 }
+                state.chunks.insert((chunk.backfill, chunk.number), chunk);
             }
         }
         Ok(())
@@ -242,19 +253,23 @@ impl DecoderState {
     /// A high watermark: the chunk it closes enters the stream here, as a
     /// batch of its own for its sink, less the rows its window says are stale.
     fn high(&mut self, marker: &Marker, out: &mut Vec<Change>) {
-        let chunk = match self.chunks.remove(&marker.backfill) {
-            Some(chunk) if chunk.number == marker.chunk => chunk,
-            Some(chunk) => {
-                // A watermark of an earlier chunk, read again after a restart.
-                self.chunks.insert(chunk.backfill, chunk);
-                return;
+        // Earlier chunks of the backfill never met their high watermark.
+        let earlier: Vec<(u64, u64)> = self
+            .chunks
+            .range((marker.backfill, 0)..(marker.backfill, marker.chunk))
+            .map(|(at, _)| *at)
+            .collect();
+        for at in earlier {
+            if let Some(old) = self.chunks.remove(&at) {
+                let _ = old.reply.send(ChunkOutcome::Retry);
             }
-            None => {
-                // Its chunk is gone (the backfill stopped): close the window.
-                self.windows
-                    .high(marker.backfill, marker.chunk, &Default::default(), &[]);
-                return;
-            }
+        }
+        let Some(chunk) = self.chunks.remove(&(marker.backfill, marker.chunk)) else {
+            // Its chunk is gone (the backfill stopped), or the watermark is
+            // an earlier run's, read again after a restart: close the window.
+            self.windows
+                .high(marker.backfill, marker.chunk, &Default::default(), &[]);
+            return;
         };
         let keys: Vec<Option<u64>> = chunk
             .rows
@@ -280,23 +295,37 @@ impl DecoderState {
             scope: Scope::All,
         });
         let rel = self.same_relation(&chunk.rel);
-        let mut changes = Vec::with_capacity(keep.iter().filter(|k| **k).count());
+        let scope = Scope::Backfill {
+            sink: chunk.sink,
+            commit_above: self.commit_lsn,
+        };
+        let credits: Vec<Arc<Credit>> = chunk.credit.map(Arc::new).into_iter().collect();
+        // In pieces, so the stages after work on a chunk at the same time.
+        let mut kept = 0;
+        let mut changes = Vec::with_capacity(CHUNK_PIECE);
         for (row, keep) in chunk.rows.into_iter().zip(keep) {
-            if keep {
-                let change = self.change(Op::Read, rel.clone(), Some(row), None);
-                changes.push(change);
+            if !keep {
+                continue;
             }
+            if changes.len() == CHUNK_PIECE {
+                kept += changes.len();
+                self.pieces.push(ChangeBatch {
+                    changes: std::mem::replace(&mut changes, Vec::with_capacity(CHUNK_PIECE)),
+                    upto: self.upto,
+                    credits: credits.clone(),
+                    last: false,
+                    scope,
+                });
+            }
+            changes.push(self.change(Op::Read, rel.clone(), Some(row), None));
         }
-        let kept = changes.len();
+        kept += changes.len();
         self.pieces.push(ChangeBatch {
             changes,
             upto: self.upto,
-            credits: chunk.credit.map(Arc::new).into_iter().collect(),
+            credits,
             last: false,
-            scope: Scope::Backfill {
-                sink: chunk.sink,
-                commit_above: self.commit_lsn,
-            },
+            scope,
         });
         let _ = chunk.reply.send(ChunkOutcome::Delivered {
             lsn: self.commit_lsn,

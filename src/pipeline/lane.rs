@@ -12,13 +12,22 @@
 //! the spool back in order when it is ready; once the spool is empty the lane
 //! holds batches in memory again.
 //!
+//! Live writes go before a backfill's: a backfill's chunk may hold thousands
+//! of rows for a slow sink, and a live change behind it would wait until the
+//! sink took them all. A live write may go first unless it is a truncate or
+//! the last batch, or a partial document of a row a queued backfill write
+//! holds; a live write of a row a queued backfill write holds supersedes that
+//! (older) write, which is then left out. The writer's committed position
+//! stays below every backfill batch not applied yet, so neither the backfill
+//! nor the slot goes past rows the sink does not have.
+//!
 //! The spool is a cache, not a log: the slot's confirmed position never passes
 //! what the sink committed, so after a restart Postgres sends everything again,
 //! and a new lane starts with an empty spool. A spool that reaches
 //! `spool_max_bytes` holds the shards back: the pipeline then waits for that
 //! sink, and Postgres keeps the WAL.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -27,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use ractor::ActorRef;
 
-use super::change::{Scope, WriteAction, WriteBatch, WriteOp};
+use super::change::{doc_hash, Scope, WriteAction, WriteBatch, WriteOp};
 use super::flow::Credit;
 use super::writer::WriterMsg;
 use crate::error::{Error, Result};
@@ -71,10 +80,31 @@ pub struct Lane {
     state: Mutex<LaneState>,
 }
 
+/// A batch waiting in memory.
+struct Queued {
+    at: Instant,
+    /// Order of arrival.
+    seq: u64,
+    batch: WriteBatch,
+    /// A live batch that may go before backfill batches that arrived earlier.
+    overtakes: bool,
+}
+
 struct LaneState {
-    /// Batches in memory, with when they arrived (only while not spooling).
-    queue: VecDeque<(Instant, WriteBatch)>,
+    /// Live batches in memory, in order (only while not spooling).
+    queue: VecDeque<Queued>,
+    /// Backfill batches in memory, in order.
+    backfill: VecDeque<Queued>,
     queued_bytes: u64,
+    next_seq: u64,
+    /// Backfill writes in `backfill`, by document (`doc_hash`).
+    backfill_docs: HashMap<u64, u32>,
+    /// Documents a live batch wrote: backfill writes of them that arrived
+    /// before that batch (by `seq`) are stale.
+    superseded: HashMap<u64, u64>,
+    /// Positions of backfill batches not handed to the writer yet, in
+    /// memory or spooled, with their number.
+    unapplied: BTreeMap<Lsn, usize>,
     /// Credits of batches the writer applied but has not committed.
     held: Vec<Arc<Credit>>,
     spool: Option<Spool>,
@@ -94,7 +124,12 @@ impl Lane {
             writer: OnceLock::new(),
             state: Mutex::new(LaneState {
                 queue: VecDeque::new(),
+                backfill: VecDeque::new(),
                 queued_bytes: 0,
+                next_seq: 0,
+                backfill_docs: HashMap::new(),
+                superseded: HashMap::new(),
+                unapplied: BTreeMap::new(),
                 held: Vec::new(),
                 spool: None,
                 woken: false,
@@ -122,22 +157,34 @@ impl Lane {
         loop {
             {
                 let mut state = self.lock();
+                let empty = state.queue.is_empty() && state.backfill.is_empty();
                 if state.spool.is_none()
-                    && (state.queue.is_empty()
-                        || state.queued_bytes + batch.bytes <= self.policy.memory_bytes)
+                    && (empty || state.queued_bytes + batch.bytes <= self.policy.memory_bytes)
                 {
-                    state.queued_bytes += batch.bytes;
-                    state.queue.push_back((Instant::now(), batch));
+                    state.queue_in_memory(batch);
                     self.wake(&mut state);
                     return Ok(());
                 }
                 if state.spool.is_none() {
                     self.spill(&mut state, "more writes wait for it than its share")?;
                 }
-                let spool = state.spool.as_mut().expect("spilled");
-                if spool.pending() < self.policy.spool_max_bytes {
-                    spool.append(&batch)?;
-                    self.report_spooled(spool.pending());
+                let pending = {
+                    let LaneState {
+                        spool, unapplied, ..
+                    } = &mut *state;
+                    let spool = spool.as_mut().expect("spilled");
+                    if spool.pending() < self.policy.spool_max_bytes {
+                        spool.append(&batch)?;
+                        if let Scope::Backfill { .. } = batch.scope {
+                            *unapplied.entry(batch.upto).or_default() += 1;
+                        }
+                        Some(spool.pending())
+                    } else {
+                        None
+                    }
+                };
+                if let Some(pending) = pending {
+                    self.report_spooled(pending);
                     self.wake(&mut state);
                     return Ok(());
                 }
@@ -167,9 +214,19 @@ impl Lane {
     /// Moves what waits in memory to a new spool and lets go of every credit.
     fn spill(&self, state: &mut LaneState, why: &str) -> Result<()> {
         let mut spool = Spool::create(&self.dir)?;
-        for (_, batch) in state.queue.drain(..) {
-            spool.append(&batch)?;
+        // In order of arrival, less what live writes superseded (some of
+        // those may be applied already).
+        let mut waiting: Vec<Queued> = state.queue.drain(..).collect();
+        for mut queued in std::mem::take(&mut state.backfill) {
+            state.leave_out_superseded(&mut queued);
+            waiting.push(queued);
         }
+        waiting.sort_by_key(|queued| queued.seq);
+        for queued in &waiting {
+            spool.append(&queued.batch)?;
+        }
+        state.backfill_docs.clear();
+        state.superseded.clear();
         tracing::warn!(
             sink = %self.sink,
             spooled_bytes = spool.pending(),
@@ -187,12 +244,17 @@ impl Lane {
     /// writer is woken again when work arrives).
     pub fn next(&self) -> Result<Option<WriteBatch>> {
         let mut state = self.lock();
-        if let Some((_, batch)) = state.queue.pop_front() {
-            state.queued_bytes -= batch.bytes;
+        if let Some(batch) = state.next_in_memory() {
             return Ok(Some(batch));
         }
-        if let Some(spool) = state.spool.as_mut() {
+        let LaneState {
+            spool, unapplied, ..
+        } = &mut *state;
+        if let Some(spool) = spool.as_mut() {
             if let Some(batch) = spool.read()? {
+                if let Scope::Backfill { .. } = batch.scope {
+                    applied(unapplied, batch.upto);
+                }
                 self.report_spooled(spool.pending());
                 return Ok(Some(batch));
             }
@@ -201,6 +263,12 @@ impl Lane {
         }
         state.woken = false;
         Ok(None)
+    }
+
+    /// The lowest position of a backfill batch the writer has not been handed
+    /// yet: its committed position must stay at or below it.
+    pub fn unapplied_floor(&self) -> Option<Lsn> {
+        self.lock().unapplied.keys().next().copied()
     }
 
     /// Keeps the credits of an applied batch until the writer commits, unless
@@ -226,14 +294,137 @@ impl Lane {
     /// Spills when the oldest batch waited longer than the policy allows.
     fn check_age(&self) {
         let mut state = self.lock();
-        let too_old = state
-            .queue
-            .front()
-            .is_some_and(|(at, _)| at.elapsed() > self.policy.max_wait);
+        let too_old = [state.queue.front(), state.backfill.front()]
+            .into_iter()
+            .flatten()
+            .any(|queued| queued.at.elapsed() > self.policy.max_wait);
         if too_old && state.spool.is_none() {
             if let Err(e) = self.spill(&mut state, "its oldest write waits too long") {
                 tracing::error!(sink = %self.sink, error = %e, "cannot spool the sink's writes");
             }
+        }
+    }
+}
+
+impl LaneState {
+    fn queue_in_memory(&mut self, batch: WriteBatch) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.queued_bytes += batch.bytes;
+        let at = Instant::now();
+        if let Scope::Backfill { .. } = batch.scope {
+            for op in batch.ops.iter() {
+                *self
+                    .backfill_docs
+                    .entry(doc_hash(&op.index, &op.id))
+                    .or_default() += 1;
+            }
+            *self.unapplied.entry(batch.upto).or_default() += 1;
+            self.backfill.push_back(Queued {
+                at,
+                seq,
+                batch,
+                overtakes: false,
+            });
+        } else {
+            let overtakes = self.may_overtake(&batch, seq);
+            self.queue.push_back(Queued {
+                at,
+                seq,
+                batch,
+                overtakes,
+            });
+        }
+    }
+
+    /// Whether live batch `batch` (arriving as `seq`) may go before the
+    /// backfill batches queued now; if so, their writes of the documents it
+    /// writes are superseded.
+    fn may_overtake(&mut self, batch: &WriteBatch, seq: u64) -> bool {
+        if batch.last {
+            return false;
+        }
+        if self.backfill.is_empty() {
+            return true;
+        }
+        let mut held = Vec::new();
+        for op in batch.ops.iter() {
+            let doc = || doc_hash(&op.index, &op.id);
+            match op.action {
+                WriteAction::Truncate { .. } => return false,
+                // Merges into the document as the backfill wrote it.
+                WriteAction::Upsert { partial: true, .. } => {
+                    if self.backfill_docs.contains_key(&doc()) {
+                        return false;
+                    }
+                }
+                WriteAction::Upsert { .. } | WriteAction::Delete => {
+                    let doc = doc();
+                    if self.backfill_docs.contains_key(&doc) {
+                        held.push(doc);
+                    }
+                }
+            }
+        }
+        for doc in held {
+            self.superseded.insert(doc, seq);
+        }
+        true
+    }
+
+    /// A live batch first when it may go before the backfill batches ahead
+    /// of it, else the oldest backfill batch.
+    fn next_in_memory(&mut self) -> Option<WriteBatch> {
+        let live_first = match (self.queue.front(), self.backfill.front()) {
+            (Some(live), Some(backfill)) => live.overtakes || live.seq < backfill.seq,
+            (live, _) => live.is_some(),
+        };
+        let queued = if live_first {
+            self.queue.pop_front()?
+        } else {
+            let mut queued = self.backfill.pop_front()?;
+            applied(&mut self.unapplied, queued.batch.upto);
+            for op in queued.batch.ops.iter() {
+                let doc = doc_hash(&op.index, &op.id);
+                if let Some(count) = self.backfill_docs.get_mut(&doc) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.backfill_docs.remove(&doc);
+                    }
+                }
+            }
+            self.leave_out_superseded(&mut queued);
+            if self.backfill.is_empty() {
+                self.superseded.clear();
+            }
+            queued
+        };
+        self.queued_bytes -= queued.batch.bytes;
+        Some(queued.batch)
+    }
+
+    /// Drops the writes of a backfill batch that a later live write superseded.
+    fn leave_out_superseded(&self, queued: &mut Queued) {
+        if self.superseded.is_empty() {
+            return;
+        }
+        let stale = |op: &WriteOp| {
+            self.superseded
+                .get(&doc_hash(&op.index, &op.id))
+                .is_some_and(|by| *by > queued.seq)
+        };
+        if queued.batch.ops.iter().any(stale) {
+            Arc::make_mut(&mut queued.batch.ops).retain(|op| !stale(op));
+        }
+    }
+}
+
+/// Counts a backfill batch at `upto` as handed to the writer.
+fn applied(unapplied: &mut BTreeMap<Lsn, usize>, upto: Lsn) {
+    if let Some(count) = unapplied.get_mut(&upto) {
+        *count -= 1;
+        if *count == 0 {
+            unapplied.remove(&upto);
         }
     }
 }
@@ -388,14 +579,23 @@ fn open_segment(dir: &Path, segment: u64) -> Result<File> {
     File::open(&path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))
 }
 
-/// A batch as a frame: `len:u32` then shard, upto, last, bytes, the op count
-/// and each op (lsn, index, table, id, action). Strings and documents are
+/// A batch as a frame: `len:u32` then shard, upto, last, scope (0 for every
+/// sink; 1, the sink and the position to commit above for a backfill's
+/// rows), bytes, the op count and each op (lsn, index, table, id, action). Strings and documents are
 /// `len:u32` + bytes; integers little-endian. Credits stay behind.
 fn encode(batch: &WriteBatch, out: &mut Vec<u8>) {
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&(batch.shard as u32).to_le_bytes());
     out.extend_from_slice(&batch.upto.0.to_le_bytes());
     out.push(batch.last as u8);
+    match batch.scope {
+        Scope::All => out.push(0),
+        Scope::Backfill { sink, commit_above } => {
+            out.push(1);
+            out.extend_from_slice(&(sink as u32).to_le_bytes());
+            out.extend_from_slice(&commit_above.0.to_le_bytes());
+        }
+    }
     out.extend_from_slice(&batch.bytes.to_le_bytes());
     out.extend_from_slice(&(batch.ops.len() as u32).to_le_bytes());
     let bytes = |out: &mut Vec<u8>, b: &[u8]| {
@@ -441,6 +641,14 @@ fn decode(frame: &[u8], names: &mut HashMap<Box<str>, Arc<str>>) -> Option<Write
     let shard = r.u32()? as usize;
     let upto = Lsn(r.u64()?);
     let last = r.u8()? != 0;
+    let scope = match r.u8()? {
+        0 => Scope::All,
+        1 => Scope::Backfill {
+            sink: r.u32()? as usize,
+            commit_above: Lsn(r.u64()?),
+        },
+        _ => return None,
+    };
     let bytes = r.u64()?;
     let n = r.u32()? as usize;
     let mut ops = Vec::with_capacity(n.min(frame.len()));
@@ -494,9 +702,7 @@ fn decode(frame: &[u8], names: &mut HashMap<Box<str>, Arc<str>>) -> Option<Write
         credits: Vec::new(),
         last,
         bytes,
-        // Only a hint to commit early: a spooled backfill batch waits for
-        // its sink's next regular commit.
-        scope: Scope::All,
+        scope,
     })
 }
 
@@ -571,14 +777,21 @@ mod tests {
             upto: Lsn(upto),
             credits: Vec::new(),
             last: upto % 2 == 0,
-            scope: Scope::All,
+            scope: if upto % 3 == 0 {
+                Scope::Backfill {
+                    sink: shard,
+                    commit_above: Lsn(upto + 1),
+                }
+            } else {
+                Scope::All
+            },
         }
     }
 
     fn same(a: &WriteBatch, b: &WriteBatch) {
         assert_eq!(
-            (a.shard, a.upto, a.last, a.bytes, a.ops.len()),
-            (b.shard, b.upto, b.last, b.bytes, b.ops.len())
+            (a.shard, a.upto, a.last, a.scope, a.bytes, a.ops.len()),
+            (b.shard, b.upto, b.last, b.scope, b.bytes, b.ops.len())
         );
         for (x, y) in a.ops.iter().zip(b.ops.iter()) {
             assert_eq!(
@@ -679,5 +892,149 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(lane.lock().spool.is_some());
         assert_eq!(lane.next().unwrap().unwrap().upto, Lsn(1));
+    }
+
+    /// A batch of upserts (or a truncate: id `!truncate`) of `ids`.
+    fn writes(upto: u64, ids: &[&str], backfill: bool, partial: bool) -> WriteBatch {
+        let ops: Vec<WriteOp> = ids
+            .iter()
+            .map(|id| WriteOp {
+                index: Arc::from("items"),
+                table: Arc::from("public.items"),
+                id: id.to_string(),
+                routing: None,
+                lsn: Lsn(upto),
+                action: match *id {
+                    "!truncate" => WriteAction::Truncate { barrier: 1 },
+                    "!delete" => WriteAction::Delete,
+                    _ => WriteAction::Upsert {
+                        doc: b"{}".to_vec(),
+                        partial,
+                        fresh: false,
+                    },
+                },
+            })
+            .collect();
+        WriteBatch {
+            shard: 0,
+            bytes: batch_bytes(&ops),
+            ops: Arc::new(ops),
+            upto: Lsn(upto),
+            credits: Vec::new(),
+            last: false,
+            scope: if backfill {
+                Scope::Backfill {
+                    sink: 0,
+                    commit_above: Lsn(upto + 1),
+                }
+            } else {
+                Scope::All
+            },
+        }
+    }
+
+    fn ids(batch: &WriteBatch) -> Vec<&str> {
+        batch.ops.iter().map(|op| op.id.as_str()).collect()
+    }
+
+    fn memory_lane(dir: &Path) -> Arc<Lane> {
+        Lane::new("s", dir.join("spool"), SpillPolicy::never())
+    }
+
+    #[tokio::test]
+    async fn live_writes_go_before_a_backfill_and_supersede_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let lane = memory_lane(dir.path());
+        lane.send(writes(10, &["a"], false, false)).await.unwrap();
+        lane.send(writes(20, &["b", "c"], true, false))
+            .await
+            .unwrap();
+        lane.send(writes(20, &["d"], true, false)).await.unwrap();
+        lane.send(writes(30, &["c", "x"], false, false))
+            .await
+            .unwrap();
+        lane.send(writes(40, &["c", "e"], true, false))
+            .await
+            .unwrap();
+        assert_eq!(lane.unapplied_floor(), Some(Lsn(20)));
+        // In order up to the first backfill batch, then the live one ahead.
+        assert_eq!(ids(&lane.next().unwrap().unwrap()), ["a"]);
+        assert_eq!(ids(&lane.next().unwrap().unwrap()), ["c", "x"]);
+        // The backfill's older write of c is left out; the later one stays.
+        assert_eq!(ids(&lane.next().unwrap().unwrap()), ["b"]);
+        assert_eq!(lane.unapplied_floor(), Some(Lsn(20)));
+        assert_eq!(ids(&lane.next().unwrap().unwrap()), ["d"]);
+        assert_eq!(lane.unapplied_floor(), Some(Lsn(40)));
+        assert_eq!(ids(&lane.next().unwrap().unwrap()), ["c", "e"]);
+        assert_eq!(lane.unapplied_floor(), None);
+        assert!(lane.next().unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn truncates_partial_documents_and_the_last_batch_keep_their_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let lane = memory_lane(dir.path());
+        lane.send(writes(20, &["b"], true, false)).await.unwrap();
+        lane.send(writes(30, &["!truncate"], false, false))
+            .await
+            .unwrap();
+        lane.send(writes(40, &["y"], false, false)).await.unwrap();
+        assert_eq!(ids(&lane.next().unwrap().unwrap()), ["b"]);
+        assert_eq!(ids(&lane.next().unwrap().unwrap()), ["!truncate"]);
+        assert_eq!(ids(&lane.next().unwrap().unwrap()), ["y"]);
+
+        lane.send(writes(50, &["b"], true, false)).await.unwrap();
+        // Partial, but of a row no backfill write holds: goes ahead.
+        lane.send(writes(60, &["z"], false, true)).await.unwrap();
+        // Merges into b as the backfill writes it: waits.
+        lane.send(writes(70, &["b"], false, true)).await.unwrap();
+        assert_eq!(lane.next().unwrap().unwrap().upto, Lsn(60));
+        assert_eq!(lane.next().unwrap().unwrap().upto, Lsn(50));
+        assert_eq!(lane.next().unwrap().unwrap().upto, Lsn(70));
+
+        lane.send(writes(80, &["q"], true, false)).await.unwrap();
+        let mut last = writes(90, &[], false, false);
+        last.last = true;
+        lane.send(last).await.unwrap();
+        assert_eq!(ids(&lane.next().unwrap().unwrap()), ["q"]);
+        assert!(lane.next().unwrap().unwrap().last);
+    }
+
+    #[tokio::test]
+    async fn a_spill_keeps_the_order_of_arrival_less_superseded_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let lane = Lane::new(
+            "s",
+            dir.path().join("spool"),
+            SpillPolicy {
+                memory_bytes: 600,
+                max_wait: Duration::from_secs(60),
+                spool_max_bytes: 1 << 30,
+            },
+        );
+        lane.send(writes(20, &["b", "c"], true, false))
+            .await
+            .unwrap();
+        lane.send(writes(30, &["c", "!delete"], false, false))
+            .await
+            .unwrap();
+        // The live write already went ahead when the lane spills.
+        assert_eq!(ids(&lane.next().unwrap().unwrap()), ["c", "!delete"]);
+        lane.send(writes(40, &["d"], true, false)).await.unwrap();
+        lane.send(writes(50, &["e"], false, false)).await.unwrap();
+        for i in 0..5 {
+            lane.send(writes(60 + i, &["f", "g", "h"], false, false))
+                .await
+                .unwrap();
+        }
+        assert!(lane.lock().spool.is_some());
+        assert_eq!(lane.unapplied_floor(), Some(Lsn(20)));
+        let first = lane.next().unwrap().unwrap();
+        assert_eq!(ids(&first), ["b"]);
+        assert!(matches!(first.scope, Scope::Backfill { .. }));
+        assert_eq!(lane.unapplied_floor(), Some(Lsn(40)));
+        assert_eq!(ids(&lane.next().unwrap().unwrap()), ["d"]);
+        assert_eq!(lane.unapplied_floor(), None);
+        assert_eq!(ids(&lane.next().unwrap().unwrap()), ["e"]);
     }
 }

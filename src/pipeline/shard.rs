@@ -9,11 +9,14 @@ use bytes::BytesMut;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::change::{
-    RouteAction, Routed, Scope, ShardBatch, ShardItem, WriteAction, WriteBatch, WriteOp,
+    doc_hash, RouteAction, Routed, Scope, ShardBatch, ShardItem, WriteAction, WriteBatch, WriteOp,
 };
 use super::lane::{batch_bytes, Lane};
 use super::stats::StageStats;
 use crate::postgres::pgoutput::{ColumnKind, ColumnValue, Tuple};
+
+/// The most writes of a backfill's chunk the shard hands over in one batch.
+const BACKFILL_PIECE: usize = 512;
 
 pub enum ShardMsg {
     Batch(ShardBatch),
@@ -117,8 +120,7 @@ impl Actor for Shard {
 
 impl ShardState {
     fn collapse(&mut self, routed: Routed) {
-        let seed = xxhash_rust::xxh3::xxh3_64(routed.index.as_bytes());
-        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(routed.id.as_bytes(), seed);
+        let hash = doc_hash(&routed.index, &routed.id);
         let same = |other: &Routed| other.id == routed.id && other.index == routed.index;
         let at = match self.latest.get(&hash) {
             None => {
@@ -149,7 +151,10 @@ impl ShardState {
     }
 
     /// Encodes and sends the collapsed changes. Sends even an empty batch so
-    /// the writers learn the position (unless `only_if_any`).
+    /// the writers learn the position (unless `only_if_any`). A backfill's
+    /// rows go in pieces of at most `BACKFILL_PIECE` writes, so that live
+    /// writes can go between them (see the lane); only the last piece
+    /// carries the position.
     async fn flush(
         &mut self,
         upto: crate::lsn::Lsn,
@@ -163,11 +168,32 @@ impl ShardState {
         if only_if_any && self.pending.is_empty() {
             return Ok(0);
         }
-        let mut ops = Vec::with_capacity(self.pending.len());
-        for routed in self.pending.drain(..).flatten() {
+        let piece = match scope {
+            Scope::All => usize::MAX,
+            Scope::Backfill { .. } => BACKFILL_PIECE,
+        };
+        let mut pending = std::mem::take(&mut self.pending);
+        let mut ops = Vec::with_capacity(pending.len().min(piece));
+        let mut n = 0;
+        for routed in pending.drain(..).flatten() {
+            if ops.len() == piece {
+                let full = std::mem::replace(&mut ops, Vec::with_capacity(piece));
+                n += full.len();
+                self.send(WriteBatch {
+                    shard: self.args.shard,
+                    bytes: batch_bytes(&full),
+                    ops: Arc::new(full),
+                    upto: self.delivered,
+                    credits: credits.to_vec(),
+                    last: false,
+                    scope,
+                })
+                .await?;
+            }
             ops.push(encode(routed));
         }
-        let n = ops.len();
+        self.pending = pending;
+        n += ops.len();
         self.send(WriteBatch {
             shard: self.args.shard,
             bytes: batch_bytes(&ops),

@@ -4,7 +4,9 @@
 //! committed position to the acknowledger.
 //!
 //! The committed position is the lowest position every shard has delivered:
-//! all changes below it are durable in this sink.
+//! all changes below it are durable in this sink. Live writes may go before
+//! a backfill's rows (see the lane), so the position below which the
+//! backfill's rows are durable too is reported apart, for the backfills.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -50,6 +52,8 @@ pub struct WriterState {
     held_bytes: u64,
     dirty: bool,
     committed: Lsn,
+    /// The position below which backfill rows are durable as well, as reported.
+    backfilled: Lsn,
     /// A backfill waits for this position: commit as soon as it is passed.
     commit_above: Lsn,
     last_commit: Instant,
@@ -84,6 +88,7 @@ impl Actor for Writer {
             held_bytes: 0,
             dirty: false,
             committed: Lsn::ZERO,
+            backfilled: Lsn::ZERO,
             commit_above: Lsn::ZERO,
             last_commit: Instant::now(),
             finished: false,
@@ -130,8 +135,8 @@ impl WriterState {
             self.apply(batch).await?;
             self.drain_queues().await?;
         }
-        let wanted = self.commit_above > self.committed
-            && self.shard_upto.iter().all(|upto| *upto > self.commit_above);
+        let wanted =
+            self.commit_above > self.backfilled && self.backfill_upto() > self.commit_above;
         if !self.finished && self.shard_last.iter().all(|l| *l) {
             self.commit(true).await?;
             self.finished = true;
@@ -205,20 +210,41 @@ impl WriterState {
         }
     }
 
+    /// The position every change below is applied at: the lowest any shard
+    /// delivered.
+    fn upto(&self) -> Lsn {
+        self.shard_upto.iter().copied().min().unwrap_or(Lsn::ZERO)
+    }
+
+    /// The position every backfill row below is applied at too: below the
+    /// backfill batches live writes went ahead of.
+    fn backfill_upto(&self) -> Lsn {
+        let upto = self.upto();
+        match self.args.lane.unapplied_floor() {
+            Some(floor) => upto.min(floor),
+            None => upto,
+        }
+    }
+
     async fn commit(&mut self, last: bool) -> Result<(), ActorProcessingErr> {
-        let upto = self.shard_upto.iter().copied().min().unwrap_or(Lsn::ZERO);
-        if self.dirty || upto > self.committed || last {
+        let upto = self.upto();
+        let backfilled = self.backfill_upto();
+        if self.dirty || upto > self.committed || backfilled > self.backfilled || last {
             let start = Instant::now();
-            self.args.sink.commit(upto).await?;
+            // The sink's own record of its position must not pass backfill
+            // rows it has not written: it takes writes below it for replays.
+            self.args.sink.commit(backfilled).await?;
             metrics::histogram!("sluice_sink_commit_seconds", "sink" => self.args.sink.name().to_owned())
                 .record(start.elapsed().as_secs_f64());
             self.dirty = false;
             self.committed = self.committed.max(upto);
+            self.backfilled = self.backfilled.max(backfilled);
             metrics::gauge!("sluice_sink_committed_lsn", "sink" => self.args.sink.name().to_owned())
                 .set(self.committed.0 as f64);
             self.args.ack.cast(AckMsg::Committed {
                 sink: self.args.sink_index,
                 upto: self.committed,
+                backfilled: self.backfilled,
                 last,
             })?;
         }

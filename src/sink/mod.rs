@@ -26,7 +26,12 @@ pub trait Sink: Send + 'static {
     /// durable before `commit`.
     async fn write(&mut self, ops: &[WriteOp]) -> Result<()>;
 
-    /// Makes every write so far durable; `upto` is the position they cover.
+    /// Makes every write so far durable; `upto` is the position they cover:
+    /// every change below it, and every backfill row written at a position
+    /// below it, was written. A backfill row comes with its high watermark's
+    /// position, and live writes may go ahead of it, so writes after a
+    /// commit can still have positions below the last `upto`; those are
+    /// never ones written before.
     async fn commit(&mut self, upto: Lsn) -> Result<()>;
 }
 

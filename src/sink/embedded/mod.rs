@@ -4,6 +4,7 @@
 //! and skips changes it already holds. Other processes can read the indexes
 //! while sluice writes (`sluice search`).
 
+mod queue;
 mod schema;
 pub mod search;
 
@@ -15,6 +16,8 @@ use tantivy::collector::TopDocs;
 use tantivy::query::TermQuery;
 use tantivy::schema::{IndexRecordOption, OwnedValue, Value};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term};
+
+use queue::{Queue, Queued};
 
 pub use schema::Fields;
 
@@ -38,7 +41,9 @@ fn index_error(context: impl std::fmt::Display, e: impl std::fmt::Display) -> Er
 }
 
 struct OpenIndex {
-    writer: IndexWriter<TantivyDocument>,
+    writer: IndexWriter<Queued>,
+    /// How many documents wait in tantivy's indexing queue.
+    queue: Queue,
     reader: IndexReader,
     /// The reader's view as of the last commit.
     searcher: Searcher,
@@ -133,9 +138,10 @@ impl EmbeddedSink {
                     index.writer.delete_term(id_term);
                     index.pending_deletes += 1;
                 }
+                index.queue.wait_for_room();
                 index
                     .writer
-                    .add_document(doc)
+                    .add_document(index.queue.enter(doc))
                     .map_err(|e| index_error(format!("writing to index {}", op.index), e))?;
                 index.uncommitted.insert(id_hash);
             }
@@ -291,6 +297,7 @@ fn open_index(data_dir: &Path, name: &str) -> Result<OpenIndex> {
         .map_err(|e| index_error("opening an index reader", e))?;
     Ok(OpenIndex {
         writer,
+        queue: Queue::default(),
         searcher: reader.searcher(),
         reader,
         fields,

@@ -39,7 +39,8 @@ const USAGE: &str = "usage: cargo bench --bench backfill -- [--rows N] [--live-r
   --live-rate N   live single-row updates per second during the runs (default 200)
   --skip-null     skip the run into the null sink
   --skip-embedded skip the run into the embedded (tantivy) sink
-  --backfill K=V  a [backfill] setting for sluice (repeatable), e.g. max_chunk_rows=5000";
+  --backfill K=V  a [backfill] setting for sluice (repeatable), e.g. max_chunk_rows=5000
+  --pipeline K=V  a [pipeline] setting for sluice (repeatable), e.g. max_bytes_in_flight=67108864";
 
 const CREATE_TABLE: &str = "
 CREATE TABLE public.bench (
@@ -73,6 +74,8 @@ struct Options {
     skip_embedded: bool,
     /// `[backfill]` settings, as TOML lines.
     backfill: Vec<String>,
+    /// `[pipeline]` settings, as TOML lines.
+    pipeline: Vec<String>,
 }
 
 impl Options {
@@ -83,6 +86,7 @@ impl Options {
             skip_null: false,
             skip_embedded: false,
             backfill: Vec::new(),
+            pipeline: Vec::new(),
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -100,17 +104,8 @@ impl Options {
                 "--live-rate" => options.live_rate = number("--live-rate")?,
                 "--skip-null" => options.skip_null = true,
                 "--skip-embedded" => options.skip_embedded = true,
-                "--backfill" => {
-                    let setting = args
-                        .next()
-                        .ok_or(format!("--backfill needs KEY=VALUE\n{USAGE}"))?;
-                    let (key, value) = setting
-                        .split_once('=')
-                        .ok_or(format!("--backfill `{setting}` is not KEY=VALUE\n{USAGE}"))?;
-                    options
-                        .backfill
-                        .push(format!("{} = {}", key.trim(), value.trim()));
-                }
+                "--backfill" => options.backfill.push(setting(args.next(), "--backfill")?),
+                "--pipeline" => options.pipeline.push(setting(args.next(), "--pipeline")?),
                 "--bench" => {}
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -124,6 +119,15 @@ impl Options {
         }
         Ok(options)
     }
+}
+
+/// `KEY=VALUE` from the command line as a TOML line.
+fn setting(arg: Option<String>, flag: &str) -> Result<String> {
+    let arg = arg.ok_or(format!("{flag} needs KEY=VALUE\n{USAGE}"))?;
+    let (key, value) = arg
+        .split_once('=')
+        .ok_or(format!("{flag} `{arg}` is not KEY=VALUE\n{USAGE}"))?;
+    Ok(format!("{} = {}", key.trim(), value.trim()))
 }
 
 /// What one run measured.
@@ -278,10 +282,11 @@ async fn run_sluice(
     };
     let text = format!(
         "[source]\ndatabase_url = {}\nslot = \"{slot}\"\npublication = \"{slot}\"\nstatus_interval_ms = 1000\n\n\
-         [pipeline]\ndata_dir = {}\n\n[backfill]\ninitial = false\n{}\n\n[api]\nlisten = \"127.0.0.1:0\"\n\n\
+         [pipeline]\ndata_dir = {}\n{}\n\n[backfill]\ninitial = false\n{}\n\n[api]\nlisten = \"127.0.0.1:0\"\n\n\
          [[tables]]\nname = \"public.bench\"\n\n[[sinks]]\nname = \"{kind}\"\ntype = \"{kind}\"\n{commit}",
         quote(url),
         quote(&dir.join("data").to_string_lossy()),
+        options.pipeline.join("\n"),
         options.backfill.join("\n"),
     );
     fs::write(&config, text)?;

@@ -97,8 +97,11 @@ struct LaneState {
     backfill: VecDeque<Queued>,
     queued_bytes: u64,
     next_seq: u64,
-    /// Backfill writes in `backfill`, by document (`doc_hash`).
+    /// Backfill writes in `backfill`, by document (`doc_hash`), but for the
+    /// last `uncounted` batches: counted only when a live batch needs to
+    /// know, so a lane whose writer keeps up never hashes a backfill row.
     backfill_docs: HashMap<u64, u32>,
+    uncounted: usize,
     /// Documents a live batch wrote: backfill writes of them that arrived
     /// before that batch (by `seq`) are stale.
     superseded: HashMap<u64, u64>,
@@ -128,6 +131,7 @@ impl Lane {
                 queued_bytes: 0,
                 next_seq: 0,
                 backfill_docs: HashMap::new(),
+                uncounted: 0,
                 superseded: HashMap::new(),
                 unapplied: BTreeMap::new(),
                 held: Vec::new(),
@@ -226,6 +230,7 @@ impl Lane {
             spool.append(&queued.batch)?;
         }
         state.backfill_docs.clear();
+        state.uncounted = 0;
         state.superseded.clear();
         tracing::warn!(
             sink = %self.sink,
@@ -313,12 +318,7 @@ impl LaneState {
         self.queued_bytes += batch.bytes;
         let at = Instant::now();
         if let Scope::Backfill { .. } = batch.scope {
-            for op in batch.ops.iter() {
-                *self
-                    .backfill_docs
-                    .entry(doc_hash(&op.index, &op.id))
-                    .or_default() += 1;
-            }
+            self.uncounted += 1;
             *self.unapplied.entry(batch.upto).or_default() += 1;
             self.backfill.push_back(Queued {
                 at,
@@ -344,9 +344,10 @@ impl LaneState {
         if batch.last {
             return false;
         }
-        if self.backfill.is_empty() {
+        if self.backfill.is_empty() || batch.ops.is_empty() {
             return true;
         }
+        self.count_backfill_docs();
         let mut held = Vec::new();
         for op in batch.ops.iter() {
             let doc = || doc_hash(&op.index, &op.id);
@@ -372,6 +373,20 @@ impl LaneState {
         true
     }
 
+    /// Counts the documents of the backfill batches not counted yet.
+    fn count_backfill_docs(&mut self) {
+        let first = self.backfill.len() - self.uncounted;
+        for queued in self.backfill.range(first..) {
+            for op in queued.batch.ops.iter() {
+                *self
+                    .backfill_docs
+                    .entry(doc_hash(&op.index, &op.id))
+                    .or_default() += 1;
+            }
+        }
+        self.uncounted = 0;
+    }
+
     /// A live batch first when it may go before the backfill batches ahead
     /// of it, else the oldest backfill batch.
     fn next_in_memory(&mut self) -> Option<WriteBatch> {
@@ -382,16 +397,21 @@ impl LaneState {
         let queued = if live_first {
             self.queue.pop_front()?
         } else {
+            let counted = self.backfill.len() > self.uncounted;
             let mut queued = self.backfill.pop_front()?;
             applied(&mut self.unapplied, queued.batch.upto);
-            for op in queued.batch.ops.iter() {
-                let doc = doc_hash(&op.index, &op.id);
-                if let Some(count) = self.backfill_docs.get_mut(&doc) {
-                    *count -= 1;
-                    if *count == 0 {
-                        self.backfill_docs.remove(&doc);
+            if counted {
+                for op in queued.batch.ops.iter() {
+                    let doc = doc_hash(&op.index, &op.id);
+                    if let Some(count) = self.backfill_docs.get_mut(&doc) {
+                        *count -= 1;
+                        if *count == 0 {
+                            self.backfill_docs.remove(&doc);
+                        }
                     }
                 }
+            } else {
+                self.uncounted -= 1;
             }
             self.leave_out_superseded(&mut queued);
             if self.backfill.is_empty() {
@@ -967,6 +987,33 @@ mod tests {
         assert_eq!(lane.unapplied_floor(), Some(Lsn(40)));
         assert_eq!(ids(&lane.next().unwrap().unwrap()), ["c", "e"]);
         assert_eq!(lane.unapplied_floor(), None);
+        assert!(lane.next().unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn backfill_rows_are_counted_only_once_a_live_write_asks() {
+        let dir = tempfile::tempdir().unwrap();
+        let lane = memory_lane(dir.path());
+        lane.send(writes(20, &["c"], true, false)).await.unwrap();
+        // A batch without writes counts nothing.
+        lane.send(writes(25, &[], false, false)).await.unwrap();
+        assert_eq!(lane.lock().uncounted, 1);
+        // A live write counts the backfill batches queued so far.
+        lane.send(writes(30, &["x"], false, false)).await.unwrap();
+        assert_eq!(lane.lock().uncounted, 0);
+        lane.send(writes(40, &["c"], true, false)).await.unwrap();
+        assert_eq!(lane.lock().uncounted, 1);
+        assert_eq!(ids(&lane.next().unwrap().unwrap()), Vec::<&str>::new());
+        assert_eq!(ids(&lane.next().unwrap().unwrap()), ["x"]);
+        // The counted batch leaves the counts; the uncounted one stays apart.
+        assert_eq!(ids(&lane.next().unwrap().unwrap()), ["c"]);
+        assert!(lane.lock().backfill_docs.is_empty());
+        // Counted now, and superseded by the live write of c.
+        lane.send(writes(50, &["c"], false, false)).await.unwrap();
+        assert_eq!(lane.lock().backfill_docs.len(), 1);
+        assert_eq!(ids(&lane.next().unwrap().unwrap()), ["c"]);
+        assert_eq!(lane.next().unwrap().unwrap().upto, Lsn(40));
+        assert!(lane.lock().backfill_docs.is_empty());
         assert!(lane.next().unwrap().is_none());
     }
 

@@ -1,6 +1,7 @@
-//! One backfill at work: for each of its tables, chunk after chunk, write
-//! the low watermark, read the chunk, hand it to the decoder, write the high
-//! watermark; once the sink committed the chunk, store the cursor after it.
+//! One backfill at work: for each of its tables, chunk after chunk, read the
+//! chunk, hand it to the decoder, write the high watermark (which is the low
+//! watermark of the next chunk, see `window`); once the sink committed the
+//! chunk, store the cursor after it.
 //! A few chunks are in flight at a time (`chunks_in_flight`), so that
 //! reading the next one overlaps the sink taking the last; a restart reads
 //! at most those again. Chunks grow or shrink so that their SELECT takes
@@ -251,7 +252,8 @@ impl Reader<'_> {
         self.chunk_number += 1;
         let number = self.chunk_number;
         let limit = self.chunk_rows;
-        self.mark_chunk(Mark::Low, number).await?;
+        // No low watermark of its own: the last high watermark (or the
+        // start mark), committed before this snapshot, opens its window.
         let started = Instant::now();
         let read = chunk::read(&self.client, &shape.rel.name, cursor, condition, limit).await?;
         let select = started.elapsed();

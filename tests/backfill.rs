@@ -82,6 +82,36 @@ async fn a_new_sink_is_backfilled_from_the_rows_already_there() {
     assert_eq!(sluice.stop().code(), Some(0));
 }
 
+/// Chunks far larger than `max_bytes_in_flight` still complete: their
+/// credits come from a budget of their own, so the reader can always read
+/// the high watermarks they wait for.
+#[tokio::test(flavor = "multi_thread")]
+async fn chunks_larger_than_the_in_flight_budget_do_not_stall() {
+    let db = TestDb::new("big_chunks").await;
+    db.exec("CREATE TABLE wide (id bigint PRIMARY KEY, body text NOT NULL)")
+        .await;
+    db.exec("INSERT INTO wide SELECT i, repeat(md5(i::text), 64) FROM generate_series(1, 6000) i")
+        .await;
+    // 2000 rows of 2 kB: 4 MB a chunk, four times the budget.
+    let tables = format!(
+        "[[tables]]\nname = \"public.wide\"\n\n{API}\n[backfill]\nmin_chunk_rows = 2000\nmax_chunk_rows = 2000\nchunks_in_flight = 2\n"
+    );
+    let config = db.config(
+        &tables,
+        "max_bytes_in_flight = 1048576\nbatch_max_bytes = 262144",
+    );
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    let api = api_address(&db, &mut sluice).await;
+    let b = wait_state(&api, 1, "completed", &mut sluice).await;
+    assert_eq!(b["rows_done"], 6000, "{b:#}");
+    // Live changes flow as well.
+    db.exec("UPDATE wide SET body = 'changed' WHERE id <= 10")
+        .await;
+    assert_index_equals_table(&db, "wide", "wide", "id").await;
+    assert_eq!(sluice.stop().code(), Some(0));
+}
+
 async fn get(api: &str, path: &str) -> Value {
     reqwest::get(format!("{api}{path}"))
         .await

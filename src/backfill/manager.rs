@@ -31,6 +31,7 @@ pub struct RunContext {
     pub decoder: ActorRef<DecoderMsg>,
     /// The position each sink committed backfill rows below, by sink number.
     pub positions: watch::Receiver<Vec<Lsn>>,
+    /// The backfills' own in-flight budget (not the reader's).
     pub flow: FlowControl,
 }
 

@@ -46,6 +46,10 @@ pub struct PipelinePlan {
     pub data_dir: PathBuf,
     pub shards: usize,
     pub flow: FlowControl,
+    /// Credits of backfill chunks: a budget of their own, so chunks waiting
+    /// for their high watermark never hold the credits the reader needs to
+    /// read that watermark.
+    pub backfill_flow: FlowControl,
     pub batch_max_changes: usize,
     pub batch_max_bytes: u64,
     pub batch_max_age: Duration,
@@ -94,6 +98,7 @@ impl PipelinePlan {
             data_dir: p.data_dir.clone(),
             shards: p.shards,
             flow: FlowControl::new(p.max_bytes_in_flight),
+            backfill_flow: FlowControl::new(p.max_bytes_in_flight),
             batch_max_changes: p.batch_max_changes,
             batch_max_bytes: p.batch_max_bytes,
             batch_max_age: Duration::from_millis(p.batch_max_age_ms),

@@ -340,7 +340,7 @@ impl SupervisorState {
                 generation: self.generation,
                 decoder: decoder.clone(),
                 positions: positions_rx,
-                flow: plan.flow.clone(),
+                flow: plan.backfill_flow.clone(),
             });
         }
         let args = ReaderArgs {

@@ -190,7 +190,14 @@ async fn bench(cluster: &LocalPostgres, options: &Options) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    let (copy_seconds, copy_bytes) = time_copy(&client).await?;
+    // The fastest of three: the target is a share of COPY at its best.
+    let mut copy_seconds = f64::MAX;
+    let mut copy_bytes = 0;
+    for _ in 0..3 {
+        let (seconds, bytes) = time_copy(&client).await?;
+        copy_seconds = copy_seconds.min(seconds);
+        copy_bytes = bytes;
+    }
     let copy_rate = options.rows as f64 / copy_seconds;
     eprintln!("COPY: {copy_rate:.0} rows/s");
 
@@ -216,7 +223,9 @@ async fn bench(cluster: &LocalPostgres, options: &Options) -> Result<()> {
         copy_bytes as f64 / options.rows as f64,
         options.live_rate
     );
-    println!("COPY public.bench TO STDOUT: {copy_seconds:.2} s, {copy_rate:.0} rows/s");
+    println!(
+        "COPY public.bench TO STDOUT (fastest of 3): {copy_seconds:.2} s, {copy_rate:.0} rows/s"
+    );
     println!(
         "run                  seconds       rows/s  of COPY   peak RSS   live p50/p99/max before (ms)   during (ms)"
     );

@@ -130,7 +130,7 @@ async fn attempt(manager: &Manager, id: u64, context: &RunContext) -> Result<End
         client,
         sink,
         chunk_rows: manager.settings.min_chunk_rows,
-        chunk_number: 0,
+        chunk_number: first_chunk_number(),
     };
     for i in 0..backfill.tables.len() {
         let Some(current) = manager.current(id) else {
@@ -149,6 +149,22 @@ async fn attempt(manager: &Manager, id: u64, context: &RunContext) -> Result<End
         }))?;
     }
     Ok(Ended::Completed)
+}
+
+/// Where an attempt numbers its chunks from: above every number an earlier
+/// attempt (of this process or one before it) used. The decoder matches a
+/// chunk to its high watermark by number, and a restarted pipeline replays
+/// an earlier attempt's watermarks from the WAL while the new attempt's
+/// chunks already wait: numbers used twice would match the wrong ones and
+/// send chunks back to be read again. Milliseconds since the epoch (42 bits
+/// last until the year 2109), shifted past the 2^21 chunks one attempt
+/// numbers before it could reach the next millisecond's range.
+fn first_chunk_number() -> u64 {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    (millis & ((1 << 42) - 1)) << 21
 }
 
 fn store<T>(result: crate::error::Result<T>) -> Result<T, BackfillError> {

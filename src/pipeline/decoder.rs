@@ -99,17 +99,11 @@ impl Actor for Decoder {
                 }
             }
             DecoderMsg::Chunk(chunk) => {
-                // Chunks of the backfill numbered as high or higher are left
-                // from an earlier attempt, which numbered from the start:
-                // they never met their high watermark.
-                let stale = state.chunks.split_off(&(chunk.backfill, chunk.number));
-                let (keep, stale): (Vec<_>, Vec<_>) = stale
-                    .into_iter()
-                    .partition(|((backfill, _), _)| *backfill != chunk.backfill);
-                state.chunks.extend(keep);
-                for (_, old) in stale {
-                    let _ = old.reply.send(ChunkOutcome::Retry);
-                }
+                // Attempts number their chunks upwards, so chunks of the
+                // backfill numbered as high or higher are an earlier
+                // attempt's from before a clock step back: they never met
+                // their high watermark.
+                state.retry_chunks((chunk.backfill, chunk.number)..=(chunk.backfill, u64::MAX));
                 state.chunks.insert((chunk.backfill, chunk.number), chunk);
             }
         }
@@ -250,20 +244,22 @@ impl DecoderState {
         Ok(())
     }
 
-    /// A high watermark: the chunk it closes enters the stream here, as a
-    /// batch of its own for its sink, less the rows its window says are stale.
-    fn high(&mut self, marker: &Marker, out: &mut Vec<Change>) {
-        // Earlier chunks of the backfill never met their high watermark.
-        let earlier: Vec<(u64, u64)> = self
-            .chunks
-            .range((marker.backfill, 0)..(marker.backfill, marker.chunk))
-            .map(|(at, _)| *at)
-            .collect();
-        for at in earlier {
+    /// Sends the waiting chunks at `at` (backfill, chunk number) back to be
+    /// read again.
+    fn retry_chunks(&mut self, at: impl std::ops::RangeBounds<(u64, u64)>) {
+        let stale: Vec<(u64, u64)> = self.chunks.range(at).map(|(at, _)| *at).collect();
+        for at in stale {
             if let Some(old) = self.chunks.remove(&at) {
                 let _ = old.reply.send(ChunkOutcome::Retry);
             }
         }
+    }
+
+    /// A high watermark: the chunk it closes enters the stream here, as a
+    /// batch of its own for its sink, less the rows its window says are stale.
+    fn high(&mut self, marker: &Marker, out: &mut Vec<Change>) {
+        // Earlier chunks of the backfill never met their high watermark.
+        self.retry_chunks((marker.backfill, 0)..(marker.backfill, marker.chunk));
         let Some(chunk) = self.chunks.remove(&(marker.backfill, marker.chunk)) else {
             // Its chunk is gone (the backfill stopped), or the watermark is
             // an earlier run's, read again after a restart: close the window.

@@ -40,7 +40,9 @@ const USAGE: &str = "usage: cargo bench --bench backfill -- [--rows N] [--live-r
   --skip-null     skip the run into the null sink
   --skip-embedded skip the run into the embedded (tantivy) sink
   --backfill K=V  a [backfill] setting for sluice (repeatable), e.g. max_chunk_rows=5000
-  --pipeline K=V  a [pipeline] setting for sluice (repeatable), e.g. max_bytes_in_flight=67108864";
+  --pipeline K=V  a [pipeline] setting for sluice (repeatable), e.g. max_bytes_in_flight=67108864
+  --sink K=V      a setting of the benchmarked sink (repeatable), e.g. commit_interval_ms=50
+                  (the embedded sink runs with commit_interval_ms=100 unless given)";
 
 const CREATE_TABLE: &str = "
 CREATE TABLE public.bench (
@@ -76,6 +78,8 @@ struct Options {
     backfill: Vec<String>,
     /// `[pipeline]` settings, as TOML lines.
     pipeline: Vec<String>,
+    /// Settings of the benchmarked sink, as TOML lines.
+    sink: Vec<String>,
 }
 
 impl Options {
@@ -87,6 +91,7 @@ impl Options {
             skip_embedded: false,
             backfill: Vec::new(),
             pipeline: Vec::new(),
+            sink: Vec::new(),
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -106,6 +111,7 @@ impl Options {
                 "--skip-embedded" => options.skip_embedded = true,
                 "--backfill" => options.backfill.push(setting(args.next(), "--backfill")?),
                 "--pipeline" => options.pipeline.push(setting(args.next(), "--pipeline")?),
+                "--sink" => options.sink.push(setting(args.next(), "--sink")?),
                 "--bench" => {}
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -284,19 +290,19 @@ async fn run_sluice(
     let slot = format!("bench_{kind}");
     let config = dir.join("sluice.toml");
     let quote = |s: &str| toml::Value::from(s).to_string();
-    let commit = if kind == "embedded" {
-        "commit_interval_ms = 100\n"
-    } else {
-        ""
-    };
+    let mut sink = options.sink.clone();
+    if kind == "embedded" && !sink.iter().any(|s| s.starts_with("commit_interval_ms")) {
+        sink.push("commit_interval_ms = 100".to_owned());
+    }
     let text = format!(
         "[source]\ndatabase_url = {}\nslot = \"{slot}\"\npublication = \"{slot}\"\nstatus_interval_ms = 1000\n\n\
          [pipeline]\ndata_dir = {}\n{}\n\n[backfill]\ninitial = false\n{}\n\n[api]\nlisten = \"127.0.0.1:0\"\n\n\
-         [[tables]]\nname = \"public.bench\"\n\n[[sinks]]\nname = \"{kind}\"\ntype = \"{kind}\"\n{commit}",
+         [[tables]]\nname = \"public.bench\"\n\n[[sinks]]\nname = \"{kind}\"\ntype = \"{kind}\"\n{}\n",
         quote(url),
         quote(&dir.join("data").to_string_lossy()),
         options.pipeline.join("\n"),
         options.backfill.join("\n"),
+        sink.join("\n"),
     );
     fs::write(&config, text)?;
     let log = dir.join("sluice.log");

@@ -269,11 +269,21 @@ fn open_index(data_dir: &Path, name: &str) -> Result<OpenIndex> {
     let dir = index_dir(data_dir, name);
     std::fs::create_dir_all(&dir)
         .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
-    let (schema, fields) = schema::build();
     let directory = tantivy::directory::MmapDirectory::open(&dir)
         .map_err(|e| index_error(format!("opening {}", dir.display()), e))?;
-    let index = Index::open_or_create(directory, schema)
-        .map_err(|e| index_error(format!("opening index {}", dir.display()), e))?;
+    // An existing index keeps the schema it was created with.
+    let opened = match Index::exists(&directory) {
+        Ok(true) => Index::open(directory),
+        Ok(false) => Index::create(directory, schema::build(), Default::default()),
+        Err(e) => Err(e.into()),
+    };
+    let index = opened.map_err(|e| index_error(format!("opening index {}", dir.display()), e))?;
+    let fields = schema::fields(&index).map_err(|e| {
+        index_error(
+            format!("index {} is not an embedded sluice index", dir.display()),
+            e,
+        )
+    })?;
     schema::register_tokenizers(&index);
     let payload = index
         .load_metas()
@@ -321,11 +331,13 @@ fn build_document(
     doc.add_text(f.table, &op.table);
     doc.add_u64(f.lsn, op.lsn.0);
     doc.add_text(f.source, source);
-    let mut all = String::new();
-    for value in object.values() {
-        collect_text(value, &mut all);
+    if let Some(all) = f.all {
+        let mut text = String::new();
+        for value in object.values() {
+            collect_text(value, &mut text);
+        }
+        doc.add_text(all, &text);
     }
-    doc.add_text(f.all, &all);
     let fields: BTreeMap<String, OwnedValue> = object
         .into_iter()
         .map(|(k, v)| (k, OwnedValue::from(v)))

@@ -1,17 +1,24 @@
 //! The schema of embedded indexes.
 
 use tantivy::schema::{
-    Field, JsonObjectOptions, Schema, TextFieldIndexing, TextOptions, STORED, STRING, TEXT,
+    Field, IndexRecordOption, JsonObjectOptions, Schema, TextFieldIndexing, STORED, STRING,
 };
 use tantivy::Index;
+
+/// The name of the field holding a document's fields.
+pub const DOC: &str = "doc";
 
 /// The fields of an embedded index.
 ///
 /// - `_id` the document id (exact), `_table` the source table (exact),
 /// - `_source` the document exactly as sluice encoded it (stored),
 /// - `_lsn` the commit position of the change that wrote it (stored),
-/// - `doc` the document's fields, searchable by path (`name:shoe`, `tags:red`),
-/// - `_all` every value as text, for queries without a field.
+/// - `doc` the document's fields, searchable by path (`name:shoe`, `tags:red`);
+///   a query without a field searches every path (see `search`).
+///
+/// Indexes written by sluice 0.1 also have `_all`, every value again as one
+/// text: it doubled the cost of indexing a document. Such indexes keep it
+/// filled, so their documents stay alike.
 #[derive(Debug, Clone, Copy)]
 pub struct Fields {
     pub id: Field,
@@ -19,32 +26,26 @@ pub struct Fields {
     pub source: Field,
     pub lsn: Field,
     pub doc: Field,
-    pub all: Field,
+    pub all: Option<Field>,
 }
 
-pub fn build() -> (Schema, Fields) {
+/// The schema of a new index.
+pub fn build() -> Schema {
     let mut builder = Schema::builder();
-    let id = builder.add_text_field("_id", STRING | STORED);
-    let table = builder.add_text_field("_table", STRING);
-    let source = builder.add_text_field("_source", STORED);
-    let lsn = builder.add_u64_field("_lsn", STORED);
+    builder.add_text_field("_id", STRING | STORED);
+    builder.add_text_field("_table", STRING);
+    builder.add_text_field("_source", STORED);
+    builder.add_u64_field("_lsn", STORED);
+    // Frequencies rank better matches first; positions answer phrases.
+    let indexing = TextFieldIndexing::default()
+        .set_tokenizer("default")
+        .set_index_option(IndexRecordOption::WithFreqsAndPositions);
     let json = JsonObjectOptions::default()
-        .set_indexing_options(TextFieldIndexing::default().set_tokenizer("default"))
-        .set_expand_dots_enabled();
-    let doc = builder.add_json_field("doc", json);
-    let all = builder.add_text_field("_all", TEXT);
-    let _: TextOptions = TEXT;
-    (
-        builder.build(),
-        Fields {
-            id,
-            table,
-            source,
-            lsn,
-            doc,
-            all,
-        },
-    )
+        .set_indexing_options(indexing)
+        .set_expand_dots_enabled()
+        .set_fast(None);
+    builder.add_json_field(DOC, json);
+    builder.build()
 }
 
 /// Field handles of an opened index.
@@ -55,8 +56,8 @@ pub fn fields(index: &Index) -> tantivy::Result<Fields> {
         table: schema.get_field("_table")?,
         source: schema.get_field("_source")?,
         lsn: schema.get_field("_lsn")?,
-        doc: schema.get_field("doc")?,
-        all: schema.get_field("_all")?,
+        doc: schema.get_field(DOC)?,
+        all: schema.get_field("_all").ok(),
     })
 }
 

@@ -2,10 +2,13 @@
 
 use std::path::Path;
 
+use std::collections::BTreeSet;
+
 use tantivy::collector::{Count, TopDocs};
 use tantivy::query::{AllQuery, Query, QueryParser};
-use tantivy::schema::Value;
-use tantivy::{Index, TantivyDocument};
+use tantivy::query_grammar::{Occur, UserInputAst, UserInputLeaf, UserInputLiteral};
+use tantivy::schema::{Field, Schema, Value};
+use tantivy::{Index, Searcher, TantivyDocument};
 
 use super::{index_dir, schema};
 use crate::error::{Error, ErrorKind, Result};
@@ -45,11 +48,26 @@ pub fn search(data_dir: &Path, name: &str, query: &str, limit: usize) -> Result<
     let parsed: Box<dyn Query> = if query.trim() == "*" || query.trim().is_empty() {
         Box::new(AllQuery)
     } else {
-        let parser = QueryParser::for_index(&index, vec![fields.all, fields.doc]);
-        parser.parse_query(query).map_err(|e| {
+        let invalid = |e: &dyn std::fmt::Display| {
             Error::new(ErrorKind::Config, format!("invalid query `{query}`: {e}"))
                 .hint("examples: `shoe`, `name:shoe`, `price:[10 TO 20]`, `*`")
-        })?
+        };
+        let ast =
+            tantivy::query_grammar::parse_query(query).map_err(|_| invalid(&"syntax error"))?;
+        let paths: Vec<String> = doc_paths(&searcher, fields.doc)
+            .map_err(err)?
+            .into_iter()
+            .collect();
+        let parser = QueryParser::for_index(&index, vec![fields.doc]);
+        parser
+            .build_query_from_user_input_ast(
+                Rewrite {
+                    paths: &paths,
+                    schema: &index.schema(),
+                }
+                .ast(ast),
+            )
+            .map_err(|e| invalid(&e))?
     };
     let (total, top) = searcher
         .search(&parsed, &(Count, TopDocs::with_limit(limit.max(1))))
@@ -64,6 +82,175 @@ pub fn search(data_dir: &Path, name: &str, query: &str, limit: usize) -> Result<
     Ok(SearchResult { total, documents })
 }
 
+/// Every path of the `doc` field that the index holds, as the query parser
+/// names it (`doc.name`, `doc.attributes.origin`). Terms are sorted by path,
+/// so one seek per path and type finds them all.
+fn doc_paths(searcher: &Searcher, doc: Field) -> tantivy::Result<BTreeSet<String>> {
+    const END_OF_PATH: u8 = 0;
+    const SEGMENT_SEPARATOR: u8 = 1;
+    let mut paths = BTreeSet::new();
+    for segment in searcher.segment_readers() {
+        let inverted = segment.inverted_index(doc)?;
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            let mut stream = inverted.terms().range().ge(&from).into_stream()?;
+            if !stream.advance() {
+                break;
+            }
+            // A term is the path, END_OF_PATH, a type code, then the value.
+            let key = stream.key();
+            let Some(end) = key.iter().position(|&b| b == END_OF_PATH) else {
+                break;
+            };
+            let Some(&kind) = key.get(end + 1) else {
+                break;
+            };
+            let path: String = String::from_utf8_lossy(&key[..end])
+                .chars()
+                .map(|c| {
+                    if c as u32 == SEGMENT_SEPARATOR as u32 {
+                        '.'
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            if !path.is_empty() {
+                paths.insert(format!("{}.{path}", schema::DOC));
+            }
+            // Past every value of this path and type.
+            from.clear();
+            from.extend_from_slice(&key[..=end]);
+            match kind.checked_add(1) {
+                Some(next) => from.push(next),
+                None => break,
+            }
+        }
+    }
+    Ok(paths)
+}
+
+/// A parsed query as the index can answer it.
+struct Rewrite<'a> {
+    /// Every path of `doc`, for terms that name no field.
+    paths: &'a [String],
+    schema: &'a Schema,
+}
+
+impl Rewrite<'_> {
+    /// `ast` with every term that names no field searching each path of
+    /// `doc`, and fields that are not sluice's own read as paths of `doc`
+    /// (`price:[10 TO 20]` as `doc.price:[10 TO 20]`).
+    fn ast(&self, ast: UserInputAst) -> UserInputAst {
+        match ast {
+            UserInputAst::Clause(clauses) => UserInputAst::Clause(
+                clauses
+                    .into_iter()
+                    .map(|(occur, ast)| {
+                        let (occur, ast) = unwrap_single(occur, ast);
+                        (occur, self.ast(ast))
+                    })
+                    .collect(),
+            ),
+            UserInputAst::Boost(ast, boost) => UserInputAst::Boost(Box::new(self.ast(*ast)), boost),
+            UserInputAst::Leaf(leaf) => self.leaf(*leaf),
+        }
+    }
+
+    fn leaf(&self, leaf: UserInputLeaf) -> UserInputAst {
+        let each_path = |with_field: &dyn Fn(String) -> UserInputLeaf| {
+            UserInputAst::Clause(
+                self.paths
+                    .iter()
+                    .map(|path| {
+                        let leaf = with_field(path.clone());
+                        (Some(Occur::Should), UserInputAst::Leaf(Box::new(leaf)))
+                    })
+                    .collect(),
+            )
+        };
+        let leaf = match leaf {
+            UserInputLeaf::Literal(literal) if literal.field_name.is_none() => {
+                if self.paths.is_empty() {
+                    UserInputLeaf::Literal(literal)
+                } else {
+                    return each_path(&|path| {
+                        UserInputLeaf::Literal(UserInputLiteral {
+                            field_name: Some(path),
+                            ..literal.clone()
+                        })
+                    });
+                }
+            }
+            UserInputLeaf::Set {
+                field: None,
+                elements,
+            } => {
+                if self.paths.is_empty() {
+                    UserInputLeaf::Set {
+                        field: None,
+                        elements,
+                    }
+                } else {
+                    return each_path(&|path| UserInputLeaf::Set {
+                        field: Some(path),
+                        elements: elements.clone(),
+                    });
+                }
+            }
+            UserInputLeaf::Literal(mut literal) => {
+                literal.field_name = literal.field_name.map(|f| self.field(f));
+                UserInputLeaf::Literal(literal)
+            }
+            UserInputLeaf::Set { field, elements } => UserInputLeaf::Set {
+                field: field.map(|f| self.field(f)),
+                elements,
+            },
+            UserInputLeaf::Range {
+                field,
+                lower,
+                upper,
+            } => UserInputLeaf::Range {
+                field: field.map(|f| self.field(f)),
+                lower,
+                upper,
+            },
+            UserInputLeaf::Exists { field } => UserInputLeaf::Exists {
+                field: self.field(field),
+            },
+            other => other,
+        };
+        UserInputAst::Leaf(Box::new(leaf))
+    }
+
+    /// A field a query names: sluice's own (`_id`), or a path of `doc`.
+    fn field(&self, name: String) -> String {
+        let first = name.split('.').next().unwrap_or_default();
+        if self.schema.get_field(first).is_ok() {
+            name
+        } else {
+            format!("{}.{name}", schema::DOC)
+        }
+    }
+}
+
+/// A clause of one term as that term: the parser reads `a AND NOT b` as
+/// `+a +(-b)`, and a clause holding only a negation matches nothing.
+fn unwrap_single(occur: Option<Occur>, ast: UserInputAst) -> (Option<Occur>, UserInputAst) {
+    match ast {
+        UserInputAst::Clause(mut inner) if inner.len() == 1 => {
+            let (inner_occur, inner_ast) = inner.pop().expect("one clause");
+            let occur = match (occur, inner_occur) {
+                (Some(outer), Some(inner)) => Some(Occur::compose(outer, inner)),
+                (outer, None) => outer,
+                (None, inner) => inner,
+            };
+            unwrap_single(occur, inner_ast)
+        }
+        ast => (occur, ast),
+    }
+}
+
 /// The names of the indexes in a data directory.
 pub fn list_indexes(data_dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(data_dir.join("indexes"))
@@ -75,4 +262,113 @@ pub fn list_indexes(data_dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::lsn::Lsn;
+    use crate::pipeline::change::{WriteAction, WriteOp};
+    use crate::sink::embedded::EmbeddedSink;
+    use crate::sink::Sink;
+
+    fn upsert(id: &str, doc: &str) -> WriteOp {
+        WriteOp {
+            index: Arc::from("items"),
+            table: Arc::from("public.items"),
+            id: id.into(),
+            lsn: Lsn(10),
+            action: WriteAction::Upsert {
+                doc: doc.as_bytes().to_vec(),
+                partial: false,
+                fresh: true,
+            },
+            routing: None,
+        }
+    }
+
+    fn ids(dir: &Path, query: &str) -> Vec<String> {
+        let found = search(dir, "items", query, 10).unwrap();
+        let mut ids: Vec<String> = found
+            .documents
+            .iter()
+            .map(|d| {
+                let doc: serde_json::Value = serde_json::from_str(d).unwrap();
+                doc["id"].to_string()
+            })
+            .collect();
+        ids.sort();
+        assert_eq!(ids.len(), found.total);
+        ids
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn words_without_a_field_search_every_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = EmbeddedSink::open("e", dir.path()).unwrap();
+        sink.write(&[
+            upsert("1", r#"{"id":1,"name":"red lamp","price":12}"#),
+            upsert("2", r#"{"id":2,"name":"blue chair","tags":["red","wood"]}"#),
+            upsert(
+                "3",
+                r#"{"id":3,"name":"desk","attributes":{"colour":"dark red lamp"}}"#,
+            ),
+            upsert("4", r#"{"id":4,"name":"shelf","price":40,"note":null}"#),
+        ])
+        .await
+        .unwrap();
+        sink.commit(Lsn(20)).await.unwrap();
+        let dir = dir.path();
+        assert_eq!(ids(dir, "red"), ["1", "2", "3"]);
+        assert_eq!(ids(dir, "RED"), ["1", "2", "3"]);
+        assert_eq!(ids(dir, r#""red lamp""#), ["1", "3"]);
+        assert_eq!(ids(dir, "+red +wood"), ["2"]);
+        assert_eq!(ids(dir, "red AND NOT lamp"), ["2"]);
+        assert_eq!(ids(dir, "40"), ["4"]);
+        assert_eq!(ids(dir, "IN [shelf desk]"), ["3", "4"]);
+        assert_eq!(ids(dir, "name:red"), ["1"]);
+        assert_eq!(ids(dir, "attributes.colour:dark"), ["3"]);
+        assert_eq!(ids(dir, "price:[10 TO 20]"), ["1"]);
+        assert_eq!(ids(dir, "nowhere"), Vec::<String>::new());
+        let error = search(dir, "items", "name:(", 10).unwrap_err();
+        assert!(error.to_string().contains("invalid query"), "{error}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_empty_index_finds_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = EmbeddedSink::open("e", dir.path()).unwrap();
+        sink.write(&[upsert("1", r#"{"id":1}"#)]).await.unwrap();
+        sink.commit(Lsn(20)).await.unwrap();
+        assert_eq!(ids(dir.path(), "anything"), Vec::<String>::new());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn indexes_with_a_catch_all_field_keep_it() {
+        use tantivy::schema::{Schema, STORED, STRING, TEXT};
+        let dir = tempfile::tempdir().unwrap();
+        // An index as sluice 0.1 created it.
+        let mut builder = Schema::builder();
+        builder.add_text_field("_id", STRING | STORED);
+        builder.add_text_field("_table", STRING);
+        builder.add_text_field("_source", STORED);
+        builder.add_u64_field("_lsn", STORED);
+        builder.add_json_field(schema::DOC, TEXT);
+        let all = builder.add_text_field("_all", TEXT);
+        let index_path = index_dir(dir.path(), "items");
+        std::fs::create_dir_all(&index_path).unwrap();
+        Index::create_in_dir(&index_path, builder.build()).unwrap();
+        let mut sink = EmbeddedSink::open("e", dir.path()).unwrap();
+        sink.write(&[upsert("1", r#"{"id":1,"name":"red lamp"}"#)])
+            .await
+            .unwrap();
+        sink.commit(Lsn(20)).await.unwrap();
+        assert_eq!(ids(dir.path(), "lamp"), ["1"]);
+        let index = Index::open_in_dir(&index_path).unwrap();
+        let searcher = index.reader().unwrap().searcher();
+        let term = tantivy::Term::from_field_text(all, "lamp");
+        assert_eq!(searcher.doc_freq(&term).unwrap(), 1);
+    }
 }

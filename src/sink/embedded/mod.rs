@@ -4,6 +4,7 @@
 //! and skips changes it already holds. Other processes can read the indexes
 //! while sluice writes (`sluice search`).
 
+mod directory;
 mod queue;
 mod schema;
 pub mod search;
@@ -269,7 +270,7 @@ fn open_index(data_dir: &Path, name: &str) -> Result<OpenIndex> {
     let dir = index_dir(data_dir, name);
     std::fs::create_dir_all(&dir)
         .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
-    let directory = tantivy::directory::MmapDirectory::open(&dir)
+    let directory = directory::GroupSyncDirectory::open(&dir)
         .map_err(|e| index_error(format!("opening {}", dir.display()), e))?;
     // An existing index keeps the schema it was created with.
     let opened = match Index::exists(&directory) {

@@ -1,0 +1,224 @@
+//! The directory an embedded index lives in: tantivy's memory-mapped one,
+//! with the files of new segments synced together before each commit point.
+//!
+//! tantivy's `MmapDirectory` syncs every file it writes when the file is
+//! finished: a new segment costs one `fdatasync` per file (six or more),
+//! one after the other, on the indexing thread, while the commit that
+//! flushed the segment waits. None of them has to be durable before the
+//! `meta.json` that names the segment is, and tantivy syncs the directory
+//! right before writing each `meta.json`. Here finished files are only
+//! flushed and remembered, and that directory sync first syncs all of them
+//! at once, on threads of their own, so the disk sees them together.
+//!
+//! tantivy also rewrites `.managed.json`, its list of the files it created,
+//! atomically and synced, for every new file: another `fdatasync` each. The
+//! list only serves to delete files no commit point names any more. It is
+//! renamed into place unsynced here and synced with the other files; should
+//! a crash leave it unreadable, `open` drops it, and at worst files of the
+//! segments being written when the crash came stay on disk.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tantivy::directory::error::{DeleteError, LockError, OpenReadError, OpenWriteError};
+use tantivy::directory::{
+    AntiCallToken, Directory, DirectoryLock, FileHandle, Lock, MmapDirectory, TerminatingWrite,
+    WatchCallback, WatchHandle, WritePtr,
+};
+
+/// Files finished since the last directory sync, not yet synced.
+type Unsynced = Arc<Mutex<Vec<File>>>;
+
+/// tantivy's list of the files it manages.
+const MANAGED: &str = ".managed.json";
+
+#[derive(Debug, Clone)]
+pub(super) struct GroupSyncDirectory {
+    inner: MmapDirectory,
+    root: PathBuf,
+    unsynced: Unsynced,
+}
+
+impl GroupSyncDirectory {
+    pub(super) fn open(root: &Path) -> tantivy::Result<GroupSyncDirectory> {
+        let managed = root.join(MANAGED);
+        if let Ok(text) = std::fs::read(&managed) {
+            if serde_json::from_slice::<Vec<PathBuf>>(&text).is_err() {
+                tracing::warn!(path = %managed.display(), "unreadable list of index files (a crash while it was written): dropped");
+                std::fs::remove_file(&managed)?;
+            }
+        }
+        Ok(GroupSyncDirectory {
+            inner: MmapDirectory::open(root)?,
+            root: root.to_owned(),
+            unsynced: Unsynced::default(),
+        })
+    }
+}
+
+impl Directory for GroupSyncDirectory {
+    fn get_file_handle(&self, path: &Path) -> Result<Arc<dyn FileHandle>, OpenReadError> {
+        self.inner.get_file_handle(path)
+    }
+
+    fn delete(&self, path: &Path) -> Result<(), DeleteError> {
+        self.inner.delete(path)
+    }
+
+    fn exists(&self, path: &Path) -> Result<bool, OpenReadError> {
+        self.inner.exists(path)
+    }
+
+    fn open_write(&self, path: &Path) -> Result<WritePtr, OpenWriteError> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(self.root.join(path))
+            .map_err(|e| {
+                if e.kind() == io::ErrorKind::AlreadyExists {
+                    OpenWriteError::FileAlreadyExists(path.to_owned())
+                } else {
+                    OpenWriteError::wrap_io_error(e, path.to_owned())
+                }
+            })?;
+        Ok(BufWriter::new(Box::new(SyncLater {
+            file: Some(file),
+            unsynced: self.unsynced.clone(),
+        })))
+    }
+
+    fn atomic_read(&self, path: &Path) -> Result<Vec<u8>, OpenReadError> {
+        self.inner.atomic_read(path)
+    }
+
+    fn atomic_write(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        if path != Path::new(MANAGED) {
+            return self.inner.atomic_write(path, data);
+        }
+        let mut file = tempfile::Builder::new().tempfile_in(&self.root)?;
+        file.write_all(data)?;
+        file.flush()?;
+        let file = file.persist(self.root.join(path)).map_err(|e| e.error)?;
+        self.unsynced.lock().expect("unsynced files").push(file);
+        Ok(())
+    }
+
+    fn sync_directory(&self) -> io::Result<()> {
+        let files = std::mem::take(&mut *self.unsynced.lock().expect("unsynced files"));
+        let synced = std::thread::scope(|scope| {
+            let syncs: Vec<_> = files
+                .iter()
+                .map(|file| scope.spawn(|| file.sync_data()))
+                .collect();
+            // The scope joins every thread, also after an error.
+            syncs
+                .into_iter()
+                .try_for_each(|sync| sync.join().expect("a file sync panicked"))
+        });
+        if let Err(e) = synced {
+            // Not durable: sync them again before the next commit point.
+            self.unsynced.lock().expect("unsynced files").extend(files);
+            return Err(e);
+        }
+        self.inner.sync_directory()
+    }
+
+    fn acquire_lock(&self, lock: &Lock) -> Result<DirectoryLock, LockError> {
+        self.inner.acquire_lock(lock)
+    }
+
+    fn watch(&self, watch_callback: WatchCallback) -> tantivy::Result<WatchHandle> {
+        self.inner.watch(watch_callback)
+    }
+}
+
+/// A new file: flushed when finished, synced at the next directory sync.
+struct SyncLater {
+    /// `None` once finished.
+    file: Option<File>,
+    unsynced: Unsynced,
+}
+
+impl SyncLater {
+    fn file(&mut self) -> io::Result<&mut File> {
+        self.file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("write to a finished index file"))
+    }
+}
+
+impl Write for SyncLater {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file()?.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file()?.flush()
+    }
+}
+
+impl TerminatingWrite for SyncLater {
+    fn terminate_ref(&mut self, _: AntiCallToken) -> io::Result<()> {
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| io::Error::other("an index file finished twice"))?;
+        file.flush()?;
+        self.unsynced.lock().expect("unsynced files").push(file);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finished_files_wait_for_the_directory_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let directory = GroupSyncDirectory::open(dir.path()).unwrap();
+        for name in ["a.idx", "b.pos"] {
+            let mut writer = directory.open_write(Path::new(name)).unwrap();
+            writer.write_all(b"data").unwrap();
+            writer.terminate().unwrap();
+        }
+        assert_eq!(directory.unsynced.lock().unwrap().len(), 2);
+        assert!(matches!(
+            directory.open_write(Path::new("a.idx")),
+            Err(OpenWriteError::FileAlreadyExists(_))
+        ));
+        directory.sync_directory().unwrap();
+        assert!(directory.unsynced.lock().unwrap().is_empty());
+        assert_eq!(
+            directory
+                .open_read(Path::new("b.pos"))
+                .unwrap()
+                .read_bytes()
+                .unwrap()
+                .as_slice(),
+            b"data"
+        );
+    }
+
+    #[test]
+    fn the_file_list_is_written_whole_and_dropped_when_unreadable() {
+        let dir = tempfile::tempdir().unwrap();
+        let directory = GroupSyncDirectory::open(dir.path()).unwrap();
+        directory
+            .atomic_write(Path::new(MANAGED), b"[\"a.idx\"]\n")
+            .unwrap();
+        assert_eq!(directory.unsynced.lock().unwrap().len(), 1);
+        assert_eq!(
+            directory.atomic_read(Path::new(MANAGED)).unwrap(),
+            b"[\"a.idx\"]\n"
+        );
+        directory.sync_directory().unwrap();
+        GroupSyncDirectory::open(dir.path()).unwrap();
+        assert!(dir.path().join(MANAGED).exists());
+        std::fs::write(dir.path().join(MANAGED), b"").unwrap();
+        GroupSyncDirectory::open(dir.path()).unwrap();
+        assert!(!dir.path().join(MANAGED).exists());
+    }
+}

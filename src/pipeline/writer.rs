@@ -29,6 +29,8 @@ pub enum WriterMsg {
     Ready,
     /// Commit if anything is pending.
     Tick,
+    /// The commit with this number is durable (or failed).
+    Committed(u64),
 }
 
 pub struct WriterArgs {
@@ -63,11 +65,13 @@ pub struct WriterState {
     finished: bool,
     /// The commit under way, whose writes the next ones are applied behind.
     in_flight: Option<InFlight>,
+    commits_started: u64,
+    myself: ActorRef<WriterMsg>,
 }
 
-/// A commit the sink started, until the writer saw it end (when it starts
-/// the next one).
+/// A commit the sink started, until the writer saw it end.
 struct InFlight {
+    number: u64,
     upto: Lsn,
     backfilled: Lsn,
     /// The commit's result, once it is durable and reported (see `Report`).
@@ -107,6 +111,8 @@ impl Actor for Writer {
             last_commit: Instant::now(),
             finished: false,
             in_flight: None,
+            commits_started: 0,
+            myself,
         })
     }
 
@@ -130,6 +136,11 @@ impl Actor for Writer {
             WriterMsg::Tick => {
                 if !state.finished && state.last_commit.elapsed() >= state.args.commit_interval {
                     state.commit(false).await?;
+                }
+            }
+            WriterMsg::Committed(number) => {
+                if state.in_flight.as_ref().map(|f| f.number) == Some(number) {
+                    state.settle().await?;
                 }
             }
         }
@@ -259,6 +270,8 @@ impl WriterState {
             // The sink's own record of its position must not pass backfill
             // rows it has not written: it takes writes below it for replays.
             let mut committing = self.args.sink.start_commit(backfilled).await?;
+            self.commits_started += 1;
+            let number = self.commits_started;
             let report = Report {
                 started: Instant::now(),
                 sink: self.args.sink.name().to_owned(),
@@ -272,21 +285,23 @@ impl WriterState {
             let (done_tx, done) = tokio::sync::oneshot::channel();
             // Most sinks commit whole in `start_commit`: report at once.
             // Otherwise the position is reported as soon as the commit is
-            // durable, not when this writer next gets to it; the writer
-            // learns the result when it starts the next commit.
+            // durable, not when this writer next gets to it.
             let pending = match (&mut committing).now_or_never() {
                 Some(result) => {
                     let _ = done_tx.send(report.send(result));
                     false
                 }
                 None => {
+                    let myself = self.myself.clone();
                     tokio::spawn(async move {
                         let _ = done_tx.send(report.send(committing.await));
+                        let _ = myself.cast(WriterMsg::Committed(number));
                     });
                     true
                 }
             };
             self.in_flight = Some(InFlight {
+                number,
                 upto,
                 backfilled,
                 done,

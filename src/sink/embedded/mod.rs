@@ -177,7 +177,12 @@ impl OpenIndex {
     /// to `id_hash`): written since the last commit, or in a committed segment
     /// (deleted documents count until merged away, which only costs a delete).
     fn may_hold(&self, id_term: &Term, id_hash: u64) -> Result<bool> {
-        if self.unseen_by_reader(id_hash) {
+        if self.uncommitted.contains(&id_hash)
+            || self
+                .committing
+                .as_ref()
+                .is_some_and(|c| c.ids.contains(&id_hash))
+        {
             return Ok(true);
         }
         let found = self
@@ -187,20 +192,16 @@ impl OpenIndex {
         Ok(found > 0)
     }
 
-    /// Whether the id hashing to `id_hash` was written after the commit the
-    /// reader sees.
-    fn unseen_by_reader(&self, id_hash: u64) -> bool {
-        self.uncommitted.contains(&id_hash)
+    /// The stored document `id`, as the index holds it (committing first if it
+    /// was written since the last commit).
+    fn stored(&mut self, id: &str) -> Result<Option<serde_json::Map<String, serde_json::Value>>> {
+        let id_hash = xxhash_rust::xxh3::xxh3_64(id.as_bytes());
+        if self.uncommitted.contains(&id_hash)
             || self
                 .committing
                 .as_ref()
                 .is_some_and(|c| c.ids.contains(&id_hash))
-    }
-
-    /// The stored document `id`, as the index holds it (committing first if it
-    /// was written since the last commit).
-    fn stored(&mut self, id: &str) -> Result<Option<serde_json::Map<String, serde_json::Value>>> {
-        if self.unseen_by_reader(xxhash_rust::xxh3::xxh3_64(id.as_bytes())) {
+        {
             self.commit_now(None)?;
         }
         let searcher = &self.searcher;

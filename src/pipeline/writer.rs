@@ -69,12 +69,15 @@ pub struct WriterState {
     myself: ActorRef<WriterMsg>,
 }
 
-/// A commit the sink started, until the writer saw it end.
+/// A commit the sink started and has not reported durable yet.
 struct InFlight {
     number: u64,
     upto: Lsn,
     backfilled: Lsn,
-    /// The commit's result, once it is durable and reported (see `Report`).
+    last: bool,
+    started: Instant,
+    /// The lane's credits for the writes it covers, returned once durable.
+    credits: Vec<Arc<Credit>>,
     done: tokio::sync::oneshot::Receiver<Result<(), Error>>,
 }
 
@@ -267,34 +270,23 @@ impl WriterState {
         let upto = self.upto();
         let backfilled = self.backfill_upto();
         if self.dirty || upto > self.committed || backfilled > self.backfilled || last {
+            let started = Instant::now();
             // The sink's own record of its position must not pass backfill
             // rows it has not written: it takes writes below it for replays.
             let mut committing = self.args.sink.start_commit(backfilled).await?;
             self.commits_started += 1;
             let number = self.commits_started;
-            let report = Report {
-                started: Instant::now(),
-                sink: self.args.sink.name().to_owned(),
-                sink_index: self.args.sink_index,
-                ack: self.args.ack.clone(),
-                upto: self.committed.max(upto),
-                backfilled: self.backfilled.max(backfilled),
-                last,
-                credits: self.args.lane.take_held(),
-            };
             let (done_tx, done) = tokio::sync::oneshot::channel();
             // Most sinks commit whole in `start_commit`: report at once.
-            // Otherwise the position is reported as soon as the commit is
-            // durable, not when this writer next gets to it.
             let pending = match (&mut committing).now_or_never() {
                 Some(result) => {
-                    let _ = done_tx.send(report.send(result));
+                    let _ = done_tx.send(result);
                     false
                 }
                 None => {
                     let myself = self.myself.clone();
                     tokio::spawn(async move {
-                        let _ = done_tx.send(report.send(committing.await));
+                        let _ = done_tx.send(committing.await);
                         let _ = myself.cast(WriterMsg::Committed(number));
                     });
                     true
@@ -304,6 +296,9 @@ impl WriterState {
                 number,
                 upto,
                 backfilled,
+                last,
+                started,
+                credits: self.args.lane.take_held(),
                 done,
             });
             self.dirty = false;
@@ -319,7 +314,8 @@ impl WriterState {
         Ok(())
     }
 
-    /// Waits until the commit under way is durable (and reported).
+    /// Waits until the commit under way is durable, then reports its
+    /// position and returns its credits.
     async fn settle(&mut self) -> Result<(), ActorProcessingErr> {
         let Some(flight) = self.in_flight.take() else {
             return Ok(());
@@ -330,40 +326,19 @@ impl WriterState {
                 self.args.sink.name()
             )
         })??;
+        metrics::histogram!("sluice_sink_commit_seconds", "sink" => self.args.sink.name().to_owned())
+            .record(flight.started.elapsed().as_secs_f64());
         self.committed = self.committed.max(flight.upto);
         self.backfilled = self.backfilled.max(flight.backfilled);
-        Ok(())
-    }
-}
-
-/// What a commit reports once durable: its position to the acknowledger,
-/// its credits back to the reader.
-struct Report {
-    started: Instant,
-    sink: String,
-    sink_index: usize,
-    ack: ActorRef<AckMsg>,
-    upto: Lsn,
-    backfilled: Lsn,
-    last: bool,
-    credits: Vec<Arc<Credit>>,
-}
-
-impl Report {
-    /// Reports a commit that ended with `result`, if it succeeded.
-    fn send(self, result: Result<(), Error>) -> Result<(), Error> {
-        result?;
-        metrics::histogram!("sluice_sink_commit_seconds", "sink" => self.sink.clone())
-            .record(self.started.elapsed().as_secs_f64());
-        metrics::gauge!("sluice_sink_committed_lsn", "sink" => self.sink).set(self.upto.0 as f64);
-        // A stopped acknowledger means the pipeline is stopping.
-        let _ = self.ack.cast(AckMsg::Committed {
-            sink: self.sink_index,
-            upto: self.upto,
+        metrics::gauge!("sluice_sink_committed_lsn", "sink" => self.args.sink.name().to_owned())
+            .set(self.committed.0 as f64);
+        self.args.ack.cast(AckMsg::Committed {
+            sink: self.args.sink_index,
+            upto: self.committed,
             backfilled: self.backfilled,
-            last: self.last,
-        });
-        drop(self.credits);
+            last: flight.last,
+        })?;
+        drop(flight.credits);
         Ok(())
     }
 }

@@ -292,13 +292,8 @@ impl Lane {
 
     /// Returns the credits of everything committed.
     pub fn release(&self) {
-        drop(self.take_held());
-    }
-
-    /// The credits of everything applied so far, for a commit under way to
-    /// return once durable.
-    pub fn take_held(&self) -> Vec<Arc<Credit>> {
-        std::mem::take(&mut self.lock().held)
+        let held = std::mem::take(&mut self.lock().held);
+        drop(held);
     }
 
     /// Spills when the oldest batch waited longer than the policy allows.

@@ -12,15 +12,12 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::ack::AckMsg;
 use super::change::{Scope, WriteAction, WriteBatch};
-use super::flow::Credit;
 use super::lane::Lane;
 use super::stats::StageStats;
-use crate::error::Error;
 use crate::lsn::Lsn;
 use crate::sink::Sink;
 
@@ -29,8 +26,6 @@ pub enum WriterMsg {
     Ready,
     /// Commit if anything is pending.
     Tick,
-    /// The commit with this number is durable (or failed).
-    Committed(u64),
 }
 
 pub struct WriterArgs {
@@ -63,22 +58,6 @@ pub struct WriterState {
     commit_above: Lsn,
     last_commit: Instant,
     finished: bool,
-    /// The commit under way, whose writes the next ones are applied behind.
-    in_flight: Option<InFlight>,
-    commits_started: u64,
-    myself: ActorRef<WriterMsg>,
-}
-
-/// A commit the sink started and has not reported durable yet.
-struct InFlight {
-    number: u64,
-    upto: Lsn,
-    backfilled: Lsn,
-    last: bool,
-    started: Instant,
-    /// The lane's credits for the writes it covers, returned once durable.
-    credits: Vec<Arc<Credit>>,
-    done: tokio::sync::oneshot::Receiver<Result<(), Error>>,
 }
 
 pub struct Writer;
@@ -113,9 +92,6 @@ impl Actor for Writer {
             commit_above: Lsn::ZERO,
             last_commit: Instant::now(),
             finished: false,
-            in_flight: None,
-            commits_started: 0,
-            myself,
         })
     }
 
@@ -141,11 +117,6 @@ impl Actor for Writer {
                     state.commit(false).await?;
                 }
             }
-            WriterMsg::Committed(number) => {
-                if state.in_flight.as_ref().map(|f| f.number) == Some(number) {
-                    state.settle().await?;
-                }
-            }
         }
         Ok(())
     }
@@ -164,8 +135,8 @@ impl WriterState {
             self.apply(batch).await?;
             self.drain_queues().await?;
         }
-        let wanted = self.commit_above > self.backfilled_started()
-            && self.backfill_upto() > self.commit_above;
+        let wanted =
+            self.commit_above > self.backfilled && self.backfill_upto() > self.commit_above;
         if !self.finished && self.shard_last.iter().all(|l| *l) {
             self.commit(true).await?;
             self.finished = true;
@@ -255,90 +226,32 @@ impl WriterState {
         }
     }
 
-    /// The backfill position of the last commit started, durable or not.
-    fn backfilled_started(&self) -> Lsn {
-        match &self.in_flight {
-            Some(flight) => flight.backfilled.max(self.backfilled),
-            None => self.backfilled,
-        }
-    }
-
-    /// Starts a commit of everything applied, once the one under way is
-    /// durable; the last one is waited for.
     async fn commit(&mut self, last: bool) -> Result<(), ActorProcessingErr> {
-        self.settle().await?;
         let upto = self.upto();
         let backfilled = self.backfill_upto();
         if self.dirty || upto > self.committed || backfilled > self.backfilled || last {
-            let started = Instant::now();
+            let start = Instant::now();
             // The sink's own record of its position must not pass backfill
             // rows it has not written: it takes writes below it for replays.
-            let mut committing = self.args.sink.start_commit(backfilled).await?;
-            self.commits_started += 1;
-            let number = self.commits_started;
-            let (done_tx, done) = tokio::sync::oneshot::channel();
-            // Most sinks commit whole in `start_commit`: report at once.
-            let pending = match (&mut committing).now_or_never() {
-                Some(result) => {
-                    let _ = done_tx.send(result);
-                    false
-                }
-                None => {
-                    let myself = self.myself.clone();
-                    tokio::spawn(async move {
-                        let _ = done_tx.send(committing.await);
-                        let _ = myself.cast(WriterMsg::Committed(number));
-                    });
-                    true
-                }
-            };
-            self.in_flight = Some(InFlight {
-                number,
-                upto,
-                backfilled,
-                last,
-                started,
-                credits: self.args.lane.take_held(),
-                done,
-            });
+            self.args.sink.commit(backfilled).await?;
+            metrics::histogram!("sluice_sink_commit_seconds", "sink" => self.args.sink.name().to_owned())
+                .record(start.elapsed().as_secs_f64());
             self.dirty = false;
-            if last || !pending {
-                self.settle().await?;
-            }
-        } else {
-            self.args.lane.release();
+            self.committed = self.committed.max(upto);
+            self.backfilled = self.backfilled.max(backfilled);
+            metrics::gauge!("sluice_sink_committed_lsn", "sink" => self.args.sink.name().to_owned())
+                .set(self.committed.0 as f64);
+            self.args.ack.cast(AckMsg::Committed {
+                sink: self.args.sink_index,
+                upto: self.committed,
+                backfilled: self.backfilled,
+                last,
+            })?;
         }
+        self.args.lane.release();
         self.held_seen.clear();
         self.held_bytes = 0;
         self.last_commit = Instant::now();
-        Ok(())
-    }
-
-    /// Waits until the commit under way is durable, then reports its
-    /// position and returns its credits.
-    async fn settle(&mut self) -> Result<(), ActorProcessingErr> {
-        let Some(flight) = self.in_flight.take() else {
-            return Ok(());
-        };
-        flight.done.await.map_err(|_| {
-            format!(
-                "sink {}: a commit ended without an answer",
-                self.args.sink.name()
-            )
-        })??;
-        metrics::histogram!("sluice_sink_commit_seconds", "sink" => self.args.sink.name().to_owned())
-            .record(flight.started.elapsed().as_secs_f64());
-        self.committed = self.committed.max(flight.upto);
-        self.backfilled = self.backfilled.max(flight.backfilled);
-        metrics::gauge!("sluice_sink_committed_lsn", "sink" => self.args.sink.name().to_owned())
-            .set(self.committed.0 as f64);
-        self.args.ack.cast(AckMsg::Committed {
-            sink: self.args.sink_index,
-            upto: self.committed,
-            backfilled: self.backfilled,
-            last: flight.last,
-        })?;
-        drop(flight.credits);
         Ok(())
     }
 }

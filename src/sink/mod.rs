@@ -17,9 +17,6 @@ use crate::error::Result;
 use crate::lsn::Lsn;
 use crate::pipeline::change::WriteOp;
 
-/// A commit under way: resolves once the writes it covers are durable.
-pub type Committing = futures_util::future::BoxFuture<'static, Result<()>>;
-
 /// A destination for writes. Calls come from one writer actor, in order.
 #[async_trait::async_trait]
 pub trait Sink: Send + 'static {
@@ -36,17 +33,6 @@ pub trait Sink: Send + 'static {
     /// commit can still have positions below the last `upto`; those are
     /// never ones written before.
     async fn commit(&mut self, upto: Lsn) -> Result<()>;
-
-    /// Starts the commit `commit` makes and returns once later writes may
-    /// be applied; the returned future resolves when the commit is durable.
-    /// A sink whose commit ends with a wait for the disk (a sync) lets the
-    /// writer apply the next writes meanwhile. The writer waits for one
-    /// commit to resolve before it starts the next. By default the whole
-    /// commit is made here.
-    async fn start_commit(&mut self, upto: Lsn) -> Result<Committing> {
-        self.commit(upto).await?;
-        Ok(Box::pin(std::future::ready(Ok(()))))
-    }
 }
 
 /// Builds the sink a config describes.

@@ -11,15 +11,12 @@ pub mod search;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tantivy::collector::TopDocs;
 use tantivy::query::TermQuery;
 use tantivy::schema::{IndexRecordOption, OwnedValue, Value};
-use tantivy::{
-    FutureResult, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term,
-};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term};
 
 use queue::{Queue, Queued};
 
@@ -62,8 +59,6 @@ struct OpenIndex {
     replay_horizon: Lsn,
     /// Hashes of ids written since the last commit (not yet visible to the reader).
     uncommitted: HashSet<u64>,
-    /// The commit under way, if any: the reader sees it once it is settled.
-    committing: Option<Committing>,
     /// Deletes queued since the last commit; tantivy keeps each until then.
     pending_deletes: usize,
     dirty: bool,
@@ -177,12 +172,7 @@ impl OpenIndex {
     /// to `id_hash`): written since the last commit, or in a committed segment
     /// (deleted documents count until merged away, which only costs a delete).
     fn may_hold(&self, id_term: &Term, id_hash: u64) -> Result<bool> {
-        if self.uncommitted.contains(&id_hash)
-            || self
-                .committing
-                .as_ref()
-                .is_some_and(|c| c.ids.contains(&id_hash))
-        {
+        if self.uncommitted.contains(&id_hash) {
             return Ok(true);
         }
         let found = self
@@ -195,12 +185,9 @@ impl OpenIndex {
     /// The stored document `id`, as the index holds it (committing first if it
     /// was written since the last commit).
     fn stored(&mut self, id: &str) -> Result<Option<serde_json::Map<String, serde_json::Value>>> {
-        let id_hash = xxhash_rust::xxh3::xxh3_64(id.as_bytes());
-        if self.uncommitted.contains(&id_hash)
-            || self
-                .committing
-                .as_ref()
-                .is_some_and(|c| c.ids.contains(&id_hash))
+        if self
+            .uncommitted
+            .contains(&xxhash_rust::xxh3::xxh3_64(id.as_bytes()))
         {
             self.commit_now(None)?;
         }
@@ -225,98 +212,32 @@ impl OpenIndex {
         Ok(serde_json::from_str(source).ok())
     }
 
-    /// What a commit made now covers: at least what the last one did.
-    fn payload(&self, upto: Option<Lsn>) -> CommitPayload {
-        let mut covered = upto.unwrap_or(self.committed).max(self.committed);
-        if let Some(committing) = &self.committing {
-            covered = covered.max(committing.covered);
-        }
-        CommitPayload {
-            covered,
-            written: self.written.max(covered),
-        }
-    }
-
-    /// Commits every write so far and waits until it is durable (and the
-    /// commit under way, which tantivy finishes first).
     fn commit_now(&mut self, upto: Option<Lsn>) -> Result<()> {
-        let payload = self.payload(upto);
         let mut prepared = self
             .writer
             .prepare_commit()
             .map_err(|e| index_error("committing", e))?;
-        prepared.set_payload(&payload.to_string());
+        let covered = upto.unwrap_or(self.committed).max(self.committed);
+        prepared.set_payload(
+            &CommitPayload {
+                covered,
+                written: self.written.max(covered),
+            }
+            .to_string(),
+        );
         prepared
             .commit()
             .map_err(|e| index_error("committing", e))?;
-        self.committing = None;
-        self.uncommitted.clear();
-        self.pending_deletes = 0;
-        self.dirty = false;
-        self.reload(payload.covered)
-    }
-
-    /// Starts a commit of every write so far; the future resolves once it
-    /// is durable. The commit before it must have resolved.
-    fn start_commit(&mut self, upto: Lsn) -> Result<(FutureResult<u64>, Arc<AtomicBool>)> {
-        self.settle()?;
-        let payload = self.payload(Some(upto));
-        let mut prepared = self
-            .writer
-            .prepare_commit()
-            .map_err(|e| index_error("committing", e))?;
-        prepared.set_payload(&payload.to_string());
-        let durable = Arc::new(AtomicBool::new(false));
-        let future = prepared.commit_future();
-        self.committing = Some(Committing {
-            covered: payload.covered,
-            ids: std::mem::take(&mut self.uncommitted),
-            durable: durable.clone(),
-        });
-        self.pending_deletes = 0;
-        self.dirty = false;
-        Ok((future, durable))
-    }
-
-    /// The position the last commit started covers, durable or not.
-    fn covered(&self) -> Lsn {
-        match &self.committing {
-            Some(committing) => committing.covered.max(self.committed),
-            None => self.committed,
-        }
-    }
-
-    /// Makes the reader see the commit that was under way.
-    fn settle(&mut self) -> Result<()> {
-        let Some(committing) = self.committing.take() else {
-            return Ok(());
-        };
-        if !committing.durable.load(Ordering::Acquire) {
-            // Not known to be durable: tantivy commits in order, so a
-            // commit made now returns after it.
-            self.committing = Some(committing);
-            return self.commit_now(None);
-        }
-        self.reload(committing.covered)
-    }
-
-    fn reload(&mut self, covered: Lsn) -> Result<()> {
         self.reader
             .reload()
             .map_err(|e| index_error("reloading the index reader", e))?;
         self.searcher = self.reader.searcher();
-        self.committed = self.committed.max(covered);
+        self.committed = covered;
+        self.uncommitted.clear();
+        self.pending_deletes = 0;
+        self.dirty = false;
         Ok(())
     }
-}
-
-/// A commit tantivy is finishing.
-struct Committing {
-    covered: Lsn,
-    /// Hashes of the ids it writes: the reader sees them once it is settled.
-    ids: HashSet<u64>,
-    /// Set once it is durable.
-    durable: Arc<AtomicBool>,
 }
 
 /// What an index commit records: every change below `covered` is in the
@@ -395,7 +316,6 @@ fn open_index(data_dir: &Path, name: &str) -> Result<OpenIndex> {
         written: payload.written,
         replay_horizon: payload.written,
         uncommitted: HashSet::new(),
-        committing: None,
         pending_deletes: 0,
         dirty: false,
     })
@@ -463,34 +383,12 @@ impl super::Sink for EmbeddedSink {
     async fn commit(&mut self, upto: Lsn) -> Result<()> {
         tokio::task::block_in_place(|| {
             for index in self.indexes.values_mut() {
-                if index.dirty || upto > index.covered() || index.committing.is_some() {
+                if index.dirty || upto > index.committed {
                     index.commit_now(Some(upto))?;
                 }
             }
             Ok(())
         })
-    }
-
-    /// Flushes each changed index's segment and lets tantivy write the
-    /// commit point (syncing the segment's files, then `meta.json`) while
-    /// the next writes go on.
-    async fn start_commit(&mut self, upto: Lsn) -> Result<super::Committing> {
-        let started = tokio::task::block_in_place(|| {
-            let mut started = Vec::new();
-            for index in self.indexes.values_mut() {
-                if index.dirty || upto > index.covered() {
-                    started.push(index.start_commit(upto)?);
-                }
-            }
-            Ok::<_, Error>(started)
-        })?;
-        Ok(Box::pin(async move {
-            for (future, durable) in started {
-                future.await.map_err(|e| index_error("committing", e))?;
-                durable.store(true, Ordering::Release);
-            }
-            Ok(())
-        }))
     }
 }
 
@@ -592,65 +490,5 @@ mod tests {
         assert_eq!(sink.indexes["items"].pending_deletes, 1);
         sink.commit(Lsn(50)).await.unwrap();
         assert_eq!(all(dir.path()), [r#"{"v":3}"#, r#"{"v":4}"#]);
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn writes_during_a_started_commit_replace_what_it_holds() {
-        use crate::sink::Sink;
-        let dir = tempfile::tempdir().unwrap();
-        let mut sink = EmbeddedSink::open("e", dir.path()).unwrap();
-        sink.write(&[upsert("1", 10, r#"{"id":1,"a":"x","b":"y"}"#, false, true)])
-            .await
-            .unwrap();
-        let first = sink.start_commit(Lsn(20)).await.unwrap();
-        // Not visible to the reader yet, but replaced all the same.
-        sink.write(&[upsert("2", 30, r#"{"id":2}"#, false, false)])
-            .await
-            .unwrap();
-        assert_eq!(sink.indexes["items"].pending_deletes, 0);
-        sink.write(&[upsert("1", 30, r#"{"id":1,"a":"z"}"#, false, false)])
-            .await
-            .unwrap();
-        assert_eq!(sink.indexes["items"].pending_deletes, 1);
-        first.await.unwrap();
-        sink.start_commit(Lsn(40)).await.unwrap().await.unwrap();
-        assert_eq!(all(dir.path()), [r#"{"id":1,"a":"z"}"#, r#"{"id":2}"#]);
-        // A partial document merges into the one a started commit holds.
-        sink.write(&[upsert("3", 50, r#"{"id":3,"a":"x","b":"y"}"#, false, true)])
-            .await
-            .unwrap();
-        let second = sink.start_commit(Lsn(60)).await.unwrap();
-        sink.write(&[upsert("3", 70, r#"{"id":3,"a":"w"}"#, true, false)])
-            .await
-            .unwrap();
-        second.await.unwrap();
-        sink.start_commit(Lsn(80)).await.unwrap().await.unwrap();
-        assert_eq!(
-            all(dir.path()),
-            [
-                r#"{"a":"w","b":"y","id":3}"#,
-                r#"{"id":1,"a":"z"}"#,
-                r#"{"id":2}"#
-            ]
-        );
-        drop(sink);
-        assert_eq!(open_index(dir.path(), "items").unwrap().committed, Lsn(80));
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn a_commit_started_and_never_awaited_is_finished_before_the_next() {
-        use crate::sink::Sink;
-        let dir = tempfile::tempdir().unwrap();
-        let mut sink = EmbeddedSink::open("e", dir.path()).unwrap();
-        sink.write(&[upsert("1", 10, r#"{"v":1}"#, false, true)])
-            .await
-            .unwrap();
-        drop(sink.start_commit(Lsn(20)).await.unwrap());
-        sink.write(&[upsert("1", 30, r#"{"v":2}"#, false, false)])
-            .await
-            .unwrap();
-        sink.start_commit(Lsn(40)).await.unwrap().await.unwrap();
-        assert_eq!(all(dir.path()), [r#"{"v":2}"#]);
-        assert_eq!(sink.indexes["items"].committed, Lsn(20));
     }
 }

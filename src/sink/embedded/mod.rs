@@ -213,6 +213,7 @@ impl OpenIndex {
     }
 
     fn commit_now(&mut self, upto: Option<Lsn>) -> Result<()> {
+        let started = std::time::Instant::now();
         let mut prepared = self
             .writer
             .prepare_commit()
@@ -225,13 +226,23 @@ impl OpenIndex {
             }
             .to_string(),
         );
+        let prepare = started.elapsed();
         prepared
             .commit()
             .map_err(|e| index_error("committing", e))?;
+        let durable = started.elapsed();
         self.reader
             .reload()
             .map_err(|e| index_error("reloading the index reader", e))?;
         self.searcher = self.reader.searcher();
+        tracing::debug!(
+            written = self.uncommitted.len(),
+            prepare_ms = prepare.as_secs_f64() * 1e3,
+            durable_ms = durable.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            segments = self.searcher.segment_readers().len(),
+            "index committed"
+        );
         self.committed = covered;
         self.uncommitted.clear();
         self.pending_deletes = 0;
@@ -343,8 +354,45 @@ fn build_document(
         .into_iter()
         .map(|(k, v)| (k, OwnedValue::from(v)))
         .collect();
+    if let Some(numbers) = f.numbers {
+        let kept = numbers_of(&fields);
+        if !kept.is_empty() {
+            doc.add_object(numbers, kept);
+        }
+    }
     doc.add_object(f.doc, fields);
     doc
+}
+
+/// The numbers, booleans and timestamps of `fields`, nested objects and
+/// arrays kept as far as they hold any.
+fn numbers_of(fields: &BTreeMap<String, OwnedValue>) -> BTreeMap<String, OwnedValue> {
+    fields
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), number_of(v)?)))
+        .collect()
+}
+
+fn number_of(value: &OwnedValue) -> Option<OwnedValue> {
+    match value {
+        OwnedValue::U64(_)
+        | OwnedValue::I64(_)
+        | OwnedValue::F64(_)
+        | OwnedValue::Bool(_)
+        | OwnedValue::Date(_) => Some(value.clone()),
+        OwnedValue::Array(items) => {
+            let kept: Vec<OwnedValue> = items.iter().filter_map(number_of).collect();
+            (!kept.is_empty()).then_some(OwnedValue::Array(kept))
+        }
+        OwnedValue::Object(entries) => {
+            let kept: Vec<(String, OwnedValue)> = entries
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), number_of(v)?)))
+                .collect();
+            (!kept.is_empty()).then_some(OwnedValue::Object(kept))
+        }
+        _ => None,
+    }
 }
 
 /// Every scalar of a JSON value as text, for the catch-all search field.

@@ -8,13 +8,24 @@ use tantivy::Index;
 /// The name of the field holding a document's fields.
 pub const DOC: &str = "doc";
 
+/// The name of the field holding a document's numbers, booleans and
+/// timestamps as fast columns, for ranges.
+pub const NUMBERS: &str = "_num";
+
 /// The fields of an embedded index.
 ///
 /// - `_id` the document id (exact), `_table` the source table (exact),
 /// - `_source` the document exactly as sluice encoded it (stored),
 /// - `_lsn` the commit position of the change that wrote it (stored),
 /// - `doc` the document's fields, searchable by path (`name:shoe`, `tags:red`);
-///   a query without a field searches every path (see `search`).
+///   a query without a field searches every path (see `search`),
+/// - `_num` the document's numbers, booleans and timestamps again, as fast
+///   columns: ranges (`price:[10 TO 20]`) read them. Text stays out of it, as
+///   a column of every distinct text would cost more to build and merge
+///   than the rest of the document.
+///
+/// Indexes written before `_num` existed have `doc` as fast columns instead,
+/// text included; their ranges read `doc`.
 ///
 /// Indexes written by sluice 0.1 also have `_all`, every value again as one
 /// text: it doubled the cost of indexing a document. Such indexes keep it
@@ -26,6 +37,7 @@ pub struct Fields {
     pub source: Field,
     pub lsn: Field,
     pub doc: Field,
+    pub numbers: Option<Field>,
     pub all: Option<Field>,
 }
 
@@ -42,9 +54,12 @@ pub fn build() -> Schema {
         .set_index_option(IndexRecordOption::WithFreqsAndPositions);
     let json = JsonObjectOptions::default()
         .set_indexing_options(indexing)
+        .set_expand_dots_enabled();
+    builder.add_json_field(DOC, json);
+    let numbers = JsonObjectOptions::default()
         .set_expand_dots_enabled()
         .set_fast(None);
-    builder.add_json_field(DOC, json);
+    builder.add_json_field(NUMBERS, numbers);
     builder.build()
 }
 
@@ -57,6 +72,7 @@ pub fn fields(index: &Index) -> tantivy::Result<Fields> {
         source: schema.get_field("_source")?,
         lsn: schema.get_field("_lsn")?,
         doc: schema.get_field(DOC)?,
+        numbers: schema.get_field(NUMBERS).ok(),
         all: schema.get_field("_all").ok(),
     })
 }

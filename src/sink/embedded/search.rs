@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 
 use tantivy::collector::{Count, TopDocs};
 use tantivy::query::{AllQuery, Query, QueryParser};
-use tantivy::query_grammar::{Occur, UserInputAst, UserInputLeaf, UserInputLiteral};
+use tantivy::query_grammar::{
+    Occur, UserInputAst, UserInputBound, UserInputLeaf, UserInputLiteral,
+};
 use tantivy::schema::{Field, Schema, Value};
 use tantivy::{Index, Searcher, TantivyDocument};
 
@@ -65,7 +67,8 @@ pub fn search(data_dir: &Path, name: &str, query: &str, limit: usize) -> Result<
                     paths: &paths,
                     schema: &index.schema(),
                 }
-                .ast(ast),
+                .ast(ast)
+                .map_err(|e| invalid(&e))?,
             )
             .map_err(|e| invalid(&e))?
     };
@@ -141,23 +144,25 @@ impl Rewrite<'_> {
     /// `ast` with every term that names no field searching each path of
     /// `doc`, and fields that are not sluice's own read as paths of `doc`
     /// (`price:[10 TO 20]` as `doc.price:[10 TO 20]`).
-    fn ast(&self, ast: UserInputAst) -> UserInputAst {
-        match ast {
+    fn ast(&self, ast: UserInputAst) -> std::result::Result<UserInputAst, String> {
+        Ok(match ast {
             UserInputAst::Clause(clauses) => UserInputAst::Clause(
                 clauses
                     .into_iter()
                     .map(|(occur, ast)| {
                         let (occur, ast) = unwrap_single(occur, ast);
-                        (occur, self.ast(ast))
+                        Ok((occur, self.ast(ast)?))
                     })
-                    .collect(),
+                    .collect::<std::result::Result<_, String>>()?,
             ),
-            UserInputAst::Boost(ast, boost) => UserInputAst::Boost(Box::new(self.ast(*ast)), boost),
-            UserInputAst::Leaf(leaf) => self.leaf(*leaf),
-        }
+            UserInputAst::Boost(ast, boost) => {
+                UserInputAst::Boost(Box::new(self.ast(*ast)?), boost)
+            }
+            UserInputAst::Leaf(leaf) => self.leaf(*leaf)?,
+        })
     }
 
-    fn leaf(&self, leaf: UserInputLeaf) -> UserInputAst {
+    fn leaf(&self, leaf: UserInputLeaf) -> std::result::Result<UserInputAst, String> {
         let each_path = |with_field: &dyn Fn(String) -> UserInputLeaf| {
             UserInputAst::Clause(
                 self.paths
@@ -174,12 +179,12 @@ impl Rewrite<'_> {
                 if self.paths.is_empty() {
                     UserInputLeaf::Literal(literal)
                 } else {
-                    return each_path(&|path| {
+                    return Ok(each_path(&|path| {
                         UserInputLeaf::Literal(UserInputLiteral {
                             field_name: Some(path),
                             ..literal.clone()
                         })
-                    });
+                    }));
                 }
             }
             UserInputLeaf::Set {
@@ -192,10 +197,10 @@ impl Rewrite<'_> {
                         elements,
                     }
                 } else {
-                    return each_path(&|path| UserInputLeaf::Set {
+                    return Ok(each_path(&|path| UserInputLeaf::Set {
                         field: Some(path),
                         elements: elements.clone(),
-                    });
+                    }));
                 }
             }
             UserInputLeaf::Literal(mut literal) => {
@@ -210,28 +215,114 @@ impl Rewrite<'_> {
                 field,
                 lower,
                 upper,
-            } => UserInputLeaf::Range {
-                field: field.map(|f| self.field(f)),
-                lower,
-                upper,
-            },
+            } => {
+                let (lower, upper) = range_bounds(lower, upper)?;
+                UserInputLeaf::Range {
+                    field: field.map(|f| self.range_field(f)),
+                    lower,
+                    upper,
+                }
+            }
             UserInputLeaf::Exists { field } => UserInputLeaf::Exists {
                 field: self.field(field),
             },
             other => other,
         };
-        UserInputAst::Leaf(Box::new(leaf))
+        Ok(UserInputAst::Leaf(Box::new(leaf)))
     }
 
     /// A field a query names: sluice's own (`_id`), or a path of `doc`.
     fn field(&self, name: String) -> String {
+        self.path_in(schema::DOC, name)
+    }
+
+    /// A field a range names: sluice's own, or a path of the fast columns
+    /// (`_num`, or `doc` in indexes older than `_num`).
+    fn range_field(&self, name: String) -> String {
+        if self.schema.get_field(schema::NUMBERS).is_ok() {
+            self.path_in(schema::NUMBERS, name)
+        } else {
+            self.field(name)
+        }
+    }
+
+    fn path_in(&self, object: &str, name: String) -> String {
         let first = name.split('.').next().unwrap_or_default();
         if self.schema.get_field(first).is_ok() {
             name
         } else {
-            format!("{}.{name}", schema::DOC)
+            format!("{object}.{name}")
         }
     }
+}
+
+/// The kind of a range bound, as the query parser reads it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum BoundKind {
+    I64,
+    U64,
+    F64,
+    Date,
+}
+
+fn bound_kind(value: &str) -> Option<BoundKind> {
+    use tantivy::time::{format_description::well_known::Rfc3339, OffsetDateTime};
+    if value.parse::<i64>().is_ok() {
+        Some(BoundKind::I64)
+    } else if value.parse::<u64>().is_ok() {
+        Some(BoundKind::U64)
+    } else if value.parse::<f64>().is_ok() {
+        Some(BoundKind::F64)
+    } else if OffsetDateTime::parse(value, &Rfc3339).is_ok() {
+        Some(BoundKind::Date)
+    } else {
+        None
+    }
+}
+
+/// The bounds of a range as the fast columns can compare them: numbers or
+/// timestamps (the columns hold no text), both of one kind. The parser reads
+/// `[1.5 TO 3]` as a float and an integer, which tantivy cannot compare; such
+/// bounds are both written as floats.
+fn range_bounds(
+    lower: UserInputBound,
+    upper: UserInputBound,
+) -> std::result::Result<(UserInputBound, UserInputBound), String> {
+    let value = |bound: &UserInputBound| match bound {
+        UserInputBound::Inclusive(v) | UserInputBound::Exclusive(v) => Some(v.clone()),
+        UserInputBound::Unbounded => None,
+    };
+    let mut kinds = Vec::with_capacity(2);
+    for value in [value(&lower), value(&upper)].into_iter().flatten() {
+        match bound_kind(&value) {
+            Some(kind) => kinds.push(kind),
+            None => {
+                return Err(format!(
+                    "a range compares numbers or timestamps (RFC 3339), and `{value}` is neither"
+                ))
+            }
+        }
+    }
+    match kinds.as_slice() {
+        [a, b] if a != b => {
+            if kinds.contains(&BoundKind::Date) {
+                return Err("a range compares a timestamp with a timestamp, not a number".into());
+            }
+            let float = |bound: UserInputBound| match bound {
+                UserInputBound::Inclusive(v) => UserInputBound::Inclusive(as_float(&v)),
+                UserInputBound::Exclusive(v) => UserInputBound::Exclusive(as_float(&v)),
+                UserInputBound::Unbounded => UserInputBound::Unbounded,
+            };
+            Ok((float(lower), float(upper)))
+        }
+        _ => Ok((lower, upper)),
+    }
+}
+
+/// A number as the parser reads a float (`3` as `3.0`).
+fn as_float(value: &str) -> String {
+    let number: f64 = value.parse().expect("checked to be a number");
+    format!("{number:?}")
 }
 
 /// A clause of one term as that term: the parser reads `a AND NOT b` as
@@ -310,10 +401,13 @@ mod tests {
         let mut sink = EmbeddedSink::open("e", dir.path()).unwrap();
         sink.write(&[
             upsert("1", r#"{"id":1,"name":"red lamp","price":12}"#),
-            upsert("2", r#"{"id":2,"name":"blue chair","tags":["red","wood"]}"#),
+            upsert(
+                "2",
+                r#"{"id":2,"name":"blue chair","tags":["red","wood"],"dims":{"weight":2.5}}"#,
+            ),
             upsert(
                 "3",
-                r#"{"id":3,"name":"desk","attributes":{"colour":"dark red lamp"}}"#,
+                r#"{"id":3,"name":"desk","attributes":{"colour":"dark red lamp"},"made":"2024-05-01T10:00:00Z"}"#,
             ),
             upsert("4", r#"{"id":4,"name":"shelf","price":40,"note":null}"#),
         ])
@@ -331,6 +425,22 @@ mod tests {
         assert_eq!(ids(dir, "name:red"), ["1"]);
         assert_eq!(ids(dir, "attributes.colour:dark"), ["3"]);
         assert_eq!(ids(dir, "price:[10 TO 20]"), ["1"]);
+        assert_eq!(ids(dir, "price:>=12"), ["1", "4"]);
+        assert_eq!(ids(dir, "dims.weight:[1.5 TO 3]"), ["2"]);
+        assert_eq!(ids(dir, "made:[2024-01-01T00:00:00Z TO *]"), ["3"]);
+        assert_eq!(ids(dir, "name:[1 TO 5]"), Vec::<String>::new());
+        assert_eq!(ids(dir, "price:[11.5 TO 40}"), ["1"]);
+        assert_eq!(ids(dir, "price:[-1 TO 18446744073709551615]"), ["1", "4"]);
+        assert_eq!(ids(dir, "made:>=2024-01-01T00:00:00Z"), ["3"]);
+        assert_eq!(ids(dir, "made:[1 TO 5]"), Vec::<String>::new());
+        assert_eq!(
+            ids(dir, "price:[2024-01-01T00:00:00Z TO *]"),
+            Vec::<String>::new()
+        );
+        let error = search(dir, "items", "made:[2024-01-01T00:00:00Z TO 5]", 10).unwrap_err();
+        assert!(error.to_string().contains("not a number"), "{error}");
+        let error = search(dir, "items", "name:[a TO c]", 10).unwrap_err();
+        assert!(error.to_string().contains("`a` is neither"), "{error}");
         assert_eq!(ids(dir, "nowhere"), Vec::<String>::new());
         let error = search(dir, "items", "name:(", 10).unwrap_err();
         assert!(error.to_string().contains("invalid query"), "{error}");
@@ -370,5 +480,39 @@ mod tests {
         let searcher = index.reader().unwrap().searcher();
         let term = tantivy::Term::from_field_text(all, "lamp");
         assert_eq!(searcher.doc_freq(&term).unwrap(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn indexes_without_a_number_field_range_over_doc() {
+        use tantivy::schema::{
+            IndexRecordOption, JsonObjectOptions, Schema, TextFieldIndexing, STORED, STRING,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        // An index as sluice created it before `_num`: `doc` is fast.
+        let mut builder = Schema::builder();
+        builder.add_text_field("_id", STRING | STORED);
+        builder.add_text_field("_table", STRING);
+        builder.add_text_field("_source", STORED);
+        builder.add_u64_field("_lsn", STORED);
+        let indexing = TextFieldIndexing::default()
+            .set_tokenizer("default")
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions);
+        let json = JsonObjectOptions::default()
+            .set_indexing_options(indexing)
+            .set_expand_dots_enabled()
+            .set_fast(None);
+        builder.add_json_field(schema::DOC, json);
+        let index_path = index_dir(dir.path(), "items");
+        std::fs::create_dir_all(&index_path).unwrap();
+        Index::create_in_dir(&index_path, builder.build()).unwrap();
+        let mut sink = EmbeddedSink::open("e", dir.path()).unwrap();
+        sink.write(&[
+            upsert("1", r#"{"id":1,"price":12}"#),
+            upsert("2", r#"{"id":2,"price":40}"#),
+        ])
+        .await
+        .unwrap();
+        sink.commit(Lsn(20)).await.unwrap();
+        assert_eq!(ids(dir.path(), "price:[10 TO 20]"), ["1"]);
     }
 }

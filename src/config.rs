@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::functions::FunctionKind;
+
 /// Default replication slot name.
 pub const DEFAULT_SLOT: &str = "sluice";
 /// Default publication name.
@@ -58,6 +60,13 @@ pub struct Config {
     /// The management API (status, backfills).
     #[serde(default)]
     pub api: crate::api::ApiConfig,
+    /// Filters, transforms and routes written in Lua, by name; tables name
+    /// the ones they use.
+    #[serde(default)]
+    pub functions: BTreeMap<String, crate::functions::FunctionConfig>,
+    /// The directory of the configuration file: function files are relative to it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
 }
 
 /// Connection to the source database.
@@ -146,6 +155,13 @@ pub struct PipelineConfig {
     /// Address for the Prometheus metrics endpoint (e.g. `127.0.0.1:9187`); off when unset.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// The most memory one Lua runtime (see `functions`) may hold, in MiB.
+    #[serde(default = "default_function_memory_mb")]
+    pub function_memory_mb: usize,
+}
+
+fn default_function_memory_mb() -> usize {
+    crate::functions::DEFAULT_MEMORY_MB
 }
 
 impl Default for PipelineConfig {
@@ -162,6 +178,7 @@ impl Default for PipelineConfig {
             max_restart_backoff_ms: DEFAULT_MAX_RESTART_BACKOFF_MS,
             spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
             metrics_listen: None,
+            function_memory_mb: crate::functions::DEFAULT_MEMORY_MB,
         }
     }
 }
@@ -206,9 +223,17 @@ pub struct TableConfig {
     /// a delete carries only the key.
     #[serde(default)]
     pub routing: Option<String>,
-    /// Declarative transform of rows into documents.
+    /// Declarative transform of rows into documents, or a transform function.
     #[serde(default)]
     pub transform: TransformConfig,
+    /// A filter function (see `functions`): changes it returns false for are
+    /// left out.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// A route function (see `functions`): names the index of each change,
+    /// and can turn it into a delete.
+    #[serde(default)]
+    pub route: Option<String>,
 }
 
 /// Keep, drop and rename columns. `keep` and `drop` are exclusive.
@@ -224,6 +249,10 @@ pub struct TransformConfig {
     /// Column name -> field name.
     #[serde(default)]
     pub rename: BTreeMap<String, String>,
+    /// A transform function (see `functions`) that makes the document from
+    /// the change. Exclusive with `keep`, `drop` and `rename`.
+    #[serde(default)]
+    pub function: Option<String>,
 }
 
 /// A destination for documents.
@@ -468,15 +497,22 @@ pub fn quote_ident(ident: &str) -> String {
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::read(path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a config file, without validating it.
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        config.validate()?;
+        config.base_dir = path.parent().map(Path::to_owned).unwrap_or_default();
         Ok(config)
     }
 
@@ -611,6 +647,41 @@ impl Config {
                 }
             }
             let transform = &table.transform;
+            for (field, name, kind) in [
+                ("filter", &table.filter, FunctionKind::Filter),
+                ("route", &table.route, FunctionKind::Route),
+                (
+                    "transform.function",
+                    &transform.function,
+                    FunctionKind::Transform,
+                ),
+            ] {
+                let Some(name) = name else { continue };
+                match self.functions.get(name) {
+                    None => problem(
+                        path(field),
+                        format!(
+                            "no function `{name}` is defined (add [functions.{name}] with kind = \"{kind}\")"
+                        ),
+                    ),
+                    Some(f) if f.kind != kind => problem(
+                        path(field),
+                        format!("function `{name}` is a {} function, not a {kind} function", f.kind),
+                    ),
+                    Some(_) => {}
+                }
+            }
+            if transform.function.is_some()
+                && (transform.keep.is_some()
+                    || !transform.drop.is_empty()
+                    || !transform.rename.is_empty())
+            {
+                problem(
+                    path("transform.function"),
+                    "a transform function makes the whole document: leave out keep, drop and rename"
+                        .into(),
+                );
+            }
             if transform.keep.is_some() && !transform.drop.is_empty() {
                 problem(
                     path("transform"),
@@ -674,11 +745,47 @@ impl Config {
         }
         self.backfill.validate(&mut problems);
         self.api.validate(&mut problems);
+        self.validate_functions(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
             Err(ConfigError::Invalid(problems))
         }
+    }
+
+    /// Checks every function's settings and compiles its code, so that a
+    /// syntax error is reported with its file and line before anything runs.
+    fn validate_functions(&self, problems: &mut Vec<ConfigProblem>) {
+        let before = problems.len();
+        for (name, function) in &self.functions {
+            function.validate(name, problems);
+        }
+        if self.pipeline.function_memory_mb == 0 {
+            problems.push(ConfigProblem {
+                field: "pipeline.function_memory_mb".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        if problems.len() > before || self.functions.is_empty() {
+            return;
+        }
+        if let Err(errors) = crate::functions::compile(
+            &self.functions,
+            &self.base_dir,
+            self.function_memory_bytes(),
+        ) {
+            for e in errors {
+                problems.push(ConfigProblem {
+                    field: format!("functions.{}", e.function),
+                    message: e.message,
+                });
+            }
+        }
+    }
+
+    /// The memory cap of one Lua runtime.
+    pub fn function_memory_bytes(&self) -> usize {
+        self.pipeline.function_memory_mb.saturating_mul(1024 * 1024)
     }
 
     /// The connection string, resolved from the environment where configured.
@@ -742,11 +849,15 @@ impl Config {
                     key: None,
                     routing: None,
                     transform: TransformConfig::default(),
+                    filter: None,
+                    route: None,
                 })
                 .collect(),
             sinks: default_sinks(),
             backfill: Default::default(),
             api: Default::default(),
+            functions: BTreeMap::new(),
+            base_dir: PathBuf::new(),
         }
     }
 

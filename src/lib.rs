@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod functions;
 pub mod local_pg;
 pub mod lsn;
 pub mod pipeline;

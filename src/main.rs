@@ -21,6 +21,7 @@ fn main() -> ExitCode {
             Command::Run(args) => cli::run(args).await,
             Command::Check(args) => cli::check(args).await,
             Command::Search(args) => cli::search(args),
+            Command::Function(command) => cli::function::run(command),
             Command::Demo(args) => sluice::demo::run(args).await,
             Command::Failed(command) => cli::failed(command).await,
             Command::Status { api, json } => cli::manage::status(api, json).await,

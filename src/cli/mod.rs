@@ -1,6 +1,7 @@
 //! The command line: `sluice run`, `check`, `search`, `demo`, `failed`, and
 //! the management commands `status` and `backfill` ([`manage`]).
 
+pub mod function;
 pub mod manage;
 
 use std::path::PathBuf;
@@ -55,6 +56,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Try the functions of a configuration on sample messages.
+    #[command(subcommand, name = "fn")]
+    Function(function::FunctionCommand),
     /// Start, list, watch, pause, resume or cancel backfills of a running pipeline.
     Backfill {
         #[command(flatten)]

@@ -11,10 +11,12 @@
 //! identity gives them (nil otherwise); `metadata` where the change comes
 //! from (see `message`).
 
+pub mod apply;
 pub mod json;
 pub mod lua;
+pub mod message;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -123,6 +125,35 @@ impl FunctionConfig {
         }
     }
 }
+
+/// The functions of a table, by name.
+#[derive(Debug, Clone, Default)]
+pub struct TableFunctions {
+    pub filter: Option<String>,
+    pub transform: Option<String>,
+    pub route: Option<String>,
+}
+
+/// Everything the shards need to run functions: each compiles its own runtime.
+#[derive(Debug, Clone)]
+pub struct FunctionPlan {
+    pub configs: BTreeMap<String, FunctionConfig>,
+    pub base_dir: PathBuf,
+    pub memory_bytes: usize,
+    /// By table (`schema.table`); tables without functions are absent.
+    pub tables: HashMap<String, TableFunctions>,
+    /// For `metadata.database_name`.
+    pub database: String,
+    /// Sink names, in the order of the sinks, for `metadata.sink`.
+    pub sinks: Vec<String>,
+    /// Where failed calls are kept (see `FAILED_STORE`).
+    pub data_dir: PathBuf,
+}
+
+/// The name under which calls that failed are kept in the failed-message
+/// store (`sluice failed list --sink @functions`): not a valid sink name, so
+/// it is never a sink's.
+pub const FAILED_STORE: &str = "@functions";
 
 /// Compiles every function into a new runtime. Every function that does
 /// not compile is reported, each with its file and line.

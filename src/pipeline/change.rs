@@ -88,7 +88,16 @@ pub struct Change {
     /// table: the backfill may leave the row's document to this change, so
     /// the missing columns are read from the table (see the router).
     pub fill_unchanged: bool,
+    /// Annotations the application set on the change's transaction (a JSON
+    /// object, see `ANNOTATIONS_PREFIX`), for functions' metadata.
+    pub annotations: Option<Arc<str>>,
 }
+
+/// The prefix of the transactional message an application writes to annotate
+/// the rest of its transaction: `SELECT pg_logical_emit_message(true,
+/// 'sluice.annotations', '{"user": "ana"}')`. The changes after it in the
+/// transaction carry the object to functions as `metadata.transaction_annotations`.
+pub const ANNOTATIONS_PREFIX: &str = "sluice.annotations";
 
 /// A batch of changes crossing stage boundaries.
 #[derive(Debug, Default)]

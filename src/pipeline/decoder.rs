@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::change::{Change, ChangeBatch, ColumnInfo, Op, RelationInfo, Scope};
+use super::change::{Change, ChangeBatch, ColumnInfo, Op, RelationInfo, Scope, ANNOTATIONS_PREFIX};
 use super::filter::FilterMsg;
 use super::flow::Credit;
 use super::reader::RawBatch;
@@ -44,6 +44,8 @@ pub struct DecoderState {
     commit_lsn: Lsn,
     commit_time: i64,
     seq: u32,
+    /// Annotations the application set on the transaction being decoded.
+    annotations: Option<Arc<str>>,
     upto: Lsn,
     /// The transaction being decoded.
     xid: u32,
@@ -77,6 +79,7 @@ impl Actor for Decoder {
             commit_lsn: Lsn::ZERO,
             commit_time: 0,
             seq: 0,
+            annotations: None,
             upto: Lsn::ZERO,
             xid: 0,
             windows: Windows::default(),
@@ -168,6 +171,7 @@ impl DecoderState {
                 self.commit_lsn = final_lsn;
                 self.commit_time = commit_time;
                 self.seq = 0;
+                self.annotations = None;
             }
             Message::Commit { end_lsn, .. } => {
                 self.in_transaction = false;
@@ -239,6 +243,21 @@ impl DecoderState {
                     .stats
                     .bad_record("a backfill watermark that cannot be read".to_owned()),
             },
+            Message::Message {
+                transactional: true,
+                prefix,
+                content,
+                ..
+            } if prefix == ANNOTATIONS_PREFIX => {
+                match serde_json::from_slice::<serde_json::Value>(&content) {
+                    Ok(value @ serde_json::Value::Object(_)) => {
+                        self.annotations = Some(Arc::from(value.to_string()));
+                    }
+                    _ => self.args.stats.bad_record(format!(
+                        "transaction annotations ({ANNOTATIONS_PREFIX}) that are not a JSON object"
+                    )),
+                }
+            }
             Message::Type { .. } | Message::Origin { .. } | Message::Message { .. } => {}
         }
         Ok(())
@@ -376,6 +395,7 @@ impl DecoderState {
             commit_time: self.commit_time,
             seq,
             fill_unchanged: false,
+            annotations: self.annotations.clone(),
         }
     }
 

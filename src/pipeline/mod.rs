@@ -61,6 +61,8 @@ pub struct PipelinePlan {
     pub transforms: HashMap<String, TransformConfig>,
     pub routes: HashMap<String, TableRoute>,
     pub sinks: Vec<SinkConfig>,
+    /// The functions tables use; `None` when no table uses one.
+    pub functions: Option<Arc<crate::functions::FunctionPlan>>,
     pub stats: PipelineStats,
     pub status: Arc<status::PipelineStatus>,
 }
@@ -77,8 +79,20 @@ impl PipelinePlan {
         let mut operations = HashMap::new();
         let mut transforms = HashMap::new();
         let mut routes = HashMap::new();
+        let mut table_functions = HashMap::new();
         for (table, name) in config.tables.iter().zip(config.table_names()) {
             let key = name.to_string();
+            if table.filter.is_some() || table.route.is_some() || table.transform.function.is_some()
+            {
+                table_functions.insert(
+                    key.clone(),
+                    crate::functions::TableFunctions {
+                        filter: table.filter.clone(),
+                        transform: table.transform.function.clone(),
+                        route: table.route.clone(),
+                    },
+                );
+            }
             operations.insert(key.clone(), table.operations.clone());
             transforms.insert(key.clone(), table.transform.clone());
             routes.insert(
@@ -90,6 +104,17 @@ impl PipelinePlan {
                 },
             );
         }
+        let functions = (!table_functions.is_empty()).then(|| {
+            Arc::new(crate::functions::FunctionPlan {
+                configs: config.functions.clone(),
+                base_dir: config.base_dir.clone(),
+                memory_bytes: config.function_memory_bytes(),
+                tables: table_functions,
+                database: conninfo.dbname(),
+                sinks: config.sinks.iter().map(|s| s.name.clone()).collect(),
+                data_dir: p.data_dir.clone(),
+            })
+        });
         Ok(PipelinePlan {
             name: config.source.slot.clone(),
             conninfo,
@@ -110,6 +135,7 @@ impl PipelinePlan {
             transforms,
             routes,
             sinks: config.sinks.clone(),
+            functions,
             stats: PipelineStats::default(),
             status: Arc::new(status::PipelineStatus::new(config.sinks.len())),
         })

@@ -13,6 +13,8 @@ use super::change::{
 };
 use super::lane::{batch_bytes, Lane};
 use super::stats::StageStats;
+use crate::functions::apply::{Outcome, ShardFunctions};
+use crate::functions::FunctionPlan;
 use crate::postgres::pgoutput::{ColumnKind, ColumnValue, Tuple};
 
 /// The most writes of a backfill's chunk the shard hands over in one batch.
@@ -26,6 +28,8 @@ pub struct ShardArgs {
     pub shard: usize,
     pub lanes: Vec<Arc<Lane>>,
     pub stats: Arc<StageStats>,
+    /// The functions tables use, if any.
+    pub functions: Option<Arc<FunctionPlan>>,
 }
 
 pub struct ShardState {
@@ -38,6 +42,8 @@ pub struct ShardState {
     pending: Vec<Option<Routed>>,
     /// The position of the last batch sent whole.
     delivered: crate::lsn::Lsn,
+    /// This shard's runtime for the functions tables use.
+    functions: Option<ShardFunctions>,
 }
 
 pub struct Shard;
@@ -52,12 +58,17 @@ impl Actor for Shard {
         _myself: ActorRef<ShardMsg>,
         args: ShardArgs,
     ) -> Result<ShardState, ActorProcessingErr> {
+        let functions = match &args.functions {
+            Some(plan) => Some(ShardFunctions::new(plan.clone())?),
+            None => None,
+        };
         Ok(ShardState {
             args,
             latest: HashMap::new(),
             collided: HashMap::new(),
             pending: Vec::new(),
             delivered: crate::lsn::Lsn::ZERO,
+            functions,
         })
     }
 
@@ -72,7 +83,19 @@ impl Actor for Shard {
         let mut written = 0;
         for item in batch.items {
             match item {
-                ShardItem::Change(routed) => state.collapse(routed),
+                ShardItem::Change(routed) => {
+                    let with_functions = state
+                        .functions
+                        .as_ref()
+                        .is_some_and(|f| f.of(&routed.change.rel.qualified).is_some());
+                    if with_functions {
+                        // Every change goes through the functions, in order:
+                        // a filter or route decides per change.
+                        state.pending.push(Some(routed));
+                    } else {
+                        state.collapse(routed);
+                    }
+                }
                 ShardItem::Truncate {
                     index,
                     table,
@@ -173,28 +196,107 @@ impl ShardState {
             Scope::Backfill { .. } => BACKFILL_PIECE,
         };
         let mut pending = std::mem::take(&mut self.pending);
-        let mut ops = Vec::with_capacity(pending.len().min(piece));
+        let targets = self.targets(scope, &pending);
         let mut n = 0;
-        for routed in pending.drain(..).flatten() {
-            if ops.len() == piece {
-                let full = std::mem::replace(&mut ops, Vec::with_capacity(piece));
-                n += full.len();
-                self.send(WriteBatch {
-                    shard: self.args.shard,
-                    bytes: batch_bytes(&full),
-                    ops: Arc::new(full),
-                    upto: self.delivered,
-                    credits: credits.to_vec(),
-                    last: false,
-                    scope,
-                })
-                .await?;
-            }
-            ops.push(encode(routed));
+        let count = targets.len();
+        for (i, target) in targets.into_iter().enumerate() {
+            // The last target takes the changes, the others copies.
+            let routed: Vec<Routed> = if i + 1 == count {
+                pending.drain(..).flatten().collect()
+            } else {
+                pending.iter().flatten().cloned().collect()
+            };
+            let ops = self.writes(routed, target)?;
+            n = n.max(
+                self.send_pieces(ops, piece, upto, credits, last, scope, target)
+                    .await?,
+            );
         }
+        pending.clear();
         self.pending = pending;
-        n += ops.len();
-        self.send(WriteBatch {
+        Ok(n)
+    }
+
+    /// Where the pending writes go: every lane in the batch's scope at once,
+    /// or, when a function may answer differently per sink
+    /// (`metadata.sink`), each lane with writes of its own.
+    fn targets(&self, scope: Scope, pending: &[Option<Routed>]) -> Vec<Target> {
+        let per_sink = self.functions.as_ref().is_some_and(|f| {
+            f.sinks() > 1
+                && pending
+                    .iter()
+                    .flatten()
+                    .any(|r| f.of(&r.change.rel.qualified).is_some())
+        });
+        match scope {
+            Scope::Backfill { sink, .. } => vec![Target::Lane(sink)],
+            Scope::All if per_sink => (0..self.args.lanes.len()).map(Target::Lane).collect(),
+            Scope::All => vec![Target::All],
+        }
+    }
+
+    /// The writes of `routed`, through the functions of their tables.
+    fn writes(
+        &mut self,
+        routed: Vec<Routed>,
+        target: Target,
+    ) -> Result<Vec<WriteOp>, ActorProcessingErr> {
+        let Some(functions) = self.functions.as_mut() else {
+            return Ok(routed.into_iter().map(|r| encode(r, None)).collect());
+        };
+        let sink = match target {
+            Target::Lane(lane) => functions.sink_name(lane).map(str::to_owned),
+            Target::All if functions.sinks() == 1 => functions.sink_name(0).map(str::to_owned),
+            Target::All => None,
+        };
+        let run = || -> Result<Vec<WriteOp>, ActorProcessingErr> {
+            let mut ops = Vec::with_capacity(routed.len());
+            for routed in routed {
+                if functions.of(&routed.change.rel.qualified).is_none() {
+                    ops.push(encode(routed, None));
+                    continue;
+                }
+                match functions.apply(routed, sink.as_deref())? {
+                    Outcome::Write(routed, doc) => ops.push(encode(routed, doc)),
+                    Outcome::Filtered | Outcome::Failed => {}
+                }
+            }
+            Ok(ops)
+        };
+        // Functions run on a budget, but a long one must not hold up the
+        // other tasks of this worker thread.
+        tokio::task::block_in_place(run)
+    }
+
+    /// Sends `ops` to `target` in pieces of at most `piece` writes; only the
+    /// last piece carries the position.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_pieces(
+        &self,
+        mut ops: Vec<WriteOp>,
+        piece: usize,
+        upto: crate::lsn::Lsn,
+        credits: &[Arc<super::flow::Credit>],
+        last: bool,
+        scope: Scope,
+        target: Target,
+    ) -> Result<usize, ActorProcessingErr> {
+        let n = ops.len();
+        while ops.len() > piece {
+            let rest = ops.split_off(piece);
+            let full = std::mem::replace(&mut ops, rest);
+            let batch = WriteBatch {
+                shard: self.args.shard,
+                bytes: batch_bytes(&full),
+                ops: Arc::new(full),
+                upto: self.delivered,
+                credits: credits.to_vec(),
+                last: false,
+                scope,
+            };
+            self.send_to(batch, target).await?;
+        }
+        let batch = WriteBatch {
             shard: self.args.shard,
             bytes: batch_bytes(&ops),
             ops: Arc::new(ops),
@@ -202,9 +304,21 @@ impl ShardState {
             credits: credits.to_vec(),
             last,
             scope,
-        })
-        .await?;
+        };
+        self.send_to(batch, target).await?;
         Ok(n)
+    }
+
+    async fn send_to(&self, batch: WriteBatch, target: Target) -> Result<(), ActorProcessingErr> {
+        match target {
+            Target::All => self.send(batch).await,
+            Target::Lane(lane) => {
+                if let Some(lane) = self.args.lanes.get(lane) {
+                    lane.send(batch).await?;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Hands a batch to the lane of every sink it is for (lanes are in the
@@ -224,6 +338,15 @@ impl ShardState {
         }
         Ok(())
     }
+}
+
+/// Where a shard's writes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// Every lane the batch's scope includes.
+    All,
+    /// One lane.
+    Lane(usize),
 }
 
 /// The state after `next` was applied to `previous` (same document).
@@ -278,7 +401,9 @@ fn fill_unchanged(tuple: &Tuple, from: &Tuple) -> Tuple {
     }
 }
 
-fn encode(routed: Routed) -> WriteOp {
+/// The write of `routed`; its document is `made` by a transform function,
+/// or encoded from the row in the table's shape.
+fn encode(routed: Routed, made: Option<Vec<u8>>) -> WriteOp {
     let Routed {
         change,
         action,
@@ -298,12 +423,23 @@ fn encode(routed: Routed) -> WriteOp {
                     new = fill_unchanged(&new, old);
                 }
             }
-            let mut doc = Vec::with_capacity(new.data.len() + shape.fields.len() * 16 + 2);
-            let complete = shape.encode(&new, &mut doc);
-            WriteAction::Upsert {
-                doc,
-                partial: !complete,
-                fresh,
+            match made {
+                // Made by a transform function; fields from columns the WAL
+                // left out are kept from the stored document.
+                Some(doc) => WriteAction::Upsert {
+                    doc,
+                    partial: has_unchanged(&new),
+                    fresh,
+                },
+                None => {
+                    let mut doc = Vec::with_capacity(new.data.len() + shape.fields.len() * 16 + 2);
+                    let complete = shape.encode(&new, &mut doc);
+                    WriteAction::Upsert {
+                        doc,
+                        partial: !complete,
+                        fresh,
+                    }
+                }
             }
         }
     };

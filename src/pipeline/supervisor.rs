@@ -302,6 +302,7 @@ impl SupervisorState {
                 shard,
                 lanes: lanes.clone(),
                 stats: stats.shard.clone(),
+                functions: plan.functions.clone(),
             };
             shards.push(
                 self.spawn(myself, &format!("shard-{shard}"), Shard, args)

@@ -1,0 +1,183 @@
+//! Functions at work in a key shard: each shard holds a runtime of its own,
+//! so functions run on every core at once while the changes to one key stay
+//! in order (they all go to one shard).
+
+use std::sync::Arc;
+
+use super::message::MessageBuilder;
+use super::{compile, FunctionError, FunctionPlan, Runtime, TableFunctions, FAILED_STORE};
+use crate::config::check_index_name;
+use crate::error::{Error, ErrorKind, Result};
+use crate::pipeline::change::{Op, RouteAction, Routed};
+use crate::sink::failed::{FailedMessage, FailedStore};
+
+/// What became of a change (returned, never stored: its size does not matter).
+#[allow(clippy::large_enum_variant)]
+pub enum Outcome {
+    /// Write it (its index or action may have changed), with the document a
+    /// transform function made, if any.
+    Write(Routed, Option<Vec<u8>>),
+    /// A filter left it out.
+    Filtered,
+    /// A function failed; the change is in the failed-message store.
+    Failed,
+}
+
+pub struct ShardFunctions {
+    plan: Arc<FunctionPlan>,
+    runtime: Runtime,
+    builder: MessageBuilder,
+    failed: FailedStore,
+}
+
+impl ShardFunctions {
+    pub fn new(plan: Arc<FunctionPlan>) -> Result<ShardFunctions> {
+        let runtime =
+            compile(&plan.configs, &plan.base_dir, plan.memory_bytes).map_err(|errors| {
+                let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                Error::new(ErrorKind::Config, text.join("; "))
+            })?;
+        Ok(ShardFunctions {
+            builder: MessageBuilder::new(&plan.database),
+            failed: FailedStore::new(&plan.data_dir, FAILED_STORE),
+            runtime,
+            plan,
+        })
+    }
+
+    /// The functions of `table`, if it has any.
+    pub fn of(&self, table: &str) -> Option<&TableFunctions> {
+        self.plan.tables.get(table)
+    }
+
+    /// The name of sink number `sink`.
+    pub fn sink_name(&self, sink: usize) -> Option<&str> {
+        self.plan.sinks.get(sink).map(String::as_str)
+    }
+
+    /// How many sinks there are.
+    pub fn sinks(&self) -> usize {
+        self.plan.sinks.len()
+    }
+
+    /// Runs the functions of `routed`'s table on it, on its way to `sink`:
+    /// the filter, then the route, then the transform.
+    pub fn apply(&mut self, mut routed: Routed, sink: Option<&str>) -> Result<Outcome> {
+        let Some(functions) = self.plan.tables.get(&*routed.change.rel.qualified).cloned() else {
+            return Ok(Outcome::Write(routed, None));
+        };
+        let lua = self.runtime.lua();
+        let args = match self.builder.args(lua, &routed.change, sink) {
+            Ok(args) => args,
+            Err(e) => {
+                let name = functions
+                    .filter
+                    .as_deref()
+                    .or(functions.route.as_deref())
+                    .or(functions.transform.as_deref())
+                    .unwrap_or_default();
+                let error = FunctionError {
+                    function: name.to_owned(),
+                    failure: super::Failure::Memory,
+                    message: format!("cannot build its message: {e}"),
+                };
+                return self.park(&routed, None, &error);
+            }
+        };
+        if let Some(filter) = &functions.filter {
+            match self.runtime.filter(filter, args.clone()) {
+                Ok(true) => {}
+                Ok(false) => return Ok(Outcome::Filtered),
+                Err(e) => return self.park(&routed, Some(&args), &e),
+            }
+        }
+        if let Some(route) = &functions.route {
+            match self.runtime.route(route, args.clone()) {
+                Ok(decision) => {
+                    if let Err(message) = check_index_name(&decision.index) {
+                        let error = FunctionError {
+                            function: route.clone(),
+                            failure: super::Failure::Shape,
+                            message: format!("returned the index {:?}: {message}", decision.index),
+                        };
+                        return self.park(&routed, Some(&args), &error);
+                    }
+                    if *routed.index != *decision.index {
+                        routed.index = Arc::from(decision.index);
+                    }
+                    match decision.action {
+                        Some(RouteAction::Delete) => routed.action = RouteAction::Delete,
+                        Some(RouteAction::Upsert) if routed.change.op == Op::Delete => {
+                            let error = FunctionError {
+                                function: route.clone(),
+                                failure: super::Failure::Shape,
+                                message: "returned action \"index\" for a delete, which has no row to index".to_owned(),
+                            };
+                            return self.park(&routed, Some(&args), &error);
+                        }
+                        _ => {}
+                    }
+                }
+                Err(e) => return self.park(&routed, Some(&args), &e),
+            }
+        }
+        let mut doc = None;
+        if routed.action == RouteAction::Upsert {
+            if let Some(transform) = &functions.transform {
+                match self.runtime.transform(transform, args.clone()) {
+                    Ok(made) => doc = Some(made),
+                    Err(e) => return self.park(&routed, Some(&args), &e),
+                }
+            }
+        }
+        Ok(Outcome::Write(routed, doc))
+    }
+
+    /// Keeps a change whose function failed, with the error and the message
+    /// the function got (as `sluice fn test` takes it).
+    fn park(
+        &mut self,
+        routed: &Routed,
+        args: Option<&super::Args>,
+        error: &FunctionError,
+    ) -> Result<Outcome> {
+        let document = args.map(|(action, record, changes, metadata)| {
+            let mut out = Vec::with_capacity(256);
+            let part = |key: &str, value: &mlua::Value, out: &mut Vec<u8>| {
+                out.extend_from_slice(if out.is_empty() { b"{\"" } else { b",\"" });
+                out.extend_from_slice(key.as_bytes());
+                out.extend_from_slice(b"\":");
+                if super::json::write_value(value, out).is_err() {
+                    out.extend_from_slice(b"null");
+                }
+            };
+            part("action", action, &mut out);
+            part("record", record, &mut out);
+            part("changes", changes, &mut out);
+            part("metadata", metadata, &mut out);
+            out.push(b'}');
+            String::from_utf8_lossy(&out).into_owned()
+        });
+        let message = FailedMessage {
+            key: String::new(),
+            sink: FAILED_STORE.to_owned(),
+            index: routed.index.to_string(),
+            table: routed.change.rel.qualified.to_string(),
+            id: routed.id.clone(),
+            routing: routed.routing.as_deref().map(str::to_owned),
+            lsn: routed.change.commit_lsn.to_string(),
+            action: "function".to_owned(),
+            document,
+            error: error.to_string(),
+            attempts: 1,
+            failed_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or_default(),
+        };
+        metrics::counter!("sluice_function_failures_total", "function" => error.function.clone())
+            .increment(1);
+        self.failed.park(&message)?;
+        Ok(Outcome::Failed)
+    }
+}

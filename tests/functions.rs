@@ -1,0 +1,161 @@
+//! Filter, transform and route functions on real streamed and backfilled
+//! changes, and functions that fail.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{documents, wait_until, Sluice, TestDb};
+use serde_json::{json, Value};
+
+const FUNCTIONS: &str = r#"
+[[tables]]
+name = "products"
+filter = "no_drafts"
+route = "by_tenant"
+transform.function = "to_doc"
+
+[functions.no_drafts]
+kind = "filter"
+code = 'function filter(action, record) return not string.find(record.name, "draft") end'
+
+[functions.by_tenant]
+kind = "route"
+code = '''
+function route(action, record, changes, metadata)
+  local index = "products_" .. record.tenant
+  if action == "delete" or not record.active then
+    return {index = index, action = "delete"}
+  end
+  return index
+end
+'''
+
+[functions.to_doc]
+kind = "transform"
+timeout_ms = 50
+code = '''
+function transform(action, record, changes, metadata)
+  if record.name == "boom" then error("cannot index boom") end
+  if record.name == "spin" then while true do end end
+  if record.name == "hog" then
+    local t = {}
+    for i = 1, 1e9 do t[i] = string.rep("x", 1000) .. i end
+  end
+  local doc = {
+    id = record.id,
+    title = string.upper(record.name),
+    cents = math.floor(record.price * 100 + 0.5),
+    action = action,
+    source = metadata.table_schema .. "." .. metadata.table_name,
+    sink = metadata.sink,
+    database = metadata.database_name,
+  }
+  if changes and changes.price then
+    doc.old_cents = math.floor(changes.price * 100 + 0.5)
+  end
+  local annotations = metadata.transaction_annotations
+  if annotations then doc.by = annotations.user end
+  return doc
+end
+'''
+"#;
+
+fn failed(db: &TestDb) -> Vec<Value> {
+    let path = db.data_dir().join("failed").join("@functions.jsonl");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn functions_filter_route_and_transform_streamed_and_backfilled_changes() {
+    let db = TestDb::new("functions").await;
+    db.exec(
+        "CREATE TABLE products (id int PRIMARY KEY, name text NOT NULL, price numeric(10, 2),
+                                active boolean NOT NULL, tenant text NOT NULL);
+         ALTER TABLE products REPLICA IDENTITY FULL;
+         INSERT INTO products VALUES (1, 'kettle', 20.5, true, 'acme'),
+                                     (2, 'draft lamp', 5, true, 'acme'),
+                                     (3, 'chair', 40, true, 'globex');",
+    )
+    .await;
+    let config = db.config(FUNCTIONS, "function_memory_mb = 16");
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    // The backfill: the draft is filtered out, the rest routed by tenant.
+    let backfilled = wait_until(Duration::from_secs(30), || async {
+        documents(&db.data_dir(), "products_acme", "id").len() == 1
+            && documents(&db.data_dir(), "products_globex", "id").len() == 1
+    })
+    .await;
+    assert!(
+        backfilled,
+        "backfill did not arrive; log:\n{}",
+        sluice.log_text()
+    );
+    let acme = documents(&db.data_dir(), "products_acme", "id");
+    assert_eq!(
+        acme["1"],
+        json!({"id": 1, "title": "KETTLE", "cents": 2050, "action": "read",
+               "source": "public.products", "sink": "embedded", "database": db.name})
+    );
+
+    db.exec(
+        "INSERT INTO products VALUES (4, 'boom', 1, true, 'acme'), (5, 'spin', 1, true, 'acme'),
+                                     (6, 'hog', 1, true, 'acme');
+         BEGIN;
+         SELECT pg_logical_emit_message(true, 'sluice.annotations', '{\"user\": \"ana\"}');
+         UPDATE products SET price = 25 WHERE id = 1;
+         COMMIT;
+         UPDATE products SET active = false WHERE id = 3;
+         INSERT INTO products VALUES (7, 'stool', 10, true, 'globex'), (8, 'draft desk', 1, true, 'globex');",
+    )
+    .await;
+    let streamed = wait_until(Duration::from_secs(30), || async {
+        let acme = documents(&db.data_dir(), "products_acme", "id");
+        let globex = documents(&db.data_dir(), "products_globex", "id");
+        acme.get("1").is_some_and(|d| d["cents"] == 2500)
+            && globex.keys().collect::<Vec<_>>() == ["7"]
+            && failed(&db).len() == 3
+    })
+    .await;
+    assert!(
+        streamed,
+        "changes did not arrive: acme {:?}, globex {:?}, failed {:?}; log:\n{}",
+        documents(&db.data_dir(), "products_acme", "id"),
+        documents(&db.data_dir(), "products_globex", "id"),
+        failed(&db),
+        sluice.log_text()
+    );
+    let acme = documents(&db.data_dir(), "products_acme", "id");
+    assert_eq!(acme["1"]["old_cents"], 2050);
+    assert_eq!(acme["1"]["by"], "ana");
+    assert_eq!(acme["1"]["action"], "update");
+    assert_eq!(acme.len(), 1, "{acme:?}");
+
+    // Each failed call is kept with its error and the message it got.
+    let failed = failed(&db);
+    let by_id = |id: &str| failed.iter().find(|m| m["id"] == id).unwrap().clone();
+    let boom = by_id("4");
+    assert!(
+        boom["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot index boom"),
+        "{boom}"
+    );
+    let input: Value = serde_json::from_str(boom["document"].as_str().unwrap()).unwrap();
+    assert_eq!(input["action"], "insert");
+    assert_eq!(input["record"]["name"], "boom");
+    assert!(by_id("5")["error"]
+        .as_str()
+        .unwrap()
+        .contains("time budget"));
+    let hog = by_id("6")["error"].as_str().unwrap().to_owned();
+    assert!(hog.contains("MiB") || hog.contains("time budget"), "{hog}");
+    sluice.assert_running();
+    assert!(sluice.stop().success());
+}

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::message::MessageBuilder;
+use super::message::{ChangeInput, MessageBuilder};
 use super::{compile, FunctionError, FunctionPlan, Runtime, TableFunctions, FAILED_STORE};
 use crate::config::check_index_name;
 use crate::error::{Error, ErrorKind, Result};
@@ -66,33 +66,31 @@ impl ShardFunctions {
         let Some(functions) = self.plan.tables.get(&*routed.change.rel.qualified).cloned() else {
             return Ok(Outcome::Write(routed, None));
         };
-        let lua = self.runtime.lua();
-        let args = match self.builder.args(lua, &routed.change, sink) {
-            Ok(args) => args,
-            Err(e) => {
-                let name = functions
-                    .filter
-                    .as_deref()
-                    .or(functions.route.as_deref())
-                    .or(functions.transform.as_deref())
-                    .unwrap_or_default();
-                let error = FunctionError {
-                    function: name.to_owned(),
-                    failure: super::Failure::Memory,
-                    message: format!("cannot build its message: {e}"),
-                };
-                return self.park(&routed, None, &error);
-            }
-        };
         if let Some(filter) = &functions.filter {
-            match self.runtime.filter(filter, args.clone()) {
+            match self.runtime.filter(
+                filter,
+                ChangeInput {
+                    builder: &mut self.builder,
+                    lua: self.runtime.lua(),
+                    change: &routed.change,
+                    sink,
+                },
+            ) {
                 Ok(true) => {}
                 Ok(false) => return Ok(Outcome::Filtered),
-                Err(e) => return self.park(&routed, Some(&args), &e),
+                Err(e) => return self.park(&routed, sink, &e),
             }
         }
         if let Some(route) = &functions.route {
-            match self.runtime.route(route, args.clone()) {
+            match self.runtime.route(
+                route,
+                ChangeInput {
+                    builder: &mut self.builder,
+                    lua: self.runtime.lua(),
+                    change: &routed.change,
+                    sink,
+                },
+            ) {
                 Ok(decision) => {
                     if let Err(message) = check_index_name(&decision.index) {
                         let error = FunctionError {
@@ -100,7 +98,7 @@ impl ShardFunctions {
                             failure: super::Failure::Shape,
                             message: format!("returned the index {:?}: {message}", decision.index),
                         };
-                        return self.park(&routed, Some(&args), &error);
+                        return self.park(&routed, sink, &error);
                     }
                     if *routed.index != *decision.index {
                         routed.index = Arc::from(decision.index);
@@ -113,20 +111,28 @@ impl ShardFunctions {
                                 failure: super::Failure::Shape,
                                 message: "returned action \"index\" for a delete, which has no row to index".to_owned(),
                             };
-                            return self.park(&routed, Some(&args), &error);
+                            return self.park(&routed, sink, &error);
                         }
                         _ => {}
                     }
                 }
-                Err(e) => return self.park(&routed, Some(&args), &e),
+                Err(e) => return self.park(&routed, sink, &e),
             }
         }
         let mut doc = None;
         if routed.action == RouteAction::Upsert {
             if let Some(transform) = &functions.transform {
-                match self.runtime.transform(transform, args.clone()) {
+                match self.runtime.transform(
+                    transform,
+                    ChangeInput {
+                        builder: &mut self.builder,
+                        lua: self.runtime.lua(),
+                        change: &routed.change,
+                        sink,
+                    },
+                ) {
                     Ok(made) => doc = Some(made),
-                    Err(e) => return self.park(&routed, Some(&args), &e),
+                    Err(e) => return self.park(&routed, sink, &e),
                 }
             }
         }
@@ -138,10 +144,14 @@ impl ShardFunctions {
     fn park(
         &mut self,
         routed: &Routed,
-        args: Option<&super::Args>,
+        sink: Option<&str>,
         error: &FunctionError,
     ) -> Result<Outcome> {
-        let document = args.map(|(action, record, changes, metadata)| {
+        let args = self
+            .builder
+            .args(self.runtime.lua(), &routed.change, sink)
+            .ok();
+        let document = args.as_ref().map(|(action, record, changes, metadata)| {
             let mut out = Vec::with_capacity(256);
             let part = |key: &str, value: &mlua::Value, out: &mut Vec<u8>| {
                 out.extend_from_slice(if out.is_empty() { b"{\"" } else { b",\"" });

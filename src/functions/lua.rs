@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use mlua::{Function, Lua, LuaOptions, StdLib, Table, Value, VmState};
 
-use super::json::write_value;
+use super::json::write_table_fast;
 use super::{FunctionKind, RouteDecision};
 use crate::pipeline::change::RouteAction;
 
@@ -83,6 +83,24 @@ impl std::error::Error for FunctionError {}
 /// The arguments of a call: `action, record, changes, metadata`.
 pub type Args = (Value, Value, Value, Value);
 
+/// How a call gets its arguments: ready-made (`Args`), or built from a
+/// change (see `message::ChangeInput`).
+pub trait Input {
+    type Ready: mlua::IntoLuaMulti;
+
+    /// What to call for `function` (loaded as `name`), and with what. Runs
+    /// before the call's budget starts.
+    fn prepare(self, name: &str, function: &Function) -> mlua::Result<(Function, Self::Ready)>;
+}
+
+impl Input for Args {
+    type Ready = Args;
+
+    fn prepare(self, _name: &str, function: &Function) -> mlua::Result<(Function, Args)> {
+        Ok((function.clone(), self))
+    }
+}
+
 struct Compiled {
     kind: FunctionKind,
     function: Function,
@@ -109,14 +127,28 @@ impl Runtime {
         for name in REMOVED_GLOBALS {
             globals.raw_set(name, Value::Nil)?;
         }
+        // Luau compiles the functions to native code where the machine allows.
+        lua.enable_jit(true);
         lua.sandbox(true)?;
+        // Every call leaves a few small tables behind: let the heap grow to
+        // four times the live data between collections (Luau's default is
+        // two), which halves the collector's share of a call; the memory cap
+        // still bounds it.
+        lua.gc_inc(400, 0, 0);
         let deadline = Arc::new(AtomicU64::new(NO_DEADLINE));
         let expired = Arc::new(AtomicBool::new(false));
         let epoch = Instant::now();
         {
             let deadline = deadline.clone();
             let expired = expired.clone();
+            let checks = std::sync::atomic::AtomicU32::new(0);
             lua.set_interrupt(move |_| {
+                // The clock is read at every 16th interrupt: interrupts come
+                // at every call and loop iteration, so a runaway function
+                // still meets its deadline within microseconds.
+                if checks.fetch_add(1, Ordering::Relaxed) % 16 != 0 {
+                    return Ok(VmState::Continue);
+                }
                 let at = deadline.load(Ordering::Relaxed);
                 if at != NO_DEADLINE && epoch.elapsed().as_nanos() as u64 > at {
                     expired.store(true, Ordering::Relaxed);
@@ -125,7 +157,6 @@ impl Runtime {
                 Ok(VmState::Continue)
             });
         }
-        lua.set_memory_limit(limits.memory_bytes)?;
         Ok(Runtime {
             lua,
             functions: HashMap::new(),
@@ -168,6 +199,7 @@ impl Runtime {
             .into_function()
             .map_err(|e| error(message_of(&e)))?;
         self.start_budget(timeout);
+        let _ = self.lua.set_memory_limit(self.limits.memory_bytes);
         let ran = chunk.call::<()>(());
         self.stop_budget();
         ran.map_err(|e| error(self.describe(&e, timeout).1))?;
@@ -187,6 +219,9 @@ impl Runtime {
             }
             Err(e) => return Err(error(e.to_string())),
         };
+        let function = self
+            .armed(function)
+            .map_err(|e| error(format!("cannot prepare it: {e}")))?;
         self.functions.insert(
             name.to_owned(),
             Compiled {
@@ -196,6 +231,25 @@ impl Runtime {
             },
         );
         Ok(())
+    }
+
+    /// `function`, arming the memory cap first. The cap is armed from inside
+    /// Lua, once the arguments are on the stack: while a cap is set, mlua
+    /// guards every operation (each argument pushed, each field set)
+    /// against allocation failure, which makes building a message several
+    /// times slower. It is lifted when the call returns.
+    fn armed(&self, function: Function) -> mlua::Result<Function> {
+        let limit = self.limits.memory_bytes;
+        let arm = self.lua.create_function(move |lua, ()| {
+            lua.set_memory_limit(limit)?;
+            Ok(())
+        })?;
+        let make: Function = self
+            .lua
+            .load("local fn, arm = ...\nreturn function(...) arm() return fn(...) end")
+            .set_name("=sluice")
+            .into_function()?;
+        make.call((function, arm))
     }
 
     /// A table whose writes stay in it and whose reads fall through to the
@@ -214,12 +268,12 @@ impl Runtime {
     }
 
     /// Runs transform `name`: the document it returns, as JSON.
-    pub fn transform(&self, name: &str, args: Args) -> Result<Vec<u8>, FunctionError> {
+    pub fn transform(&self, name: &str, args: impl Input) -> Result<Vec<u8>, FunctionError> {
         let value = self.call(name, FunctionKind::Transform, args)?;
         match &value {
-            Value::Table(_) => {
+            Value::Table(table) => {
                 let mut out = Vec::with_capacity(256);
-                write_value(&value, &mut out)
+                write_table_fast(&self.lua, table, &mut out)
                     .map_err(|what| self.shape(name, format!("returned {what}")))?;
                 if out.first() != Some(&b'{') {
                     return Err(self.shape(
@@ -241,7 +295,7 @@ impl Runtime {
     }
 
     /// Runs filter `name`: whether the change goes on.
-    pub fn filter(&self, name: &str, args: Args) -> Result<bool, FunctionError> {
+    pub fn filter(&self, name: &str, args: impl Input) -> Result<bool, FunctionError> {
         match self.call(name, FunctionKind::Filter, args)? {
             Value::Boolean(keep) => Ok(keep),
             other => Err(self.shape(
@@ -257,7 +311,7 @@ impl Runtime {
     /// Runs route `name`: the index of the change, and whether it writes or
     /// removes its document. A route returns the index name, or a table
     /// `{index = "...", action = "index" | "delete"}`.
-    pub fn route(&self, name: &str, args: Args) -> Result<RouteDecision, FunctionError> {
+    pub fn route(&self, name: &str, args: impl Input) -> Result<RouteDecision, FunctionError> {
         let shape = |what: String| {
             self.shape(
                 name,
@@ -304,7 +358,12 @@ impl Runtime {
         }
     }
 
-    fn call(&self, name: &str, kind: FunctionKind, args: Args) -> Result<Value, FunctionError> {
+    fn call(
+        &self,
+        name: &str,
+        kind: FunctionKind,
+        input: impl Input,
+    ) -> Result<Value, FunctionError> {
         let compiled = self.functions.get(name).ok_or_else(|| FunctionError {
             function: name.to_owned(),
             failure: Failure::Raised,
@@ -317,8 +376,16 @@ impl Runtime {
                 message: format!("is a {} function, not a {kind} function", compiled.kind),
             });
         }
+        let (function, args) =
+            input
+                .prepare(name, &compiled.function)
+                .map_err(|e| FunctionError {
+                    function: name.to_owned(),
+                    failure: Failure::Raised,
+                    message: format!("cannot build the message: {}", message_of(&e)),
+                })?;
         self.start_budget(compiled.timeout);
-        let result = compiled.function.call::<Value>(args);
+        let result = function.call::<Value>(args);
         self.stop_budget();
         result.map_err(|e| {
             let (failure, message) = self.describe(&e, compiled.timeout);
@@ -334,6 +401,8 @@ impl Runtime {
         })
     }
 
+    /// Starts the deadline of a call (the function arms the memory cap
+    /// itself, see `armed`).
     fn start_budget(&self, timeout: Duration) {
         self.expired.store(false, Ordering::Relaxed);
         let at = (self.epoch.elapsed() + timeout).as_nanos() as u64;
@@ -342,6 +411,7 @@ impl Runtime {
 
     fn stop_budget(&self) {
         self.deadline.store(NO_DEADLINE, Ordering::Relaxed);
+        let _ = self.lua.set_memory_limit(0);
     }
 
     fn describe(&self, error: &mlua::Error, timeout: Duration) -> (Failure, String) {

@@ -15,21 +15,109 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use mlua::{Lua, Table, Value};
+use mlua::{Function, Lua, Table, Value, Variadic};
 
 use super::json::{number_to_lua, to_lua, MAX_EXACT_INTEGER};
-use super::Args;
+use super::{Args, Input};
 use crate::pipeline::change::{Change, Op, RelationInfo};
 use crate::postgres::pgoutput::{format_commit_time, ColumnKind, ReplicaIdentity, Tuple};
 use crate::postgres::types::{write_json, TypeKind};
 
-/// Builds messages, keeping the Lua strings of column names per relation.
+/// Relations with more columns than this take the general path: a Lua
+/// function has at most 255 registers.
+const MAX_WRAPPED_COLUMNS: usize = 200;
+
+/// Builds messages, keeping per relation what it can reuse.
 pub struct MessageBuilder {
     database: Arc<str>,
     /// Column names as Lua strings, by relation (a new description of a
     /// relation is a new `Arc`).
     columns: HashMap<usize, (Arc<RelationInfo>, Vec<mlua::String>)>,
+    /// Per relation and function: a Lua function that builds the record and
+    /// metadata from the row's values and calls the user's function, so a
+    /// call crosses into Lua once (see `wrapper_code`).
+    wrappers: HashMap<WrapperKey, Wrapper>,
+    /// The metadata every change of one transaction, table and sink shares.
+    base: Option<(BaseKey, Table)>,
     scratch: Vec<u8>,
+    /// Values converted to text (timestamps, ...), for the call's arguments.
+    arena: Vec<u8>,
+    spans: Vec<Span>,
+}
+
+/// Which transaction, relation and sink a metadata base belongs to.
+#[derive(PartialEq, Eq)]
+struct BaseKey {
+    lsn: u64,
+    time: i64,
+    rel: usize,
+    sink: Option<String>,
+    annotations: Option<usize>,
+}
+
+/// A relation (by pointer, 0 for the general wrapper) and a function name.
+type WrapperKey = (usize, String);
+/// The relation a wrapper was made for (kept alive, so the pointer stays
+/// its own) and the wrapper.
+type Wrapper = (Option<Arc<RelationInfo>>, Function);
+
+/// Where a column's argument comes from.
+#[derive(Clone, Copy)]
+enum Span {
+    Nil,
+    /// Column `i` of the row or of the old row.
+    Row(usize),
+    Old(usize),
+    /// `arena[start..end]`.
+    Arena(usize, usize),
+}
+
+/// A change on its way into a function: the message is built while calling.
+pub struct ChangeInput<'a> {
+    pub builder: &'a mut MessageBuilder,
+    pub lua: &'a Lua,
+    pub change: &'a Change,
+    pub sink: Option<&'a str>,
+}
+
+/// The arguments of a wrapper: action, metadata base, commit_idx, changes,
+/// the values Lua cannot take as text, then one text per column. (For
+/// relations too wide to wrap: action, record, unused, changes, metadata.)
+type Wrapped<'a> = (&'a str, Value, u32, Value, Value, Variadic<Option<&'a str>>);
+
+/// The wrapper of relations too wide for one with a parameter per column.
+const GENERAL_WRAPPER: &str = "local fn = ...
+return function(action, record, _, changes, metadata) return fn(action, record, changes, metadata) end";
+
+impl<'a> Input for ChangeInput<'a> {
+    type Ready = Wrapped<'a>;
+
+    fn prepare(self, name: &str, function: &Function) -> mlua::Result<(Function, Wrapped<'a>)> {
+        let ChangeInput {
+            builder,
+            lua,
+            change,
+            sink,
+        } = self;
+        if change.rel.columns.len() > MAX_WRAPPED_COLUMNS {
+            let wrapper = builder.wrapper(lua, None, name, function)?;
+            let (_, record, changes, metadata) = builder.args(lua, change, sink)?;
+            return Ok((
+                wrapper,
+                (
+                    action_name(change.op),
+                    record,
+                    0,
+                    changes,
+                    metadata,
+                    Variadic::new(),
+                ),
+            ));
+        }
+        let wrapper = builder.wrapper(lua, Some(&change.rel), name, function)?;
+        let args = builder.wrapped(lua, change, sink)?;
+        Ok((wrapper, args))
+    }
 }
 
 impl MessageBuilder {
@@ -37,19 +125,168 @@ impl MessageBuilder {
         MessageBuilder {
             database: Arc::from(database),
             columns: HashMap::new(),
+            wrappers: HashMap::new(),
+            base: None,
             scratch: Vec::new(),
+            arena: Vec::new(),
+            spans: Vec::new(),
         }
     }
 
-    /// The arguments of a call for `change`, on its way to `sink`.
-    pub fn args(&mut self, lua: &Lua, change: &Change, sink: Option<&str>) -> mlua::Result<Args> {
-        let action = match change.op {
-            Op::Insert => "insert",
-            Op::Update => "update",
-            Op::Delete => "delete",
-            Op::Read => "read",
-            Op::Truncate => "truncate",
+    /// The wrapper of `function` for `rel` (or the general one), compiled
+    /// the first time.
+    fn wrapper(
+        &mut self,
+        lua: &Lua,
+        rel: Option<&Arc<RelationInfo>>,
+        name: &str,
+        function: &Function,
+    ) -> mlua::Result<Function> {
+        let key = (rel.map_or(0, |r| Arc::as_ptr(r) as usize), name.to_owned());
+        if let Some((known, wrapper)) = self.wrappers.get(&key) {
+            if rel.is_none_or(|r| known.as_ref().is_some_and(|k| Arc::ptr_eq(k, r))) {
+                return Ok(wrapper.clone());
+            }
+        }
+        let code = match rel {
+            Some(rel) => wrapper_code(rel),
+            None => GENERAL_WRAPPER.to_owned(),
         };
+        let make: Function = lua.load(code).set_name("=sluice message").into_function()?;
+        let wrapper: Function = make.call(function.clone())?;
+        self.wrappers.insert(key, (rel.cloned(), wrapper.clone()));
+        Ok(wrapper)
+    }
+
+    /// The wrapper's arguments for `change`.
+    fn wrapped<'a>(
+        &'a mut self,
+        lua: &Lua,
+        change: &'a Change,
+        sink: Option<&str>,
+    ) -> mlua::Result<Wrapped<'a>> {
+        let base = self.base(lua, change, sink)?;
+        let row = match change.op {
+            Op::Delete => change.old.as_ref(),
+            _ => change.new.as_ref(),
+        };
+        let fallback = match change.op {
+            Op::Delete => None,
+            _ => change.old.as_ref(),
+        };
+        self.arena.clear();
+        self.spans.clear();
+        let mut extra: Option<Table> = None;
+        for (i, column) in change.rel.columns.iter().enumerate() {
+            let Some(row) = row else {
+                self.spans.push(Span::Nil);
+                continue;
+            };
+            let (tuple, old) = match row.kind(i) {
+                ColumnKind::Unchanged => match fallback {
+                    Some(old) if matches!(old.kind(i), ColumnKind::Text) => (old, true),
+                    _ => {
+                        self.spans.push(Span::Nil);
+                        continue;
+                    }
+                },
+                _ => (row, false),
+            };
+            let span = match (tuple.kind(i), &column.kind, tuple.value(i)) {
+                (_, _, None) => Span::Nil,
+                (ColumnKind::Text, TypeKind::Json | TypeKind::Array { .. }, Some(_)) => {
+                    let value = self.value(lua, &column.kind, tuple, i)?;
+                    let table = match &extra {
+                        Some(t) => t.clone(),
+                        None => {
+                            let t = lua.create_table()?;
+                            extra = Some(t.clone());
+                            t
+                        }
+                    };
+                    table.raw_set(i + 1, value)?;
+                    Span::Nil
+                }
+                (ColumnKind::Text, kind, Some(text)) if needs_text(kind) => {
+                    self.scratch.clear();
+                    write_json(kind, text, &mut self.scratch);
+                    let start = self.arena.len();
+                    match serde_json::from_slice::<String>(&self.scratch) {
+                        Ok(s) => self.arena.extend_from_slice(s.as_bytes()),
+                        Err(_) => self.arena.extend_from_slice(
+                            &String::from_utf8_lossy(text).into_owned().into_bytes(),
+                        ),
+                    }
+                    Span::Arena(start, self.arena.len())
+                }
+                (_, _, Some(text)) if std::str::from_utf8(text).is_err() => {
+                    let start = self.arena.len();
+                    self.arena
+                        .extend_from_slice(String::from_utf8_lossy(text).as_bytes());
+                    Span::Arena(start, self.arena.len())
+                }
+                _ if old => Span::Old(i),
+                _ => Span::Row(i),
+            };
+            self.spans.push(span);
+        }
+        let changes = self.changes(lua, change)?;
+        let arena = &self.arena;
+        let text = |tuple: Option<&'a Tuple>, i: usize| {
+            tuple
+                .and_then(|t| t.value(i))
+                .and_then(|v| std::str::from_utf8(v).ok())
+        };
+        let values: Vec<Option<&str>> = self
+            .spans
+            .iter()
+            .map(|span| match *span {
+                Span::Nil => None,
+                Span::Row(i) => text(row, i),
+                Span::Old(i) => text(fallback, i),
+                Span::Arena(start, end) => std::str::from_utf8(&arena[start..end]).ok(),
+            })
+            .collect();
+        Ok((
+            action_name(change.op),
+            Value::Table(base),
+            change.seq,
+            changes,
+            extra.map(Value::Table).unwrap_or(Value::Nil),
+            Variadic::from(values),
+        ))
+    }
+
+    /// The metadata of `change` that its transaction, table and sink share.
+    fn base(&mut self, lua: &Lua, change: &Change, sink: Option<&str>) -> mlua::Result<Table> {
+        let key = BaseKey {
+            lsn: change.commit_lsn.0,
+            time: change.commit_time,
+            rel: Arc::as_ptr(&change.rel) as usize,
+            sink: sink.map(str::to_owned),
+            annotations: change
+                .annotations
+                .as_ref()
+                .map(|a| Arc::as_ptr(a) as *const u8 as usize),
+        };
+        if let Some((known, base)) = &self.base {
+            if *known == key {
+                return Ok(base.clone());
+            }
+        }
+        let base = self.metadata(lua, change, sink)?;
+        base.raw_set(
+            "key_prefix",
+            format!("{:016X}-", change.commit_lsn.0).as_str(),
+        )?;
+        self.base = Some((key, base.clone()));
+        Ok(base)
+    }
+
+    /// The arguments of a call for `change`, on its way to `sink`, as
+    /// tables built one field at a time (see `ChangeInput` for the fast way).
+    pub fn args(&mut self, lua: &Lua, change: &Change, sink: Option<&str>) -> mlua::Result<Args> {
+        let action = action_name(change.op);
         let names = self.names(lua, &change.rel)?;
         let row = match change.op {
             Op::Delete => change.old.as_ref(),
@@ -73,31 +310,44 @@ impl MessageBuilder {
                 record.raw_set(names[i].clone(), value)?;
             }
         }
-        let changes = match (change.op, change.old.as_ref(), change.new.as_ref()) {
-            (Op::Update, Some(old), Some(new)) if is_full(&change.rel, old) => {
-                let changed = lua.create_table()?;
-                for (i, column) in change.rel.columns.iter().enumerate() {
-                    let differs = match (new.kind(i), old.kind(i)) {
-                        (ColumnKind::Unchanged, _) => false,
-                        (a, b) if a != b => true,
-                        _ => new.value(i) != old.value(i),
-                    };
-                    if differs {
-                        let value = self.value(lua, &column.kind, old, i)?;
-                        changed.raw_set(names[i].clone(), value)?;
-                    }
-                }
-                Value::Table(changed)
-            }
-            _ => Value::Nil,
-        };
+        let changes = self.changes(lua, change)?;
         let metadata = self.metadata(lua, change, sink)?;
+        let key = format!("{:016X}-{}", change.commit_lsn.0, change.seq);
+        metadata.raw_set("commit_idx", change.seq)?;
+        metadata.raw_set("idempotency_key", key.as_str())?;
         Ok((
             Value::String(lua.create_string(action)?),
             Value::Table(record),
             changes,
             Value::Table(metadata),
         ))
+    }
+
+    /// The old values of the columns an update changed, when the WAL
+    /// carries the old row.
+    fn changes(&mut self, lua: &Lua, change: &Change) -> mlua::Result<Value> {
+        let (Op::Update, Some(old), Some(new)) =
+            (change.op, change.old.as_ref(), change.new.as_ref())
+        else {
+            return Ok(Value::Nil);
+        };
+        if change.rel.replica_identity != ReplicaIdentity::Full {
+            return Ok(Value::Nil);
+        }
+        let names = self.names(lua, &change.rel)?;
+        let changed = lua.create_table()?;
+        for (i, column) in change.rel.columns.iter().enumerate() {
+            let differs = match (new.kind(i), old.kind(i)) {
+                (ColumnKind::Unchanged, _) => false,
+                (a, b) if a != b => true,
+                _ => new.value(i) != old.value(i),
+            };
+            if differs {
+                let value = self.value(lua, &column.kind, old, i)?;
+                changed.raw_set(names[i].clone(), value)?;
+            }
+        }
+        Ok(Value::Table(changed))
     }
 
     fn names(&mut self, lua: &Lua, rel: &Arc<RelationInfo>) -> mlua::Result<Vec<mlua::String>> {
@@ -163,8 +413,9 @@ impl MessageBuilder {
         })
     }
 
+    /// The metadata of `change` but `commit_idx` and `idempotency_key`.
     fn metadata(&self, lua: &Lua, change: &Change, sink: Option<&str>) -> mlua::Result<Table> {
-        let metadata = lua.create_table_with_capacity(0, 9)?;
+        let metadata = lua.create_table_with_capacity(0, 10)?;
         metadata.raw_set("table_schema", change.rel.name.schema.as_str())?;
         metadata.raw_set("table_name", change.rel.name.table.as_str())?;
         metadata.raw_set(
@@ -172,11 +423,6 @@ impl MessageBuilder {
             format_commit_time(change.commit_time).as_str(),
         )?;
         metadata.raw_set("commit_lsn", change.commit_lsn.to_string().as_str())?;
-        metadata.raw_set("commit_idx", change.seq)?;
-        metadata.raw_set(
-            "idempotency_key",
-            format!("{:016X}-{}", change.commit_lsn.0, change.seq).as_str(),
-        )?;
         metadata.raw_set("database_name", &*self.database)?;
         if let Some(sink) = sink {
             metadata.raw_set("sink", sink)?;
@@ -190,7 +436,104 @@ impl MessageBuilder {
     }
 }
 
-/// Whether `old` is a whole old row (`REPLICA IDENTITY FULL`), not a key.
-fn is_full(rel: &RelationInfo, _old: &Tuple) -> bool {
-    rel.replica_identity == ReplicaIdentity::Full
+fn action_name(op: Op) -> &'static str {
+    match op {
+        Op::Insert => "insert",
+        Op::Update => "update",
+        Op::Delete => "delete",
+        Op::Read => "read",
+        Op::Truncate => "truncate",
+    }
+}
+
+/// Whether a column's text must be rewritten before Lua takes it as a
+/// string (timestamps to RFC 3339, bytea to base64, ...).
+fn needs_text(kind: &TypeKind) -> bool {
+    !matches!(
+        kind,
+        TypeKind::Bool | TypeKind::Integer | TypeKind::Float | TypeKind::Numeric | TypeKind::Text
+    )
+}
+
+/// The Lua source of a wrapper for `rel`: called with the user's function,
+/// it returns a function of (action, base, commit_idx, changes, extra, one
+/// text per column) that builds the record and the metadata in Lua and
+/// calls the user's function with them. Numbers arrive as text and become
+/// numbers in Lua (an integer beyond 2^53 stays text), booleans as `t`/`f`;
+/// json and arrays arrive ready in `extra`.
+fn wrapper_code(rel: &RelationInfo) -> String {
+    use std::fmt::Write;
+    let mut code = String::from(
+        r#"local fn = ...
+local tonumber, abs, find, huge = tonumber, math.abs, string.find, math.huge
+local exact = 9007199254740992
+return function(action, base, idx, changes, extra"#,
+    );
+    for i in 0..rel.columns.len() {
+        let _ = write!(code, ", v{i}");
+    }
+    code.push_str(")\n");
+    // Conversions inline: a call to a helper per column would cost a Luau
+    // interrupt check each.
+    for (i, column) in rel.columns.iter().enumerate() {
+        match column.kind {
+            TypeKind::Bool => {
+                let _ = writeln!(code, "  v{i} = v{i} and (v{i} == \"t\")");
+            }
+            TypeKind::Integer => {
+                let _ = writeln!(
+                    code,
+                    "  if v{i} then local n = tonumber(v{i}) if n and abs(n) <= exact then v{i} = n end end"
+                );
+            }
+            TypeKind::Float | TypeKind::Numeric => {
+                let _ = writeln!(
+                    code,
+                    "  if v{i} then local n = tonumber(v{i}) if n and n == n and n ~= huge and n ~= -huge and (abs(n) <= exact or find(v{i}, \"[%.eE]\")) then v{i} = n end end"
+                );
+            }
+            TypeKind::Json | TypeKind::Array { .. } => {
+                let _ = writeln!(code, "  v{i} = extra and extra[{}]", i + 1);
+            }
+            _ => {}
+        }
+    }
+    code.push_str("  local record = {\n");
+    for (i, column) in rel.columns.iter().enumerate() {
+        let _ = writeln!(code, "    [{}] = v{i},", lua_quote(&column.name));
+    }
+    code.push_str(
+        r#"  }
+  local metadata = {
+    table_schema = base.table_schema,
+    table_name = base.table_name,
+    commit_timestamp = base.commit_timestamp,
+    commit_lsn = base.commit_lsn,
+    commit_idx = idx,
+    idempotency_key = base.key_prefix .. idx,
+    database_name = base.database_name,
+    sink = base.sink,
+    transaction_annotations = base.transaction_annotations,
+  }
+  return fn(action, record, changes, metadata)
+end
+"#,
+    );
+    code
+}
+
+/// `text` as a Lua string literal.
+fn lua_quote(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for byte in text.bytes() {
+        match byte {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b' '..=b'~' => out.push(byte as char),
+            other => out.push_str(&format!("\\{other:03}")),
+        }
+    }
+    out.push('"');
+    out
 }

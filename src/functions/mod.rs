@@ -26,7 +26,7 @@ use serde::Deserialize;
 use crate::config::ConfigProblem;
 use crate::pipeline::change::RouteAction;
 
-pub use lua::{Args, CompileError, Failure, FunctionError, Limits, Runtime};
+pub use lua::{Args, CompileError, Failure, FunctionError, Input, Limits, Runtime};
 
 /// Default time budget of one call.
 pub const DEFAULT_TIMEOUT_MS: u64 = 100;

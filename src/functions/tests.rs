@@ -257,3 +257,141 @@ fn messages_written_as_json_are_checked() {
         .unwrap();
     assert!(error.contains("`record`"), "{error}");
 }
+
+/// A change to a table of many types, as the decoder makes it.
+fn typed_change(op: crate::pipeline::change::Op) -> crate::pipeline::change::Change {
+    use std::sync::Arc;
+
+    use bytes::{BufMut, BytesMut};
+
+    use crate::config::TableName;
+    use crate::lsn::Lsn;
+    use crate::pipeline::change::{Change, ColumnInfo, RelationInfo};
+    use crate::postgres::pgoutput::{ColumnKind, ColumnValue, ReplicaIdentity, Tuple};
+    use crate::postgres::types::TypeKind;
+
+    let columns: [(&str, u32, Option<&str>); 9] = [
+        ("id", 20, Some("12345678901234567")),
+        ("small", 23, Some("-42")),
+        ("name", 25, Some("caf\u{e9} \"quoted\"\nline")),
+        ("price", 1700, Some("19.90")),
+        ("huge", 1700, Some("123456789012345678901234")),
+        ("active", 16, Some("f")),
+        ("missing", 16, None),
+        ("at", 1184, Some("2024-05-01 10:20:30+00")),
+        ("attrs", 3802, Some(r#"{"a": [1, 2.5, "x"], "b": null}"#)),
+    ];
+    let rel = RelationInfo {
+        id: 1,
+        name: TableName {
+            schema: "public".into(),
+            table: "items".into(),
+        },
+        qualified: Arc::from("public.items"),
+        columns: columns
+            .iter()
+            .map(|&(name, oid, _)| ColumnInfo {
+                name: name.into(),
+                type_oid: oid,
+                kind: TypeKind::builtin_or_text(oid),
+                is_key: name == "id",
+            })
+            .collect(),
+        replica_identity: ReplicaIdentity::Full,
+    };
+    let tuple = |values: &[Option<&str>]| {
+        let mut data = BytesMut::new();
+        let cols = values
+            .iter()
+            .map(|v| match v {
+                Some(v) => {
+                    let start = data.len() as u32;
+                    data.put_slice(v.as_bytes());
+                    ColumnValue {
+                        kind: ColumnKind::Text,
+                        start,
+                        len: v.len() as u32,
+                    }
+                }
+                None => ColumnValue {
+                    kind: ColumnKind::Null,
+                    start: data.len() as u32,
+                    len: 0,
+                },
+            })
+            .collect();
+        Tuple {
+            data: data.freeze(),
+            columns: cols,
+        }
+    };
+    let new: Vec<Option<&str>> = columns.iter().map(|c| c.2).collect();
+    let mut old = new.clone();
+    old[3] = Some("17.50");
+    Change {
+        op,
+        rel: Arc::new(rel),
+        new: Some(tuple(&new)),
+        old: Some(tuple(&old)),
+        commit_lsn: Lsn(0x1_0000_002A),
+        commit_time: 0,
+        seq: 7,
+        fill_unchanged: false,
+        annotations: Some(std::sync::Arc::from(r#"{"user":"ana"}"#)),
+    }
+}
+
+#[test]
+fn the_fast_message_equals_the_general_one() {
+    use crate::functions::message::{ChangeInput, MessageBuilder};
+    use crate::pipeline::change::Op;
+
+    let runtime = runtime_with(
+        FunctionKind::Transform,
+        "function transform(action, record, changes, metadata)
+           return {action = action, record = record, changes = changes, metadata = metadata}
+         end",
+    );
+    for op in [Op::Insert, Op::Update, Op::Delete, Op::Read] {
+        let change = typed_change(op);
+        let mut builder = MessageBuilder::new("shop");
+        let general = builder
+            .args(runtime.lua(), &change, Some("search"))
+            .unwrap();
+        let general: serde_json::Value =
+            serde_json::from_slice(&runtime.transform("f", general).unwrap()).unwrap();
+        let fast = ChangeInput {
+            builder: &mut builder,
+            lua: runtime.lua(),
+            change: &change,
+            sink: Some("search"),
+        };
+        let fast: serde_json::Value =
+            serde_json::from_slice(&runtime.transform("f", fast).unwrap()).unwrap();
+        assert_eq!(fast, general, "{op:?}");
+        let record = &fast["record"];
+        assert_eq!(record["id"], "12345678901234567", "beyond 2^53: text");
+        assert_eq!(record["small"], -42);
+        assert_eq!(record["name"], "caf\u{e9} \"quoted\"\nline");
+        // A delete's record is the old row.
+        let price = if op == Op::Delete { 17.5 } else { 19.9 };
+        assert_eq!(record["price"], price);
+        assert_eq!(record["huge"], "123456789012345678901234");
+        assert_eq!(record["active"], false);
+        assert!(record.get("missing").is_none());
+        assert_eq!(record["at"], "2024-05-01T10:20:30+00:00");
+        assert_eq!(record["attrs"], serde_json::json!({"a": [1, 2.5, "x"]}));
+        let metadata = &fast["metadata"];
+        assert_eq!(metadata["table_name"], "items");
+        assert_eq!(metadata["commit_idx"], 7);
+        assert_eq!(metadata["idempotency_key"], "000000010000002A-7");
+        assert_eq!(metadata["sink"], "search");
+        assert_eq!(metadata["database_name"], "shop");
+        assert_eq!(metadata["transaction_annotations"]["user"], "ana");
+        if op == Op::Update {
+            assert_eq!(fast["changes"], serde_json::json!({"price": 17.5}));
+        } else {
+            assert!(fast.get("changes").is_none());
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Functions, per call on one core: a Lua transform of a 10-column row
+//! (the message built from the row, the function run, the document written
+//! as JSON), and the declarative path doing the same without an interpreter.
+//!
+//! cargo bench --bench functions
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use sluice::config::TableName;
+use sluice::functions::message::{ChangeInput, MessageBuilder};
+use sluice::functions::{FunctionKind, Limits, Runtime};
+use sluice::lsn::Lsn;
+use sluice::pipeline::change::{Change, ColumnInfo, Op, RelationInfo};
+use sluice::postgres::pgoutput::{ColumnKind, ColumnValue, ReplicaIdentity, Tuple};
+use sluice::postgres::types::TypeKind;
+
+/// name, type OID, value.
+const COLUMNS: [(&str, u32, &str); 10] = [
+    ("id", 20, "1234567"),
+    ("name", 25, "Stainless steel kettle, 1.7 l, brushed"),
+    (
+        "description",
+        25,
+        "Fast-boil electric kettle with a concealed element and auto shut-off.",
+    ),
+    ("price", 1700, "49.95"),
+    ("active", 16, "t"),
+    ("stock", 23, "120"),
+    ("category", 25, "kitchen"),
+    ("brand", 25, "Acme"),
+    ("rating", 701, "4.5"),
+    ("updated_at", 1184, "2024-05-01 10:20:30.123456+00"),
+];
+
+const TRANSFORM: &str = r#"
+function transform(action, record, changes, metadata)
+  return {
+    id = record.id,
+    title = record.name,
+    description = record.description,
+    price = record.price,
+    active = record.active,
+    in_stock = record.stock > 0,
+    category = record.category,
+    brand = record.brand,
+    rating = record.rating,
+    updated_at = record.updated_at,
+  }
+end
+"#;
+
+fn change() -> Change {
+    let rel = RelationInfo {
+        id: 16_384,
+        name: TableName {
+            schema: "public".into(),
+            table: "products".into(),
+        },
+        qualified: Arc::from("public.products"),
+        columns: COLUMNS
+            .iter()
+            .map(|&(name, oid, _)| ColumnInfo {
+                name: name.into(),
+                type_oid: oid,
+                kind: TypeKind::builtin_or_text(oid),
+                is_key: name == "id",
+            })
+            .collect(),
+        replica_identity: ReplicaIdentity::Default,
+    };
+    let mut data = BytesMut::new();
+    let mut columns = Vec::new();
+    for (_, _, value) in COLUMNS {
+        columns.push(ColumnValue {
+            kind: ColumnKind::Text,
+            start: data.len() as u32,
+            len: value.len() as u32,
+        });
+        data.put_slice(value.as_bytes());
+    }
+    Change {
+        op: Op::Insert,
+        rel: Arc::new(rel),
+        new: Some(Tuple {
+            data: data.freeze(),
+            columns,
+        }),
+        old: None,
+        commit_lsn: Lsn(0x16B_3748),
+        commit_time: 780_000_000_000_000,
+        seq: 3,
+        fill_unchanged: false,
+        annotations: None,
+    }
+}
+
+fn bench_functions(c: &mut Criterion) {
+    let change = change();
+    let mut runtime = Runtime::new(Limits {
+        memory_bytes: 64 * 1024 * 1024,
+    })
+    .unwrap();
+    runtime
+        .load(
+            "to_doc",
+            FunctionKind::Transform,
+            TRANSFORM,
+            "to_doc.lua",
+            Duration::from_millis(100),
+        )
+        .unwrap();
+    let mut builder = MessageBuilder::new("shop");
+    let input = ChangeInput {
+        builder: &mut builder,
+        lua: runtime.lua(),
+        change: &change,
+        sink: Some("search"),
+    };
+    let doc = runtime.transform("to_doc", input).unwrap();
+    println!("document: {}", String::from_utf8_lossy(&doc));
+
+    let mut group = c.benchmark_group("functions");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("lua_transform_10_fields", |b| {
+        b.iter(|| {
+            let input = ChangeInput {
+                builder: &mut builder,
+                lua: runtime.lua(),
+                change: black_box(&change),
+                sink: Some("search"),
+            };
+            black_box(runtime.transform("to_doc", input).unwrap())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_functions);
+criterion_main!(benches);

@@ -6,6 +6,7 @@
 //! cargo bench --bench e2e -- --rows 100000 --skip-embedded
 //! cargo bench --bench e2e -- --rows 1000000 --txn-rows 0 --only-rss   # one huge transaction
 //! cargo bench --bench e2e -- --only-rss --skip-embedded --skip-elasticsearch --dead-sink
+//! cargo bench --bench e2e -- --skip-embedded --skip-elasticsearch --lua-transform
 //! ```
 //!
 //! A throwaway Postgres gets `public.bench`, a publication and one logical slot per
@@ -18,6 +19,9 @@
 //! from the metrics endpoint, as the slot cannot move while a sink is down): the
 //! null sink alone, and the null sink next to an Elasticsearch sink whose server
 //! answers 503 to everything.
+//!
+//! `--lua-transform` adds a run into the null sink with a Lua transform
+//! function making each document (`LUA_TRANSFORM`), against the run without.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -43,6 +47,28 @@ const SLOT_EMBEDDED: &str = "bench_sluice_embedded";
 const SLOT_ES: &str = "bench_sluice_elasticsearch";
 const SLOT_ALONE: &str = "bench_sluice_alone";
 const SLOT_DEAD: &str = "bench_sluice_dead";
+const SLOT_LUA: &str = "bench_sluice_lua";
+
+/// The table's transform function for `--lua-transform`: a document of the
+/// row's six columns, renamed and computed.
+const LUA_TRANSFORM: &str = r#"transform.function = "to_doc"
+
+[functions.to_doc]
+kind = "transform"
+code = '''
+function transform(action, record, changes, metadata)
+  return {
+    id = record.id,
+    title = record.name,
+    description = record.description,
+    price_cents = math.floor(record.price * 100 + 0.5),
+    active = record.active,
+    updated_at = record.updated_at,
+    source = metadata.table_name,
+  }
+end
+'''
+"#;
 /// How often the slot position (and the child's RSS) is polled.
 const POLL: Duration = Duration::from_millis(20);
 /// A consumer that has not drained the backlog by then is reported as stuck.
@@ -56,7 +82,8 @@ const USAGE: &str =
   --skip-embedded  skip the run with the embedded (tantivy) sink
   --skip-elasticsearch  skip the run into a local Elasticsearch-compatible server that accepts instantly
   --only-rss       skip the pg_recvlogical baseline: only the sluice runs and their memory
-  --dead-sink      also time the null sink alone and next to a dead Elasticsearch sink";
+  --dead-sink      also time the null sink alone and next to a dead Elasticsearch sink
+  --lua-transform  also time the null sink with a Lua transform function making each document";
 
 const CREATE_TABLE: &str = "
 CREATE TABLE public.bench (
@@ -88,6 +115,7 @@ struct Options {
     skip_elasticsearch: bool,
     only_rss: bool,
     dead_sink: bool,
+    lua_transform: bool,
 }
 
 impl Options {
@@ -99,6 +127,7 @@ impl Options {
             skip_elasticsearch: false,
             only_rss: false,
             dead_sink: false,
+            lua_transform: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -118,6 +147,7 @@ impl Options {
                 "--skip-elasticsearch" => options.skip_elasticsearch = true,
                 "--only-rss" => options.only_rss = true,
                 "--dead-sink" => options.dead_sink = true,
+                "--lua-transform" => options.lua_transform = true,
                 "--bench" => {} // added by `cargo bench`
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -194,6 +224,9 @@ async fn bench(cluster: &LocalPostgres, options: &Options) -> Result<()> {
     }
     if options.dead_sink {
         slots.extend([SLOT_ALONE, SLOT_DEAD]);
+    }
+    if options.lua_transform {
+        slots.push(SLOT_LUA);
     }
     client
         .query(
@@ -297,6 +330,17 @@ async fn bench(cluster: &LocalPostgres, options: &Options) -> Result<()> {
         None
     };
 
+    let lua = if options.lua_transform {
+        eprintln!("sluice (null sink, Lua transform) draining its slot ...");
+        let dir = work.path().join("lua");
+        // The configuration's `[[tables]]` entry comes right before the
+        // sinks: the transform's first line lands in it.
+        let sinks = format!("{LUA_TRANSFORM}\n{null_sink}");
+        Some(run_sluice(&client, &url, SLOT_LUA, &sinks, &dir, target, Done::Slot).await?)
+    } else {
+        None
+    };
+
     let txn = match options.txn_rows {
         0 => "one transaction".to_string(),
         n => format!("transactions of {n}"),
@@ -343,6 +387,11 @@ async fn bench(cluster: &LocalPostgres, options: &Options) -> Result<()> {
         report("null + dead sink", with_dead);
         let ratio = 100.0 * alone.seconds / with_dead.seconds;
         println!("null sink next to a dead sink / alone: {ratio:.1} % of the changes/s");
+    }
+    if let Some(run) = &lua {
+        report("null + Lua transform", run);
+        let ratio = 100.0 * null.seconds / run.seconds;
+        println!("null sink with a Lua transform / without: {ratio:.1} % of the changes/s");
     }
     if let Some(seconds) = recv {
         let ratio = 100.0 * seconds / null.seconds;

@@ -412,6 +412,11 @@ impl Runtime {
     fn stop_budget(&self) {
         self.deadline.store(NO_DEADLINE, Ordering::Relaxed);
         let _ = self.lua.set_memory_limit(0);
+        // Garbage counts against the cap: collect before it could fail a
+        // call that needs little.
+        if self.lua.used_memory() > self.limits.memory_bytes / 2 {
+            let _ = self.lua.gc_collect();
+        }
     }
 
     fn describe(&self, error: &mlua::Error, timeout: Duration) -> (Failure, String) {

@@ -395,3 +395,19 @@ fn the_fast_message_equals_the_general_one() {
         }
     }
 }
+
+#[test]
+fn garbage_of_earlier_calls_does_not_fail_later_ones() {
+    // Each call leaves about 1 MiB behind; the runtime may hold 16 MiB.
+    let runtime = runtime_with(
+        FunctionKind::Transform,
+        r#"function transform(action, record)
+             local parts = {}
+             for i = 1, 1000 do parts[i] = string.rep("x", 1000) .. i end
+             return {id = record.id, n = #parts}
+           end"#,
+    );
+    for _ in 0..100 {
+        runtime.transform("f", message(&runtime)).unwrap();
+    }
+}

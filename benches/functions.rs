@@ -1,6 +1,7 @@
 //! Functions, per call on one core: a Lua transform of a 10-column row
 //! (the message built from the row, the function run, the document written
-//! as JSON), and the declarative path doing the same without an interpreter.
+//! as JSON), and the declarative path (`where` predicates and the table's
+//! document shape) without an interpreter.
 //!
 //! cargo bench --bench functions
 
@@ -10,10 +11,13 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use sluice::config::TableName;
+use sluice::config::TransformConfig;
 use sluice::functions::message::{ChangeInput, MessageBuilder};
 use sluice::functions::{FunctionKind, Limits, Runtime};
 use sluice::lsn::Lsn;
 use sluice::pipeline::change::{Change, ColumnInfo, Op, RelationInfo};
+use sluice::pipeline::predicate::{Predicate, Verdict};
+use sluice::pipeline::transform::DocShape;
 use sluice::postgres::pgoutput::{ColumnKind, ColumnValue, ReplicaIdentity, Tuple};
 use sluice::postgres::types::TypeKind;
 
@@ -133,6 +137,45 @@ fn bench_functions(c: &mut Criterion) {
                 sink: Some("search"),
             };
             black_box(runtime.transform("to_doc", input).unwrap())
+        })
+    });
+    // The declarative path: three column predicates and the document in the
+    // table's shape (one column dropped, two renamed).
+    let predicates: Vec<(usize, Predicate)> = [
+        "active = true",
+        "price > 10",
+        "category in ('kitchen', 'garden')",
+    ]
+    .iter()
+    .map(|text| {
+        let p = Predicate::parse(text).unwrap();
+        (change.rel.column_index(&p.column).unwrap(), p)
+    })
+    .collect();
+    let transform = TransformConfig {
+        drop: vec!["brand".into()],
+        rename: [
+            ("name".to_owned(), "title".to_owned()),
+            ("stock".to_owned(), "in_stock".to_owned()),
+        ]
+        .into_iter()
+        .collect(),
+        ..TransformConfig::default()
+    };
+    let shape = DocShape::new(&change.rel, &transform);
+    let row = change.new.as_ref().unwrap();
+    let mut doc = Vec::with_capacity(512);
+    group.bench_function("declarative_where_and_shape", |b| {
+        b.iter(|| {
+            let row = black_box(row);
+            let keep = predicates
+                .iter()
+                .all(|(i, p)| p.check(row, *i) != Verdict::Fails);
+            doc.clear();
+            if keep {
+                shape.encode(row, &mut doc);
+            }
+            black_box(doc.len())
         })
     });
     group.finish();

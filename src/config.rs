@@ -234,6 +234,12 @@ pub struct TableConfig {
     /// and can turn it into a delete.
     #[serde(default)]
     pub route: Option<String>,
+    /// Column predicates that must all hold for a row to be in the index
+    /// (`["active = true", "price > 10", "status in ('a', 'b')"]`): rows
+    /// that do not match are left out, and an update that stops matching
+    /// removes the document.
+    #[serde(default, rename = "where")]
+    pub predicates: Vec<String>,
 }
 
 /// Keep, drop and rename columns. `keep` and `drop` are exclusive.
@@ -646,6 +652,11 @@ impl Config {
                     );
                 }
             }
+            for (j, text) in table.predicates.iter().enumerate() {
+                if let Err(message) = crate::pipeline::predicate::Predicate::parse(text) {
+                    problem(path(&format!("where[{j}]")), message);
+                }
+            }
             let transform = &table.transform;
             for (field, name, kind) in [
                 ("filter", &table.filter, FunctionKind::Filter),
@@ -851,6 +862,7 @@ impl Config {
                     transform: TransformConfig::default(),
                     filter: None,
                     route: None,
+                    predicates: Vec::new(),
                 })
                 .collect(),
             sinks: default_sinks(),

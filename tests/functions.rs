@@ -159,3 +159,51 @@ async fn functions_filter_route_and_transform_streamed_and_backfilled_changes() 
     sluice.assert_running();
     assert!(sluice.stop().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn where_predicates_hold_the_index_to_the_matching_rows() {
+    let db = TestDb::new("where").await;
+    db.exec(
+        "CREATE TABLE items (id int PRIMARY KEY, price numeric(10, 2), active boolean, status text);
+         INSERT INTO items SELECT i, i, i % 2 = 0, CASE WHEN i % 3 = 0 THEN 'gone' ELSE 'ok' END
+           FROM generate_series(1, 40) i;",
+    )
+    .await;
+    let tables = r#"
+[[tables]]
+name = "items"
+where = ["active = true", "price > 10", "status in ('ok', 'new')"]
+"#;
+    let config = db.config(tables, "");
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    db.exec(
+        "INSERT INTO items VALUES (100, 50, true, 'new'), (101, 50, false, 'new'), (102, 5, true, 'ok');
+         UPDATE items SET active = false WHERE id = 20;   -- stops matching: removed
+         UPDATE items SET active = true WHERE id = 25;    -- starts matching: added
+         UPDATE items SET price = price + 1 WHERE id = 22; -- still matches
+         DELETE FROM items WHERE id IN (14, 15);",
+    )
+    .await;
+    let expected = || async {
+        db.rows(
+            "(SELECT * FROM items WHERE active AND price > 10 AND status IN ('ok', 'new'))",
+            "id",
+        )
+        .await
+    };
+    let ok = wait_until(Duration::from_secs(30), || async {
+        documents(&db.data_dir(), "items", "id") == expected().await
+    })
+    .await;
+    assert!(
+        ok,
+        "index != matching rows: {}; log:\n{}",
+        common::difference(&documents(&db.data_dir(), "items", "id"), &expected().await),
+        sluice.log_text()
+    );
+    let docs = documents(&db.data_dir(), "items", "id");
+    assert!(docs.contains_key("25") && docs.contains_key("100"));
+    assert!(!docs.contains_key("20") && !docs.contains_key("101") && !docs.contains_key("102"));
+    assert!(sluice.stop().success());
+}

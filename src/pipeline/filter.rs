@@ -1,11 +1,14 @@
-//! The filter: keeps the changes of configured tables and operations.
+//! The filter: keeps the changes of configured tables and operations, and
+//! holds each table's index to the rows its column predicates match (see
+//! `predicate`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::change::{ChangeBatch, Op};
+use super::change::{Change, ChangeBatch, Op, RelationInfo};
+use super::predicate::{Predicate, Verdict};
 use super::stats::StageStats;
 use super::transform::TransformMsg;
 use crate::config::Operation;
@@ -20,6 +23,8 @@ pub type TableOperations = HashMap<String, Vec<Operation>>;
 
 pub struct FilterArgs {
     pub tables: TableOperations,
+    /// Column predicates by table (`schema.table`).
+    pub predicates: HashMap<String, Vec<Predicate>>,
     pub downstream: ActorRef<TransformMsg>,
     pub stats: Arc<StageStats>,
 }
@@ -28,7 +33,13 @@ pub struct FilterState {
     args: FilterArgs,
     /// Per relation: a bit per allowed `Op` (0 when the table is not streamed).
     allowed: HashMap<Oid, u8>,
+    /// Per relation description: the predicates with the columns they read
+    /// (`None` for a column the table does not have).
+    compiled: HashMap<usize, (Arc<RelationInfo>, Arc<Compiled>)>,
 }
+
+/// A table's predicates with their column positions.
+type Compiled = Vec<(Option<usize>, Predicate)>;
 
 pub struct Filter;
 
@@ -55,6 +66,7 @@ impl Actor for Filter {
         Ok(FilterState {
             args,
             allowed: HashMap::new(),
+            compiled: HashMap::new(),
         })
     }
 
@@ -66,7 +78,11 @@ impl Actor for Filter {
     ) -> Result<(), ActorProcessingErr> {
         let FilterMsg::Batch(mut batch) = msg;
         let before = batch.changes.len();
-        let FilterState { args, allowed } = state;
+        let FilterState {
+            args,
+            allowed,
+            compiled,
+        } = state;
         batch.changes.retain(|change| {
             let mask = *allowed.entry(change.rel.id).or_insert_with(|| {
                 args.tables
@@ -85,6 +101,15 @@ impl Actor for Filter {
             });
             mask & bit(change.op) != 0
         });
+        if !args.predicates.is_empty() {
+            batch.changes.retain_mut(|change| {
+                let Some(predicates) = args.predicates.get(&*change.rel.qualified) else {
+                    return true;
+                };
+                let compiled = compile(compiled, &change.rel, predicates);
+                matches(&compiled, change)
+            });
+        }
         let after = batch.changes.len();
         args.stats.batch(before, after);
         if before > after {
@@ -93,4 +118,59 @@ impl Actor for Filter {
         args.downstream.cast(TransformMsg::Batch(batch))?;
         Ok(())
     }
+}
+
+/// The predicates of `rel` with their columns, compiled once per description.
+fn compile(
+    cache: &mut HashMap<usize, (Arc<RelationInfo>, Arc<Compiled>)>,
+    rel: &Arc<RelationInfo>,
+    predicates: &[Predicate],
+) -> Arc<Compiled> {
+    let key = Arc::as_ptr(rel) as usize;
+    if let Some((known, compiled)) = cache.get(&key) {
+        if Arc::ptr_eq(known, rel) {
+            return compiled.clone();
+        }
+    }
+    let compiled: Arc<Compiled> = Arc::new(
+        predicates
+            .iter()
+            .map(|p| {
+                let at = rel.column_index(&p.column);
+                if at.is_none() {
+                    tracing::error!(
+                        table = %rel.qualified,
+                        column = %p.column,
+                        "a `where` predicate names a column the table does not have; it is ignored"
+                    );
+                }
+                (at, p.clone())
+            })
+            .collect(),
+    );
+    cache.insert(key, (rel.clone(), compiled.clone()));
+    compiled
+}
+
+/// Whether `change` goes on; an update to a row that no longer matches
+/// becomes a delete of its document.
+fn matches(compiled: &Compiled, change: &mut Change) -> bool {
+    let row = match change.op {
+        Op::Insert | Op::Read | Op::Update => change.new.as_ref(),
+        Op::Delete | Op::Truncate => return true,
+    };
+    let Some(row) = row else { return true };
+    let fails = compiled
+        .iter()
+        .any(|(at, predicate)| at.is_some_and(|i| predicate.check(row, i) == Verdict::Fails));
+    if !fails {
+        return true;
+    }
+    if change.op == Op::Update {
+        // The row may have matched before: its document goes.
+        change.op = Op::Delete;
+        change.old = change.new.take();
+        return true;
+    }
+    false
 }

@@ -13,6 +13,7 @@ pub mod decoder;
 pub mod filter;
 pub mod flow;
 pub mod lane;
+pub mod predicate;
 pub mod reader;
 pub mod router;
 pub mod shard;
@@ -58,6 +59,8 @@ pub struct PipelinePlan {
     pub spool_max_bytes: u64,
     pub key_separator: String,
     pub operations: HashMap<String, Vec<Operation>>,
+    /// Column predicates by table (`schema.table`); tables without are absent.
+    pub predicates: HashMap<String, Vec<predicate::Predicate>>,
     pub transforms: HashMap<String, TransformConfig>,
     pub routes: HashMap<String, TableRoute>,
     pub sinks: Vec<SinkConfig>,
@@ -80,8 +83,18 @@ impl PipelinePlan {
         let mut transforms = HashMap::new();
         let mut routes = HashMap::new();
         let mut table_functions = HashMap::new();
+        let mut predicates = HashMap::new();
         for (table, name) in config.tables.iter().zip(config.table_names()) {
             let key = name.to_string();
+            if !table.predicates.is_empty() {
+                let parsed = table
+                    .predicates
+                    .iter()
+                    .map(|p| predicate::Predicate::parse(p))
+                    .collect::<std::result::Result<Vec<_>, String>>()
+                    .map_err(|e| crate::error::Error::new(crate::error::ErrorKind::Config, e))?;
+                predicates.insert(key.clone(), parsed);
+            }
             if table.filter.is_some() || table.route.is_some() || table.transform.function.is_some()
             {
                 table_functions.insert(
@@ -132,6 +145,7 @@ impl PipelinePlan {
             spool_max_bytes: p.spool_max_bytes,
             key_separator: p.key_separator.clone(),
             operations,
+            predicates,
             transforms,
             routes,
             sinks: config.sinks.clone(),

@@ -326,6 +326,7 @@ impl SupervisorState {
         let transformer = self.spawn(myself, "transformer", Transformer, args).await?;
         let args = FilterArgs {
             tables: plan.operations.clone(),
+            predicates: plan.predicates.clone(),
             downstream: transformer,
             stats: stats.filter.clone(),
         };

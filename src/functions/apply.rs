@@ -8,7 +8,7 @@ use super::message::{ChangeInput, MessageBuilder};
 use super::{compile, FunctionError, FunctionPlan, Runtime, TableFunctions, FAILED_STORE};
 use crate::config::check_index_name;
 use crate::error::{Error, ErrorKind, Result};
-use crate::pipeline::change::{Op, RouteAction, Routed};
+use crate::pipeline::change::{Change, Op, RouteAction, Routed};
 use crate::sink::failed::{FailedMessage, FailedStore};
 
 /// What became of a change (returned, never stored: its size does not matter).
@@ -63,18 +63,16 @@ impl ShardFunctions {
     /// Runs the functions of `routed`'s table on it, on its way to `sink`:
     /// the filter, then the route, then the transform.
     pub fn apply(&mut self, mut routed: Routed, sink: Option<&str>) -> Result<Outcome> {
-        let Some(functions) = self.plan.tables.get(&*routed.change.rel.qualified).cloned() else {
+        // The plan, not the table's function names, is copied: a reference
+        // count, where the names would be three strings per change.
+        let plan = self.plan.clone();
+        let Some(functions) = plan.tables.get(&*routed.change.rel.qualified) else {
             return Ok(Outcome::Write(routed, None));
         };
         if let Some(filter) = &functions.filter {
             match self.runtime.filter(
                 filter,
-                ChangeInput {
-                    builder: &mut self.builder,
-                    lua: self.runtime.lua(),
-                    change: &routed.change,
-                    sink,
-                },
+                input(&mut self.builder, &self.runtime, &routed.change, sink),
             ) {
                 Ok(true) => {}
                 Ok(false) => return Ok(Outcome::Filtered),
@@ -84,12 +82,7 @@ impl ShardFunctions {
         if let Some(route) = &functions.route {
             match self.runtime.route(
                 route,
-                ChangeInput {
-                    builder: &mut self.builder,
-                    lua: self.runtime.lua(),
-                    change: &routed.change,
-                    sink,
-                },
+                input(&mut self.builder, &self.runtime, &routed.change, sink),
             ) {
                 Ok(decision) => {
                     if let Err(message) = check_index_name(&decision.index) {
@@ -124,12 +117,7 @@ impl ShardFunctions {
             if let Some(transform) = &functions.transform {
                 match self.runtime.transform(
                     transform,
-                    ChangeInput {
-                        builder: &mut self.builder,
-                        lua: self.runtime.lua(),
-                        change: &routed.change,
-                        sink,
-                    },
+                    input(&mut self.builder, &self.runtime, &routed.change, sink),
                 ) {
                     Ok(made) => doc = Some(made),
                     Err(e) => return self.park(&routed, sink, &e),
@@ -189,5 +177,20 @@ impl ShardFunctions {
             .increment(1);
         self.failed.park(&message)?;
         Ok(Outcome::Failed)
+    }
+}
+
+/// The input of a call for `change`, built with this shard's runtime.
+fn input<'a>(
+    builder: &'a mut MessageBuilder,
+    runtime: &'a Runtime,
+    change: &'a Change,
+    sink: Option<&'a str>,
+) -> ChangeInput<'a> {
+    ChangeInput {
+        builder,
+        lua: runtime.lua(),
+        change,
+        sink,
     }
 }

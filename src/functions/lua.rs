@@ -262,11 +262,6 @@ impl Runtime {
         Ok(env)
     }
 
-    /// The kind of a loaded function.
-    pub fn kind(&self, name: &str) -> Option<FunctionKind> {
-        self.functions.get(name).map(|c| c.kind)
-    }
-
     /// Runs transform `name`: the document it returns, as JSON.
     pub fn transform(&self, name: &str, args: impl Input) -> Result<Vec<u8>, FunctionError> {
         let value = self.call(name, FunctionKind::Transform, args)?;

@@ -36,27 +36,25 @@ pub struct MessageBuilder {
     /// Per relation and function: a Lua function that builds the record and
     /// metadata from the row's values and calls the user's function, so a
     /// call crosses into Lua once (see `wrapper_code`).
-    wrappers: HashMap<WrapperKey, Wrapper>,
+    wrappers: HashMap<String, HashMap<usize, Wrapper>>,
     /// The metadata every change of one transaction, table and sink shares.
-    base: Option<(BaseKey, Table)>,
+    /// With the sink it was made for: compared, not copied, per change.
+    base: Option<(BaseKey, Option<String>, Table)>,
     scratch: Vec<u8>,
     /// Values converted to text (timestamps, ...), for the call's arguments.
     arena: Vec<u8>,
     spans: Vec<Span>,
 }
 
-/// Which transaction, relation and sink a metadata base belongs to.
+/// Which transaction and relation a metadata base belongs to.
 #[derive(PartialEq, Eq)]
 struct BaseKey {
     lsn: u64,
     time: i64,
     rel: usize,
-    sink: Option<String>,
     annotations: Option<usize>,
 }
 
-/// A relation (by pointer, 0 for the general wrapper) and a function name.
-type WrapperKey = (usize, String);
 /// The relation a wrapper was made for (kept alive, so the pointer stays
 /// its own) and the wrapper.
 type Wrapper = (Option<Arc<RelationInfo>>, Function);
@@ -142,8 +140,10 @@ impl MessageBuilder {
         name: &str,
         function: &Function,
     ) -> mlua::Result<Function> {
-        let key = (rel.map_or(0, |r| Arc::as_ptr(r) as usize), name.to_owned());
-        if let Some((known, wrapper)) = self.wrappers.get(&key) {
+        // By function name, then relation (by pointer, 0 for the general
+        // wrapper): looking one up allocates nothing.
+        let at = rel.map_or(0, |r| Arc::as_ptr(r) as usize);
+        if let Some((known, wrapper)) = self.wrappers.get(name).and_then(|w| w.get(&at)) {
             if rel.is_none_or(|r| known.as_ref().is_some_and(|k| Arc::ptr_eq(k, r))) {
                 return Ok(wrapper.clone());
             }
@@ -154,7 +154,10 @@ impl MessageBuilder {
         };
         let make: Function = lua.load(code).set_name("=sluice message").into_function()?;
         let wrapper: Function = make.call(function.clone())?;
-        self.wrappers.insert(key, (rel.cloned(), wrapper.clone()));
+        self.wrappers
+            .entry(name.to_owned())
+            .or_default()
+            .insert(at, (rel.cloned(), wrapper.clone()));
         Ok(wrapper)
     }
 
@@ -263,14 +266,13 @@ impl MessageBuilder {
             lsn: change.commit_lsn.0,
             time: change.commit_time,
             rel: Arc::as_ptr(&change.rel) as usize,
-            sink: sink.map(str::to_owned),
             annotations: change
                 .annotations
                 .as_ref()
                 .map(|a| Arc::as_ptr(a) as *const u8 as usize),
         };
-        if let Some((known, base)) = &self.base {
-            if *known == key {
+        if let Some((known, known_sink, base)) = &self.base {
+            if *known == key && known_sink.as_deref() == sink {
                 return Ok(base.clone());
             }
         }
@@ -279,7 +281,7 @@ impl MessageBuilder {
             "key_prefix",
             format!("{:016X}-", change.commit_lsn.0).as_str(),
         )?;
-        self.base = Some((key, base.clone()));
+        self.base = Some((key, sink.map(str::to_owned), base.clone()));
         Ok(base)
     }
 

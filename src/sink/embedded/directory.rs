@@ -11,12 +11,14 @@
 //! at once, on threads of their own, so the disk sees them together.
 //!
 //! tantivy also rewrites `.managed.json`, its list of the files it created,
-//! atomically and synced, for every new file: another `fdatasync` each. The
-//! list only serves to delete files no commit point names any more. It is
-//! renamed into place unsynced here and synced with the other files; should
-//! a crash leave it unreadable, `open` drops it, and at worst files of the
-//! segments being written when the crash came stay on disk.
-
+//! atomically and synced, for every new file: a new file and an `fdatasync`
+//! each, dozens a second while a backfill commits and merges. Creating files
+//! is not free: ext4 without a journal scans past every inode deleted in the
+//! last minute to allocate one. The list only serves to delete files no
+//! commit point names any more, so here it is rewritten in place, unsynced,
+//! and synced with the other files. Should a crash leave it unreadable,
+//! `open` lists the directory's files instead: tantivy then deletes those
+//! the last commit point does not name, as it would have.
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -31,6 +33,9 @@ use tantivy::directory::{
 /// Files finished since the last directory sync, not yet synced.
 type Unsynced = Arc<Mutex<Vec<File>>>;
 
+/// `.managed.json`, open while it was rewritten since the last directory sync.
+type Managed = Arc<Mutex<Option<File>>>;
+
 /// tantivy's list of the files it manages.
 const MANAGED: &str = ".managed.json";
 
@@ -39,6 +44,7 @@ pub(super) struct GroupSyncDirectory {
     inner: MmapDirectory,
     root: PathBuf,
     unsynced: Unsynced,
+    managed: Managed,
 }
 
 impl GroupSyncDirectory {
@@ -46,14 +52,17 @@ impl GroupSyncDirectory {
         let managed = root.join(MANAGED);
         if let Ok(text) = std::fs::read(&managed) {
             if serde_json::from_slice::<Vec<PathBuf>>(&text).is_err() {
-                tracing::warn!(path = %managed.display(), "unreadable list of index files (a crash while it was written): dropped");
-                std::fs::remove_file(&managed)?;
+                tracing::warn!(path = %managed.display(), "unreadable list of index files (a crash while it was written): listing the directory instead");
+                let listed = serde_json::to_vec(&index_files(root)?)?;
+                std::fs::write(&managed, listed)?;
+                File::open(&managed)?.sync_all()?;
             }
         }
         Ok(GroupSyncDirectory {
             inner: MmapDirectory::open(root)?,
             root: root.to_owned(),
             unsynced: Unsynced::default(),
+            managed: Managed::default(),
         })
     }
 }
@@ -97,16 +106,20 @@ impl Directory for GroupSyncDirectory {
         if path != Path::new(MANAGED) {
             return self.inner.atomic_write(path, data);
         }
-        let mut file = tempfile::Builder::new().tempfile_in(&self.root)?;
+        let mut managed = self.managed.lock().expect("managed file list");
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(self.root.join(path))?;
         file.write_all(data)?;
-        file.flush()?;
-        let file = file.persist(self.root.join(path)).map_err(|e| e.error)?;
-        self.unsynced.lock().expect("unsynced files").push(file);
+        *managed = Some(file);
         Ok(())
     }
 
     fn sync_directory(&self) -> io::Result<()> {
-        let files = std::mem::take(&mut *self.unsynced.lock().expect("unsynced files"));
+        let mut files = std::mem::take(&mut *self.unsynced.lock().expect("unsynced files"));
+        files.extend(self.managed.lock().expect("managed file list").take());
         let synced = std::thread::scope(|scope| {
             let syncs: Vec<_> = files
                 .iter()
@@ -132,6 +145,21 @@ impl Directory for GroupSyncDirectory {
     fn watch(&self, watch_callback: WatchCallback) -> tantivy::Result<WatchHandle> {
         self.inner.watch(watch_callback)
     }
+}
+
+/// The files tantivy manages in `root`: all but its locks and lists, whose
+/// names start with a dot.
+fn index_files(root: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(root)? {
+        let entry = entry?;
+        let name = PathBuf::from(entry.file_name());
+        if entry.file_type()?.is_file() && !name.to_string_lossy().starts_with('.') {
+            files.push(name);
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 /// A new file: flushed when finished, synced at the next directory sync.
@@ -203,22 +231,38 @@ mod tests {
     }
 
     #[test]
-    fn the_file_list_is_written_whole_and_dropped_when_unreadable() {
+    fn the_file_list_is_rewritten_in_place_and_rebuilt_when_unreadable() {
         let dir = tempfile::tempdir().unwrap();
         let directory = GroupSyncDirectory::open(dir.path()).unwrap();
         directory
+            .atomic_write(Path::new(MANAGED), b"[\"a.idx\", \"b.pos\"]\n")
+            .unwrap();
+        directory
             .atomic_write(Path::new(MANAGED), b"[\"a.idx\"]\n")
             .unwrap();
-        assert_eq!(directory.unsynced.lock().unwrap().len(), 1);
+        assert!(directory.managed.lock().unwrap().is_some());
         assert_eq!(
             directory.atomic_read(Path::new(MANAGED)).unwrap(),
             b"[\"a.idx\"]\n"
         );
         directory.sync_directory().unwrap();
+        assert!(directory.managed.lock().unwrap().is_none());
         GroupSyncDirectory::open(dir.path()).unwrap();
-        assert!(dir.path().join(MANAGED).exists());
-        std::fs::write(dir.path().join(MANAGED), b"").unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join(MANAGED)).unwrap(),
+            b"[\"a.idx\"]\n"
+        );
+        // A crash while it was written: the files on disk are listed instead.
+        for name in ["meta.json", "seg.idx", ".tantivy-writer.lock"] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        std::fs::write(dir.path().join(MANAGED), b"[\"a.id").unwrap();
         GroupSyncDirectory::open(dir.path()).unwrap();
-        assert!(!dir.path().join(MANAGED).exists());
+        let listed: Vec<PathBuf> =
+            serde_json::from_slice(&std::fs::read(dir.path().join(MANAGED)).unwrap()).unwrap();
+        assert_eq!(
+            listed,
+            [PathBuf::from("meta.json"), PathBuf::from("seg.idx")]
+        );
     }
 }

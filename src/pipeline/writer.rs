@@ -227,6 +227,9 @@ impl WriterState {
     }
 
     async fn commit(&mut self, last: bool) -> Result<(), ActorProcessingErr> {
+        // The interval runs from the start of a commit: a slow commit does
+        // not stretch the time a write waits for the next one.
+        let started = Instant::now();
         let upto = self.upto();
         let backfilled = self.backfill_upto();
         if self.dirty || upto > self.committed || backfilled > self.backfilled || last {
@@ -251,7 +254,7 @@ impl WriterState {
         self.args.lane.release();
         self.held_seen.clear();
         self.held_bytes = 0;
-        self.last_commit = Instant::now();
+        self.last_commit = started;
         Ok(())
     }
 }

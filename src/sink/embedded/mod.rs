@@ -5,6 +5,7 @@
 //! while sluice writes (`sluice search`).
 
 mod directory;
+mod known;
 mod queue;
 mod schema;
 pub mod search;
@@ -19,6 +20,7 @@ use tantivy::query::TermQuery;
 use tantivy::schema::{IndexRecordOption, OwnedValue, Value};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term};
 
+use known::KnownIds;
 use queue::{Queue, Queued};
 
 pub use schema::Fields;
@@ -67,6 +69,8 @@ struct OpenIndex {
     replay_horizon: Lsn,
     /// Hashes of ids written since the last commit (not yet visible to the reader).
     uncommitted: HashSet<u64>,
+    /// The ids the index may hold, committed or not.
+    known: KnownIds,
     /// Deletes queued since the last commit; tantivy keeps each until then.
     pending_deletes: usize,
     dirty: bool,
@@ -153,6 +157,12 @@ impl EmbeddedSink {
                     .add_document(index.queue.enter(doc))
                     .map_err(|e| index_error(format!("writing to index {}", op.index), e))?;
                 index.uncommitted.insert(id_hash);
+                index.known.insert(id_hash);
+                if index.known.full() {
+                    index.known =
+                        KnownIds::build(&index.searcher, f.id, index.uncommitted.iter().copied())
+                            .map_err(|e| index_error("listing the ids of an index", e))?;
+                }
             }
             WriteAction::Delete => {
                 index.writer.delete_term(id_term);
@@ -180,6 +190,9 @@ impl OpenIndex {
     /// to `id_hash`): written since the last commit, or in a committed segment
     /// (deleted documents count until merged away, which only costs a delete).
     fn may_hold(&self, id_term: &Term, id_hash: u64) -> Result<bool> {
+        if !self.known.may_hold(id_hash) {
+            return Ok(false);
+        }
         if self.uncommitted.contains(&id_hash) {
             return Ok(true);
         }
@@ -328,16 +341,20 @@ fn open_index(data_dir: &Path, name: &str) -> Result<OpenIndex> {
         .reload_policy(ReloadPolicy::Manual)
         .try_into()
         .map_err(|e| index_error("opening an index reader", e))?;
+    let searcher = reader.searcher();
+    let known = KnownIds::build(&searcher, fields.id, std::iter::empty())
+        .map_err(|e| index_error(format!("listing the ids of index {}", dir.display()), e))?;
     Ok(OpenIndex {
         writer,
         queue: Queue::default(),
-        searcher: reader.searcher(),
+        searcher,
         reader,
         fields,
         committed: payload.covered,
         written: payload.written,
         replay_horizon: payload.written,
         uncommitted: HashSet::new(),
+        known,
         pending_deletes: 0,
         dirty: false,
     })

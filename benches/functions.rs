@@ -101,6 +101,47 @@ fn change() -> Change {
     }
 }
 
+/// A table of (id, payload jsonb) and a row of it.
+fn path_change() -> (RelationInfo, Tuple) {
+    let columns = [("id", 20, "42"), ("payload", 3802, PAYLOAD)];
+    let rel = RelationInfo {
+        id: 16_385,
+        name: TableName {
+            schema: "public".into(),
+            table: "events".into(),
+        },
+        qualified: Arc::from("public.events"),
+        columns: columns
+            .iter()
+            .map(|&(name, oid, _)| ColumnInfo {
+                name: name.into(),
+                type_oid: oid,
+                kind: TypeKind::builtin_or_text(oid),
+                is_key: name == "id",
+            })
+            .collect(),
+        replica_identity: ReplicaIdentity::Default,
+    };
+    let mut data = BytesMut::new();
+    let mut values = Vec::new();
+    for (_, _, value) in columns {
+        values.push(ColumnValue {
+            kind: ColumnKind::Text,
+            start: data.len() as u32,
+            len: value.len() as u32,
+        });
+        data.put_slice(value.as_bytes());
+    }
+    let tuple = Tuple {
+        data: data.freeze(),
+        columns: values,
+    };
+    (rel, tuple)
+}
+
+/// A jsonb value as Postgres writes it.
+const PAYLOAD: &str = r#"{"source": "shop", "product": {"id": 42, "name": "Stainless steel kettle", "tags": ["kitchen", "steel"], "price": 49.95, "active": true}, "received_at": "2024-05-01T10:20:30Z"}"#;
+
 fn bench_functions(c: &mut Criterion) {
     let change = change();
     let mut runtime = Runtime::new(Limits {
@@ -140,7 +181,8 @@ fn bench_functions(c: &mut Criterion) {
         })
     });
     // The declarative path: three column predicates and the document in the
-    // table's shape (one column dropped, two renamed).
+    // table's shape (one column dropped, two renamed, a constant and a
+    // templated field added).
     let predicates: Vec<(usize, Predicate)> = [
         "active = true",
         "price > 10",
@@ -160,11 +202,23 @@ fn bench_functions(c: &mut Criterion) {
         ]
         .into_iter()
         .collect(),
+        fields: [
+            ("kind".to_owned(), toml::Value::String("product".into())),
+            (
+                "label".to_owned(),
+                toml::Value::String("{name} by {brand} ({category})".into()),
+            ),
+        ]
+        .into_iter()
+        .collect(),
         ..TransformConfig::default()
     };
     let shape = DocShape::new(&change.rel, &transform);
+    let mut doc = Vec::new();
+    shape.encode(change.new.as_ref().unwrap(), &mut doc);
+    println!("declarative document: {}", String::from_utf8_lossy(&doc));
     let row = change.new.as_ref().unwrap();
-    let mut doc = Vec::with_capacity(512);
+    doc.reserve(512);
     group.bench_function("declarative_where_and_shape", |b| {
         b.iter(|| {
             let row = black_box(row);
@@ -175,6 +229,35 @@ fn bench_functions(c: &mut Criterion) {
             if keep {
                 shape.encode(row, &mut doc);
             }
+            black_box(doc.len())
+        })
+    });
+    // A path transform: the document is an object inside a jsonb column.
+    let (events, event) = path_change();
+    let transform = TransformConfig {
+        path: Some("record.payload.product".into()),
+        ..TransformConfig::default()
+    };
+    let shape = DocShape::new(&events, &transform);
+    doc.clear();
+    shape.encode(&event, &mut doc);
+    println!("path document: {}", String::from_utf8_lossy(&doc));
+    group.bench_function("declarative_path", |b| {
+        b.iter(|| {
+            doc.clear();
+            shape.encode(black_box(&event), &mut doc);
+            black_box(doc.len())
+        })
+    });
+    let transform = TransformConfig {
+        path: Some("record.payload".into()),
+        ..TransformConfig::default()
+    };
+    let shape = DocShape::new(&events, &transform);
+    group.bench_function("declarative_path_whole_column", |b| {
+        b.iter(|| {
+            doc.clear();
+            shape.encode(black_box(&event), &mut doc);
             black_box(doc.len())
         })
     });

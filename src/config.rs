@@ -256,9 +256,23 @@ pub struct TransformConfig {
     #[serde(default)]
     pub rename: BTreeMap<String, String>,
     /// A transform function (see `functions`) that makes the document from
-    /// the change. Exclusive with `keep`, `drop` and `rename`.
+    /// the change. Exclusive with the other settings.
     #[serde(default)]
     pub function: Option<String>,
+    /// Fields added to every document, by name. A string is a template:
+    /// `"{name} ({sku})"` is the text with `{column}` replaced by the
+    /// column's value (NULL as nothing), `{{` and `}}` for braces. Other
+    /// values (numbers, booleans, arrays, tables) are written as they are.
+    /// A field named like a column replaces it.
+    #[serde(default)]
+    pub fields: BTreeMap<String, toml::Value>,
+    /// The document is the value at this path of the change instead of the
+    /// row: `record.payload` takes a json or jsonb column as the document,
+    /// `record.payload.product` a key inside it. A value that is not an
+    /// object becomes a document of one field, named by the last part of the
+    /// path (`record.id` gives `{"id": 7}`). Exclusive with the other settings.
+    #[serde(default)]
+    pub path: Option<String>,
 }
 
 /// A destination for documents.
@@ -682,16 +696,39 @@ impl Config {
                     Some(_) => {}
                 }
             }
-            if transform.function.is_some()
-                && (transform.keep.is_some()
-                    || !transform.drop.is_empty()
-                    || !transform.rename.is_empty())
-            {
+            let shaped = transform.keep.is_some()
+                || !transform.drop.is_empty()
+                || !transform.rename.is_empty()
+                || !transform.fields.is_empty();
+            if transform.function.is_some() && (shaped || transform.path.is_some()) {
                 problem(
                     path("transform.function"),
-                    "a transform function makes the whole document: leave out keep, drop and rename"
+                    "a transform function makes the whole document: leave out keep, drop, rename, fields and path"
                         .into(),
                 );
+            }
+            if let Some(at) = &transform.path {
+                if let Err(message) = crate::pipeline::transform::PathShape::parse(at) {
+                    problem(path("transform.path"), message);
+                }
+                if shaped {
+                    problem(
+                        path("transform.path"),
+                        "a path makes the whole document: leave out keep, drop, rename and fields"
+                            .into(),
+                    );
+                }
+            }
+            for (name, value) in &transform.fields {
+                let field = path(&format!("transform.fields.{name}"));
+                if name.is_empty() {
+                    problem(field.clone(), "the field name must not be empty".into());
+                }
+                if let toml::Value::String(text) = value {
+                    if let Err(message) = crate::pipeline::template::parse(text) {
+                        problem(field, message);
+                    }
+                }
             }
             if transform.keep.is_some() && !transform.drop.is_empty() {
                 problem(
@@ -949,6 +986,53 @@ mod tests {
         assert_eq!(config.tables[0].operations.len(), 4);
         let name = TableName::parse("public.products").unwrap();
         assert_eq!(config.index_for(&config.tables[0], &name), "products");
+    }
+
+    #[test]
+    fn declarative_transforms_are_checked() {
+        let err = parse(
+            r#"
+            source = { database_url = "postgres://localhost/db" }
+            [functions.f]
+            kind = "transform"
+            code = "function transform(a, r, c, m) return r end"
+            [[tables]]
+            name = "public.a"
+            transform = { function = "f", fields = { x = 1 } }
+            [[tables]]
+            name = "public.b"
+            transform = { path = "record.payload", keep = ["id"] }
+            [[tables]]
+            name = "public.c"
+            transform = { path = "payload" }
+            [[tables]]
+            name = "public.d"
+            transform = { fields = { label = "{name", "" = 1 } }
+            "#,
+        )
+        .unwrap_err();
+        for expected in [
+            "tables[0].transform.function: a transform function makes the whole document: leave out keep, drop, rename, fields and path",
+            "tables[1].transform.path: a path makes the whole document: leave out keep, drop, rename and fields",
+            "tables[2].transform.path: `payload` must start with `record.`, such as record.payload",
+            "tables[3].transform.fields.label: `{` at byte 0 is not closed; write `{{` for a brace",
+            "tables[3].transform.fields.: the field name must not be empty",
+        ] {
+            assert!(err.contains(expected), "{expected}\n in {err}");
+        }
+        let config = parse(
+            r#"
+            source = { database_url = "postgres://localhost/db" }
+            [[tables]]
+            name = "public.a"
+            transform = { drop = ["secret"], fields = { kind = "product", label = "{name} ({sku})" } }
+            [[tables]]
+            name = "public.b"
+            transform = { path = "record.payload.product" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.tables[0].transform.fields.len(), 2);
     }
 
     #[test]

@@ -207,3 +207,80 @@ where = ["active = true", "price > 10", "status in ('ok', 'new')"]
     assert!(!docs.contains_key("20") && !docs.contains_key("101") && !docs.contains_key("102"));
     assert!(sluice.stop().success());
 }
+
+/// `transform.fields` and `transform.path` on backfilled and streamed rows:
+/// the index ends equal to the same shapes made by SQL.
+#[tokio::test(flavor = "multi_thread")]
+async fn added_fields_and_paths_shape_the_documents() {
+    let db = TestDb::new("shapes").await;
+    db.exec(
+        "CREATE TABLE items (id int PRIMARY KEY, name text, sku text, secret text);
+         INSERT INTO items SELECT i, 'item ' || i, CASE WHEN i % 4 = 0 THEN NULL ELSE 'S' || i END, 'x'
+           FROM generate_series(1, 30) i;
+         CREATE TABLE events (id int PRIMARY KEY, payload jsonb);
+         INSERT INTO events SELECT i, jsonb_build_object('product', jsonb_build_object('sku', 'E' || i, 'n', i), 'other', 1)
+           FROM generate_series(1, 20) i;",
+    )
+    .await;
+    let tables = r#"
+[[tables]]
+name = "items"
+transform = { drop = ["secret"], fields = { kind = "product", label = "{name} ({sku})", rank = 1 } }
+
+[[tables]]
+name = "events"
+transform = { path = "record.payload.product" }
+"#;
+    let config = db.config(tables, "");
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    db.exec(
+        "INSERT INTO items VALUES (100, 'new \"one\"', 'N1', 'x'), (101, 'nameless', NULL, 'x');
+         UPDATE items SET name = 'renamed' WHERE id = 5;
+         UPDATE items SET sku = NULL WHERE id = 6;
+         DELETE FROM items WHERE id IN (7, 8);
+         INSERT INTO events VALUES (100, '{\"product\": {\"sku\": \"E100\", \"n\": 100}}');
+         UPDATE events SET payload = jsonb_set(payload, '{product,n}', '-1') WHERE id = 3;
+         DELETE FROM events WHERE id = 4;",
+    )
+    .await;
+    let items = || async {
+        db.rows(
+            "(SELECT id, name, sku, 'product' AS kind,
+                     name || ' (' || coalesce(sku, '') || ')' AS label, 1 AS rank FROM items)",
+            "id",
+        )
+        .await
+    };
+    let events = || async {
+        db.client
+            .query(
+                "SELECT payload->'product'->>'sku', (payload->'product')::text FROM events",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let json: String = r.get(1);
+                (r.get::<_, String>(0), serde_json::from_str(&json).unwrap())
+            })
+            .collect::<std::collections::BTreeMap<String, Value>>()
+    };
+    let ok = wait_until(Duration::from_secs(30), || async {
+        documents(&db.data_dir(), "items", "id") == items().await
+            && documents(&db.data_dir(), "events", "sku") == events().await
+    })
+    .await;
+    assert!(
+        ok,
+        "items: {}; events: {}; log:\n{}",
+        common::difference(&documents(&db.data_dir(), "items", "id"), &items().await),
+        common::difference(&documents(&db.data_dir(), "events", "sku"), &events().await),
+        sluice.log_text()
+    );
+    let docs = documents(&db.data_dir(), "items", "id");
+    assert_eq!(docs["100"]["label"], json!("new \"one\" (N1)"));
+    assert_eq!(docs["6"]["label"], json!("item 6 ()"));
+    assert!(sluice.stop().success());
+}

@@ -20,6 +20,7 @@ pub mod shard;
 pub mod stats;
 pub mod status;
 pub mod supervisor;
+pub mod template;
 pub mod transform;
 pub mod writer;
 

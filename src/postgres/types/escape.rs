@@ -4,6 +4,15 @@
 /// Append a JSON string literal of `text`, escaped as JSON requires. Invalid
 /// UTF-8 is replaced by U+FFFD.
 pub fn write_json_string(text: &[u8], out: &mut Vec<u8>) {
+    out.reserve(text.len() + 2);
+    out.push(b'"');
+    write_json_string_content(text, out);
+    out.push(b'"');
+}
+
+/// Writes `text` escaped as the inside of a JSON string, without the
+/// quotes (invalid UTF-8 replaced), for strings made of several pieces.
+pub fn write_json_string_content(text: &[u8], out: &mut Vec<u8>) {
     match std::str::from_utf8(text) {
         Ok(_) => write_escaped(text, out),
         Err(_) => write_escaped(String::from_utf8_lossy(text).as_bytes(), out),
@@ -35,8 +44,7 @@ fn word_needs_escape(w: u64) -> bool {
 
 /// `s` is valid UTF-8.
 fn write_escaped(s: &[u8], out: &mut Vec<u8>) {
-    out.reserve(s.len() + 2);
-    out.push(b'"');
+    out.reserve(s.len());
     let mut run = 0;
     let mut i = 0;
     while i < s.len() {
@@ -57,7 +65,6 @@ fn write_escaped(s: &[u8], out: &mut Vec<u8>) {
         i += 1;
     }
     out.extend_from_slice(&s[run..]);
-    out.push(b'"');
 }
 
 fn write_escape(b: u8, out: &mut Vec<u8>) {

@@ -28,7 +28,7 @@ use crate::postgres::pgoutput::Oid;
 use self::array::write_array;
 use self::bytea::write_bytea;
 use self::datetime::{write_timestamp, write_timetz};
-pub use self::escape::write_json_string;
+pub use self::escape::{write_json_string, write_json_string_content};
 use self::json::write_embedded_json;
 use self::number::{write_float, write_number};
 use self::oids::{builtin_array_element, builtin_scalar, BOX_OID};

@@ -15,9 +15,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use mlua::{Function, Lua, Table, Value, Variadic};
+use mlua::{Either, Function, Lua, Table, Value, Variadic};
 
-use super::json::{number_to_lua, to_lua, MAX_EXACT_INTEGER};
+use super::json::{to_lua, MAX_EXACT_INTEGER};
 use super::{Args, Input};
 use crate::pipeline::change::{Change, Op, RelationInfo};
 use crate::postgres::pgoutput::{format_commit_time, ColumnKind, ReplicaIdentity, Tuple};
@@ -43,7 +43,6 @@ pub struct MessageBuilder {
     scratch: Vec<u8>,
     /// Values converted to text (timestamps, ...), for the call's arguments.
     arena: Vec<u8>,
-    spans: Vec<Span>,
 }
 
 /// Which transaction and relation a metadata base belongs to.
@@ -59,13 +58,10 @@ struct BaseKey {
 /// its own) and the wrapper.
 type Wrapper = (Option<Arc<RelationInfo>>, Function);
 
-/// Where a column's argument comes from.
+/// A column's argument, or where in the arena its text is.
 #[derive(Clone, Copy)]
-enum Span {
-    Nil,
-    /// Column `i` of the row or of the old row.
-    Row(usize),
-    Old(usize),
+enum Slot<'a> {
+    Ready(Arg<'a>),
     /// `arena[start..end]`.
     Arena(usize, usize),
 }
@@ -78,10 +74,14 @@ pub struct ChangeInput<'a> {
     pub sink: Option<&'a str>,
 }
 
+/// One column's argument of a wrapper: text (or nil), a number or a boolean,
+/// pushed onto Lua's stack without a registry reference.
+type Arg<'a> = Either<Option<&'a str>, Either<f64, bool>>;
+
 /// The arguments of a wrapper: action, metadata base, commit_idx, changes,
-/// the values Lua cannot take as text, then one text per column. (For
+/// the values that are Lua tables, then one value per column. (For
 /// relations too wide to wrap: action, record, unused, changes, metadata.)
-type Wrapped<'a> = (&'a str, Value, u32, Value, Value, Variadic<Option<&'a str>>);
+type Wrapped<'a> = (&'a str, Value, u32, Value, Value, Variadic<Arg<'a>>);
 
 /// The wrapper of relations too wide for one with a parameter per column.
 const GENERAL_WRAPPER: &str = "local fn = ...
@@ -127,7 +127,6 @@ impl MessageBuilder {
             base: None,
             scratch: Vec::new(),
             arena: Vec::new(),
-            spans: Vec::new(),
         }
     }
 
@@ -178,26 +177,37 @@ impl MessageBuilder {
             _ => change.old.as_ref(),
         };
         self.arena.clear();
-        self.spans.clear();
+        let mut slots: Vec<Slot<'a>> = Vec::with_capacity(change.rel.columns.len());
         let mut extra: Option<Table> = None;
+        let nil = Slot::Ready(Either::Left(None));
         for (i, column) in change.rel.columns.iter().enumerate() {
             let Some(row) = row else {
-                self.spans.push(Span::Nil);
+                slots.push(nil);
                 continue;
             };
-            let (tuple, old) = match row.kind(i) {
+            let tuple = match row.kind(i) {
                 ColumnKind::Unchanged => match fallback {
-                    Some(old) if matches!(old.kind(i), ColumnKind::Text) => (old, true),
+                    Some(old) if matches!(old.kind(i), ColumnKind::Text) => old,
                     _ => {
-                        self.spans.push(Span::Nil);
+                        slots.push(nil);
                         continue;
                     }
                 },
-                _ => (row, false),
+                _ => row,
             };
-            let span = match (tuple.kind(i), &column.kind, tuple.value(i)) {
-                (_, _, None) => Span::Nil,
-                (ColumnKind::Text, TypeKind::Json | TypeKind::Array { .. }, Some(_)) => {
+            let Some(text) = tuple.value(i) else {
+                slots.push(nil);
+                continue;
+            };
+            let textual = tuple.kind(i) == ColumnKind::Text;
+            let number = match &column.kind {
+                kind @ (TypeKind::Integer | TypeKind::Float | TypeKind::Numeric) if textual => {
+                    lua_number(kind, text)
+                }
+                _ => None,
+            };
+            let slot = match &column.kind {
+                TypeKind::Json | TypeKind::Array { .. } if textual => {
                     let value = self.value(lua, &column.kind, tuple, i)?;
                     let table = match &extra {
                         Some(t) => t.clone(),
@@ -208,46 +218,57 @@ impl MessageBuilder {
                         }
                     };
                     table.raw_set(i + 1, value)?;
-                    Span::Nil
+                    nil
                 }
-                (ColumnKind::Text, kind, Some(text)) if needs_text(kind) => {
+                TypeKind::Bool if textual => {
+                    Slot::Ready(Either::Right(Either::Right(text == b"t")))
+                }
+                _ if number.is_some() => {
+                    Slot::Ready(Either::Right(Either::Left(number.unwrap_or_default())))
+                }
+                kind if textual && needs_text(kind) => {
                     self.scratch.clear();
                     write_json(kind, text, &mut self.scratch);
                     let start = self.arena.len();
-                    match serde_json::from_slice::<String>(&self.scratch) {
-                        Ok(s) => self.arena.extend_from_slice(s.as_bytes()),
-                        Err(_) => self.arena.extend_from_slice(
-                            &String::from_utf8_lossy(text).into_owned().into_bytes(),
-                        ),
+                    let plain = self.scratch.len() >= 2
+                        && self.scratch[0] == b'"'
+                        && !self.scratch.contains(&b'\\');
+                    if plain {
+                        // Timestamps and the like: no escapes to undo.
+                        let end = self.scratch.len() - 1;
+                        self.arena.extend_from_slice(&self.scratch[1..end]);
+                    } else {
+                        match serde_json::from_slice::<String>(&self.scratch) {
+                            Ok(s) => self.arena.extend_from_slice(s.as_bytes()),
+                            Err(_) => self
+                                .arena
+                                .extend_from_slice(String::from_utf8_lossy(text).as_bytes()),
+                        }
                     }
-                    Span::Arena(start, self.arena.len())
+                    Slot::Arena(start, self.arena.len())
                 }
-                (_, _, Some(text)) if std::str::from_utf8(text).is_err() => {
-                    let start = self.arena.len();
-                    self.arena
-                        .extend_from_slice(String::from_utf8_lossy(text).as_bytes());
-                    Span::Arena(start, self.arena.len())
-                }
-                _ if old => Span::Old(i),
-                _ => Span::Row(i),
+                // Text, numbers a double cannot hold, binary values.
+                _ => match std::str::from_utf8(text) {
+                    Ok(text) => Slot::Ready(Either::Left(Some(text))),
+                    Err(_) => {
+                        let start = self.arena.len();
+                        self.arena
+                            .extend_from_slice(String::from_utf8_lossy(text).as_bytes());
+                        Slot::Arena(start, self.arena.len())
+                    }
+                },
             };
-            self.spans.push(span);
+            slots.push(slot);
         }
         let changes = self.changes(lua, change)?;
         let arena = &self.arena;
-        let text = |tuple: Option<&'a Tuple>, i: usize| {
-            tuple
-                .and_then(|t| t.value(i))
-                .and_then(|v| std::str::from_utf8(v).ok())
-        };
-        let values: Vec<Option<&str>> = self
-            .spans
-            .iter()
-            .map(|span| match *span {
-                Span::Nil => None,
-                Span::Row(i) => text(row, i),
-                Span::Old(i) => text(fallback, i),
-                Span::Arena(start, end) => std::str::from_utf8(&arena[start..end]).ok(),
+        let values: Vec<Arg<'a>> = slots
+            .into_iter()
+            .map(|slot| match slot {
+                Slot::Ready(arg) => arg,
+                Slot::Arena(start, end) => {
+                    Either::Left(std::str::from_utf8(&arena[start..end]).ok())
+                }
             })
             .collect();
         Ok((
@@ -385,16 +406,11 @@ impl MessageBuilder {
         Ok(match kind {
             TypeKind::Bool => Value::Boolean(text == b"t"),
             TypeKind::Text => Value::String(lua.create_string(text)?),
-            TypeKind::Integer => {
-                let s = std::str::from_utf8(text).unwrap_or_default();
-                match s.parse::<i64>() {
-                    Ok(v) if (v as f64).abs() <= MAX_EXACT_INTEGER => Value::Number(v as f64),
-                    _ => Value::String(lua.create_string(text)?),
+            TypeKind::Integer | TypeKind::Float | TypeKind::Numeric => {
+                match lua_number(kind, text) {
+                    Some(n) => Value::Number(n),
+                    None => Value::String(lua.create_string(text)?),
                 }
-            }
-            TypeKind::Float | TypeKind::Numeric => {
-                let s = std::str::from_utf8(text).unwrap_or_default();
-                number_to_lua(lua, s.parse::<f64>().ok(), s)?
             }
             other => {
                 self.scratch.clear();
@@ -450,6 +466,19 @@ fn action_name(op: Op) -> &'static str {
 
 /// Whether a column's text must be rewritten before Lua takes it as a
 /// string (timestamps to RFC 3339, bytea to base64, ...).
+/// A number column's value as a Lua number, unless a double cannot hold it:
+/// an integer beyond 2^53 (a whole numeric too, unless written with a
+/// fraction or exponent), NaN and the infinities stay text.
+fn lua_number(kind: &TypeKind, text: &[u8]) -> Option<f64> {
+    let text = std::str::from_utf8(text).ok()?;
+    let n = match kind {
+        TypeKind::Integer => text.parse::<i64>().ok()? as f64,
+        _ => text.parse::<f64>().ok()?,
+    };
+    let whole = matches!(kind, TypeKind::Integer) || !text.contains(['.', 'e', 'E']);
+    (n.is_finite() && (!whole || n.abs() <= MAX_EXACT_INTEGER)).then_some(n)
+}
+
 fn needs_text(kind: &TypeKind) -> bool {
     !matches!(
         kind,
@@ -459,45 +488,23 @@ fn needs_text(kind: &TypeKind) -> bool {
 
 /// The Lua source of a wrapper for `rel`: called with the user's function,
 /// it returns a function of (action, base, commit_idx, changes, extra, one
-/// text per column) that builds the record and the metadata in Lua and
-/// calls the user's function with them. Numbers arrive as text and become
-/// numbers in Lua (an integer beyond 2^53 stays text), booleans as `t`/`f`;
-/// json and arrays arrive ready in `extra`.
+/// value per column) that builds the record and the metadata in Lua and
+/// calls the user's function with them. Numbers and booleans arrive as
+/// such (an integer beyond 2^53 as text), json and arrays ready in `extra`,
+/// the rest as text.
 fn wrapper_code(rel: &RelationInfo) -> String {
     use std::fmt::Write;
     let mut code = String::from(
         r#"local fn = ...
-local tonumber, abs, find, huge = tonumber, math.abs, string.find, math.huge
-local exact = 9007199254740992
 return function(action, base, idx, changes, extra"#,
     );
     for i in 0..rel.columns.len() {
         let _ = write!(code, ", v{i}");
     }
     code.push_str(")\n");
-    // Conversions inline: a call to a helper per column would cost a Luau
-    // interrupt check each.
     for (i, column) in rel.columns.iter().enumerate() {
-        match column.kind {
-            TypeKind::Bool => {
-                let _ = writeln!(code, "  v{i} = v{i} and (v{i} == \"t\")");
-            }
-            TypeKind::Integer => {
-                let _ = writeln!(
-                    code,
-                    "  if v{i} then local n = tonumber(v{i}) if n and abs(n) <= exact then v{i} = n end end"
-                );
-            }
-            TypeKind::Float | TypeKind::Numeric => {
-                let _ = writeln!(
-                    code,
-                    "  if v{i} then local n = tonumber(v{i}) if n and n == n and n ~= huge and n ~= -huge and (abs(n) <= exact or find(v{i}, \"[%.eE]\")) then v{i} = n end end"
-                );
-            }
-            TypeKind::Json | TypeKind::Array { .. } => {
-                let _ = writeln!(code, "  v{i} = extra and extra[{}]", i + 1);
-            }
-            _ => {}
+        if matches!(column.kind, TypeKind::Json | TypeKind::Array { .. }) {
+            let _ = writeln!(code, "  v{i} = extra and extra[{}]", i + 1);
         }
     }
     code.push_str("  local record = {\n");

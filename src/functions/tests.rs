@@ -270,7 +270,7 @@ fn typed_change(op: crate::pipeline::change::Op) -> crate::pipeline::change::Cha
     use crate::postgres::pgoutput::{ColumnKind, ColumnValue, ReplicaIdentity, Tuple};
     use crate::postgres::types::TypeKind;
 
-    let columns: [(&str, u32, Option<&str>); 9] = [
+    let columns: [(&str, u32, Option<&str>); 11] = [
         ("id", 20, Some("12345678901234567")),
         ("small", 23, Some("-42")),
         ("name", 25, Some("caf\u{e9} \"quoted\"\nline")),
@@ -280,6 +280,8 @@ fn typed_change(op: crate::pipeline::change::Op) -> crate::pipeline::change::Cha
         ("missing", 16, None),
         ("at", 1184, Some("2024-05-01 10:20:30+00")),
         ("attrs", 3802, Some(r#"{"a": [1, 2.5, "x"], "b": null}"#)),
+        ("ratio", 701, Some("NaN")),
+        ("far", 701, Some("1e+300")),
     ];
     let rel = RelationInfo {
         id: 1,
@@ -381,6 +383,8 @@ fn the_fast_message_equals_the_general_one() {
         assert!(record.get("missing").is_none());
         assert_eq!(record["at"], "2024-05-01T10:20:30+00:00");
         assert_eq!(record["attrs"], serde_json::json!({"a": [1, 2.5, "x"]}));
+        assert_eq!(record["ratio"], "NaN", "no JSON number: text");
+        assert_eq!(record["far"], 1e300);
         let metadata = &fast["metadata"];
         assert_eq!(metadata["table_name"], "items");
         assert_eq!(metadata["commit_idx"], 7);

@@ -33,9 +33,10 @@ pub struct FilterState {
     args: FilterArgs,
     /// Per relation: a bit per allowed `Op` (0 when the table is not streamed).
     allowed: HashMap<Oid, u8>,
-    /// Per relation description: the predicates with the columns they read
-    /// (`None` for a column the table does not have).
-    compiled: HashMap<usize, (Arc<RelationInfo>, Arc<Compiled>)>,
+    /// Per relation description: its table's predicates with the columns
+    /// they read (`None` for a column the table does not have; none at all
+    /// for a table without predicates).
+    compiled: HashMap<usize, (Arc<RelationInfo>, Compiled)>,
 }
 
 /// A table's predicates with their column positions.
@@ -103,11 +104,8 @@ impl Actor for Filter {
         });
         if !args.predicates.is_empty() {
             batch.changes.retain_mut(|change| {
-                let Some(predicates) = args.predicates.get(&*change.rel.qualified) else {
-                    return true;
-                };
-                let compiled = compile(compiled, &change.rel, predicates);
-                matches(&compiled, change)
+                let compiled = compile(compiled, &change.rel, &args.predicates);
+                matches(compiled, change)
             });
         }
         let after = batch.changes.len();
@@ -120,21 +118,22 @@ impl Actor for Filter {
     }
 }
 
-/// The predicates of `rel` with their columns, compiled once per description.
-fn compile(
-    cache: &mut HashMap<usize, (Arc<RelationInfo>, Arc<Compiled>)>,
+/// The predicates of `rel`'s table with their columns, compiled once per
+/// relation description: a change costs one lookup by pointer.
+fn compile<'c>(
+    cache: &'c mut HashMap<usize, (Arc<RelationInfo>, Compiled)>,
     rel: &Arc<RelationInfo>,
-    predicates: &[Predicate],
-) -> Arc<Compiled> {
+    predicates: &HashMap<String, Vec<Predicate>>,
+) -> &'c Compiled {
     let key = Arc::as_ptr(rel) as usize;
-    if let Some((known, compiled)) = cache.get(&key) {
-        if Arc::ptr_eq(known, rel) {
-            return compiled.clone();
-        }
-    }
-    let compiled: Arc<Compiled> = Arc::new(
-        predicates
-            .iter()
+    let known = cache
+        .get(&key)
+        .is_some_and(|(known, _)| Arc::ptr_eq(known, rel));
+    if !known {
+        let compiled = predicates
+            .get(&*rel.qualified)
+            .into_iter()
+            .flatten()
             .map(|p| {
                 let at = rel.column_index(&p.column);
                 if at.is_none() {
@@ -146,10 +145,10 @@ fn compile(
                 }
                 (at, p.clone())
             })
-            .collect(),
-    );
-    cache.insert(key, (rel.clone(), compiled.clone()));
-    compiled
+            .collect();
+        cache.insert(key, (rel.clone(), compiled));
+    }
+    &cache[&key].1
 }
 
 /// Whether `change` goes on; an update to a row that no longer matches

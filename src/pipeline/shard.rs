@@ -273,7 +273,7 @@ impl ShardState {
     #[allow(clippy::too_many_arguments)]
     async fn send_pieces(
         &self,
-        mut ops: Vec<WriteOp>,
+        ops: Vec<WriteOp>,
         piece: usize,
         upto: crate::lsn::Lsn,
         credits: &[Arc<super::flow::Credit>],
@@ -282,21 +282,7 @@ impl ShardState {
         target: Target,
     ) -> Result<usize, ActorProcessingErr> {
         let n = ops.len();
-        while ops.len() > piece {
-            let rest = ops.split_off(piece);
-            let full = std::mem::replace(&mut ops, rest);
-            let batch = WriteBatch {
-                shard: self.args.shard,
-                bytes: batch_bytes(&full),
-                ops: Arc::new(full),
-                upto: self.delivered,
-                credits: credits.to_vec(),
-                last: false,
-                scope,
-            };
-            self.send_to(batch, target).await?;
-        }
-        let batch = WriteBatch {
+        let batch = |ops: Vec<WriteOp>, upto, last| WriteBatch {
             shard: self.args.shard,
             bytes: batch_bytes(&ops),
             ops: Arc::new(ops),
@@ -305,7 +291,15 @@ impl ShardState {
             last,
             scope,
         };
-        self.send_to(batch, target).await?;
+        // Pieces taken off the front, each write moved once.
+        let mut ops = ops.into_iter();
+        while ops.len() > piece {
+            let full: Vec<WriteOp> = ops.by_ref().take(piece).collect();
+            self.send_to(batch(full, self.delivered, false), target)
+                .await?;
+        }
+        self.send_to(batch(ops.collect(), upto, last), target)
+            .await?;
         Ok(n)
     }
 

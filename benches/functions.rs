@@ -56,61 +56,15 @@ function transform(action, record, changes, metadata)
 end
 "#;
 
-fn change() -> Change {
+/// A table `public.<table>` of (name, type OID, value) columns, and that row.
+fn table_row(id: u32, table: &str, columns: &[(&str, u32, &str)]) -> (RelationInfo, Tuple) {
     let rel = RelationInfo {
-        id: 16_384,
+        id,
         name: TableName {
             schema: "public".into(),
-            table: "products".into(),
+            table: table.into(),
         },
-        qualified: Arc::from("public.products"),
-        columns: COLUMNS
-            .iter()
-            .map(|&(name, oid, _)| ColumnInfo {
-                name: name.into(),
-                type_oid: oid,
-                kind: TypeKind::builtin_or_text(oid),
-                is_key: name == "id",
-            })
-            .collect(),
-        replica_identity: ReplicaIdentity::Default,
-    };
-    let mut data = BytesMut::new();
-    let mut columns = Vec::new();
-    for (_, _, value) in COLUMNS {
-        columns.push(ColumnValue {
-            kind: ColumnKind::Text,
-            start: data.len() as u32,
-            len: value.len() as u32,
-        });
-        data.put_slice(value.as_bytes());
-    }
-    Change {
-        op: Op::Insert,
-        rel: Arc::new(rel),
-        new: Some(Tuple {
-            data: data.freeze(),
-            columns,
-        }),
-        old: None,
-        commit_lsn: Lsn(0x16B_3748),
-        commit_time: 780_000_000_000_000,
-        seq: 3,
-        fill_unchanged: false,
-        annotations: None,
-    }
-}
-
-/// A table of (id, payload jsonb) and a row of it.
-fn path_change() -> (RelationInfo, Tuple) {
-    let columns = [("id", 20, "42"), ("payload", 3802, PAYLOAD)];
-    let rel = RelationInfo {
-        id: 16_385,
-        name: TableName {
-            schema: "public".into(),
-            table: "events".into(),
-        },
-        qualified: Arc::from("public.events"),
+        qualified: Arc::from(format!("public.{table}")),
         columns: columns
             .iter()
             .map(|&(name, oid, _)| ColumnInfo {
@@ -137,6 +91,30 @@ fn path_change() -> (RelationInfo, Tuple) {
         columns: values,
     };
     (rel, tuple)
+}
+
+fn change() -> Change {
+    let (rel, row) = table_row(16_384, "products", &COLUMNS);
+    Change {
+        op: Op::Insert,
+        rel: Arc::new(rel),
+        new: Some(row),
+        old: None,
+        commit_lsn: Lsn(0x16B_3748),
+        commit_time: 780_000_000_000_000,
+        seq: 3,
+        fill_unchanged: false,
+        annotations: None,
+    }
+}
+
+/// A table of (id, payload jsonb) and a row of it.
+fn path_change() -> (RelationInfo, Tuple) {
+    table_row(
+        16_385,
+        "events",
+        &[("id", 20, "42"), ("payload", 3802, PAYLOAD)],
+    )
 }
 
 /// A jsonb value as Postgres writes it.

@@ -253,19 +253,8 @@ transform = { path = "record.payload.product" }
         .await
     };
     let events = || async {
-        db.client
-            .query(
-                "SELECT payload->'product'->>'sku', (payload->'product')::text FROM events",
-                &[],
-            )
+        db.json_rows("SELECT payload->'product'->>'sku', (payload->'product')::text FROM events")
             .await
-            .unwrap()
-            .iter()
-            .map(|r| {
-                let json: String = r.get(1);
-                (r.get::<_, String>(0), serde_json::from_str(&json).unwrap())
-            })
-            .collect::<std::collections::BTreeMap<String, Value>>()
     };
     let ok = wait_until(Duration::from_secs(30), || async {
         documents(&db.data_dir(), "items", "id") == items().await

@@ -262,13 +262,10 @@ fn messages_written_as_json_are_checked() {
 fn typed_change(op: crate::pipeline::change::Op) -> crate::pipeline::change::Change {
     use std::sync::Arc;
 
-    use bytes::{BufMut, BytesMut};
-
-    use crate::config::TableName;
     use crate::lsn::Lsn;
-    use crate::pipeline::change::{Change, ColumnInfo, RelationInfo};
-    use crate::postgres::pgoutput::{ColumnKind, ColumnValue, ReplicaIdentity, Tuple};
-    use crate::postgres::types::TypeKind;
+    use crate::pipeline::change::testing::{relation, tuple};
+    use crate::pipeline::change::Change;
+    use crate::postgres::pgoutput::ReplicaIdentity;
 
     let columns: [(&str, u32, Option<&str>); 11] = [
         ("id", 20, Some("12345678901234567")),
@@ -283,50 +280,8 @@ fn typed_change(op: crate::pipeline::change::Op) -> crate::pipeline::change::Cha
         ("ratio", 701, Some("NaN")),
         ("far", 701, Some("1e+300")),
     ];
-    let rel = RelationInfo {
-        id: 1,
-        name: TableName {
-            schema: "public".into(),
-            table: "items".into(),
-        },
-        qualified: Arc::from("public.items"),
-        columns: columns
-            .iter()
-            .map(|&(name, oid, _)| ColumnInfo {
-                name: name.into(),
-                type_oid: oid,
-                kind: TypeKind::builtin_or_text(oid),
-                is_key: name == "id",
-            })
-            .collect(),
-        replica_identity: ReplicaIdentity::Full,
-    };
-    let tuple = |values: &[Option<&str>]| {
-        let mut data = BytesMut::new();
-        let cols = values
-            .iter()
-            .map(|v| match v {
-                Some(v) => {
-                    let start = data.len() as u32;
-                    data.put_slice(v.as_bytes());
-                    ColumnValue {
-                        kind: ColumnKind::Text,
-                        start,
-                        len: v.len() as u32,
-                    }
-                }
-                None => ColumnValue {
-                    kind: ColumnKind::Null,
-                    start: data.len() as u32,
-                    len: 0,
-                },
-            })
-            .collect();
-        Tuple {
-            data: data.freeze(),
-            columns: cols,
-        }
-    };
+    let mut rel = relation("items", &columns.map(|(name, oid, _)| (name, oid)));
+    rel.replica_identity = ReplicaIdentity::Full;
     let new: Vec<Option<&str>> = columns.iter().map(|c| c.2).collect();
     let mut old = new.clone();
     old[3] = Some("17.50");

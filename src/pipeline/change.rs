@@ -210,3 +210,62 @@ pub struct WriteBatch {
     pub bytes: u64,
     pub scope: Scope,
 }
+
+/// Relations and rows for unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::postgres::pgoutput::{ColumnKind, ColumnValue};
+
+    /// Stands for an unchanged TOAST value in `tuple`.
+    pub const UNCHANGED: &str = "<unchanged>";
+
+    /// `public.<table>` with these (name, type OID) columns; `id` is the key.
+    pub fn relation(table: &str, columns: &[(&str, u32)]) -> RelationInfo {
+        RelationInfo {
+            id: 1,
+            name: TableName {
+                schema: "public".into(),
+                table: table.into(),
+            },
+            qualified: Arc::from(format!("public.{table}")),
+            columns: columns
+                .iter()
+                .map(|&(name, oid)| ColumnInfo {
+                    name: name.into(),
+                    type_oid: oid,
+                    kind: TypeKind::builtin_or_text(oid),
+                    is_key: name == "id",
+                })
+                .collect(),
+            replica_identity: ReplicaIdentity::Default,
+        }
+    }
+
+    /// A row of values as text: NULL as `None`, `UNCHANGED` for an unchanged
+    /// TOAST value.
+    pub fn tuple(values: &[Option<&str>]) -> Tuple {
+        let mut data = Vec::new();
+        let columns = values
+            .iter()
+            .map(|value| {
+                let (kind, text) = match *value {
+                    Some(UNCHANGED) => (ColumnKind::Unchanged, ""),
+                    Some(text) => (ColumnKind::Text, text),
+                    None => (ColumnKind::Null, ""),
+                };
+                let column = ColumnValue {
+                    kind,
+                    start: data.len() as u32,
+                    len: text.len() as u32,
+                };
+                data.extend_from_slice(text.as_bytes());
+                column
+            })
+            .collect();
+        Tuple {
+            data: data.into(),
+            columns,
+        }
+    }
+}

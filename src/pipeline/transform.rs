@@ -28,7 +28,7 @@ pub struct Field {
 
 /// A field of `transform.fields`, added to every document.
 #[derive(Debug, Clone)]
-pub struct Added {
+struct Added {
     /// `"name":`, escaped once.
     key: Box<[u8]>,
     value: AddedValue,
@@ -530,58 +530,7 @@ impl TransformState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TableName;
-    use crate::pipeline::change::ColumnInfo;
-    use crate::postgres::pgoutput::{ColumnValue, ReplicaIdentity};
-
-    /// A relation of (name, type OID) columns.
-    fn relation(columns: &[(&str, u32)]) -> RelationInfo {
-        RelationInfo {
-            id: 1,
-            name: TableName {
-                schema: "public".into(),
-                table: "items".into(),
-            },
-            qualified: Arc::from("public.items"),
-            columns: columns
-                .iter()
-                .map(|&(name, oid)| ColumnInfo {
-                    name: name.into(),
-                    type_oid: oid,
-                    kind: TypeKind::builtin_or_text(oid),
-                    is_key: name == "id",
-                })
-                .collect(),
-            replica_identity: ReplicaIdentity::Default,
-        }
-    }
-
-    /// A row: `Some(text)`, NULL as `None`, and "<unchanged>" for an
-    /// unchanged TOAST value.
-    fn row(values: &[Option<&str>]) -> Tuple {
-        let mut data = Vec::new();
-        let columns = values
-            .iter()
-            .map(|value| {
-                let (kind, text) = match value {
-                    Some("<unchanged>") => (ColumnKind::Unchanged, ""),
-                    Some(text) => (ColumnKind::Text, *text),
-                    None => (ColumnKind::Null, ""),
-                };
-                let column = ColumnValue {
-                    kind,
-                    start: data.len() as u32,
-                    len: text.len() as u32,
-                };
-                data.extend_from_slice(text.as_bytes());
-                column
-            })
-            .collect();
-        Tuple {
-            data: data.into(),
-            columns,
-        }
-    }
+    use crate::pipeline::change::testing::{relation, tuple, UNCHANGED};
 
     fn transform(text: &str) -> TransformConfig {
         toml::from_str(text).unwrap()
@@ -595,7 +544,10 @@ mod tests {
 
     #[test]
     fn constant_and_templated_fields_are_added() {
-        let rel = relation(&[("id", 20), ("name", 25), ("sku", 25), ("kind", 25)]);
+        let rel = relation(
+            "items",
+            &[("id", 20), ("name", 25), ("sku", 25), ("kind", 25)],
+        );
         let config = transform(
             r#"
             drop = ["sku"]
@@ -609,7 +561,7 @@ mod tests {
         let shape = DocShape::new(&rel, &config);
         let (doc, complete) = encode(
             &shape,
-            &row(&[Some("7"), Some("Kettle"), Some("K-1"), Some("x")]),
+            &tuple(&[Some("7"), Some("Kettle"), Some("K-1"), Some("x")]),
         );
         assert!(complete);
         // `kind` the field replaces `kind` the column.
@@ -621,11 +573,14 @@ mod tests {
         assert_eq!(value["label"], "Kettle (K-1) \"{new}\"");
         // NULL renders as nothing; an unchanged TOAST value leaves the field
         // out of a partial document.
-        let (doc, _) = encode(&shape, &row(&[Some("7"), Some("Kettle"), None, Some("x")]));
+        let (doc, _) = encode(
+            &shape,
+            &tuple(&[Some("7"), Some("Kettle"), None, Some("x")]),
+        );
         assert!(doc.contains(r#""label":"Kettle () \"{new}\"""#), "{doc}");
         let (doc, complete) = encode(
             &shape,
-            &row(&[Some("7"), Some("<unchanged>"), Some("K-1"), None]),
+            &tuple(&[Some("7"), Some(UNCHANGED), Some("K-1"), None]),
         );
         assert!(!complete);
         assert_eq!(
@@ -637,7 +592,7 @@ mod tests {
 
     #[test]
     fn added_fields_alone_and_unknown_columns() {
-        let rel = relation(&[("id", 20)]);
+        let rel = relation("items", &[("id", 20)]);
         let config = transform(
             r#"
             keep = []
@@ -646,20 +601,20 @@ mod tests {
         );
         assert_eq!(DocShape::missing_columns(&rel, &config), ["nope"]);
         let shape = DocShape::new(&rel, &config);
-        let (doc, _) = encode(&shape, &row(&[Some("1")]));
+        let (doc, _) = encode(&shape, &tuple(&[Some("1")]));
         assert_eq!(doc, r#"{"a":"!","b":"x"}"#);
         let config = transform(r#"fields = { a = "{id}" }"#);
         let shape = DocShape::new(&rel, &config);
-        let (doc, complete) = encode(&shape, &row(&[Some("<unchanged>")]));
+        let (doc, complete) = encode(&shape, &tuple(&[Some(UNCHANGED)]));
         assert_eq!((doc.as_str(), complete), ("{}", false));
     }
 
     #[test]
     fn a_path_makes_the_document_from_a_column() {
-        let rel = relation(&[("id", 20), ("payload", 3802), ("note", 25)]);
+        let rel = relation("items", &[("id", 20), ("payload", 3802), ("note", 25)]);
         let doc_at = |path: &str, values: &[Option<&str>]| {
             let shape = DocShape::new(&rel, &transform(&format!("path = \"{path}\"")));
-            encode(&shape, &row(values))
+            encode(&shape, &tuple(values))
         };
         let payload = r#"{"product": {"name": "Kettle", "tags": ["a", "b"]}, "n": 2}"#;
         let values = [Some("7"), Some(payload), Some("plain \"text\"")];
@@ -699,7 +654,7 @@ mod tests {
             r#"{"payload":[1,2]}"#
         );
         assert_eq!(
-            doc_at("record.payload", &[Some("7"), Some("<unchanged>"), None]),
+            doc_at("record.payload", &[Some("7"), Some(UNCHANGED), None]),
             ("{}".to_owned(), false)
         );
     }

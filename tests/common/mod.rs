@@ -96,9 +96,16 @@ data_dir = "{data}"
 
     /// The table's rows as JSON objects by id (Postgres' own `to_jsonb`).
     pub async fn rows(&self, table: &str, id: &str) -> BTreeMap<String, Value> {
-        let sql = format!("SELECT ({id})::text, to_jsonb(t)::text FROM {table} t");
+        self.json_rows(&format!(
+            "SELECT ({id})::text, to_jsonb(t)::text FROM {table} t"
+        ))
+        .await
+    }
+
+    /// The rows of `sql`, a query of (id as text, a JSON value as text), by id.
+    pub async fn json_rows(&self, sql: &str) -> BTreeMap<String, Value> {
         self.client
-            .query(&sql, &[])
+            .query(sql, &[])
             .await
             .unwrap()
             .iter()

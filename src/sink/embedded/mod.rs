@@ -5,19 +5,21 @@
 //! while sluice writes (`sluice search`).
 
 mod directory;
+mod document;
 mod known;
 mod queue;
 mod schema;
 pub mod search;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tantivy::collector::TopDocs;
 use tantivy::indexer::LogMergePolicy;
 use tantivy::query::TermQuery;
-use tantivy::schema::{IndexRecordOption, OwnedValue, Value};
+use tantivy::schema::{IndexRecordOption, Value};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term};
 
 use known::KnownIds;
@@ -126,7 +128,7 @@ impl EmbeddedSink {
                     })?;
                 // The document as encoded keeps the table's column order; a merged
                 // one is serialized again.
-                let mut source = std::str::from_utf8(doc).ok().map(str::to_owned);
+                let mut source = std::str::from_utf8(doc).ok().map(Cow::Borrowed);
                 if *partial {
                     if let Some(stored) = index.stored(&op.id)? {
                         let mut merged = stored;
@@ -135,9 +137,10 @@ impl EmbeddedSink {
                         source = None;
                     }
                 }
-                let source =
-                    source.unwrap_or_else(|| serde_json::to_string(&object).unwrap_or_default());
-                let doc = build_document(&f, op, &source, object);
+                let source = source.unwrap_or_else(|| {
+                    Cow::Owned(serde_json::to_string(&object).unwrap_or_default())
+                });
+                let doc = document::build(&f, op, &source, &object);
                 // Changes below `committed` were skipped above, so a fresh row
                 // has no document to replace unless an early commit may have
                 // stored it. Other rows (updates, rows a backfill read) replace
@@ -358,89 +361,6 @@ fn open_index(data_dir: &Path, name: &str) -> Result<OpenIndex> {
         pending_deletes: 0,
         dirty: false,
     })
-}
-
-fn build_document(
-    f: &Fields,
-    op: &WriteOp,
-    source: &str,
-    object: serde_json::Map<String, serde_json::Value>,
-) -> TantivyDocument {
-    let mut doc = TantivyDocument::new();
-    doc.add_text(f.id, &op.id);
-    doc.add_text(f.table, &op.table);
-    doc.add_u64(f.lsn, op.lsn.0);
-    doc.add_text(f.source, source);
-    if let Some(all) = f.all {
-        let mut text = String::new();
-        for value in object.values() {
-            collect_text(value, &mut text);
-        }
-        doc.add_text(all, &text);
-    }
-    let fields: BTreeMap<String, OwnedValue> = object
-        .into_iter()
-        .map(|(k, v)| (k, OwnedValue::from(v)))
-        .collect();
-    if let Some(numbers) = f.numbers {
-        let kept = numbers_of(&fields);
-        if !kept.is_empty() {
-            doc.add_object(numbers, kept);
-        }
-    }
-    doc.add_object(f.doc, fields);
-    doc
-}
-
-/// The numbers, booleans and timestamps of `fields`, nested objects and
-/// arrays kept as far as they hold any.
-fn numbers_of(fields: &BTreeMap<String, OwnedValue>) -> BTreeMap<String, OwnedValue> {
-    fields
-        .iter()
-        .filter_map(|(k, v)| Some((k.clone(), number_of(v)?)))
-        .collect()
-}
-
-fn number_of(value: &OwnedValue) -> Option<OwnedValue> {
-    match value {
-        OwnedValue::U64(_)
-        | OwnedValue::I64(_)
-        | OwnedValue::F64(_)
-        | OwnedValue::Bool(_)
-        | OwnedValue::Date(_) => Some(value.clone()),
-        OwnedValue::Array(items) => {
-            let kept: Vec<OwnedValue> = items.iter().filter_map(number_of).collect();
-            (!kept.is_empty()).then_some(OwnedValue::Array(kept))
-        }
-        OwnedValue::Object(entries) => {
-            let kept: Vec<(String, OwnedValue)> = entries
-                .iter()
-                .filter_map(|(k, v)| Some((k.clone(), number_of(v)?)))
-                .collect();
-            (!kept.is_empty()).then_some(OwnedValue::Object(kept))
-        }
-        _ => None,
-    }
-}
-
-/// Every scalar of a JSON value as text, for the catch-all search field.
-fn collect_text(value: &serde_json::Value, out: &mut String) {
-    match value {
-        serde_json::Value::String(s) => {
-            out.push_str(s);
-            out.push(' ');
-        }
-        serde_json::Value::Number(n) => {
-            out.push_str(&n.to_string());
-            out.push(' ');
-        }
-        serde_json::Value::Bool(b) => {
-            out.push_str(if *b { "true " } else { "false " });
-        }
-        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_text(v, out)),
-        serde_json::Value::Object(map) => map.values().for_each(|v| collect_text(v, out)),
-        serde_json::Value::Null => {}
-    }
 }
 
 #[async_trait::async_trait]

@@ -210,6 +210,7 @@ async fn bench(cluster: &LocalPostgres, options: &Options) -> Result<()> {
     let work = tempfile::Builder::new()
         .prefix("sluice-backfill-")
         .tempdir()?;
+    let create_us = file_creation_micros(work.path())?;
     let mut runs = Vec::new();
     for (kind, skip) in [
         ("null", options.skip_null),
@@ -232,6 +233,11 @@ async fn bench(cluster: &LocalPostgres, options: &Options) -> Result<()> {
     println!(
         "COPY public.bench TO STDOUT (fastest of 3): {copy_seconds:.2} s, {copy_rate:.0} rows/s"
     );
+    // The index creates and deletes hundreds of files a second. On ext4
+    // without a journal, creating one gets slower for minutes after many
+    // deletions nearby (a previous run's teardown), from about 30 µs to 1 ms:
+    // compare runs only at a like cost.
+    println!("file creation in the data directory before the runs: {create_us:.0} µs per file");
     println!(
         "run                  seconds       rows/s  of COPY   peak RSS   live p50/p99/max before (ms)   during (ms)"
     );
@@ -254,6 +260,20 @@ async fn bench(cluster: &LocalPostgres, options: &Options) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The mean time to create (and then delete) an empty file in `dir`.
+fn file_creation_micros(dir: &Path) -> Result<f64> {
+    const FILES: usize = 200;
+    let probe = dir.join("probe");
+    fs::create_dir(&probe)?;
+    let started = Instant::now();
+    for i in 0..FILES {
+        File::create(probe.join(i.to_string()))?;
+    }
+    let micros = started.elapsed().as_secs_f64() * 1e6 / FILES as f64;
+    fs::remove_dir_all(&probe)?;
+    Ok(micros)
 }
 
 /// Seconds and bytes of `COPY public.bench TO STDOUT`, read to the end.

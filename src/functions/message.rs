@@ -43,6 +43,8 @@ pub struct MessageBuilder {
     scratch: Vec<u8>,
     /// Values converted to text (timestamps, ...), for the call's arguments.
     arena: Vec<u8>,
+    /// Arguments whose text is in `arena`: (argument, start, end).
+    in_arena: Vec<(usize, usize, usize)>,
 }
 
 /// Which transaction and relation a metadata base belongs to.
@@ -57,14 +59,6 @@ struct BaseKey {
 /// The relation a wrapper was made for (kept alive, so the pointer stays
 /// its own) and the wrapper.
 type Wrapper = (Option<Arc<RelationInfo>>, Function);
-
-/// A column's argument, or where in the arena its text is.
-#[derive(Clone, Copy)]
-enum Slot<'a> {
-    Ready(Arg<'a>),
-    /// `arena[start..end]`.
-    Arena(usize, usize),
-}
 
 /// A change on its way into a function: the message is built while calling.
 pub struct ChangeInput<'a> {
@@ -127,6 +121,7 @@ impl MessageBuilder {
             base: None,
             scratch: Vec::new(),
             arena: Vec::new(),
+            in_arena: Vec::new(),
         }
     }
 
@@ -177,26 +172,27 @@ impl MessageBuilder {
             _ => change.old.as_ref(),
         };
         self.arena.clear();
-        let mut slots: Vec<Slot<'a>> = Vec::with_capacity(change.rel.columns.len());
+        self.in_arena.clear();
+        let mut values: Vec<Arg<'a>> = Vec::with_capacity(change.rel.columns.len());
         let mut extra: Option<Table> = None;
-        let nil = Slot::Ready(Either::Left(None));
+        let nil = Either::Left(None);
         for (i, column) in change.rel.columns.iter().enumerate() {
             let Some(row) = row else {
-                slots.push(nil);
+                values.push(nil);
                 continue;
             };
             let tuple = match row.kind(i) {
                 ColumnKind::Unchanged => match fallback {
                     Some(old) if matches!(old.kind(i), ColumnKind::Text) => old,
                     _ => {
-                        slots.push(nil);
+                        values.push(nil);
                         continue;
                     }
                 },
                 _ => row,
             };
             let Some(text) = tuple.value(i) else {
-                slots.push(nil);
+                values.push(nil);
                 continue;
             };
             let textual = tuple.kind(i) == ColumnKind::Text;
@@ -206,8 +202,9 @@ impl MessageBuilder {
                 }
                 _ => None,
             };
-            let slot = match &column.kind {
-                TypeKind::Json | TypeKind::Array { .. } if textual => {
+            let arg = match (&column.kind, number) {
+                (_, Some(n)) => Either::Right(Either::Left(n)),
+                (TypeKind::Json | TypeKind::Array { .. }, _) if textual => {
                     let value = self.value(lua, &column.kind, tuple, i)?;
                     let table = match &extra {
                         Some(t) => t.clone(),
@@ -220,13 +217,8 @@ impl MessageBuilder {
                     table.raw_set(i + 1, value)?;
                     nil
                 }
-                TypeKind::Bool if textual => {
-                    Slot::Ready(Either::Right(Either::Right(text == b"t")))
-                }
-                _ if number.is_some() => {
-                    Slot::Ready(Either::Right(Either::Left(number.unwrap_or_default())))
-                }
-                kind if textual && needs_text(kind) => {
+                (TypeKind::Bool, _) if textual => Either::Right(Either::Right(text == b"t")),
+                (kind, _) if textual && needs_text(kind) => {
                     self.scratch.clear();
                     write_json(kind, text, &mut self.scratch);
                     let start = self.arena.len();
@@ -245,32 +237,28 @@ impl MessageBuilder {
                                 .extend_from_slice(String::from_utf8_lossy(text).as_bytes()),
                         }
                     }
-                    Slot::Arena(start, self.arena.len())
+                    self.in_arena.push((i, start, self.arena.len()));
+                    nil
                 }
                 // Text, numbers a double cannot hold, binary values.
                 _ => match std::str::from_utf8(text) {
-                    Ok(text) => Slot::Ready(Either::Left(Some(text))),
+                    Ok(text) => Either::Left(Some(text)),
                     Err(_) => {
                         let start = self.arena.len();
                         self.arena
                             .extend_from_slice(String::from_utf8_lossy(text).as_bytes());
-                        Slot::Arena(start, self.arena.len())
+                        self.in_arena.push((i, start, self.arena.len()));
+                        nil
                     }
                 },
             };
-            slots.push(slot);
+            values.push(arg);
         }
         let changes = self.changes(lua, change)?;
         let arena = &self.arena;
-        let values: Vec<Arg<'a>> = slots
-            .into_iter()
-            .map(|slot| match slot {
-                Slot::Ready(arg) => arg,
-                Slot::Arena(start, end) => {
-                    Either::Left(std::str::from_utf8(&arena[start..end]).ok())
-                }
-            })
-            .collect();
+        for &(i, start, end) in &self.in_arena {
+            values[i] = Either::Left(std::str::from_utf8(&arena[start..end]).ok());
+        }
         Ok((
             action_name(change.op),
             Value::Table(base),
@@ -464,8 +452,6 @@ fn action_name(op: Op) -> &'static str {
     }
 }
 
-/// Whether a column's text must be rewritten before Lua takes it as a
-/// string (timestamps to RFC 3339, bytea to base64, ...).
 /// A number column's value as a Lua number, unless a double cannot hold it:
 /// an integer beyond 2^53 (a whole numeric too, unless written with a
 /// fraction or exponent), NaN and the infinities stay text.
@@ -479,6 +465,8 @@ fn lua_number(kind: &TypeKind, text: &[u8]) -> Option<f64> {
     (n.is_finite() && (!whole || n.abs() <= MAX_EXACT_INTEGER)).then_some(n)
 }
 
+/// Whether a column's text must be rewritten before Lua takes it as a
+/// string (timestamps to RFC 3339, bytea to base64, ...).
 fn needs_text(kind: &TypeKind) -> bool {
     !matches!(
         kind,

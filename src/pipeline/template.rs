@@ -1,7 +1,8 @@
 //! Templated document fields (`transform.fields`): `"{name} ({sku})"` is
 //! the text with each `{column}` replaced by that column's value; `{{` and
-//! `}}` stand for braces. Parsed when the configuration loads; the shards
-//! render them straight from the WAL's text (see `transform::DocShape`).
+//! `}}` stand for braces. Checked when the configuration loads and parsed
+//! again into each relation's shape; the shards render them straight from
+//! the WAL's text (see `transform::DocShape`).
 
 /// One piece of a template.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -33,9 +33,9 @@ pub(super) fn build(
         doc.add_text(all, &text);
     }
     if let Some(numbers) = f.numbers {
-        doc.add_field_value(numbers, Row::Numbers(Entries::Numbers(object.iter())));
+        doc.add_field_value(numbers, Row::Object(Entries::Numbers(object.iter())));
     }
-    doc.add_field_value(f.doc, Row::Json(Entries::Json(object.iter())));
+    doc.add_field_value(f.doc, Row::Object(Entries::Json(object.iter())));
     doc
 }
 
@@ -59,14 +59,13 @@ fn collect_text(value: &Json, out: &mut String) {
     }
 }
 
-/// A JSON value as tantivy reads it into a document. Under `Numbers`,
-/// objects and arrays keep only their numbers, booleans and timestamps: the
-/// `_num` field's fast columns hold no text.
+/// A JSON value as tantivy reads it into a document. Objects and arrays
+/// read under `_num` (`Entries::Numbers`, `Items::Numbers`) keep only their
+/// numbers, booleans and timestamps: that field's fast columns hold no text.
 #[derive(Debug, Clone)]
 enum Row<'a> {
     Leaf(ReferenceValueLeaf<'a>),
-    Json(Entries<'a>),
-    Numbers(Entries<'a>),
+    Object(Entries<'a>),
     Array(Items<'a>),
 }
 
@@ -77,7 +76,7 @@ impl<'a> Value<'a> for Row<'a> {
     fn as_value(&self) -> ReferenceValue<'a, Self> {
         match self {
             Row::Leaf(leaf) => ReferenceValue::Leaf(leaf.clone()),
-            Row::Json(entries) | Row::Numbers(entries) => ReferenceValue::Object(entries.clone()),
+            Row::Object(entries) => ReferenceValue::Object(entries.clone()),
             Row::Array(items) => ReferenceValue::Array(items.clone()),
         }
     }
@@ -87,7 +86,7 @@ impl<'a> Value<'a> for Row<'a> {
 fn json(value: &Json) -> Row<'_> {
     match value {
         Json::Array(items) => Row::Array(Items::Json(items.iter())),
-        Json::Object(map) => Row::Json(Entries::Json(map.iter())),
+        Json::Object(map) => Row::Object(Entries::Json(map.iter())),
         scalar => Row::Leaf(leaf(scalar)),
     }
 }
@@ -96,7 +95,7 @@ fn json(value: &Json) -> Row<'_> {
 fn number(value: &Json) -> Option<Row<'_>> {
     match value {
         Json::Array(items) => Some(Row::Array(Items::Numbers(items.iter()))),
-        Json::Object(map) => Some(Row::Numbers(Entries::Numbers(map.iter()))),
+        Json::Object(map) => Some(Row::Object(Entries::Numbers(map.iter()))),
         Json::Null => None,
         scalar => match leaf(scalar) {
             ReferenceValueLeaf::Str(_) => None,

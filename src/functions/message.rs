@@ -497,7 +497,11 @@ return function(action, base, idx, changes, extra"#,
     }
     code.push_str("  local record = {\n");
     for (i, column) in rel.columns.iter().enumerate() {
-        let _ = writeln!(code, "    [{}] = v{i},", lua_quote(&column.name));
+        if is_lua_name(&column.name) {
+            let _ = writeln!(code, "    {} = v{i},", column.name);
+        } else {
+            let _ = writeln!(code, "    [{}] = v{i},", lua_quote(&column.name));
+        }
     }
     code.push_str(
         r#"  }
@@ -517,6 +521,21 @@ end
 "#,
     );
     code
+}
+
+/// Whether `text` can name a field in a table constructor (`name = v`).
+fn is_lua_name(text: &str) -> bool {
+    const KEYWORDS: [&str; 22] = [
+        "and", "break", "do", "else", "elseif", "end", "false", "for", "function", "if", "in",
+        "local", "nil", "not", "or", "repeat", "return", "then", "true", "until", "while",
+        "continue",
+    ];
+    let mut bytes = text.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !KEYWORDS.contains(&text)
 }
 
 /// `text` as a Lua string literal.

@@ -267,7 +267,7 @@ fn typed_change(op: crate::pipeline::change::Op) -> crate::pipeline::change::Cha
     use crate::pipeline::change::Change;
     use crate::postgres::pgoutput::ReplicaIdentity;
 
-    let columns: [(&str, u32, Option<&str>); 11] = [
+    let columns: [(&str, u32, Option<&str>); 13] = [
         ("id", 20, Some("12345678901234567")),
         ("small", 23, Some("-42")),
         ("name", 25, Some("caf\u{e9} \"quoted\"\nline")),
@@ -279,6 +279,9 @@ fn typed_change(op: crate::pipeline::change::Op) -> crate::pipeline::change::Cha
         ("attrs", 3802, Some(r#"{"a": [1, 2.5, "x"], "b": null}"#)),
         ("ratio", 701, Some("NaN")),
         ("far", 701, Some("1e+300")),
+        // Names that are not Lua names: a keyword, and one with a space.
+        ("end", 23, Some("5")),
+        ("list price", 25, Some("on request")),
     ];
     let mut rel = relation("items", &columns.map(|(name, oid, _)| (name, oid)));
     rel.replica_identity = ReplicaIdentity::Full;
@@ -340,6 +343,8 @@ fn the_fast_message_equals_the_general_one() {
         assert_eq!(record["attrs"], serde_json::json!({"a": [1, 2.5, "x"]}));
         assert_eq!(record["ratio"], "NaN", "no JSON number: text");
         assert_eq!(record["far"], 1e300);
+        assert_eq!(record["end"], 5);
+        assert_eq!(record["list price"], "on request");
         let metadata = &fast["metadata"];
         assert_eq!(metadata["table_name"], "items");
         assert_eq!(metadata["commit_idx"], 7);

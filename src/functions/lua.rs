@@ -88,6 +88,11 @@ pub type Args = (Value, Value, Value, Value);
 pub trait Input {
     type Ready: mlua::IntoLuaMulti;
 
+    /// Whether `prepare` returns Lua code that calls the user's function:
+    /// the memory cap is then armed by that call (see `Runtime::new`), not
+    /// before the arguments are pushed.
+    const CALLS_FROM_LUA: bool;
+
     /// What to call for `function` (loaded as `name`), and with what. Runs
     /// before the call's budget starts.
     fn prepare(self, name: &str, function: &Function) -> mlua::Result<(Function, Self::Ready)>;
@@ -95,6 +100,7 @@ pub trait Input {
 
 impl Input for Args {
     type Ready = Args;
+    const CALLS_FROM_LUA: bool = false;
 
     fn prepare(self, _name: &str, function: &Function) -> mlua::Result<(Function, Args)> {
         Ok((function.clone(), self))
@@ -116,6 +122,8 @@ pub struct Runtime {
     deadline: Arc<AtomicU64>,
     /// Set by the interrupt when it stopped a call.
     expired: Arc<AtomicBool>,
+    /// Set while a call's memory cap waits to be armed by the interrupt.
+    arming: Arc<AtomicBool>,
     epoch: Instant,
     limits: Limits,
 }
@@ -137,12 +145,25 @@ impl Runtime {
         lua.gc_inc(400, 0, 0);
         let deadline = Arc::new(AtomicU64::new(NO_DEADLINE));
         let expired = Arc::new(AtomicBool::new(false));
+        let arming = Arc::new(AtomicBool::new(false));
         let epoch = Instant::now();
         {
             let deadline = deadline.clone();
             let expired = expired.clone();
+            let arming = arming.clone();
             let checks = std::sync::atomic::AtomicU32::new(0);
-            lua.set_interrupt(move |_| {
+            let limit = limits.memory_bytes;
+            lua.set_interrupt(move |lua| {
+                // The memory cap is armed here, at the first call a call
+                // makes: the message wrappers' call of the user's function,
+                // before any of its code runs. While a cap is set, mlua
+                // guards every value pushed and field set against
+                // allocation failure, which would make building a message
+                // several times slower.
+                if arming.load(Ordering::Relaxed) {
+                    arming.store(false, Ordering::Relaxed);
+                    lua.set_memory_limit(limit)?;
+                }
                 // The clock is read at every 16th interrupt: interrupts come
                 // at every call and loop iteration, so a runaway function
                 // still meets its deadline within microseconds.
@@ -162,6 +183,7 @@ impl Runtime {
             functions: HashMap::new(),
             deadline,
             expired,
+            arming,
             epoch,
             limits,
         })
@@ -219,9 +241,6 @@ impl Runtime {
             }
             Err(e) => return Err(error(e.to_string())),
         };
-        let function = self
-            .armed(function)
-            .map_err(|e| error(format!("cannot prepare it: {e}")))?;
         self.functions.insert(
             name.to_owned(),
             Compiled {
@@ -231,25 +250,6 @@ impl Runtime {
             },
         );
         Ok(())
-    }
-
-    /// `function`, arming the memory cap first. The cap is armed from inside
-    /// Lua, once the arguments are on the stack: while a cap is set, mlua
-    /// guards every operation (each argument pushed, each field set)
-    /// against allocation failure, which makes building a message several
-    /// times slower. It is lifted when the call returns.
-    fn armed(&self, function: Function) -> mlua::Result<Function> {
-        let limit = self.limits.memory_bytes;
-        let arm = self.lua.create_function(move |lua, ()| {
-            lua.set_memory_limit(limit)?;
-            Ok(())
-        })?;
-        let make: Function = self
-            .lua
-            .load("local fn, arm = ...\nreturn function(...) arm() return fn(...) end")
-            .set_name("=sluice")
-            .into_function()?;
-        make.call((function, arm))
     }
 
     /// A table whose writes stay in it and whose reads fall through to the
@@ -353,11 +353,11 @@ impl Runtime {
         }
     }
 
-    fn call(
+    fn call<I: Input>(
         &self,
         name: &str,
         kind: FunctionKind,
-        input: impl Input,
+        input: I,
     ) -> Result<Value, FunctionError> {
         let compiled = self.functions.get(name).ok_or_else(|| FunctionError {
             function: name.to_owned(),
@@ -380,6 +380,11 @@ impl Runtime {
                     message: format!("cannot build the message: {}", message_of(&e)),
                 })?;
         self.start_budget(compiled.timeout);
+        if I::CALLS_FROM_LUA {
+            self.arming.store(true, Ordering::Relaxed);
+        } else {
+            let _ = self.lua.set_memory_limit(self.limits.memory_bytes);
+        }
         let result = function.call::<Value>(args);
         self.stop_budget();
         result.map_err(|e| {
@@ -396,8 +401,8 @@ impl Runtime {
         })
     }
 
-    /// Starts the deadline of a call (the function arms the memory cap
-    /// itself, see `armed`).
+    /// Starts the deadline of a call (its memory cap is armed apart, see
+    /// `call`).
     fn start_budget(&self, timeout: Duration) {
         self.expired.store(false, Ordering::Relaxed);
         let at = (self.epoch.elapsed() + timeout).as_nanos() as u64;
@@ -406,6 +411,7 @@ impl Runtime {
 
     fn stop_budget(&self) {
         self.deadline.store(NO_DEADLINE, Ordering::Relaxed);
+        self.arming.store(false, Ordering::Relaxed);
         let _ = self.lua.set_memory_limit(0);
         // Garbage counts against the cap: collect before it could fail a
         // call that needs little.

@@ -83,6 +83,7 @@ return function(action, record, _, changes, metadata) return fn(action, record, 
 
 impl<'a> Input for ChangeInput<'a> {
     type Ready = Wrapped<'a>;
+    const CALLS_FROM_LUA: bool = true;
 
     fn prepare(self, name: &str, function: &Function) -> mlua::Result<(Function, Wrapped<'a>)> {
         let ChangeInput {

@@ -361,6 +361,38 @@ fn the_fast_message_equals_the_general_one() {
 }
 
 #[test]
+fn the_memory_cap_holds_from_the_first_line_on_both_message_paths() {
+    use crate::functions::message::{ChangeInput, MessageBuilder};
+    use crate::pipeline::change::Op;
+
+    // One allocation of twice the cap, before any loop or call of the
+    // function's own.
+    let runtime = runtime_with(
+        FunctionKind::Transform,
+        r#"function transform(action, record)
+             local s = string.rep("x", 32 * 1024 * 1024)
+             return {n = #s}
+           end"#,
+    );
+    let error = runtime.transform("f", message(&runtime)).unwrap_err();
+    assert_eq!(error.failure, Failure::Memory, "{error:?}");
+    let change = typed_change(Op::Insert);
+    let mut builder = MessageBuilder::new("shop");
+    for _ in 0..3 {
+        let input = ChangeInput {
+            builder: &mut builder,
+            lua: runtime.lua(),
+            change: &change,
+            sink: None,
+        };
+        let error = runtime.transform("f", input).unwrap_err();
+        assert_eq!(error.failure, Failure::Memory, "{error:?}");
+    }
+    // The cap is lifted between calls: building a message is not guarded.
+    assert_eq!(runtime.lua().set_memory_limit(0).unwrap(), 0);
+}
+
+#[test]
 fn garbage_of_earlier_calls_does_not_fail_later_ones() {
     // Each call leaves about 1 MiB behind; the runtime may hold 16 MiB.
     let runtime = runtime_with(

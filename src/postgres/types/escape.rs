@@ -13,9 +13,10 @@ pub fn write_json_string(text: &[u8], out: &mut Vec<u8>) {
 /// Writes `text` escaped as the inside of a JSON string, without the
 /// quotes (invalid UTF-8 replaced), for strings made of several pieces.
 pub fn write_json_string_content(text: &[u8], out: &mut Vec<u8>) {
-    match std::str::from_utf8(text) {
-        Ok(_) => write_escaped(text, out),
-        Err(_) => write_escaped(String::from_utf8_lossy(text).as_bytes(), out),
+    let start = out.len();
+    if !write_escaped(text, out) {
+        out.truncate(start);
+        write_escaped(String::from_utf8_lossy(text).as_bytes(), out);
     }
 }
 
@@ -42,21 +43,32 @@ fn word_needs_escape(w: u64) -> bool {
     below_space | has_zero(w ^ (LO * u64::from(b'"'))) | has_zero(w ^ (LO * u64::from(b'\\'))) != 0
 }
 
-/// `s` is valid UTF-8.
-fn write_escaped(s: &[u8], out: &mut Vec<u8>) {
+/// Writes `s` escaped; false, having written part of it, when `s` is not
+/// UTF-8. Its ASCII prefix needs no check: the rest is checked once, at the
+/// first byte above 0x7f, so ASCII text is read once.
+fn write_escaped(s: &[u8], out: &mut Vec<u8>) -> bool {
     out.reserve(s.len());
     let mut run = 0;
     let mut i = 0;
+    // Whether `s[i..]` is known to be UTF-8.
+    let mut checked = false;
     while i < s.len() {
         if let Some(word) = s.get(i..i + 8) {
             let mut w = [0; 8];
             w.copy_from_slice(word);
-            if !word_needs_escape(u64::from_le_bytes(w)) {
+            let w = u64::from_le_bytes(w);
+            if !word_needs_escape(w) && (checked || w & HI == 0) {
                 i += 8;
                 continue;
             }
         }
         let b = s[i];
+        if b > 0x7f && !checked {
+            if std::str::from_utf8(&s[i..]).is_err() {
+                return false;
+            }
+            checked = true;
+        }
         if NEEDS_ESCAPE[usize::from(b)] {
             out.extend_from_slice(&s[run..i]);
             write_escape(b, out);
@@ -65,6 +77,7 @@ fn write_escaped(s: &[u8], out: &mut Vec<u8>) {
         i += 1;
     }
     out.extend_from_slice(&s[run..]);
+    true
 }
 
 fn write_escape(b: u8, out: &mut Vec<u8>) {
@@ -113,6 +126,13 @@ mod tests {
             "\"ok\u{fffd}\u{fffd} end\""
         );
         assert_eq!(to_json(&t, ""), r#""""#);
+        // Invalid bytes after a long ASCII run and after valid UTF-8.
+        let mut out = Vec::new();
+        write_json_string(b"abcdefghijklmnop\"q\xc3\xa9 \xc3", &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "\"abcdefghijklmnop\\\"q\u{e9} \u{fffd}\""
+        );
         for text in [
             "550e8400-e29b-41d4-a716-446655440000",
             "$1,000.00",
@@ -120,6 +140,39 @@ mod tests {
             "happy",
         ] {
             assert_eq!(parsed(&t, text), json!(text));
+        }
+    }
+
+    #[test]
+    fn any_bytes_are_written_as_serde_json_writes_their_text() {
+        // Random byte strings, mostly ASCII with escapes, multibyte
+        // characters and stray bytes mixed in.
+        let pieces: [&[u8]; 8] = [
+            b"plain text",
+            b"\"",
+            b"\\",
+            b"\n\x01\x1f",
+            "é😀\u{2028}".as_bytes(),
+            b"\xff",
+            b"\xe2\x82",
+            b"12345678",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..2000 {
+            let mut text = Vec::new();
+            for _ in 0..(seed % 9) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                text.extend_from_slice(pieces[(seed % 8) as usize]);
+            }
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut out = Vec::new();
+            write_json_string(&text, &mut out);
+            let expected = serde_json::to_string(&String::from_utf8_lossy(&text)).unwrap();
+            assert_eq!(String::from_utf8(out).unwrap(), expected, "{text:?}");
         }
     }
 }

@@ -27,9 +27,9 @@ pub fn write_value(value: &Value, out: &mut Vec<u8>) -> Result<(), String> {
 pub fn write_table_fast(lua: &Lua, table: &Table, out: &mut Vec<u8>) -> Result<(), String> {
     let mut result = Ok(());
     // SAFETY: the closure runs in protected mode with the table at index 1;
-    // it reads values and walks tables with `lua_next`, never converting a
-    // key in place, and leaves the stack as it found it (`exec_raw` restores
-    // it in any case).
+    // it reads values and walks tables with `lua_rawiter`, which pushes
+    // copies of each key and value, and leaves the stack as it found it
+    // (`exec_raw` restores it in any case).
     let called = unsafe {
         lua.exec_raw::<()>(table, |state| {
             result = raw::write(state, 1, out, 0);
@@ -124,14 +124,18 @@ mod raw {
         let mut positions = ffi::lua_objlen(state, idx) > 0;
         let mut highest = 0usize;
         if positions {
-            ffi::lua_pushnil(state);
-            while ffi::lua_next(state, idx) != 0 {
+            let mut at = 0;
+            loop {
+                at = ffi::lua_rawiter(state, idx, at);
+                if at < 0 {
+                    break;
+                }
                 count += 1;
                 match position(state, -2) {
                     Some(p) => highest = highest.max(p),
                     None => positions = false,
                 }
-                ffi::lua_pop(state, 1);
+                ffi::lua_pop(state, 2);
             }
         }
         if count > 0 && positions && highest == count {
@@ -151,8 +155,14 @@ mod raw {
         }
         out.push(b'{');
         let mut first = true;
-        ffi::lua_pushnil(state);
-        while ffi::lua_next(state, idx) != 0 {
+        // `lua_rawiter` walks the table by slot; `lua_next` would look each
+        // key up again to find its place.
+        let mut at = 0;
+        loop {
+            at = ffi::lua_rawiter(state, idx, at);
+            if at < 0 {
+                break;
+            }
             if !first {
                 out.push(b',');
             }
@@ -162,8 +172,6 @@ mod raw {
             let written = match ffi::lua_type(state, key) {
                 ffi::LUA_TSTRING => write_string(state, key, out, "a key"),
                 ffi::LUA_TNUMBER => {
-                    // Never `lua_tolstring` a key: it would turn it into a
-                    // string in place and lose `lua_next` its place.
                     let mut text = Vec::new();
                     write_number(ffi::lua_tonumber(state, key), &mut text)
                         .map(|()| write_json_string(&text, out))
@@ -177,11 +185,8 @@ mod raw {
                 out.push(b':');
                 write(state, top, out, depth + 1)
             });
-            if let Err(e) = written {
-                ffi::lua_pop(state, 2);
-                return Err(e);
-            }
-            ffi::lua_pop(state, 1);
+            ffi::lua_pop(state, 2);
+            written?;
         }
         out.push(b'}');
         Ok(())

@@ -8,24 +8,49 @@
 //! the filter answers those from memory, and only the ids it may hold (about
 //! 1 % more) are looked up in the segments.
 //!
-//! The filter is built from the index's ids when it is opened and grows by
-//! being built again once it holds as many ids as it was sized for. Deleted
-//! ids stay in it: they only cost a lookup.
+//! The filter is built from the index's ids when it is opened. It grows
+//! without reading them again: once it holds as many ids as it was sized
+//! for, a filter four times larger takes the new ones (a scalable Bloom
+//! filter). Each new filter is sized for half the false positives of the one
+//! before, so all of them together stay under twice the first one's rate.
+//! Reading every id of the index again instead took the writer a pause that
+//! grew with the index, in the middle of a backfill. Deleted ids stay in the
+//! filter: they only cost a lookup.
 
 use fastbloom::BloomFilter;
 use tantivy::schema::Field;
 use tantivy::Searcher;
 
-/// Ids the filter is sized for at least.
+/// Ids the first filter is sized for at least.
 const MIN_CAPACITY: usize = 100_000;
 
-/// The share of ids never held that the filter takes for held ones.
+/// The share of ids never held that the first filter takes for held ones.
 const FALSE_POSITIVES: f64 = 0.01;
 
+/// How much larger each filter is than the one before.
+const GROWTH: usize = 4;
+
 pub(super) struct KnownIds {
+    /// From the first to the newest, which takes new ids.
+    layers: Vec<Layer>,
+}
+
+struct Layer {
     filter: BloomFilter,
     items: usize,
     capacity: usize,
+    false_positives: f64,
+}
+
+impl Layer {
+    fn new(capacity: usize, false_positives: f64) -> Layer {
+        Layer {
+            filter: BloomFilter::with_false_pos(false_positives).expected_items(capacity),
+            items: 0,
+            capacity,
+            false_positives,
+        }
+    }
 }
 
 impl KnownIds {
@@ -43,9 +68,7 @@ impl KnownIds {
             .sum();
         let capacity = (2 * (held as usize + more.len())).max(MIN_CAPACITY);
         let mut known = KnownIds {
-            filter: BloomFilter::with_false_pos(FALSE_POSITIVES).expected_items(capacity),
-            items: 0,
-            capacity,
+            layers: vec![Layer::new(capacity, FALSE_POSITIVES)],
         };
         for segment in searcher.segment_readers() {
             let ids = segment.inverted_index(id)?;
@@ -60,19 +83,23 @@ impl KnownIds {
 
     /// Whether an id hashing to `hash` may be held.
     pub(super) fn may_hold(&self, hash: u64) -> bool {
-        self.filter.contains_hash(hash)
+        // The newest filter is the largest: most held ids are in it.
+        self.layers
+            .iter()
+            .rev()
+            .any(|layer| layer.filter.contains_hash(hash))
     }
 
     pub(super) fn insert(&mut self, hash: u64) {
-        if !self.filter.insert_hash(hash) {
-            self.items += 1;
+        let last = self.layers.last().expect("a filter from the start");
+        if last.items >= last.capacity {
+            let next = Layer::new(GROWTH * last.capacity, last.false_positives / 2.0);
+            self.layers.push(next);
         }
-    }
-
-    /// Whether the filter holds as many ids as it was sized for, and should
-    /// be built again, larger.
-    pub(super) fn full(&self) -> bool {
-        self.items >= self.capacity
+        let layer = self.layers.last_mut().expect("a filter from the start");
+        if !layer.filter.insert_hash(hash) {
+            layer.items += 1;
+        }
     }
 }
 
@@ -104,6 +131,29 @@ mod tests {
         assert!(!known.may_hold(hash("added")));
         known.insert(hash("added"));
         assert!(known.may_hold(hash("added")));
-        assert!(!known.full());
+        assert_eq!(known.layers.len(), 1);
+    }
+
+    #[test]
+    fn grows_without_forgetting_and_keeps_its_false_positives_low() {
+        let index = Index::create_in_ram({
+            let mut schema = Schema::builder();
+            schema.add_text_field("_id", STRING);
+            schema.build()
+        });
+        let id = index.schema().get_field("_id").unwrap();
+        let searcher = index.reader().unwrap().searcher();
+        let hash = |s: &str| xxhash_rust::xxh3::xxh3_64(s.as_bytes());
+        let mut known = KnownIds::build(&searcher, id, std::iter::empty()).unwrap();
+        // Past the first two filters' capacity (100k, then 400k).
+        for n in 0..600_000 {
+            known.insert(hash(&format!("row-{n}")));
+        }
+        assert_eq!(known.layers.len(), 3);
+        assert!((0..600_000).all(|n| known.may_hold(hash(&format!("row-{n}")))));
+        let strangers = (0..100_000)
+            .filter(|n| known.may_hold(hash(&format!("other-{n}"))))
+            .count();
+        assert!(strangers < 2_000, "{strangers} false positives in 100000");
     }
 }

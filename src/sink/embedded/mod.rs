@@ -161,11 +161,6 @@ impl EmbeddedSink {
                     .map_err(|e| index_error(format!("writing to index {}", op.index), e))?;
                 index.uncommitted.insert(id_hash);
                 index.known.insert(id_hash);
-                if index.known.full() {
-                    index.known =
-                        KnownIds::build(&index.searcher, f.id, index.uncommitted.iter().copied())
-                            .map_err(|e| index_error("listing the ids of an index", e))?;
-                }
             }
             WriteAction::Delete => {
                 index.writer.delete_term(id_term);

@@ -1,26 +1,111 @@
 //! The tantivy document of a row.
 //!
 //! tantivy copies a document's values into its compact form from any
-//! [`Value`], so the row's parsed JSON is read in place: the document's
-//! fields under `doc`, its numbers, booleans and timestamps again under
-//! `_num`. Building tantivy's owned values first (a map of them, and a copy
-//! of the numbers) took more time than copying them into the document.
+//! [`Value`], so the row's JSON is parsed onto simd-json's tape (no
+//! allocation per value; the tape and buffers are kept for the next row)
+//! and read in place: the document's fields under `doc`, its numbers,
+//! booleans and timestamps again under `_num`.
 
-use serde_json::{Map, Value as Json};
+use simd_json::{Buffers, Node, StaticNode, Tape};
 use tantivy::schema::document::{ReferenceValue, ReferenceValueLeaf};
 use tantivy::schema::Value;
+use tantivy::time::format_description::well_known::Rfc3339;
+use tantivy::time::{OffsetDateTime, UtcOffset};
 use tantivy::TantivyDocument;
 
 use super::schema::Fields;
 use crate::pipeline::change::WriteOp;
 
-/// The document of `op`: `source` is its JSON text, `object` that text parsed.
-pub(super) fn build(
-    f: &Fields,
-    op: &WriteOp,
-    source: &str,
-    object: &Map<String, Json>,
-) -> TantivyDocument {
+/// Parses rows' JSON, keeping its buffers from one row to the next.
+#[derive(Default)]
+pub(super) struct Parser {
+    buffers: Buffers,
+    /// The text being parsed (simd-json unescapes strings in place).
+    text: Vec<u8>,
+    /// The last row's tape, emptied, for its allocation.
+    tape: Option<Tape<'static>>,
+}
+
+impl Parser {
+    /// The document of `op`, whose JSON text is `source`; the error says
+    /// why `source` is not a JSON object.
+    pub(super) fn document(
+        &mut self,
+        f: &Fields,
+        op: &WriteOp,
+        source: &str,
+    ) -> Result<TantivyDocument, String> {
+        match self.parse(f, op, source, source.as_bytes()) {
+            Ok(doc) => Ok(doc),
+            // A number beyond every double (a `numeric` of hundreds of
+            // digits) is all simd-json refuses of valid JSON: such numbers
+            // are read as the largest double of their sign.
+            Err(_) => {
+                let value: serde_json::Value =
+                    serde_json::from_str(source).map_err(|e| e.to_string())?;
+                let text = serde_json::to_vec(&within_doubles(value)).map_err(|e| e.to_string())?;
+                self.parse(f, op, source, &text)
+            }
+        }
+    }
+
+    fn parse(
+        &mut self,
+        f: &Fields,
+        op: &WriteOp,
+        source: &str,
+        json: &[u8],
+    ) -> Result<TantivyDocument, String> {
+        self.text.clear();
+        self.text.extend_from_slice(json);
+        let mut tape = self.tape.take().unwrap_or_else(Tape::null).reset();
+        let doc = match simd_json::fill_tape(&mut self.text, &mut self.buffers, &mut tape) {
+            Ok(()) => match tape.0.first() {
+                Some(Node::Object { len, .. }) => Ok(build(
+                    f,
+                    op,
+                    source,
+                    Entries {
+                        nodes: &tape.0[1..],
+                        left: *len,
+                        numbers: false,
+                    },
+                )),
+                _ => Err("not a JSON object".to_owned()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        self.tape = Some(tape.reset());
+        doc
+    }
+}
+
+/// `value` with every number a double cannot hold replaced by the largest
+/// double of its sign.
+fn within_doubles(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value as Json;
+    match value {
+        Json::Number(n) if n.as_f64().is_none_or(|v| !v.is_finite()) => {
+            let max = if n.as_str().starts_with('-') {
+                f64::MIN
+            } else {
+                f64::MAX
+            };
+            Json::from(max)
+        }
+        Json::Array(items) => Json::Array(items.into_iter().map(within_doubles).collect()),
+        Json::Object(map) => Json::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, within_doubles(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// The document of `op`: `source` is its JSON text, `object` the entries
+/// of that text parsed.
+fn build(f: &Fields, op: &WriteOp, source: &str, object: Entries<'_>) -> TantivyDocument {
     // The stored source, the indexed values and their nodes: about twice the text.
     let mut doc = TantivyDocument::with_capacity(2 * source.len() + 256);
     doc.add_text(f.id, &op.id);
@@ -29,39 +114,50 @@ pub(super) fn build(
     doc.add_text(f.source, source);
     if let Some(all) = f.all {
         let mut text = String::new();
-        object.values().for_each(|v| collect_text(v, &mut text));
+        collect_text(object.nodes, object.left, true, &mut text);
         doc.add_text(all, &text);
     }
     if let Some(numbers) = f.numbers {
-        doc.add_field_value(numbers, Row::Object(Entries::Numbers(object.iter())));
+        doc.add_field_value(
+            numbers,
+            Row::Object(Entries {
+                numbers: true,
+                ..object.clone()
+            }),
+        );
     }
-    doc.add_field_value(f.doc, Row::Object(Entries::Json(object.iter())));
+    doc.add_field_value(f.doc, Row::Object(object));
     doc
 }
 
-/// Every scalar of a JSON value as text, for the catch-all search field.
-fn collect_text(value: &Json, out: &mut String) {
-    match value {
-        Json::String(s) => {
-            out.push_str(s);
-            out.push(' ');
+/// Every scalar among `entries` values (of an object's entries, when
+/// `object`) as text, for the catch-all search field.
+fn collect_text(mut nodes: &[Node<'_>], entries: usize, object: bool, out: &mut String) {
+    for _ in 0..entries {
+        if object {
+            nodes = nodes.get(1..).unwrap_or_default();
         }
-        Json::Number(n) => {
-            out.push_str(n.as_str());
-            out.push(' ');
+        let (value, rest) = nodes.split_at(value_len(nodes).min(nodes.len()));
+        nodes = rest;
+        match value.first() {
+            Some(Node::String(text)) => {
+                out.push_str(text);
+                out.push(' ');
+            }
+            Some(Node::Static(StaticNode::Null)) | None => {}
+            Some(Node::Static(scalar)) => {
+                out.push_str(&scalar.to_string());
+                out.push(' ');
+            }
+            Some(Node::Object { len, .. }) => collect_text(&value[1..], *len, true, out),
+            Some(Node::Array { len, .. }) => collect_text(&value[1..], *len, false, out),
         }
-        Json::Bool(b) => {
-            out.push_str(if *b { "true " } else { "false " });
-        }
-        Json::Array(items) => items.iter().for_each(|v| collect_text(v, out)),
-        Json::Object(map) => map.values().for_each(|v| collect_text(v, out)),
-        Json::Null => {}
     }
 }
 
 /// A JSON value as tantivy reads it into a document. Objects and arrays
-/// read under `_num` (`Entries::Numbers`, `Items::Numbers`) keep only their
-/// numbers, booleans and timestamps: that field's fast columns hold no text.
+/// read under `_num` (`numbers` set) keep only their numbers, booleans and
+/// timestamps: that field's fast columns hold no text.
 #[derive(Debug, Clone)]
 enum Row<'a> {
     Leaf(ReferenceValueLeaf<'a>),
@@ -82,84 +178,114 @@ impl<'a> Value<'a> for Row<'a> {
     }
 }
 
-/// `value` under `doc`.
-fn json(value: &Json) -> Row<'_> {
-    match value {
-        Json::Array(items) => Row::Array(Items::Json(items.iter())),
-        Json::Object(map) => Row::Object(Entries::Json(map.iter())),
-        scalar => Row::Leaf(leaf(scalar)),
+/// The nodes of the value `nodes` starts with: the value and, for an
+/// object or array, everything in it.
+fn value_len(nodes: &[Node<'_>]) -> usize {
+    match nodes.first() {
+        Some(Node::Object { count, .. } | Node::Array { count, .. }) => count + 1,
+        _ => 1,
     }
 }
 
-/// `value` under `_num`, or `None` if it is text or null.
-fn number(value: &Json) -> Option<Row<'_>> {
-    match value {
-        Json::Array(items) => Some(Row::Array(Items::Numbers(items.iter()))),
-        Json::Object(map) => Some(Row::Object(Entries::Numbers(map.iter()))),
-        Json::Null => None,
-        scalar => match leaf(scalar) {
-            ReferenceValueLeaf::Str(_) => None,
-            kept => Some(Row::Leaf(kept)),
+/// The value `nodes` starts with, or `None` if `numbers` is set and it is
+/// text or null.
+fn row<'a>(nodes: &'a [Node<'a>], numbers: bool) -> Option<Row<'a>> {
+    let rest = nodes.get(1..).unwrap_or_default();
+    let row = match nodes.first()? {
+        Node::Object { len, .. } => Row::Object(Entries {
+            nodes: rest,
+            left: *len,
+            numbers,
+        }),
+        Node::Array { len, .. } => Row::Array(Items {
+            nodes: rest,
+            left: *len,
+            numbers,
+        }),
+        Node::String(text) => match date(text) {
+            Some(date) => Row::Leaf(date),
+            None if numbers => return None,
+            None => Row::Leaf(ReferenceValueLeaf::Str(text)),
         },
-    }
+        Node::Static(StaticNode::Null) if numbers => return None,
+        Node::Static(scalar) => Row::Leaf(match *scalar {
+            StaticNode::I64(n) => ReferenceValueLeaf::I64(n),
+            // Whole numbers are integers where they fit, as serde_json reads them.
+            StaticNode::U64(n) => match i64::try_from(n) {
+                Ok(n) => ReferenceValueLeaf::I64(n),
+                Err(_) => ReferenceValueLeaf::U64(n),
+            },
+            StaticNode::F64(n) => ReferenceValueLeaf::F64(n),
+            StaticNode::Bool(b) => ReferenceValueLeaf::Bool(b),
+            StaticNode::Null => ReferenceValueLeaf::Null,
+        }),
+    };
+    Some(row)
 }
 
-/// A JSON scalar as tantivy reads one: whole numbers as integers, text that
-/// reads as an RFC 3339 timestamp as a timestamp. A number beyond every
-/// numeric type (a `numeric` of hundreds of digits) is an infinity of its
-/// sign, where tantivy's own conversion panics.
-fn leaf(value: &Json) -> ReferenceValueLeaf<'_> {
-    match value {
-        Json::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                ReferenceValueLeaf::I64(i)
-            } else if let Some(u) = n.as_u64() {
-                ReferenceValueLeaf::U64(u)
-            } else if let Some(f) = n.as_f64() {
-                ReferenceValueLeaf::F64(f)
-            } else if n.as_str().starts_with('-') {
-                ReferenceValueLeaf::F64(f64::NEG_INFINITY)
-            } else {
-                ReferenceValueLeaf::F64(f64::INFINITY)
-            }
-        }
-        other => Value::as_leaf(&other).unwrap_or(ReferenceValueLeaf::Null),
+/// Text that reads as an RFC 3339 timestamp, as that timestamp in UTC.
+fn date(text: &str) -> Option<ReferenceValueLeaf<'static>> {
+    // `2024-05-01T10:20:30Z` at the shortest: most text fails here.
+    let b = text.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !b[0].is_ascii_digit() {
+        return None;
     }
+    let at = OffsetDateTime::parse(text, &Rfc3339).ok()?;
+    Some(ReferenceValueLeaf::Date(tantivy::DateTime::from_utc(
+        at.to_offset(UtcOffset::UTC),
+    )))
 }
 
 /// The elements of an array.
 #[derive(Debug, Clone)]
-enum Items<'a> {
-    Json(std::slice::Iter<'a, Json>),
-    Numbers(std::slice::Iter<'a, Json>),
+struct Items<'a> {
+    nodes: &'a [Node<'a>],
+    left: usize,
+    numbers: bool,
 }
 
 impl<'a> Iterator for Items<'a> {
     type Item = Row<'a>;
 
     fn next(&mut self) -> Option<Row<'a>> {
-        match self {
-            Items::Json(items) => items.next().map(json),
-            Items::Numbers(items) => items.find_map(number),
+        while self.left > 0 {
+            self.left -= 1;
+            let (value, rest) = self
+                .nodes
+                .split_at(value_len(self.nodes).min(self.nodes.len()));
+            self.nodes = rest;
+            if let Some(row) = row(value, self.numbers) {
+                return Some(row);
+            }
         }
+        None
     }
 }
 
 /// The entries of an object.
 #[derive(Debug, Clone)]
-enum Entries<'a> {
-    Json(serde_json::map::Iter<'a>),
-    Numbers(serde_json::map::Iter<'a>),
+struct Entries<'a> {
+    nodes: &'a [Node<'a>],
+    left: usize,
+    numbers: bool,
 }
 
 impl<'a> Iterator for Entries<'a> {
     type Item = (&'a str, Row<'a>);
 
     fn next(&mut self) -> Option<(&'a str, Row<'a>)> {
-        match self {
-            Entries::Json(entries) => entries.next().map(|(k, v)| (k.as_str(), json(v))),
-            Entries::Numbers(entries) => entries.find_map(|(k, v)| Some((k.as_str(), number(v)?))),
+        while self.left > 0 {
+            self.left -= 1;
+            let (Node::String(key), rest) = self.nodes.split_first()? else {
+                return None;
+            };
+            let (value, rest) = rest.split_at(value_len(rest).min(rest.len()));
+            self.nodes = rest;
+            if let Some(row) = row(value, self.numbers) {
+                return Some((key, row));
+            }
         }
+        None
     }
 }
 
@@ -207,7 +333,6 @@ mod tests {
         let source = format!(
             r#"{{"id":7,"name":"Kettle","price":12.5,"active":true,"gone":null,"updated_at":"2024-05-01T10:20:30+02:00","code":"2024 model","tags":["a",1,{{"b":"x","c":2}},[]],"meta":{{"note":"n","n":3,"inner":{{"s":"t"}}}},"huge":{digits},"tiny":-{digits}.5}}"#
         );
-        let parsed: Map<String, Json> = serde_json::from_str(&source).unwrap();
         let op = WriteOp {
             index: Arc::from("i"),
             table: Arc::from("public.t"),
@@ -216,7 +341,8 @@ mod tests {
             action: WriteAction::Delete,
             routing: None,
         };
-        let doc = build(&f, &op, &source, &parsed);
+        let mut parser = Parser::default();
+        let doc = parser.document(&f, &op, &source).unwrap();
 
         let date = OwnedValue::Date(tantivy::DateTime::from_utc(
             OffsetDateTime::parse("2024-05-01T08:20:30Z", &Rfc3339).unwrap(),
@@ -241,8 +367,8 @@ mod tests {
                     "meta",
                     object(vec![("n", OwnedValue::I64(3)), ("inner", object(vec![]))]),
                 ),
-                ("huge", OwnedValue::F64(f64::INFINITY)),
-                ("tiny", OwnedValue::F64(f64::NEG_INFINITY)),
+                ("huge", OwnedValue::F64(f64::MAX)),
+                ("tiny", OwnedValue::F64(f64::MIN)),
             ])
         );
 
@@ -279,5 +405,46 @@ mod tests {
         );
         assert_eq!(doc.get_first(f.id).and_then(|v| v.as_str()), Some("7"));
         assert_eq!(doc.get_first(f.lsn).and_then(|v| v.as_u64()), Some(42));
+    }
+
+    #[test]
+    fn one_parser_reads_row_after_row_and_refuses_what_is_not_an_object() {
+        let index = tantivy::Index::create_in_ram(schema::build());
+        let f = schema::fields(&index).unwrap();
+        let op = WriteOp {
+            index: Arc::from("i"),
+            table: Arc::from("public.t"),
+            id: "1".to_owned(),
+            lsn: Lsn(1),
+            action: WriteAction::Delete,
+            routing: None,
+        };
+        let mut parser = Parser::default();
+        for (source, name, big) in [
+            (
+                r#"{"name":"a \"quoted\" name","big":1234567890123456789012345}"#,
+                "a \"quoted\" name",
+                1.2345678901234568e24,
+            ),
+            (r#"{"big":-5,"name":"short"}"#, "short", -5.0),
+        ] {
+            let doc = parser.document(&f, &op, source).unwrap();
+            let fields = OwnedValue::from(doc.get_first(f.doc).unwrap());
+            let OwnedValue::Object(fields) = fields else {
+                panic!("doc is an object");
+            };
+            let field = |key: &str| &fields.iter().find(|(k, _)| k == key).unwrap().1;
+            assert_eq!(field("name"), &OwnedValue::Str(name.into()));
+            let value = match field("big") {
+                OwnedValue::F64(v) => *v,
+                OwnedValue::I64(v) => *v as f64,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(value, big);
+        }
+        for bad in ["[1, 2]", "\"text\"", "{\"a\": ", "{\"a\": 1} trailing"] {
+            assert!(parser.document(&f, &op, bad).is_err(), "{bad}");
+        }
+        assert!(parser.document(&f, &op, r#"{"ok":true}"#).is_ok());
     }
 }

@@ -82,6 +82,7 @@ pub struct EmbeddedSink {
     name: String,
     data_dir: PathBuf,
     indexes: HashMap<Arc<str>, OpenIndex>,
+    parser: document::Parser,
 }
 
 impl EmbeddedSink {
@@ -93,20 +94,17 @@ impl EmbeddedSink {
             name: name.to_owned(),
             data_dir: data_dir.to_owned(),
             indexes: HashMap::new(),
+            parser: document::Parser::default(),
         })
     }
 
-    fn index(&mut self, name: &Arc<str>) -> Result<&mut OpenIndex> {
-        if !self.indexes.contains_key(name) {
-            let opened = open_index(&self.data_dir, name)?;
-            tracing::info!(index = %name, committed = %opened.committed, "opened embedded index");
-            self.indexes.insert(name.clone(), opened);
-        }
-        Ok(self.indexes.get_mut(name).expect("inserted above"))
-    }
-
     fn apply(&mut self, op: &WriteOp) -> Result<()> {
-        let index = self.index(&op.index)?;
+        if !self.indexes.contains_key(&op.index) {
+            let opened = open_index(&self.data_dir, &op.index)?;
+            tracing::info!(index = %op.index, committed = %opened.committed, "opened embedded index");
+            self.indexes.insert(op.index.clone(), opened);
+        }
+        let index = self.indexes.get_mut(&op.index).expect("inserted above");
         if op.lsn < index.committed {
             // Read again after a restart: the index already holds it.
             return Ok(());
@@ -119,28 +117,28 @@ impl EmbeddedSink {
                 partial,
                 fresh,
             } => {
-                let mut object: serde_json::Map<String, serde_json::Value> =
-                    serde_json::from_slice(doc).map_err(|e| {
-                        Error::new(
-                            ErrorKind::Sink,
-                            format!("document {} is not a JSON object: {e}", op.id),
-                        )
-                    })?;
+                let not_object = |e: &dyn std::fmt::Display| {
+                    Error::new(
+                        ErrorKind::Sink,
+                        format!("document {} is not a JSON object: {e}", op.id),
+                    )
+                };
                 // The document as encoded keeps the table's column order; a merged
                 // one is serialized again.
-                let mut source = std::str::from_utf8(doc).ok().map(Cow::Borrowed);
+                let mut source =
+                    Cow::Borrowed(std::str::from_utf8(doc).map_err(|e| not_object(&e))?);
                 if *partial {
-                    if let Some(stored) = index.stored(&op.id)? {
-                        let mut merged = stored;
+                    if let Some(mut merged) = index.stored(&op.id)? {
+                        let object: serde_json::Map<String, serde_json::Value> =
+                            serde_json::from_str(&source).map_err(|e| not_object(&e))?;
                         merged.extend(object);
-                        object = merged;
-                        source = None;
+                        source = Cow::Owned(serde_json::to_string(&merged).unwrap_or_default());
                     }
                 }
-                let source = source.unwrap_or_else(|| {
-                    Cow::Owned(serde_json::to_string(&object).unwrap_or_default())
-                });
-                let doc = document::build(&f, op, &source, &object);
+                let doc = self
+                    .parser
+                    .document(&f, op, &source)
+                    .map_err(|e| not_object(&e))?;
                 // Changes below `committed` were skipped above, so a fresh row
                 // has no document to replace unless an early commit may have
                 // stored it. Other rows (updates, rows a backfill read) replace

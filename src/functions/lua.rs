@@ -154,9 +154,10 @@ impl Runtime {
             let checks = std::sync::atomic::AtomicU32::new(0);
             let limit = limits.memory_bytes;
             lua.set_interrupt(move |lua| {
-                // The memory cap is armed here, at the first call a call
-                // makes: the message wrappers' call of the user's function,
-                // before any of its code runs. While a cap is set, mlua
+                // The memory cap is armed here, at the first call the
+                // running Lua code makes: a message wrapper's call of the
+                // user's function, before any of its code runs (Luau checks
+                // the interrupt at every call). While a cap is set, mlua
                 // guards every value pushed and field set against
                 // allocation failure, which would make building a message
                 // several times slower.

@@ -44,7 +44,7 @@ type Managed = Arc<Mutex<Option<File>>>;
 
 /// Files are written back in pieces of this size while they are written,
 /// and synced as soon as they are finished once they reach it.
-const SYNC_WHEN_FINISHED_BYTES: u64 = 1024 * 1024;
+const LARGE_FILE_BYTES: u64 = 1024 * 1024;
 
 /// tantivy's list of the files it manages.
 const MANAGED: &str = ".managed.json";
@@ -197,7 +197,7 @@ impl Write for SyncLater {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file()?.write(buf)?;
         self.written += n as u64;
-        if self.written - self.written_back >= SYNC_WHEN_FINISHED_BYTES {
+        if self.written - self.written_back >= LARGE_FILE_BYTES {
             if let Some(file) = &self.file {
                 start_write_back(file, self.written_back, self.written - self.written_back);
             }
@@ -218,7 +218,7 @@ impl TerminatingWrite for SyncLater {
             .take()
             .ok_or_else(|| io::Error::other("an index file finished twice"))?;
         file.flush()?;
-        if self.written >= SYNC_WHEN_FINISHED_BYTES {
+        if self.written >= LARGE_FILE_BYTES {
             return file.sync_data();
         }
         self.unsynced.lock().expect("unsynced files").push(file);
@@ -263,7 +263,7 @@ mod tests {
         // A large file is synced when finished, not kept for the next sync.
         let mut writer = directory.open_write(Path::new("c.store")).unwrap();
         writer
-            .write_all(&vec![7; SYNC_WHEN_FINISHED_BYTES as usize])
+            .write_all(&vec![7; LARGE_FILE_BYTES as usize])
             .unwrap();
         writer.terminate().unwrap();
         assert_eq!(directory.unsynced.lock().unwrap().len(), 2);

@@ -137,7 +137,7 @@ fn collect_text(mut nodes: &[Node<'_>], entries: usize, object: bool, out: &mut 
         if object {
             nodes = nodes.get(1..).unwrap_or_default();
         }
-        let (value, rest) = nodes.split_at(value_len(nodes).min(nodes.len()));
+        let (value, rest) = split_value(nodes);
         nodes = rest;
         match value.first() {
             Some(Node::String(text)) => {
@@ -178,13 +178,14 @@ impl<'a> Value<'a> for Row<'a> {
     }
 }
 
-/// The nodes of the value `nodes` starts with: the value and, for an
-/// object or array, everything in it.
-fn value_len(nodes: &[Node<'_>]) -> usize {
-    match nodes.first() {
+/// The value `nodes` starts with (its node and, for an object or array,
+/// everything in it), and the nodes after it.
+fn split_value<'t, 'a>(nodes: &'t [Node<'a>]) -> (&'t [Node<'a>], &'t [Node<'a>]) {
+    let len = match nodes.first() {
         Some(Node::Object { count, .. } | Node::Array { count, .. }) => count + 1,
         _ => 1,
-    }
+    };
+    nodes.split_at(len.min(nodes.len()))
 }
 
 /// The value `nodes` starts with, or `None` if `numbers` is set and it is
@@ -250,9 +251,7 @@ impl<'a> Iterator for Items<'a> {
     fn next(&mut self) -> Option<Row<'a>> {
         while self.left > 0 {
             self.left -= 1;
-            let (value, rest) = self
-                .nodes
-                .split_at(value_len(self.nodes).min(self.nodes.len()));
+            let (value, rest) = split_value(self.nodes);
             self.nodes = rest;
             if let Some(row) = row(value, self.numbers) {
                 return Some(row);
@@ -279,7 +278,7 @@ impl<'a> Iterator for Entries<'a> {
             let (Node::String(key), rest) = self.nodes.split_first()? else {
                 return None;
             };
-            let (value, rest) = rest.split_at(value_len(rest).min(rest.len()));
+            let (value, rest) = split_value(rest);
             self.nodes = rest;
             if let Some(row) = row(value, self.numbers) {
                 return Some((key, row));

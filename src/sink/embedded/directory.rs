@@ -12,9 +12,9 @@
 //!
 //! A large file (a merged segment's, mostly) is written back as it is
 //! written, a mebibyte at a time, and synced by the thread that wrote it
-//! when it is finished. Left to the next directory sync, tens of megabytes
-//! went to the disk at once, and the commit that came next waited for them
-//! for hundreds of milliseconds, the live changes with it.
+//! when it is finished. Left to the next directory sync, a merged
+//! segment's files went to the disk at once, and the commit that came next
+//! waited for them for hundreds of milliseconds, the live changes with it.
 //!
 //! tantivy also rewrites `.managed.json`, its list of the files it created,
 //! atomically and synced, for every new file: a new file and an `fdatasync`

@@ -112,6 +112,34 @@ async fn chunks_larger_than_the_in_flight_budget_do_not_stall() {
     assert_eq!(sluice.stop().code(), Some(0));
 }
 
+/// A table keyed by a replica identity index of two columns, in the other
+/// order than the table's, is read page by page in the index's order to
+/// its last row.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_two_column_key_is_paged_in_its_own_order() {
+    let db = TestDb::new("two_columns").await;
+    db.exec(
+        "CREATE TABLE accounts (tenant text NOT NULL, id int NOT NULL, code text NOT NULL, note text);
+         CREATE UNIQUE INDEX accounts_key ON accounts (id, tenant);
+         ALTER TABLE accounts REPLICA IDENTITY USING INDEX accounts_key;
+         INSERT INTO accounts
+         SELECT t, i, t || '/' || i, CASE WHEN i % 3 = 0 THEN NULL ELSE E'a\\b' END
+         FROM unnest(ARRAY['b', 'a', 'c c']) AS t, generate_series(1, 3000) AS i",
+    )
+    .await;
+    let tables = format!(
+        "[[tables]]\nname = \"public.accounts\"\n\n{API}\n[backfill]\nmin_chunk_rows = 700\nmax_chunk_rows = 700\n"
+    );
+    let config = db.config(&tables, "");
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    let api = api_address(&db, &mut sluice).await;
+    let b = wait_state(&api, 1, "completed", &mut sluice).await;
+    assert_eq!(b["rows_done"], 9000, "{b:#}");
+    assert_index_equals_table(&db, "accounts", "accounts", "code").await;
+    assert_eq!(sluice.stop().code(), Some(0));
+}
+
 async fn get(api: &str, path: &str) -> Value {
     reqwest::get(format!("{api}{path}"))
         .await

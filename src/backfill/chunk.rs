@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Row, SimpleQueryMessage, Statement};
 
 use super::window::Snapshot;
 use super::BackfillError;
@@ -47,48 +47,54 @@ impl TableShape {
     }
 }
 
+/// The table's OID and replica identity, its columns (name, type OID and
+/// SQL type) in order, and its key columns in key order, in one query.
+const DESCRIBE: &str = "\
+SELECT c.oid, c.relreplident::text, \
+       coalesce(cols.names, '{}'), coalesce(cols.types, '{}'), coalesce(cols.type_names, '{}'), \
+       ARRAY(SELECT a.attname::text FROM pg_index i \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+             WHERE i.indrelid = c.oid AND (i.indisreplident OR (i.indisprimary AND NOT EXISTS \
+               (SELECT 1 FROM pg_index j WHERE j.indrelid = c.oid AND j.indisreplident))) \
+             ORDER BY array_position(i.indkey::int2[], a.attnum)) \
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+CROSS JOIN LATERAL ( \
+    SELECT array_agg(a.attname::text ORDER BY a.attnum) AS names, \
+           array_agg(a.atttypid ORDER BY a.attnum) AS types, \
+           array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum) AS type_names \
+    FROM pg_attribute a \
+    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '') cols \
+WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')";
+
 /// Describes `table` for reading: its columns and its key.
 pub async fn describe(client: &Client, table: &TableName) -> Result<TableShape, BackfillError> {
     let row = client
-        .query_opt(
-            "SELECT c.oid, c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-            &[&table.schema, &table.table],
-        )
-        .await
-        .map_err(BackfillError::sql)?
-        .ok_or_else(|| BackfillError::NotFound(format!("table {table} does not exist")))?;
-    let oid: Oid = row.get(0);
-    let identity: String = row.get(1);
-    let columns = client
-        .query(
-            "SELECT a.attname::text, a.atttypid, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
-             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
-             ORDER BY a.attnum",
-            &[&oid],
-        )
+        .query_opt(DESCRIBE, &[&table.schema, &table.table])
         .await
         .map_err(BackfillError::sql)?;
-    let key: Vec<String> = client
-        .query(
-            "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
-             WHERE i.indrelid = $1 AND ((i.indisreplident) OR (i.indisprimary AND NOT EXISTS \
-               (SELECT 1 FROM pg_index j WHERE j.indrelid = $1 AND j.indisreplident))) \
-             ORDER BY array_position(i.indkey::int2[], a.attnum)",
-            &[&oid],
-        )
-        .await
-        .map_err(BackfillError::sql)?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    shape_of(client, table, row).await
+}
+
+/// The shape of `table` from its `DESCRIBE` row.
+async fn shape_of(
+    client: &Client,
+    table: &TableName,
+    row: Option<Row>,
+) -> Result<TableShape, BackfillError> {
+    let row =
+        row.ok_or_else(|| BackfillError::NotFound(format!("table {table} does not exist")))?;
+    let oid: Oid = row.get(0);
+    let identity: String = row.get(1);
+    let names: Vec<String> = row.get(2);
+    let oids: Vec<Oid> = row.get(3);
+    let type_names: Vec<String> = row.get(4);
+    let key: Vec<String> = row.get(5);
     if key.is_empty() {
         return Err(BackfillError::Invalid(format!(
             "table {table} has neither a primary key nor a replica identity index: \
              a backfill reads rows in key order"
         )));
     }
-    let oids: Vec<Oid> = columns.iter().map(|r| r.get(1)).collect();
     let unknown: Vec<Oid> = oids
         .iter()
         .copied()
@@ -101,22 +107,21 @@ pub async fn describe(client: &Client, table: &TableName) -> Result<TableShape, 
             .await
             .map_err(|e| BackfillError::Database(e.to_string()))?
     };
-    let mut infos = Vec::with_capacity(columns.len());
+    let mut infos = Vec::with_capacity(names.len());
     let mut key_columns = Vec::new();
     let mut key_types = Vec::new();
     for name in &key {
-        let Some(at) = columns.iter().position(|r| r.get::<_, String>(0) == *name) else {
+        let Some(at) = names.iter().position(|n| n == name) else {
             return Err(BackfillError::Invalid(format!(
                 "the key column {name} of table {table} is generated: it cannot be read"
             )));
         };
         key_columns.push(at);
-        key_types.push(columns[at].get(2));
+        key_types.push(type_names[at].clone());
     }
-    for (i, row) in columns.iter().enumerate() {
-        let type_oid: Oid = row.get(1);
+    for (i, (name, type_oid)) in names.into_iter().zip(oids).enumerate() {
         infos.push(ColumnInfo {
-            name: row.get(0),
+            name,
             type_oid,
             kind: TypeKind::builtin(type_oid)
                 .or_else(|| resolved.get(&type_oid).cloned())
@@ -197,76 +202,149 @@ pub fn select(
 pub struct ReadChunk {
     /// The table as it was when the chunk was read.
     pub shape: TableShape,
-    pub rows: Vec<Tuple>,
+    /// The rows as `COPY … TO STDOUT` writes them (split by `parse_copy`).
+    pub copy: Bytes,
+    /// How many rows `copy` holds.
+    pub rows: usize,
+    /// The key of the last row, to resume after it; `None` without rows.
+    pub last: Option<Vec<String>>,
     pub snapshot: Snapshot,
-    /// Bytes copied out.
-    pub bytes: u64,
 }
 
-/// Reads one chunk in its own repeatable-read snapshot. The table is
-/// described in the same transaction, under a lock that holds off schema
-/// changes until the chunk is read: the rows have the table's columns of
-/// that moment, even when a column was added or dropped since the last chunk.
-pub async fn read(
-    client: &Client,
-    table: &TableName,
-    cursor: Option<&[String]>,
-    condition: Option<&str>,
-    limit: usize,
-) -> Result<ReadChunk, BackfillError> {
-    client
-        .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; LOCK TABLE {} IN ACCESS SHARE MODE",
+/// The connection a backfill reads its chunks through, with the statements
+/// every chunk runs prepared once: a chunk costs the same few round trips
+/// whatever its size, and Postgres spends the time between them copying.
+pub struct ChunkReader {
+    client: Client,
+    describe: Statement,
+    emit: Statement,
+}
+
+impl ChunkReader {
+    pub async fn new(client: Client) -> Result<ChunkReader, BackfillError> {
+        let (describe, emit) = futures_util::future::try_join(
+            client.prepare(DESCRIBE),
+            client.prepare("SELECT pg_logical_emit_message(true, $1::text, $2::text)"),
+        )
+        .await
+        .map_err(BackfillError::sql)?;
+        Ok(ChunkReader {
+            client,
+            describe,
+            emit,
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Describes `table` for reading: its columns and its key.
+    pub async fn describe(&self, table: &TableName) -> Result<TableShape, BackfillError> {
+        let row = self
+            .client
+            .query_opt(&self.describe, &[&table.schema, &table.table])
+            .await
+            .map_err(BackfillError::sql)?;
+        shape_of(&self.client, table, row).await
+    }
+
+    /// Writes a logical decoding message (transactional, in a transaction of
+    /// its own) into the WAL.
+    pub async fn emit(&self, prefix: &str, content: &str) -> Result<(), BackfillError> {
+        self.client
+            .execute(&self.emit, &[&prefix, &content])
+            .await
+            .map_err(BackfillError::sql)?;
+        Ok(())
+    }
+
+    /// Reads the chunk of `table` after `cursor` in its own repeatable-read
+    /// snapshot. The table is described in the same transaction, under a
+    /// lock that holds off schema changes until the chunk is read: the rows
+    /// have the table's columns of that moment, even when a column was added
+    /// or dropped since the last chunk.
+    pub async fn read(
+        &self,
+        table: &TableName,
+        cursor: Option<&[String]>,
+        condition: Option<&str>,
+        limit: usize,
+    ) -> Result<ReadChunk, BackfillError> {
+        // The snapshot is taken by the first statement after the lock.
+        let begin = format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; \
+             LOCK TABLE {} IN ACCESS SHARE MODE; \
+             SELECT pg_current_snapshot()::text",
             table.quoted()
-        ))
-        .await
-        .map_err(BackfillError::sql)?;
-    let result = async {
-        let shape = describe(client, table).await?;
-        read_in_transaction(client, shape, cursor, condition, limit).await
+        );
+        let result = async {
+            // One round trip for both: they are sent together.
+            let (opened, described) = futures_util::future::join(
+                self.client.simple_query(&begin),
+                self.client
+                    .query_opt(&self.describe, &[&table.schema, &table.table]),
+            )
+            .await;
+            let opened = opened.map_err(BackfillError::sql)?;
+            let text = opened
+                .iter()
+                .find_map(|m| match m {
+                    SimpleQueryMessage::Row(row) => row.get(0),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            let snapshot = Snapshot::parse(text)
+                .ok_or_else(|| BackfillError::Database(format!("unexpected snapshot `{text}`")))?;
+            let shape =
+                shape_of(&self.client, table, described.map_err(BackfillError::sql)?).await?;
+            let query = format!(
+                "COPY ({}) TO STDOUT",
+                select(&shape, cursor, condition, limit)
+            );
+            let stream = self
+                .client
+                .copy_out(&query)
+                .await
+                .map_err(BackfillError::sql)?;
+            futures_util::pin_mut!(stream);
+            let mut raw = BytesMut::new();
+            while let Some(piece) = stream.next().await {
+                raw.extend_from_slice(&piece.map_err(BackfillError::sql)?);
+            }
+            Ok((shape, raw.freeze(), snapshot))
+        }
+        .await;
+        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        // The transaction ends while the last row is found. A failed end
+        // leaves the connection unusable; the caller reconnects.
+        let (ended, counted) = futures_util::future::join(self.client.batch_execute(end), async {
+            let (shape, copy, snapshot) = result?;
+            let (rows, last) = last_row(&copy, shape.rel.columns.len())?;
+            let last = last.map(|row| shape.cursor_of(&row));
+            Ok::<_, BackfillError>(ReadChunk {
+                shape,
+                copy,
+                rows,
+                last,
+                snapshot,
+            })
+        })
+        .await;
+        ended.map_err(BackfillError::sql)?;
+        counted
     }
-    .await;
-    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-    // A failed end leaves the connection unusable; the caller reconnects.
-    client
-        .batch_execute(end)
-        .await
-        .map_err(BackfillError::sql)?;
-    result
 }
 
-async fn read_in_transaction(
-    client: &Client,
-    shape: TableShape,
-    cursor: Option<&[String]>,
-    condition: Option<&str>,
-    limit: usize,
-) -> Result<ReadChunk, BackfillError> {
-    let text: String = client
-        .query_one("SELECT pg_current_snapshot()::text", &[])
-        .await
-        .map_err(BackfillError::sql)?
-        .get(0);
-    let snapshot = Snapshot::parse(&text)
-        .ok_or_else(|| BackfillError::Database(format!("unexpected snapshot `{text}`")))?;
-    let query = format!(
-        "COPY ({}) TO STDOUT",
-        select(&shape, cursor, condition, limit)
-    );
-    let stream = client.copy_out(&query).await.map_err(BackfillError::sql)?;
-    futures_util::pin_mut!(stream);
-    let mut raw = BytesMut::new();
-    while let Some(piece) = stream.next().await {
-        raw.extend_from_slice(&piece.map_err(BackfillError::sql)?);
+/// The number of rows of `COPY … TO STDOUT` text output, and its last row.
+/// Every row ends with a newline, and a newline in a value is escaped.
+fn last_row(raw: &[u8], columns: usize) -> Result<(usize, Option<Tuple>), BackfillError> {
+    let rows = memchr::memchr_iter(b'\n', raw).count();
+    if rows == 0 {
+        return Ok((0, parse_copy(raw, columns)?.pop()));
     }
-    let bytes = raw.len() as u64;
-    let rows = parse_copy(&raw, shape.rel.columns.len())?;
-    Ok(ReadChunk {
-        shape,
-        rows,
-        snapshot,
-        bytes,
-    })
+    let start = memchr::memrchr(b'\n', &raw[..raw.len() - 1]).map_or(0, |i| i + 1);
+    Ok((rows, parse_copy(&raw[start..], columns)?.pop()))
 }
 
 /// Splits `COPY … TO STDOUT` text output into tuples of `columns` columns:

@@ -29,7 +29,6 @@ use crate::config::ConfigProblem;
 use crate::lsn::Lsn;
 use crate::pipeline::change::RelationInfo;
 use crate::pipeline::flow::Credit;
-use crate::postgres::pgoutput::Tuple;
 
 /// Default target time of the SELECT of one chunk.
 pub const DEFAULT_CHUNK_SELECT_MS: u64 = 100;
@@ -289,7 +288,9 @@ pub struct Chunk {
     pub sink: usize,
     pub rel: Arc<RelationInfo>,
     pub key_columns: Vec<usize>,
-    pub rows: Vec<Tuple>,
+    /// The rows as `COPY … TO STDOUT` wrote them. The decoder splits them
+    /// when the chunk arrives, off the reader's way to its next chunk.
+    pub copy: bytes::Bytes,
     pub snapshot: window::Snapshot,
     pub credit: Option<Credit>,
     pub reply: oneshot::Sender<ChunkOutcome>,
@@ -303,6 +304,8 @@ pub enum ChunkOutcome {
     Delivered { lsn: Lsn, kept: usize },
     /// The window could not vouch for the chunk: read it again.
     Retry,
+    /// The rows could not be split (the reason): read it again.
+    Unreadable(String),
 }
 
 /// Milliseconds since the Unix epoch.

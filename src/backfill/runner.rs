@@ -12,9 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
-use tokio_postgres::Client;
 
-use super::chunk::{self, TableShape};
+use super::chunk::{ChunkReader, TableShape};
 use super::manager::{estimate, Manager, RunContext};
 use super::window::{Mark, Marker, PREFIX};
 use super::{BackfillError, Chunk, ChunkOutcome, State};
@@ -53,6 +52,8 @@ enum Settled {
     Committed,
     /// The window could not vouch for it: read it again.
     Retry,
+    /// Its rows could not be split (the reason): resume from the cursor.
+    Unreadable(String),
     /// The pipeline stopped.
     Stopped,
 }
@@ -109,9 +110,11 @@ async fn attempt(manager: &Manager, id: u64, context: &RunContext) -> Result<End
         .connect_sql()
         .await
         .map_err(|e| BackfillError::Database(e.to_string()))?;
+    let chunks = ChunkReader::new(client).await?;
     // Watermarks flushed at once: the walsender sends only flushed WAL, and a
     // chunk waits in the decoder until its high watermark arrives.
-    client
+    chunks
+        .client()
         .batch_execute("SET synchronous_commit = local")
         .await
         .map_err(BackfillError::sql)?;
@@ -119,7 +122,7 @@ async fn attempt(manager: &Manager, id: u64, context: &RunContext) -> Result<End
     for (i, table) in backfill.tables.iter().enumerate() {
         if table.rows_estimated.is_none() && !table.done {
             let name = TableName::parse(&table.table).map_err(BackfillError::Invalid)?;
-            let rows = estimate(&client, &name, table.condition.as_deref()).await?;
+            let rows = estimate(chunks.client(), &name, table.condition.as_deref()).await?;
             store(manager.update(id, |b| b.tables[i].rows_estimated = Some(rows)))?;
         }
     }
@@ -127,7 +130,7 @@ async fn attempt(manager: &Manager, id: u64, context: &RunContext) -> Result<End
         manager,
         id,
         context,
-        client,
+        chunks,
         sink,
         chunk_rows: manager.settings.min_chunk_rows,
         chunk_number: first_chunk_number(),
@@ -175,7 +178,7 @@ struct Reader<'a> {
     manager: &'a Manager,
     id: u64,
     context: &'a RunContext,
-    client: Client,
+    chunks: ChunkReader,
     sink: usize,
     chunk_rows: usize,
     chunk_number: u64,
@@ -191,7 +194,7 @@ impl Reader<'_> {
         };
         let target = &backfill.tables[i];
         let name = TableName::parse(&target.table).map_err(BackfillError::Invalid)?;
-        let shape = chunk::describe(&self.client, &name).await?;
+        let shape = self.chunks.describe(&name).await?;
         let condition = target.condition.clone();
         // Where the next chunk is read from: after the last one sent.
         let mut next = target.cursor.clone();
@@ -246,6 +249,7 @@ impl Reader<'_> {
                     exhausted = false;
                     self.mark(Mark::Start, Some(&shape)).await?;
                 }
+                Settled::Unreadable(reason) => return Err(BackfillError::Database(reason)),
                 Settled::Stopped => return Ok(Ended::Stopped),
             }
         }
@@ -271,7 +275,10 @@ impl Reader<'_> {
         // No low watermark of its own: the last high watermark (or the
         // start mark), committed before this snapshot, opens its window.
         let started = Instant::now();
-        let read = chunk::read(&self.client, &shape.rel.name, cursor, condition, limit).await?;
+        let read = self
+            .chunks
+            .read(&shape.rel.name, cursor, condition, limit)
+            .await?;
         let select = started.elapsed();
         if read.shape.key_names() != shape.key_names() {
             return Err(BackfillError::Invalid(format!(
@@ -281,12 +288,12 @@ impl Reader<'_> {
                 read.shape.key_names().join(", ")
             )));
         }
-        let rows = read.rows.len();
-        let Some(last) = read.rows.last().map(|row| read.shape.cursor_of(row)) else {
+        let rows = read.rows;
+        let Some(last) = read.last else {
             return Ok(Read::Empty);
         };
         self.adapt(select, rows == limit);
-        let (credit, _) = self.context.flow.acquire(read.bytes).await;
+        let (credit, _) = self.context.flow.acquire(read.copy.len() as u64).await;
         let (reply, outcome) = oneshot::channel();
         let chunk = Chunk {
             backfill: self.id,
@@ -294,7 +301,7 @@ impl Reader<'_> {
             sink: self.sink,
             rel: read.shape.rel.clone(),
             key_columns: read.shape.key_columns.clone(),
-            rows: read.rows,
+            copy: read.copy,
             snapshot: read.snapshot,
             credit: Some(credit),
             reply,
@@ -338,6 +345,7 @@ impl Reader<'_> {
                 lsn
             }
             Ok(ChunkOutcome::Retry) => return Settled::Retry,
+            Ok(ChunkOutcome::Unreadable(reason)) => return Settled::Unreadable(reason),
             Err(_) => return Settled::Stopped, // the decoder stopped
         };
         if !self.committed_above(lsn).await {
@@ -403,13 +411,6 @@ impl Reader<'_> {
     /// Writes a watermark into the WAL, in a transaction of its own (so it
     /// reaches the stream at that transaction's commit).
     async fn emit(&self, marker: &Marker) -> Result<(), BackfillError> {
-        self.client
-            .execute(
-                "SELECT pg_logical_emit_message(true, $1::text, $2::text)",
-                &[&PREFIX, &marker.to_json()],
-            )
-            .await
-            .map_err(BackfillError::sql)?;
-        Ok(())
+        self.chunks.emit(PREFIX, &marker.to_json()).await
     }
 }

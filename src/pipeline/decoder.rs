@@ -11,12 +11,13 @@ use super::filter::FilterMsg;
 use super::flow::Credit;
 use super::reader::RawBatch;
 use super::stats::StageStats;
+use crate::backfill::chunk::parse_copy;
 use crate::backfill::window::{self, Mark, Marker, Verdict, Windows, PREFIX};
 use crate::backfill::{Chunk, ChunkOutcome};
 use crate::config::TableName;
 use crate::lsn::Lsn;
 use crate::postgres::catalog;
-use crate::postgres::pgoutput::{self, ColumnKind, Message, Oid, OldTuple};
+use crate::postgres::pgoutput::{self, ColumnKind, Message, Oid, OldTuple, Tuple};
 use crate::postgres::replication::ReplicationEvent;
 use crate::postgres::types::TypeKind;
 
@@ -52,7 +53,7 @@ pub struct DecoderState {
     /// Backfill windows, and the chunks waiting for their high watermark,
     /// by backfill and chunk number (a backfill has a few chunks in flight).
     windows: Windows,
-    chunks: BTreeMap<(u64, u64), Chunk>,
+    chunks: BTreeMap<(u64, u64), Waiting>,
     /// Batches closed early in the current raw batch (at a chunk), and the
     /// credits of that raw batch, which every piece of it shares.
     pieces: Vec<ChangeBatch>,
@@ -60,6 +61,14 @@ pub struct DecoderState {
 }
 
 pub struct Decoder;
+
+/// A backfill chunk waiting for its high watermark, split into rows, with
+/// the hashes of their keys.
+struct Waiting {
+    chunk: Chunk,
+    rows: Vec<Tuple>,
+    keys: Vec<Option<u64>>,
+}
 
 impl Actor for Decoder {
     type Msg = DecoderMsg;
@@ -107,7 +116,21 @@ impl Actor for Decoder {
                 // attempt's from before a clock step back: they never met
                 // their high watermark.
                 state.retry_chunks((chunk.backfill, chunk.number)..=(chunk.backfill, u64::MAX));
-                state.chunks.insert((chunk.backfill, chunk.number), chunk);
+                match parse_copy(&chunk.copy, chunk.rel.columns.len()) {
+                    Ok(rows) => {
+                        let keys = rows
+                            .iter()
+                            .map(|row| window::key_hash(row, &chunk.key_columns))
+                            .collect();
+                        state.chunks.insert(
+                            (chunk.backfill, chunk.number),
+                            Waiting { chunk, rows, keys },
+                        );
+                    }
+                    Err(e) => {
+                        let _ = chunk.reply.send(ChunkOutcome::Unreadable(e.to_string()));
+                    }
+                }
             }
         }
         Ok(())
@@ -269,7 +292,7 @@ impl DecoderState {
         let stale: Vec<(u64, u64)> = self.chunks.range(at).map(|(at, _)| *at).collect();
         for at in stale {
             if let Some(old) = self.chunks.remove(&at) {
-                let _ = old.reply.send(ChunkOutcome::Retry);
+                let _ = old.chunk.reply.send(ChunkOutcome::Retry);
             }
         }
     }
@@ -279,18 +302,15 @@ impl DecoderState {
     fn high(&mut self, marker: &Marker, out: &mut Vec<Change>) {
         // Earlier chunks of the backfill never met their high watermark.
         self.retry_chunks((marker.backfill, 0)..(marker.backfill, marker.chunk));
-        let Some(chunk) = self.chunks.remove(&(marker.backfill, marker.chunk)) else {
+        let Some(Waiting { chunk, rows, keys }) =
+            self.chunks.remove(&(marker.backfill, marker.chunk))
+        else {
             // Its chunk is gone (the backfill stopped), or the watermark is
             // an earlier run's, read again after a restart: close the window.
             self.windows
                 .high(marker.backfill, marker.chunk, &Default::default(), &[]);
             return;
         };
-        let keys: Vec<Option<u64>> = chunk
-            .rows
-            .iter()
-            .map(|row| window::key_hash(row, &chunk.key_columns))
-            .collect();
         let keep = match self
             .windows
             .high(marker.backfill, marker.chunk, &chunk.snapshot, &keys)
@@ -318,7 +338,7 @@ impl DecoderState {
         // In pieces, so the stages after work on a chunk at the same time.
         let mut kept = 0;
         let mut changes = Vec::with_capacity(CHUNK_PIECE);
-        for (row, keep) in chunk.rows.into_iter().zip(keep) {
+        for (row, keep) in rows.into_iter().zip(keep) {
             if !keep {
                 continue;
             }

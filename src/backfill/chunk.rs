@@ -338,73 +338,152 @@ impl ChunkReader {
 
 /// The number of rows of `COPY … TO STDOUT` text output, and its last row.
 /// Every row ends with a newline, and a newline in a value is escaped.
-fn last_row(raw: &[u8], columns: usize) -> Result<(usize, Option<Tuple>), BackfillError> {
+fn last_row(raw: &Bytes, columns: usize) -> Result<(usize, Option<Tuple>), BackfillError> {
     let rows = memchr::memchr_iter(b'\n', raw).count();
     if rows == 0 {
         return Ok((0, parse_copy(raw, columns)?.pop()));
     }
     let start = memchr::memrchr(b'\n', &raw[..raw.len() - 1]).map_or(0, |i| i + 1);
-    Ok((rows, parse_copy(&raw[start..], columns)?.pop()))
+    Ok((rows, parse_copy(&raw.slice(start..), columns)?.pop()))
 }
 
 /// Splits `COPY … TO STDOUT` text output into tuples of `columns` columns:
 /// rows end with `\n`, columns are separated by tabs, `\N` is NULL, and
 /// backslash escapes are undone, giving each type's text output as the
-/// replication stream sends it. Each tuple's data is its own row's slice of
-/// one shared buffer, as a streamed tuple's is its own message.
-pub fn parse_copy(raw: &[u8], columns: usize) -> Result<Vec<Tuple>, BackfillError> {
-    let mut data = BytesMut::with_capacity(raw.len());
-    // Each row's columns and where its data starts.
-    let mut rows: Vec<(Vec<ColumnValue>, usize)> = Vec::new();
+/// replication stream sends it. A row without escapes is its own slice of
+/// `raw`, as a streamed tuple is of its message; the rows with escapes are
+/// written out unescaped, each to its own slice of one more buffer.
+pub fn parse_copy(raw: &Bytes, columns: usize) -> Result<Vec<Tuple>, BackfillError> {
+    let mut tuples = Vec::new();
+    // Rows with escapes: their tuples, and where their data is in `unescaped`.
+    let mut unescaped = BytesMut::new();
+    let mut escaped_rows: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
     let mut row = Vec::with_capacity(columns);
-    let mut row_start = 0usize;
-    let mut field_start = 0u32;
+    let mut row_start = 0;
+    let mut field_start = 0;
     let mut null = false;
     let mut i = 0;
-    let bad = |what: &str| BackfillError::Database(format!("unexpected COPY output: {what}"));
-    let end_field =
-        |data: &BytesMut, row: &mut Vec<ColumnValue>, null: bool, row_start: usize, start: u32| {
-            row.push(if null {
-                ColumnValue {
-                    kind: ColumnKind::Null,
-                    start: 0,
-                    len: 0,
-                }
-            } else {
-                ColumnValue {
-                    kind: ColumnKind::Text,
-                    start: start - row_start as u32,
-                    len: data.len() as u32 - start,
-                }
-            });
-        };
-    while i < raw.len() {
-        let b = raw[i];
-        match b {
-            b'\t' | b'\n' => {
-                end_field(&data, &mut row, null, row_start, field_start);
-                null = false;
-                field_start = data.len() as u32;
-                if b == b'\n' {
-                    if row.len() != columns {
-                        return Err(bad(&format!(
-                            "a row of {} columns, {columns} expected",
-                            row.len()
-                        )));
-                    }
-                    let columns = std::mem::replace(&mut row, Vec::with_capacity(columns));
-                    rows.push((columns, row_start));
-                    row_start = data.len();
-                }
-                i += 1;
+    while let Some(found) = memchr::memchr3(b'\t', b'\n', b'\\', &raw[i..]) {
+        let at = i + found;
+        match raw[at] {
+            b'\\'
+                if at == field_start
+                    && raw.get(at + 1) == Some(&b'N')
+                    && matches!(raw.get(at + 2), Some(b'\t' | b'\n')) =>
+            {
+                null = true;
+                i = at + 2;
             }
             b'\\' => {
-                let Some(&next) = raw.get(i + 1) else {
-                    return Err(bad("a trailing backslash"));
+                // The whole row again, undoing its escapes.
+                let end = memchr::memchr(b'\n', &raw[at..])
+                    .map(|n| at + n)
+                    .ok_or_else(|| bad_copy("a row without its end of line"))?;
+                let from = unescaped.len();
+                let values = unescape_row(&raw[row_start..end], columns, &mut unescaped)?;
+                escaped_rows.push((tuples.len(), from..unescaped.len()));
+                tuples.push(Tuple {
+                    data: Bytes::new(),
+                    columns: values,
+                });
+                row.clear();
+                null = false;
+                row_start = end + 1;
+                field_start = row_start;
+                i = row_start;
+            }
+            delimiter => {
+                row.push(if null {
+                    NULL_VALUE
+                } else {
+                    ColumnValue {
+                        kind: ColumnKind::Text,
+                        start: (field_start - row_start) as u32,
+                        len: (at - field_start) as u32,
+                    }
+                });
+                null = false;
+                field_start = at + 1;
+                i = at + 1;
+                if delimiter == b'\n' {
+                    if row.len() != columns {
+                        return Err(wrong_width(row.len(), columns));
+                    }
+                    tuples.push(Tuple {
+                        data: raw.slice(row_start..at),
+                        columns: std::mem::replace(&mut row, Vec::with_capacity(columns)),
+                    });
+                    row_start = at + 1;
+                }
+            }
+        }
+    }
+    if row_start != raw.len() {
+        return Err(bad_copy("a row without its end of line"));
+    }
+    let unescaped = unescaped.freeze();
+    for (at, range) in escaped_rows {
+        tuples[at].data = unescaped.slice(range);
+    }
+    Ok(tuples)
+}
+
+const NULL_VALUE: ColumnValue = ColumnValue {
+    kind: ColumnKind::Null,
+    start: 0,
+    len: 0,
+};
+
+fn bad_copy(what: &str) -> BackfillError {
+    BackfillError::Database(format!("unexpected COPY output: {what}"))
+}
+
+fn wrong_width(found: usize, columns: usize) -> BackfillError {
+    bad_copy(&format!("a row of {found} columns, {columns} expected"))
+}
+
+/// Appends the values of `row` (one row without its newline) to `out` with
+/// their escapes undone; the values' positions count from where it started.
+fn unescape_row(
+    row: &[u8],
+    columns: usize,
+    out: &mut BytesMut,
+) -> Result<Vec<ColumnValue>, BackfillError> {
+    let base = out.len();
+    let mut values = Vec::with_capacity(columns);
+    let mut field_start = base;
+    let mut null = false;
+    let mut i = 0;
+    loop {
+        // Copy the run of plain bytes at once.
+        let run = memchr::memchr2(b'\t', b'\\', &row[i..]).unwrap_or(row.len() - i);
+        out.extend_from_slice(&row[i..i + run]);
+        i += run;
+        match row.get(i) {
+            None | Some(b'\t') => {
+                values.push(if null {
+                    NULL_VALUE
+                } else {
+                    ColumnValue {
+                        kind: ColumnKind::Text,
+                        start: (field_start - base) as u32,
+                        len: (out.len() - field_start) as u32,
+                    }
+                });
+                if i == row.len() {
+                    break;
+                }
+                null = false;
+                field_start = out.len();
+                i += 1;
+            }
+            Some(_) => {
+                let Some(&next) = row.get(i + 1) else {
+                    return Err(bad_copy("a trailing backslash"));
                 };
                 i += 2;
                 let byte = match next {
-                    b'N' if data.len() as u32 == field_start => {
+                    b'N' if out.len() == field_start => {
                         null = true;
                         continue;
                     }
@@ -417,7 +496,7 @@ pub fn parse_copy(raw: &[u8], columns: usize) -> Result<Vec<Tuple>, BackfillErro
                     b'0'..=b'7' => {
                         let mut value = u32::from(next - b'0');
                         for _ in 0..2 {
-                            match raw.get(i) {
+                            match row.get(i) {
                                 Some(&d @ b'0'..=b'7') => {
                                     value = value * 8 + u32::from(d - b'0');
                                     i += 1;
@@ -431,7 +510,7 @@ pub fn parse_copy(raw: &[u8], columns: usize) -> Result<Vec<Tuple>, BackfillErro
                         let mut value = 0u8;
                         let mut digits = 0;
                         while digits < 2 {
-                            match raw.get(i).and_then(|d| (*d as char).to_digit(16)) {
+                            match row.get(i).and_then(|d| (*d as char).to_digit(16)) {
                                 Some(d) => {
                                     value = value * 16 + d as u8;
                                     i += 1;
@@ -448,33 +527,14 @@ pub fn parse_copy(raw: &[u8], columns: usize) -> Result<Vec<Tuple>, BackfillErro
                     }
                     other => other,
                 };
-                data.extend_from_slice(&[byte]);
-            }
-            _ => {
-                // Copy the run of plain bytes at once.
-                let run = raw[i..]
-                    .iter()
-                    .position(|&c| c == b'\t' || c == b'\n' || c == b'\\')
-                    .unwrap_or(raw.len() - i);
-                data.extend_from_slice(&raw[i..i + run]);
-                i += run;
+                out.extend_from_slice(&[byte]);
             }
         }
     }
-    if !row.is_empty() || data.len() as u32 != field_start {
-        return Err(bad("a row without its end of line"));
+    if values.len() != columns {
+        return Err(wrong_width(values.len(), columns));
     }
-    let data: Bytes = data.freeze();
-    let mut tuples = Vec::with_capacity(rows.len());
-    let mut rows = rows.into_iter().peekable();
-    while let Some((columns, start)) = rows.next() {
-        let end = rows.peek().map_or(data.len(), |(_, next)| *next);
-        tuples.push(Tuple {
-            data: data.slice(start..end),
-            columns,
-        });
-    }
-    Ok(tuples)
+    Ok(values)
 }
 
 #[cfg(test)]
@@ -494,7 +554,7 @@ mod tests {
     #[test]
     fn copy_text_is_unescaped_into_stream_tuples() {
         let raw = b"1\thello\\tworld\t\\N\n2\tline\\nbreak \\\\x41\t\\101\\x42\n3\t\t\\\\N\n";
-        let rows = parse_copy(raw, 3).unwrap();
+        let rows = parse_copy(&Bytes::from_static(raw), 3).unwrap();
         assert_eq!(rows.len(), 3);
         assert_eq!(
             texts(&rows[0]),
@@ -516,10 +576,74 @@ mod tests {
         );
         // Each tuple holds its own row's bytes only.
         assert_eq!(&rows[2].data[..], b"3\\N");
-        assert!(parse_copy(b"", 2).unwrap().is_empty());
-        assert!(parse_copy(b"1\t2\n", 3).is_err());
-        assert!(parse_copy(b"1\t2", 2).is_err());
-        assert!(parse_copy(b"1\\", 1).is_err());
+        let parse = |raw: &'static [u8], columns| parse_copy(&Bytes::from_static(raw), columns);
+        assert!(parse(b"", 2).unwrap().is_empty());
+        assert!(parse(b"1\t2\n", 3).is_err());
+        assert!(parse(b"1\t2\t3\n", 2).is_err());
+        assert!(parse(b"1\t\\x\t3\n", 2).is_err());
+        assert!(parse(b"1\t2", 2).is_err());
+        assert!(parse(b"1\\", 1).is_err());
+        assert!(parse(b"1\\\n", 1).is_err());
+        // A row without escapes is a slice of the output as it came.
+        let raw = Bytes::from_static(b"1\tplain\n2\t\\N\n");
+        let rows = parse_copy(&raw, 2).unwrap();
+        assert_eq!(rows[0].data.as_ptr(), raw.as_ptr());
+        assert_eq!(rows[1].kind(1), ColumnKind::Null);
+    }
+
+    /// Rows of random values (NULLs, tabs, newlines, backslashes, `\N` as
+    /// text) written as COPY writes them come back as they were.
+    #[test]
+    fn random_rows_come_back_as_written() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let alphabet = ["a", "b", "\t", "\n", "\\", "\r", "N", "é", " "];
+        for _ in 0..300 {
+            let columns = rng.random_range(1..5);
+            let rows: Vec<Vec<Option<String>>> = (0..rng.random_range(0..20))
+                .map(|_| {
+                    (0..columns)
+                        .map(|_| {
+                            if rng.random_bool(0.2) {
+                                return None;
+                            }
+                            let len = rng.random_range(0..6);
+                            Some(
+                                (0..len)
+                                    .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+                                    .collect(),
+                            )
+                        })
+                        .collect()
+                })
+                .collect();
+            let mut raw = Vec::new();
+            for row in &rows {
+                for (i, value) in row.iter().enumerate() {
+                    if i > 0 {
+                        raw.push(b'\t');
+                    }
+                    match value {
+                        None => raw.extend_from_slice(b"\\N"),
+                        Some(text) => {
+                            for b in text.bytes() {
+                                match b {
+                                    b'\\' => raw.extend_from_slice(b"\\\\"),
+                                    b'\t' => raw.extend_from_slice(b"\\t"),
+                                    b'\n' => raw.extend_from_slice(b"\\n"),
+                                    b'\r' => raw.extend_from_slice(b"\\r"),
+                                    b => raw.push(b),
+                                }
+                            }
+                        }
+                    }
+                }
+                raw.push(b'\n');
+            }
+            let parsed = parse_copy(&Bytes::from(raw), columns).unwrap();
+            let texts: Vec<_> = parsed.iter().map(texts).collect();
+            assert_eq!(texts, rows);
+        }
     }
 
     #[test]

@@ -113,19 +113,19 @@ impl Snapshot {
     }
 }
 
-/// A hash of a row's key values; `None` when one is missing.
+/// A hash of a row's key values; `None` when one is missing. Each value is
+/// hashed with the hash of those before it as the seed, so values that
+/// split the same bytes differently hash differently.
 pub fn key_hash(tuple: &Tuple, columns: &[usize]) -> Option<u64> {
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut hash = 0;
     for &column in columns {
         if tuple.kind(column) != ColumnKind::Text {
             return None;
         }
-        let value = tuple.value(column)?;
-        hasher.update(&(value.len() as u32).to_le_bytes());
-        hasher.update(value);
+        hash = xxhash_rust::xxh3::xxh3_64_with_seed(tuple.value(column)?, hash);
     }
     // 0 is reserved for "every row".
-    Some(hasher.digest().max(1))
+    Some(hash.max(1))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -362,6 +362,34 @@ mod tests {
 
     fn key(id: &str) -> Option<u64> {
         key_hash(&row(id), &[0])
+    }
+
+    #[test]
+    fn keys_of_two_columns_differ_where_their_values_split_the_same_bytes_differently() {
+        let both = |id: &str| key_hash(&row(id), &[0, 1]);
+        assert_ne!(both("1"), both("17"));
+        assert_ne!(both("1"), key("1"));
+        assert_eq!(both("1"), both("1"));
+        let pair = |a: &str, b: &str| {
+            let tuple = Tuple {
+                data: bytes::Bytes::from(format!("{a}{b}")),
+                columns: vec![
+                    ColumnValue {
+                        kind: ColumnKind::Text,
+                        start: 0,
+                        len: a.len() as u32,
+                    },
+                    ColumnValue {
+                        kind: ColumnKind::Text,
+                        start: a.len() as u32,
+                        len: b.len() as u32,
+                    },
+                ],
+            };
+            key_hash(&tuple, &[0, 1])
+        };
+        assert_ne!(pair("ab", "c"), pair("a", "bc"));
+        assert_ne!(pair("", "x"), pair("x", ""));
     }
 
     fn start(windows: &mut Windows) {

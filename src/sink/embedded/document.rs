@@ -3,8 +3,8 @@
 //! tantivy copies a document's values into its compact form from any
 //! [`Value`], so the row's JSON is parsed onto simd-json's tape (no
 //! allocation per value; the tape and buffers are kept for the next row)
-//! and read in place: the document's fields under `doc`, its numbers,
-//! booleans and timestamps again under `_num`.
+//! and read in place: the document's text and booleans under `doc`, its
+//! numbers, booleans and timestamps under `_num`.
 
 use simd_json::{Buffers, Node, StaticNode, Tape};
 use tantivy::schema::document::{ReferenceValue, ReferenceValueLeaf};
@@ -68,7 +68,7 @@ impl Parser {
                     Entries {
                         nodes: &tape.0[1..],
                         left: *len,
-                        numbers: false,
+                        keep: Keep::All,
                     },
                 )),
                 _ => Err("not a JSON object".to_owned()),
@@ -117,16 +117,21 @@ fn build(f: &Fields, op: &WriteOp, source: &str, object: Entries<'_>) -> Tantivy
         collect_text(object.nodes, object.left, true, &mut text);
         doc.add_text(all, &text);
     }
-    if let Some(numbers) = f.numbers {
-        doc.add_field_value(
-            numbers,
-            Row::Object(Entries {
-                numbers: true,
-                ..object.clone()
-            }),
-        );
-    }
-    doc.add_field_value(f.doc, Row::Object(object));
+    let keep = match f.numbers {
+        Some(numbers) => {
+            doc.add_field_value(
+                numbers,
+                Row::Object(Entries {
+                    keep: Keep::Numbers,
+                    ..object.clone()
+                }),
+            );
+            Keep::Text
+        }
+        // An index from before `_num` finds numbers by their terms.
+        None => Keep::All,
+    };
+    doc.add_field_value(f.doc, Row::Object(Entries { keep, ..object }));
     doc
 }
 
@@ -155,9 +160,22 @@ fn collect_text(mut nodes: &[Node<'_>], entries: usize, object: bool, out: &mut 
     }
 }
 
-/// A JSON value as tantivy reads it into a document. Objects and arrays
-/// read under `_num` (`numbers` set) keep only their numbers, booleans and
-/// timestamps: that field's fast columns hold no text.
+/// Which values of a JSON object go into a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    All,
+    /// Text and booleans, for `doc`'s terms. Numbers and timestamps are
+    /// found through `_num`'s columns instead: most of them are unique to
+    /// their row (ids, times), and a term per row cost more to index and
+    /// to merge than the rest of the row.
+    Text,
+    /// Numbers, booleans and timestamps, for `_num`'s fast columns (a
+    /// column of every distinct text would cost more than the rest).
+    Numbers,
+}
+
+/// A JSON value as tantivy reads it into a document: objects and arrays
+/// hold only the values their `Keep` lets in.
 #[derive(Debug, Clone)]
 enum Row<'a> {
     Leaf(ReferenceValueLeaf<'a>),
@@ -188,27 +206,32 @@ fn split_value<'t, 'a>(nodes: &'t [Node<'a>]) -> (&'t [Node<'a>], &'t [Node<'a>]
     nodes.split_at(len.min(nodes.len()))
 }
 
-/// The value `nodes` starts with, or `None` if `numbers` is set and it is
-/// text or null.
-fn row<'a>(nodes: &'a [Node<'a>], numbers: bool) -> Option<Row<'a>> {
+/// The value `nodes` starts with, or `None` if `keep` leaves it out.
+fn row<'a>(nodes: &'a [Node<'a>], keep: Keep) -> Option<Row<'a>> {
     let rest = nodes.get(1..).unwrap_or_default();
     let row = match nodes.first()? {
         Node::Object { len, .. } => Row::Object(Entries {
             nodes: rest,
             left: *len,
-            numbers,
+            keep,
         }),
         Node::Array { len, .. } => Row::Array(Items {
             nodes: rest,
             left: *len,
-            numbers,
+            keep,
         }),
         Node::String(text) => match date(text) {
+            Some(_) if keep == Keep::Text => return None,
             Some(date) => Row::Leaf(date),
-            None if numbers => return None,
+            None if keep == Keep::Numbers => return None,
             None => Row::Leaf(ReferenceValueLeaf::Str(text)),
         },
-        Node::Static(StaticNode::Null) if numbers => return None,
+        Node::Static(StaticNode::Null) if keep == Keep::Numbers => return None,
+        Node::Static(StaticNode::I64(_) | StaticNode::U64(_) | StaticNode::F64(_))
+            if keep == Keep::Text =>
+        {
+            return None
+        }
         Node::Static(scalar) => Row::Leaf(match *scalar {
             StaticNode::I64(n) => ReferenceValueLeaf::I64(n),
             // Whole numbers are integers where they fit, as serde_json reads them.
@@ -242,7 +265,7 @@ fn date(text: &str) -> Option<ReferenceValueLeaf<'static>> {
 struct Items<'a> {
     nodes: &'a [Node<'a>],
     left: usize,
-    numbers: bool,
+    keep: Keep,
 }
 
 impl<'a> Iterator for Items<'a> {
@@ -253,7 +276,7 @@ impl<'a> Iterator for Items<'a> {
             self.left -= 1;
             let (value, rest) = split_value(self.nodes);
             self.nodes = rest;
-            if let Some(row) = row(value, self.numbers) {
+            if let Some(row) = row(value, self.keep) {
                 return Some(row);
             }
         }
@@ -266,7 +289,7 @@ impl<'a> Iterator for Items<'a> {
 struct Entries<'a> {
     nodes: &'a [Node<'a>],
     left: usize,
-    numbers: bool,
+    keep: Keep,
 }
 
 impl<'a> Iterator for Entries<'a> {
@@ -280,7 +303,7 @@ impl<'a> Iterator for Entries<'a> {
             };
             let (value, rest) = split_value(rest);
             self.nodes = rest;
-            if let Some(row) = row(value, self.numbers) {
+            if let Some(row) = row(value, self.keep) {
                 return Some((key, row));
             }
         }
@@ -384,20 +407,27 @@ mod tests {
         assert_eq!(field("name"), Some(OwnedValue::Str("Kettle".into())));
         assert_eq!(field("code"), Some(OwnedValue::Str("2024 model".into())));
         assert_eq!(field("gone"), Some(OwnedValue::Null));
-        assert_eq!(field("updated_at"), Some(date));
+        assert_eq!(field("active"), Some(OwnedValue::Bool(true)));
+        // Numbers and timestamps are found through `_num` only.
+        for number in ["id", "price", "updated_at", "huge", "tiny"] {
+            assert_eq!(field(number), None, "{number}");
+        }
         assert_eq!(
             field("tags"),
             Some(OwnedValue::Array(vec![
                 OwnedValue::Str("a".into()),
-                OwnedValue::I64(1),
-                object(vec![
-                    ("b", OwnedValue::Str("x".into())),
-                    ("c", OwnedValue::I64(2))
-                ]),
+                object(vec![("b", OwnedValue::Str("x".into()))]),
                 OwnedValue::Array(vec![]),
             ]))
         );
-        assert_eq!(fields.len(), 11);
+        assert_eq!(
+            field("meta"),
+            Some(object(vec![
+                ("note", OwnedValue::Str("n".into())),
+                ("inner", object(vec![("s", OwnedValue::Str("t".into()))])),
+            ]))
+        );
+        assert_eq!(fields.len(), 6);
         assert_eq!(
             doc.get_first(f.source).and_then(|v| v.as_str()),
             Some(source.as_str())
@@ -428,15 +458,17 @@ mod tests {
             (r#"{"big":-5,"name":"short"}"#, "short", -5.0),
         ] {
             let doc = parser.document(&f, &op, source).unwrap();
-            let fields = OwnedValue::from(doc.get_first(f.doc).unwrap());
-            let OwnedValue::Object(fields) = fields else {
-                panic!("doc is an object");
+            let object = |field| match OwnedValue::from(doc.get_first(field).unwrap()) {
+                OwnedValue::Object(entries) => entries,
+                other => panic!("{other:?} is not an object"),
             };
-            let field = |key: &str| &fields.iter().find(|(k, _)| k == key).unwrap().1;
-            assert_eq!(field("name"), &OwnedValue::Str(name.into()));
-            let value = match field("big") {
-                OwnedValue::F64(v) => *v,
-                OwnedValue::I64(v) => *v as f64,
+            let get = |entries: &[(String, OwnedValue)], key: &str| {
+                entries.iter().find(|(k, _)| k == key).unwrap().1.clone()
+            };
+            assert_eq!(get(&object(f.doc), "name"), OwnedValue::Str(name.into()));
+            let value = match get(&object(f.numbers.unwrap()), "big") {
+                OwnedValue::F64(v) => v,
+                OwnedValue::I64(v) => v as f64,
                 other => panic!("{other:?}"),
             };
             assert_eq!(value, big);

@@ -17,15 +17,16 @@ pub const NUMBERS: &str = "_num";
 /// - `_id` the document id (exact), `_table` the source table (exact),
 /// - `_source` the document exactly as sluice encoded it (stored),
 /// - `_lsn` the commit position of the change that wrote it (stored),
-/// - `doc` the document's fields, searchable by path (`name:shoe`, `tags:red`);
-///   a query without a field searches every path (see `search`),
-/// - `_num` the document's numbers, booleans and timestamps again, as fast
-///   columns: ranges (`price:[10 TO 20]`) read them. Text stays out of it, as
-///   a column of every distinct text would cost more to build and merge
-///   than the rest of the document.
+/// - `doc` the document's text and booleans, searchable by path (`name:shoe`,
+///   `tags:red`); a query without a field searches every path (see `search`),
+/// - `_num` the document's numbers, booleans and timestamps, as fast columns:
+///   ranges (`price:[10 TO 20]`) and exact numbers (`price:12`) read them.
+///   Text stays out of it, as a column of every distinct text would cost more
+///   to build and merge than the rest of the document; numbers stay out of
+///   `doc`, as a term per row (an id, a time) would.
 ///
 /// Indexes written before `_num` existed have `doc` as fast columns instead,
-/// text included; their ranges read `doc`.
+/// text included, and numbers among `doc`'s terms; their ranges read `doc`.
 ///
 /// Indexes written by sluice 0.1 also have `_all`, every value again as one
 /// text: it doubled the cost of indexing a document. Such indexes keep it

@@ -2,9 +2,11 @@
 
 use std::path::Path;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tantivy::collector::{Count, TopDocs};
+use tantivy::columnar::{ColumnType, ColumnarReader};
+use tantivy::index::SegmentComponent;
 use tantivy::query::{AllQuery, Query, QueryParser};
 use tantivy::query_grammar::{
     Occur, UserInputAst, UserInputBound, UserInputLeaf, UserInputLiteral,
@@ -60,11 +62,16 @@ pub fn search(data_dir: &Path, name: &str, query: &str, limit: usize) -> Result<
             .map_err(err)?
             .into_iter()
             .collect();
+        let numbers = match fields.numbers {
+            Some(_) => number_paths(&index).map_err(err)?,
+            None => BTreeMap::new(),
+        };
         let parser = QueryParser::for_index(&index, vec![fields.doc]);
         parser
             .build_query_from_user_input_ast(
                 Rewrite {
                     paths: &paths,
+                    numbers: &numbers,
                     schema: &index.schema(),
                 }
                 .ast(ast)
@@ -133,10 +140,42 @@ fn doc_paths(searcher: &Searcher, doc: Field) -> tantivy::Result<BTreeSet<String
     Ok(paths)
 }
 
+/// Every path of the `_num` field's columns (`price`, `dims.weight`), with
+/// the kinds of values it holds. Column names are the field's name and the
+/// path, separated as the JSON path's segments are.
+fn number_paths(index: &Index) -> tantivy::Result<BTreeMap<String, BTreeSet<BoundKind>>> {
+    const SEGMENT_SEPARATOR: char = '\u{1}';
+    let prefix = format!("{}{SEGMENT_SEPARATOR}", schema::NUMBERS);
+    let mut paths: BTreeMap<String, BTreeSet<BoundKind>> = BTreeMap::new();
+    for segment in index.searchable_segments()? {
+        let columnar = ColumnarReader::open(segment.open_read(SegmentComponent::FastFields)?)?;
+        for (name, handle) in columnar.iter_columns()? {
+            let Some(path) = name.strip_prefix(&prefix) else {
+                continue;
+            };
+            let kind = match handle.column_type() {
+                ColumnType::I64 => BoundKind::I64,
+                ColumnType::U64 => BoundKind::U64,
+                ColumnType::F64 => BoundKind::F64,
+                ColumnType::DateTime => BoundKind::Date,
+                _ => continue,
+            };
+            paths
+                .entry(path.replace(SEGMENT_SEPARATOR, "."))
+                .or_default()
+                .insert(kind);
+        }
+    }
+    Ok(paths)
+}
+
 /// A parsed query as the index can answer it.
 struct Rewrite<'a> {
     /// Every path of `doc`, for terms that name no field.
     paths: &'a [String],
+    /// Every path of `_num`'s columns and what they hold: numbers and
+    /// timestamps are found there, not among `doc`'s terms.
+    numbers: &'a BTreeMap<String, BTreeSet<BoundKind>>,
     schema: &'a Schema,
 }
 
@@ -163,54 +202,73 @@ impl Rewrite<'_> {
     }
 
     fn leaf(&self, leaf: UserInputLeaf) -> std::result::Result<UserInputAst, String> {
-        let each_path = |with_field: &dyn Fn(String) -> UserInputLeaf| {
-            UserInputAst::Clause(
-                self.paths
-                    .iter()
-                    .map(|path| {
-                        let leaf = with_field(path.clone());
-                        (Some(Occur::Should), UserInputAst::Leaf(Box::new(leaf)))
-                    })
-                    .collect(),
-            )
-        };
         let leaf = match leaf {
             UserInputLeaf::Literal(literal) if literal.field_name.is_none() => {
-                if self.paths.is_empty() {
+                let exact = self.unfielded_numbers(exact_value(&literal).as_slice());
+                if self.paths.is_empty() && exact.is_empty() {
                     UserInputLeaf::Literal(literal)
                 } else {
-                    return Ok(each_path(&|path| {
-                        UserInputLeaf::Literal(UserInputLiteral {
-                            field_name: Some(path),
-                            ..literal.clone()
-                        })
-                    }));
+                    return Ok(any_of(
+                        self.paths
+                            .iter()
+                            .map(|path| {
+                                UserInputLeaf::Literal(UserInputLiteral {
+                                    field_name: Some(path.clone()),
+                                    ..literal.clone()
+                                })
+                            })
+                            .chain(exact),
+                    ));
                 }
             }
             UserInputLeaf::Set {
                 field: None,
                 elements,
             } => {
-                if self.paths.is_empty() {
+                let exact = self.unfielded_numbers(&elements);
+                if self.paths.is_empty() && exact.is_empty() {
                     UserInputLeaf::Set {
                         field: None,
                         elements,
                     }
                 } else {
-                    return Ok(each_path(&|path| UserInputLeaf::Set {
-                        field: Some(path),
-                        elements: elements.clone(),
-                    }));
+                    return Ok(any_of(
+                        self.paths
+                            .iter()
+                            .map(|path| UserInputLeaf::Set {
+                                field: Some(path.clone()),
+                                elements: elements.clone(),
+                            })
+                            .chain(exact),
+                    ));
                 }
             }
             UserInputLeaf::Literal(mut literal) => {
-                literal.field_name = literal.field_name.map(|f| self.field(f));
-                UserInputLeaf::Literal(literal)
+                let name = literal.field_name.take().expect("fielded");
+                let exact = self.fielded_numbers(&name, exact_value(&literal).as_slice());
+                literal.field_name = Some(self.field(name));
+                let literal = UserInputLeaf::Literal(literal);
+                if exact.is_empty() {
+                    literal
+                } else {
+                    return Ok(any_of(std::iter::once(literal).chain(exact)));
+                }
             }
-            UserInputLeaf::Set { field, elements } => UserInputLeaf::Set {
-                field: field.map(|f| self.field(f)),
+            UserInputLeaf::Set {
+                field: Some(name),
                 elements,
-            },
+            } => {
+                let exact = self.fielded_numbers(&name, &elements);
+                let set = UserInputLeaf::Set {
+                    field: Some(self.field(name)),
+                    elements,
+                };
+                if exact.is_empty() {
+                    set
+                } else {
+                    return Ok(any_of(std::iter::once(set).chain(exact)));
+                }
+            }
             UserInputLeaf::Range {
                 field,
                 lower,
@@ -229,6 +287,44 @@ impl Rewrite<'_> {
             other => other,
         };
         Ok(UserInputAst::Leaf(Box::new(leaf)))
+    }
+
+    /// For each of `values` that is a number or a timestamp, a match of
+    /// exactly it in every `_num` column of its kind.
+    fn unfielded_numbers(&self, values: &[String]) -> Vec<UserInputLeaf> {
+        let mut leaves = Vec::new();
+        for value in values {
+            let Some(kind) = bound_kind(value) else {
+                continue;
+            };
+            for (path, kinds) in self.numbers {
+                if kinds
+                    .iter()
+                    .any(|k| (*k == BoundKind::Date) == (kind == BoundKind::Date))
+                {
+                    leaves.push(exactly(format!("{}.{path}", schema::NUMBERS), value));
+                }
+            }
+        }
+        leaves
+    }
+
+    /// For each of `values` that is a number or a timestamp, a match of
+    /// exactly it in the `_num` column of the field `name` (none when the
+    /// field is sluice's own, or the index has no `_num`).
+    fn fielded_numbers(&self, name: &str, values: &[String]) -> Vec<UserInputLeaf> {
+        if self.schema.get_field(schema::NUMBERS).is_err() {
+            return Vec::new();
+        }
+        let column = self.path_in(schema::NUMBERS, name.to_owned());
+        if !column.starts_with(schema::NUMBERS) {
+            return Vec::new();
+        }
+        values
+            .iter()
+            .filter(|value| bound_kind(value).is_some())
+            .map(|value| exactly(column.clone(), value))
+            .collect()
     }
 
     /// A field a query names: sluice's own (`_id`), or a path of `doc`.
@@ -256,8 +352,35 @@ impl Rewrite<'_> {
     }
 }
 
+/// The value a literal matches exactly (not a prefix).
+fn exact_value(literal: &UserInputLiteral) -> Vec<String> {
+    if literal.prefix {
+        Vec::new()
+    } else {
+        vec![literal.phrase.clone()]
+    }
+}
+
+/// A range holding only `value`, in the fast column `field`.
+fn exactly(field: String, value: &str) -> UserInputLeaf {
+    UserInputLeaf::Range {
+        field: Some(field),
+        lower: UserInputBound::Inclusive(value.to_owned()),
+        upper: UserInputBound::Inclusive(value.to_owned()),
+    }
+}
+
+/// A query matching any of `leaves`.
+fn any_of(leaves: impl Iterator<Item = UserInputLeaf>) -> UserInputAst {
+    UserInputAst::Clause(
+        leaves
+            .map(|leaf| (Some(Occur::Should), UserInputAst::Leaf(Box::new(leaf))))
+            .collect(),
+    )
+}
+
 /// The kind of a range bound, as the query parser reads it.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum BoundKind {
     I64,
     U64,
@@ -421,6 +544,20 @@ mod tests {
         assert_eq!(ids(dir, "+red +wood"), ["2"]);
         assert_eq!(ids(dir, "red AND NOT lamp"), ["2"]);
         assert_eq!(ids(dir, "40"), ["4"]);
+        // Numbers and timestamps match exactly through `_num`'s columns.
+        assert_eq!(ids(dir, "12"), ["1"]);
+        assert_eq!(ids(dir, "2.5"), ["2"]);
+        assert_eq!(ids(dir, "price:12"), ["1"]);
+        assert_eq!(ids(dir, "price:12.0"), ["1"]);
+        assert_eq!(ids(dir, "id:3"), ["3"]);
+        assert_eq!(ids(dir, "dims.weight:2.5"), ["2"]);
+        assert_eq!(ids(dir, r#"made:"2024-05-01T10:00:00Z""#), ["3"]);
+        assert_eq!(ids(dir, r#""2024-05-01T12:00:00+02:00""#), ["3"]);
+        assert_eq!(ids(dir, "id: IN [1 4 9]"), ["1", "4"]);
+        assert_eq!(ids(dir, "IN [2 shelf]"), ["2", "4"]);
+        assert_eq!(ids(dir, "price:12 OR name:desk"), ["1", "3"]);
+        assert_eq!(ids(dir, "+price:40 -name:shelf"), Vec::<String>::new());
+        assert_eq!(ids(dir, "price:13"), Vec::<String>::new());
         assert_eq!(ids(dir, "IN [shelf desk]"), ["3", "4"]);
         assert_eq!(ids(dir, "name:red"), ["1"]);
         assert_eq!(ids(dir, "attributes.colour:dark"), ["3"]);
@@ -514,5 +651,8 @@ mod tests {
         .unwrap();
         sink.commit(Lsn(20)).await.unwrap();
         assert_eq!(ids(dir.path(), "price:[10 TO 20]"), ["1"]);
+        // Their numbers are terms of `doc`.
+        assert_eq!(ids(dir.path(), "price:12"), ["1"]);
+        assert_eq!(ids(dir.path(), "40"), ["2"]);
     }
 }

@@ -393,15 +393,7 @@ pub fn parse_copy(raw: &Bytes, columns: usize) -> Result<Vec<Tuple>, BackfillErr
                 i = row_start;
             }
             delimiter => {
-                row.push(if null {
-                    NULL_VALUE
-                } else {
-                    ColumnValue {
-                        kind: ColumnKind::Text,
-                        start: (field_start - row_start) as u32,
-                        len: (at - field_start) as u32,
-                    }
-                });
+                row.push(column(null, field_start - row_start, at - field_start));
                 null = false;
                 field_start = at + 1;
                 i = at + 1;
@@ -428,11 +420,22 @@ pub fn parse_copy(raw: &Bytes, columns: usize) -> Result<Vec<Tuple>, BackfillErr
     Ok(tuples)
 }
 
-const NULL_VALUE: ColumnValue = ColumnValue {
-    kind: ColumnKind::Null,
-    start: 0,
-    len: 0,
-};
+/// A column's value: NULL, or `len` bytes of text at `start` in its row.
+fn column(null: bool, start: usize, len: usize) -> ColumnValue {
+    if null {
+        ColumnValue {
+            kind: ColumnKind::Null,
+            start: 0,
+            len: 0,
+        }
+    } else {
+        ColumnValue {
+            kind: ColumnKind::Text,
+            start: start as u32,
+            len: len as u32,
+        }
+    }
+}
 
 fn bad_copy(what: &str) -> BackfillError {
     BackfillError::Database(format!("unexpected COPY output: {what}"))
@@ -461,15 +464,7 @@ fn unescape_row(
         i += run;
         match row.get(i) {
             None | Some(b'\t') => {
-                values.push(if null {
-                    NULL_VALUE
-                } else {
-                    ColumnValue {
-                        kind: ColumnKind::Text,
-                        start: (field_start - base) as u32,
-                        len: (out.len() - field_start) as u32,
-                    }
-                });
+                values.push(column(null, field_start - base, out.len() - field_start));
                 if i == row.len() {
                     break;
                 }

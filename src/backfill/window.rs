@@ -341,23 +341,27 @@ mod tests {
         })
     }
 
-    fn row(id: &str) -> Tuple {
-        let data = format!("{id}7");
+    /// A row of two text columns, `a` and `b`.
+    fn pair(a: &str, b: &str) -> Tuple {
         Tuple {
-            data: bytes::Bytes::from(data),
+            data: bytes::Bytes::from(format!("{a}{b}")),
             columns: vec![
                 ColumnValue {
                     kind: ColumnKind::Text,
                     start: 0,
-                    len: id.len() as u32,
+                    len: a.len() as u32,
                 },
                 ColumnValue {
                     kind: ColumnKind::Text,
-                    start: id.len() as u32,
-                    len: 1,
+                    start: a.len() as u32,
+                    len: b.len() as u32,
                 },
             ],
         }
+    }
+
+    fn row(id: &str) -> Tuple {
+        pair(id, "7")
     }
 
     fn key(id: &str) -> Option<u64> {
@@ -366,30 +370,13 @@ mod tests {
 
     #[test]
     fn keys_of_two_columns_differ_where_their_values_split_the_same_bytes_differently() {
-        let both = |id: &str| key_hash(&row(id), &[0, 1]);
+        let hash = |a: &str, b: &str| key_hash(&pair(a, b), &[0, 1]);
+        let both = |id: &str| hash(id, "7");
         assert_ne!(both("1"), both("17"));
         assert_ne!(both("1"), key("1"));
         assert_eq!(both("1"), both("1"));
-        let pair = |a: &str, b: &str| {
-            let tuple = Tuple {
-                data: bytes::Bytes::from(format!("{a}{b}")),
-                columns: vec![
-                    ColumnValue {
-                        kind: ColumnKind::Text,
-                        start: 0,
-                        len: a.len() as u32,
-                    },
-                    ColumnValue {
-                        kind: ColumnKind::Text,
-                        start: a.len() as u32,
-                        len: b.len() as u32,
-                    },
-                ],
-            };
-            key_hash(&tuple, &[0, 1])
-        };
-        assert_ne!(pair("ab", "c"), pair("a", "bc"));
-        assert_ne!(pair("", "x"), pair("x", ""));
+        assert_ne!(hash("ab", "c"), hash("a", "bc"));
+        assert_ne!(hash("", "x"), hash("x", ""));
     }
 
     fn start(windows: &mut Windows) {

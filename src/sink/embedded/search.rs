@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use tantivy::collector::{Count, TopDocs};
 use tantivy::columnar::{ColumnType, ColumnarReader};
@@ -64,7 +64,7 @@ pub fn search(data_dir: &Path, name: &str, query: &str, limit: usize) -> Result<
             .collect();
         let numbers = match fields.numbers {
             Some(_) => number_paths(&index).map_err(err)?,
-            None => BTreeMap::new(),
+            None => NumberPaths::default(),
         };
         let parser = QueryParser::for_index(&index, vec![fields.doc]);
         parser
@@ -140,13 +140,22 @@ fn doc_paths(searcher: &Searcher, doc: Field) -> tantivy::Result<BTreeSet<String
     Ok(paths)
 }
 
-/// Every path of the `_num` field's columns (`price`, `dims.weight`), with
-/// the kinds of values it holds. Column names are the field's name and the
-/// path, separated as the JSON path's segments are.
-fn number_paths(index: &Index) -> tantivy::Result<BTreeMap<String, BTreeSet<BoundKind>>> {
+/// The paths of the `_num` field's columns (`price`, `dims.weight`).
+#[derive(Default)]
+struct NumberPaths {
+    /// Paths holding numbers.
+    numbers: BTreeSet<String>,
+    /// Paths holding timestamps.
+    dates: BTreeSet<String>,
+}
+
+/// Lists `_num`'s columns from each segment's columnar dictionary. Column
+/// names are the field's name and the path, separated as the JSON path's
+/// segments are.
+fn number_paths(index: &Index) -> tantivy::Result<NumberPaths> {
     const SEGMENT_SEPARATOR: char = '\u{1}';
     let prefix = format!("{}{SEGMENT_SEPARATOR}", schema::NUMBERS);
-    let mut paths: BTreeMap<String, BTreeSet<BoundKind>> = BTreeMap::new();
+    let mut paths = NumberPaths::default();
     for segment in index.searchable_segments()? {
         // A segment merged away since the list was read has no files left;
         // the segment it went into is listed next time.
@@ -159,16 +168,11 @@ fn number_paths(index: &Index) -> tantivy::Result<BTreeMap<String, BTreeSet<Boun
                 continue;
             };
             let kind = match handle.column_type() {
-                ColumnType::I64 => BoundKind::I64,
-                ColumnType::U64 => BoundKind::U64,
-                ColumnType::F64 => BoundKind::F64,
-                ColumnType::DateTime => BoundKind::Date,
+                ColumnType::I64 | ColumnType::U64 | ColumnType::F64 => &mut paths.numbers,
+                ColumnType::DateTime => &mut paths.dates,
                 _ => continue,
             };
-            paths
-                .entry(path.replace(SEGMENT_SEPARATOR, "."))
-                .or_default()
-                .insert(kind);
+            kind.insert(path.replace(SEGMENT_SEPARATOR, "."));
         }
     }
     Ok(paths)
@@ -178,9 +182,9 @@ fn number_paths(index: &Index) -> tantivy::Result<BTreeMap<String, BTreeSet<Boun
 struct Rewrite<'a> {
     /// Every path of `doc`, for terms that name no field.
     paths: &'a [String],
-    /// Every path of `_num`'s columns and what they hold: numbers and
-    /// timestamps are found there, not among `doc`'s terms.
-    numbers: &'a BTreeMap<String, BTreeSet<BoundKind>>,
+    /// The paths of `_num`'s columns: numbers and timestamps are found
+    /// there, not among `doc`'s terms.
+    numbers: &'a NumberPaths,
     schema: &'a Schema,
 }
 
@@ -208,71 +212,29 @@ impl Rewrite<'_> {
 
     fn leaf(&self, leaf: UserInputLeaf) -> std::result::Result<UserInputAst, String> {
         let leaf = match leaf {
-            UserInputLeaf::Literal(literal) if literal.field_name.is_none() => {
-                let exact = self.unfielded_numbers(exact_value(&literal).as_slice());
-                if self.paths.is_empty() && exact.is_empty() {
-                    UserInputLeaf::Literal(literal)
+            UserInputLeaf::Literal(literal) => {
+                // A prefix matches no number exactly.
+                let values = if literal.prefix {
+                    &[][..]
                 } else {
-                    return Ok(any_of(
-                        self.paths
-                            .iter()
-                            .map(|path| {
-                                UserInputLeaf::Literal(UserInputLiteral {
-                                    field_name: Some(path.clone()),
-                                    ..literal.clone()
-                                })
-                            })
-                            .chain(exact),
-                    ));
-                }
-            }
-            UserInputLeaf::Set {
-                field: None,
-                elements,
-            } => {
-                let exact = self.unfielded_numbers(&elements);
-                if self.paths.is_empty() && exact.is_empty() {
-                    UserInputLeaf::Set {
-                        field: None,
-                        elements,
-                    }
-                } else {
-                    return Ok(any_of(
-                        self.paths
-                            .iter()
-                            .map(|path| UserInputLeaf::Set {
-                                field: Some(path.clone()),
-                                elements: elements.clone(),
-                            })
-                            .chain(exact),
-                    ));
-                }
-            }
-            UserInputLeaf::Literal(mut literal) => {
-                let name = literal.field_name.take().expect("fielded");
-                let exact = self.fielded_numbers(&name, exact_value(&literal).as_slice());
-                literal.field_name = Some(self.field(name));
-                let literal = UserInputLeaf::Literal(literal);
-                if exact.is_empty() {
-                    literal
-                } else {
-                    return Ok(any_of(std::iter::once(literal).chain(exact)));
-                }
-            }
-            UserInputLeaf::Set {
-                field: Some(name),
-                elements,
-            } => {
-                let exact = self.fielded_numbers(&name, &elements);
-                let set = UserInputLeaf::Set {
-                    field: Some(self.field(name)),
-                    elements,
+                    std::slice::from_ref(&literal.phrase)
                 };
-                if exact.is_empty() {
-                    set
-                } else {
-                    return Ok(any_of(std::iter::once(set).chain(exact)));
-                }
+                return Ok(
+                    self.matching(literal.field_name.as_deref(), values, |field_name| {
+                        UserInputLeaf::Literal(UserInputLiteral {
+                            field_name,
+                            ..literal.clone()
+                        })
+                    }),
+                );
+            }
+            UserInputLeaf::Set { field, elements } => {
+                return Ok(self.matching(field.as_deref(), &elements, |field| {
+                    UserInputLeaf::Set {
+                        field,
+                        elements: elements.clone(),
+                    }
+                }));
             }
             UserInputLeaf::Range {
                 field,
@@ -294,42 +256,62 @@ impl Rewrite<'_> {
         Ok(UserInputAst::Leaf(Box::new(leaf)))
     }
 
-    /// For each of `values` that is a number or a timestamp, a match of
-    /// exactly it in every `_num` column of its kind.
-    fn unfielded_numbers(&self, values: &[String]) -> Vec<UserInputLeaf> {
-        let mut leaves = Vec::new();
+    /// `on(field)` for the field a query names (`None`: every path of
+    /// `doc`), or else a match of exactly one of `values` that is a number
+    /// or a timestamp in `_num`'s columns (of that field, or of every path
+    /// holding its kind).
+    fn matching(
+        &self,
+        field: Option<&str>,
+        values: &[String],
+        on: impl Fn(Option<String>) -> UserInputLeaf,
+    ) -> UserInputAst {
+        let mut leaves: Vec<UserInputLeaf> = match field {
+            Some(name) => vec![on(Some(self.field(name.to_owned())))],
+            None => self
+                .paths
+                .iter()
+                .map(|path| on(Some(path.clone())))
+                .collect(),
+        };
         for value in values {
             let Some(kind) = bound_kind(value) else {
                 continue;
             };
-            for (path, kinds) in self.numbers {
-                if kinds
-                    .iter()
-                    .any(|k| (*k == BoundKind::Date) == (kind == BoundKind::Date))
-                {
-                    leaves.push(exactly(format!("{}.{path}", schema::NUMBERS), value));
+            match field {
+                Some(name) if self.schema.get_field(schema::NUMBERS).is_ok() => {
+                    let column = self.path_in(schema::NUMBERS, name.to_owned());
+                    // sluice's own fields keep their name.
+                    if column != name {
+                        leaves.push(exactly(column, value));
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    let paths = if kind == BoundKind::Date {
+                        &self.numbers.dates
+                    } else {
+                        &self.numbers.numbers
+                    };
+                    leaves.extend(
+                        paths
+                            .iter()
+                            .map(|path| exactly(format!("{}.{path}", schema::NUMBERS), value)),
+                    );
                 }
             }
         }
-        leaves
-    }
-
-    /// For each of `values` that is a number or a timestamp, a match of
-    /// exactly it in the `_num` column of the field `name` (none when the
-    /// field is sluice's own, or the index has no `_num`).
-    fn fielded_numbers(&self, name: &str, values: &[String]) -> Vec<UserInputLeaf> {
-        if self.schema.get_field(schema::NUMBERS).is_err() {
-            return Vec::new();
+        match leaves.len() {
+            // An index without paths yet: as parsed.
+            0 => UserInputAst::Leaf(Box::new(on(None))),
+            1 => UserInputAst::Leaf(Box::new(leaves.pop().expect("one leaf"))),
+            _ => UserInputAst::Clause(
+                leaves
+                    .into_iter()
+                    .map(|leaf| (Some(Occur::Should), UserInputAst::Leaf(Box::new(leaf))))
+                    .collect(),
+            ),
         }
-        let column = self.path_in(schema::NUMBERS, name.to_owned());
-        if column == name {
-            return Vec::new();
-        }
-        values
-            .iter()
-            .filter(|value| bound_kind(value).is_some())
-            .map(|value| exactly(column.clone(), value))
-            .collect()
     }
 
     /// A field a query names: sluice's own (`_id`), or a path of `doc`.
@@ -357,15 +339,6 @@ impl Rewrite<'_> {
     }
 }
 
-/// The value a literal matches exactly (not a prefix).
-fn exact_value(literal: &UserInputLiteral) -> Vec<String> {
-    if literal.prefix {
-        Vec::new()
-    } else {
-        vec![literal.phrase.clone()]
-    }
-}
-
 /// A range holding only `value`, in the fast column `field`.
 fn exactly(field: String, value: &str) -> UserInputLeaf {
     UserInputLeaf::Range {
@@ -375,17 +348,8 @@ fn exactly(field: String, value: &str) -> UserInputLeaf {
     }
 }
 
-/// A query matching any of `leaves`.
-fn any_of(leaves: impl Iterator<Item = UserInputLeaf>) -> UserInputAst {
-    UserInputAst::Clause(
-        leaves
-            .map(|leaf| (Some(Occur::Should), UserInputAst::Leaf(Box::new(leaf))))
-            .collect(),
-    )
-}
-
 /// The kind of a range bound, as the query parser reads it.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum BoundKind {
     I64,
     U64,

@@ -103,6 +103,7 @@ fn change() -> Change {
         commit_lsn: Lsn(0x16B_3748),
         commit_time: 780_000_000_000_000,
         seq: 3,
+        xid: 0,
         fill_unchanged: false,
         annotations: None,
     }

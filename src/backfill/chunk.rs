@@ -9,12 +9,12 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio_postgres::{Client, Row, SimpleQueryMessage, Statement};
 
-use super::window::Snapshot;
 use super::BackfillError;
 use crate::config::{quote_ident, TableName};
 use crate::pipeline::change::{ColumnInfo, RelationInfo};
 use crate::postgres::catalog;
 use crate::postgres::pgoutput::{ColumnKind, ColumnValue, Oid, ReplicaIdentity, Tuple};
+use crate::postgres::snapshot::Snapshot;
 use crate::postgres::types::TypeKind;
 
 /// What reading a table needs to know of it.

@@ -291,7 +291,7 @@ pub struct Chunk {
     /// The rows as `COPY … TO STDOUT` wrote them. The decoder splits them
     /// when the chunk arrives, off the reader's way to its next chunk.
     pub copy: bytes::Bytes,
-    pub snapshot: window::Snapshot,
+    pub snapshot: crate::postgres::snapshot::Snapshot,
     pub credit: Option<Credit>,
     pub reply: oneshot::Sender<ChunkOutcome>,
 }

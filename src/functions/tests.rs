@@ -296,6 +296,7 @@ fn typed_change(op: crate::pipeline::change::Op) -> crate::pipeline::change::Cha
         commit_lsn: Lsn(0x1_0000_002A),
         commit_time: 0,
         seq: 7,
+        xid: 0,
         fill_unchanged: false,
         annotations: Some(std::sync::Arc::from(r#"{"user":"ana"}"#)),
     }

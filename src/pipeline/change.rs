@@ -84,6 +84,9 @@ pub struct Change {
     pub commit_time: i64,
     /// Position of the change within its transaction.
     pub seq: u32,
+    /// The transaction's id as the stream gives it (32 bits), for reads of
+    /// the table that must see the change (see `postgres::snapshot`).
+    pub xid: u32,
     /// An update with unchanged TOAST columns while a backfill reads the
     /// table: the backfill may leave the row's document to this change, so
     /// the missing columns are read from the table (see the router).

@@ -414,6 +414,7 @@ impl DecoderState {
             commit_lsn: self.commit_lsn,
             commit_time: self.commit_time,
             seq,
+            xid: self.xid,
             fill_unchanged: false,
             annotations: self.annotations.clone(),
         }

@@ -12,6 +12,7 @@ use super::shard::ShardMsg;
 use super::stats::StageStats;
 use super::transform::{Shaped, ShapedBatch};
 use crate::postgres::pgoutput::{ColumnKind, ColumnValue, Oid, Tuple};
+use crate::postgres::snapshot::Snapshot;
 
 /// Routing rules of one table.
 #[derive(Debug, Clone)]
@@ -148,31 +149,40 @@ impl Actor for Router {
             // while a backfill reads the table (it leaves a row changed during
             // its chunk to the change). Read them from the table.
             let mut change = change;
+            let mut gone = false;
             let moved = old_id.is_some() && old_id != new_id;
             if change.op == Op::Update
                 && (moved || change.fill_unchanged)
                 && change.new.as_ref().is_some_and(has_unchanged)
             {
-                let new = change.new.take().expect("checked above");
                 let filled = refetch_unchanged(
                     &state.args.sql,
                     &mut state.type_names,
-                    &change.rel,
+                    &change,
                     &route.key_columns,
-                    &new,
                 )
-                .await;
-                change.new = Some(match filled {
-                    Ok(Some(tuple)) => tuple,
-                    Ok(None) => new, // the row is gone; a later delete follows
-                    Err(e) => {
-                        return Err(format!(
-                            "reading unchanged columns of {} failed: {e}",
-                            change.rel.qualified
-                        )
-                        .into())
+                .await
+                .map_err(|e| {
+                    format!(
+                        "reading unchanged columns of {} failed: {e}",
+                        change.rel.qualified
+                    )
+                })?;
+                match filled {
+                    Some(tuple) => change.new = Some(tuple),
+                    None => {
+                        // A snapshot that sees this change has no row by the
+                        // new key: a later transaction deleted it or moved it
+                        // again, and its change follows in the stream. Writing
+                        // the document now would write it without the
+                        // columns; only the old document goes.
+                        tracing::debug!(
+                            table = %change.rel.qualified,
+                            "row of a key change is gone before its unchanged columns were read"
+                        );
+                        gone = true;
                     }
-                });
+                }
             }
             let mut push = |id: String, action: RouteAction, change: Change| {
                 let shard = shard_of(&id, shards);
@@ -200,9 +210,16 @@ impl Actor for Router {
                 (Op::Insert | Op::Update | Op::Read, old, Some(id)) => {
                     // A key change moves the document: remove the old one.
                     if let Some(old) = old.filter(|old| *old != id) {
+                        if gone {
+                            push(old, RouteAction::Delete, change);
+                            routed += 1;
+                            continue;
+                        }
                         push(old, RouteAction::Delete, change.clone());
                     }
-                    push(id, RouteAction::Upsert, change);
+                    if !gone {
+                        push(id, RouteAction::Upsert, change);
+                    }
                 }
                 _ => {
                     state.args.stats.bad_record(format!(
@@ -229,18 +246,27 @@ fn has_unchanged(tuple: &Tuple) -> bool {
         .any(|c| c.kind == ColumnKind::Unchanged)
 }
 
-/// Fills the unchanged columns of `new` with the row's current values, read
-/// by its key. `None` when the row no longer exists. The current values may be
-/// newer than this change; every later change follows it, so the document
-/// still ends equal to the row.
+/// Fills the unchanged columns of the change's new row with the row's
+/// current values, read by its key. `None` when the row no longer exists.
+///
+/// The read sees the change's transaction: its commit reaches the stream
+/// before it is visible to new snapshots (see `postgres::snapshot`), and a
+/// read in between would find the row under its old key, or not at all.
+/// So the snapshot of every read is checked, and the read repeated until
+/// it sees the transaction. The current values may be newer than this
+/// change; every later change follows it, so the document still ends equal
+/// to the row.
 async fn refetch_unchanged(
     sql: &tokio_postgres::Client,
     type_names: &mut HashMap<Oid, String>,
-    rel: &RelationInfo,
+    change: &Change,
     key_columns: &[usize],
-    new: &Tuple,
 ) -> Result<Option<Tuple>, tokio_postgres::Error> {
     use crate::config::quote_ident;
+    let (rel, new) = (
+        &change.rel,
+        change.new.as_ref().expect("an update has a new row"),
+    );
     let unchanged: Vec<usize> = (0..new.len())
         .filter(|&i| new.kind(i) == ColumnKind::Unchanged)
         .collect();
@@ -267,23 +293,52 @@ async fn refetch_unchanged(
         .iter()
         .map(|&i| format!("{}::text", quote_ident(&rel.columns[i].name)))
         .collect();
+    // One statement, so the snapshot it reports is the one it read with.
     let query = format!(
-        "SELECT {} FROM {} WHERE {}",
+        "SELECT pg_current_snapshot()::text, r.* FROM (SELECT) AS one \
+         LEFT JOIN (SELECT true, {} FROM {} WHERE {}) AS r ON true",
         columns.join(", "),
         rel.name.quoted(),
         conditions.join(" AND ")
     );
     let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
         params.iter().map(|p| p as _).collect();
-    let Some(row) = sql.query_opt(&query, &refs).await? else {
-        return Ok(None);
+    let statement = sql.prepare(&query).await?;
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_micros(200);
+    let mut warned = std::time::Duration::ZERO;
+    let row = loop {
+        let row = sql.query_one(&statement, &refs).await?;
+        let seen = row
+            .get::<_, Option<&str>>(0)
+            .and_then(Snapshot::parse)
+            .is_some_and(|snapshot| change.xid == 0 || !snapshot.hides(change.xid));
+        if seen {
+            break row;
+        }
+        let waited = started.elapsed();
+        if waited >= warned + std::time::Duration::from_secs(10) {
+            warned = waited;
+            tracing::warn!(
+                table = %rel.qualified,
+                xid = change.xid,
+                waited_s = waited.as_secs(),
+                "waiting for a streamed transaction to become visible \
+                 (a synchronous standby may be holding its commit)"
+            );
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(50));
     };
+    if row.get::<_, Option<bool>>(1).is_none() {
+        return Ok(None);
+    }
     let mut data = bytes::BytesMut::new();
     let mut values = Vec::with_capacity(new.len());
     let mut fetched = unchanged
         .iter()
         .enumerate()
-        .map(|(n, &i)| (i, row.get::<_, Option<String>>(n)))
+        .map(|(n, &i)| (i, row.get::<_, Option<String>>(n + 2)))
         .peekable();
     for i in 0..new.len() {
         let start = data.len() as u32;

@@ -5,5 +5,6 @@ pub mod catalog;
 pub mod conninfo;
 pub mod pgoutput;
 pub mod replication;
+pub mod snapshot;
 pub mod tls;
 pub mod types;

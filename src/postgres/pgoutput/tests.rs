@@ -470,7 +470,7 @@ fn never_panics_on_random_or_mutated_input() {
                 _ => rng.next() as u8,
             };
         }
-        if rng.next() % 4 == 0 {
+        if rng.next().is_multiple_of(4) {
             buf.truncate((rng.next() % buf.len() as u64) as usize);
         }
         if let Ok(Message::Insert { new, .. }) = decode(&Bytes::from(buf)) {

@@ -30,7 +30,7 @@ fn op(i: u64) -> WriteOp {
         i % 1000,
         5 + (i % 10000) / 100,
         i % 100,
-        i % 3 != 0,
+        !i.is_multiple_of(3),
         1 + i % 28,
     );
     WriteOp {

@@ -8,6 +8,7 @@ pub mod api;
 pub mod backfill;
 pub mod cli;
 pub mod config;
+pub mod data_dir;
 pub mod demo;
 pub mod error;
 pub mod functions;

@@ -168,7 +168,7 @@ impl Runtime {
                 // The clock is read at every 16th interrupt: interrupts come
                 // at every call and loop iteration, so a runaway function
                 // still meets its deadline within microseconds.
-                if checks.fetch_add(1, Ordering::Relaxed) % 16 != 0 {
+                if !checks.fetch_add(1, Ordering::Relaxed).is_multiple_of(16) {
                     return Ok(VmState::Continue);
                 }
                 let at = deadline.load(Ordering::Relaxed);

@@ -796,8 +796,8 @@ mod tests {
             ops: Arc::new(ops),
             upto: Lsn(upto),
             credits: Vec::new(),
-            last: upto % 2 == 0,
-            scope: if upto % 3 == 0 {
+            last: upto.is_multiple_of(2),
+            scope: if upto.is_multiple_of(3) {
                 Scope::Backfill {
                     sink: shard,
                     commit_above: Lsn(upto + 1),

@@ -280,6 +280,7 @@ pub async fn run(
             e,
         )
     })?;
+    let _lock = crate::data_dir::DataDirLock::acquire(&config.pipeline.data_dir)?;
     let mut plan = PipelinePlan::new(config)?;
     tokio::pin!(shutdown);
     // A stop request during setup (slot creation waits for running

@@ -21,10 +21,17 @@
 //! each, dozens a second while a backfill commits and merges. Creating files
 //! is not free: ext4 without a journal scans past every inode deleted in the
 //! last minute to allocate one. The list only serves to delete files no
-//! commit point names any more, so here it is rewritten in place, unsynced,
-//! and synced with the other files. Should a crash leave it unreadable,
-//! `open` lists the directory's files instead: tantivy then deletes those
-//! the last commit point does not name, as it would have.
+//! commit point names any more, so here it is kept in memory and replaced
+//! on disk (a new file renamed over it, synced with the others) once per
+//! directory sync, before the commit point that may need it. `sluice
+//! search` and any other reader open the list too: they always find a whole
+//! one. A crash can leave files the list does not name yet, so `open` adds
+//! every index file it finds: tantivy then deletes those the last commit
+//! point does not name, as it would have.
+//!
+//! A commit point (`meta.json`, renamed over the last one) is durable only
+//! once its directory is synced: `atomic_write` syncs it before it returns,
+//! so the commit's position can be confirmed to Postgres.
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -39,8 +46,8 @@ use tantivy::directory::{
 /// Files finished since the last directory sync, not yet synced.
 type Unsynced = Arc<Mutex<Vec<File>>>;
 
-/// `.managed.json`, open while it was rewritten since the last directory sync.
-type Managed = Arc<Mutex<Option<File>>>;
+/// The content of `.managed.json` when it changed since the last directory sync.
+type Managed = Arc<Mutex<Option<Vec<u8>>>>;
 
 /// Files are written back in pieces of this size while they are written,
 /// and synced as soon as they are finished once they reach it.
@@ -48,6 +55,11 @@ const LARGE_FILE_BYTES: u64 = 1024 * 1024;
 
 /// tantivy's list of the files it manages.
 const MANAGED: &str = ".managed.json";
+
+/// The next list, written and synced before it is renamed over `MANAGED`.
+/// Its name starts with a dot, as tantivy's own files that are not index
+/// files do.
+const MANAGED_NEXT: &str = ".managed.json.next";
 
 #[derive(Debug, Clone)]
 pub(super) struct GroupSyncDirectory {
@@ -60,13 +72,25 @@ pub(super) struct GroupSyncDirectory {
 impl GroupSyncDirectory {
     pub(super) fn open(root: &Path) -> tantivy::Result<GroupSyncDirectory> {
         let managed = root.join(MANAGED);
-        if let Ok(text) = std::fs::read(&managed) {
-            if serde_json::from_slice::<Vec<PathBuf>>(&text).is_err() {
-                tracing::warn!(path = %managed.display(), "unreadable list of index files (a crash while it was written): listing the directory instead");
-                let listed = serde_json::to_vec(&index_files(root)?)?;
-                std::fs::write(&managed, listed)?;
-                File::open(&managed)?.sync_all()?;
-            }
+        let mut unreadable = false;
+        let mut listed: Vec<PathBuf> = match std::fs::read(&managed) {
+            Ok(text) => serde_json::from_slice(&text).unwrap_or_else(|_| {
+                tracing::warn!(path = %managed.display(), "unreadable list of index files: listing the directory instead");
+                unreadable = true;
+                Vec::new()
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let before = listed.len();
+        let known: std::collections::HashSet<PathBuf> = listed.iter().cloned().collect();
+        listed.extend(
+            index_files(root)?
+                .into_iter()
+                .filter(|f| !known.contains(f)),
+        );
+        if unreadable || listed.len() != before {
+            replace_synced(root, &serde_json::to_vec(&listed)?)?;
         }
         Ok(GroupSyncDirectory {
             inner: MmapDirectory::open(root)?,
@@ -75,6 +99,30 @@ impl GroupSyncDirectory {
             managed: Managed::default(),
         })
     }
+}
+
+/// Replaces `.managed.json` with `data` atomically and durably.
+fn replace_synced(root: &Path, data: &[u8]) -> io::Result<()> {
+    let next = write_next(root, data)?;
+    next.sync_data()?;
+    std::fs::rename(root.join(MANAGED_NEXT), root.join(MANAGED))?;
+    sync_dir(root)
+}
+
+/// Writes the next list beside the current one.
+fn write_next(root: &Path, data: &[u8]) -> io::Result<File> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(root.join(MANAGED_NEXT))?;
+    file.write_all(data)?;
+    Ok(file)
+}
+
+/// Makes the directory's entries (new and renamed files) durable.
+fn sync_dir(root: &Path) -> io::Result<()> {
+    File::open(root)?.sync_all()
 }
 
 impl Directory for GroupSyncDirectory {
@@ -111,43 +159,57 @@ impl Directory for GroupSyncDirectory {
     }
 
     fn atomic_read(&self, path: &Path) -> Result<Vec<u8>, OpenReadError> {
+        if path == Path::new(MANAGED) {
+            if let Some(data) = &*self.managed.lock().expect("managed file list") {
+                return Ok(data.clone());
+            }
+        }
         self.inner.atomic_read(path)
     }
 
     fn atomic_write(&self, path: &Path, data: &[u8]) -> io::Result<()> {
-        if path != Path::new(MANAGED) {
-            return self.inner.atomic_write(path, data);
+        if path == Path::new(MANAGED) {
+            *self.managed.lock().expect("managed file list") = Some(data.to_vec());
+            return Ok(());
         }
-        let mut managed = self.managed.lock().expect("managed file list");
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(self.root.join(path))?;
-        file.write_all(data)?;
-        *managed = Some(file);
-        Ok(())
+        // `meta.json`: renamed into place by tantivy, durable once the
+        // directory is synced.
+        self.inner.atomic_write(path, data)?;
+        sync_dir(&self.root)
     }
 
     fn sync_directory(&self) -> io::Result<()> {
-        let mut files = std::mem::take(&mut *self.unsynced.lock().expect("unsynced files"));
-        files.extend(self.managed.lock().expect("managed file list").take());
+        let files = std::mem::take(&mut *self.unsynced.lock().expect("unsynced files"));
+        let managed = self.managed.lock().expect("managed file list").take();
+        let next = match &managed {
+            Some(data) => Some(write_next(&self.root, data)?),
+            None => None,
+        };
         let synced = std::thread::scope(|scope| {
             let syncs: Vec<_> = files
                 .iter()
+                .chain(next.as_ref())
                 .map(|file| scope.spawn(|| file.sync_data()))
                 .collect();
             // The scope joins every thread, also after an error.
             syncs
                 .into_iter()
                 .try_for_each(|sync| sync.join().expect("a file sync panicked"))
+        })
+        .and_then(|()| match next {
+            Some(_) => std::fs::rename(self.root.join(MANAGED_NEXT), self.root.join(MANAGED)),
+            None => Ok(()),
         });
         if let Err(e) = synced {
             // Not durable: sync them again before the next commit point.
             self.unsynced.lock().expect("unsynced files").extend(files);
+            let mut pending = self.managed.lock().expect("managed file list");
+            if pending.is_none() {
+                *pending = managed;
+            }
             return Err(e);
         }
-        self.inner.sync_directory()
+        sync_dir(&self.root)
     }
 
     fn acquire_lock(&self, lock: &Lock) -> Result<DirectoryLock, LockError> {
@@ -285,7 +347,7 @@ mod tests {
     }
 
     #[test]
-    fn the_file_list_is_rewritten_in_place_and_rebuilt_when_unreadable() {
+    fn the_file_list_is_replaced_at_each_sync_and_completed_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let directory = GroupSyncDirectory::open(dir.path()).unwrap();
         directory
@@ -294,29 +356,69 @@ mod tests {
         directory
             .atomic_write(Path::new(MANAGED), b"[\"a.idx\"]\n")
             .unwrap();
-        assert!(directory.managed.lock().unwrap().is_some());
+        // Kept in memory until the next sync; tantivy reads its own writes.
+        assert!(!dir.path().join(MANAGED).exists());
         assert_eq!(
             directory.atomic_read(Path::new(MANAGED)).unwrap(),
             b"[\"a.idx\"]\n"
         );
         directory.sync_directory().unwrap();
         assert!(directory.managed.lock().unwrap().is_none());
-        GroupSyncDirectory::open(dir.path()).unwrap();
+        assert!(!dir.path().join(MANAGED_NEXT).exists());
         assert_eq!(
             std::fs::read(dir.path().join(MANAGED)).unwrap(),
             b"[\"a.idx\"]\n"
         );
-        // A crash while it was written: the files on disk are listed instead.
+        // Files a crash left unlisted are added (tantivy deletes those no
+        // commit point names); locks and lists are not index files.
         for name in ["meta.json", "seg.idx", ".tantivy-writer.lock"] {
             std::fs::write(dir.path().join(name), b"x").unwrap();
         }
+        GroupSyncDirectory::open(dir.path()).unwrap();
+        let listed = |dir: &Path| -> Vec<PathBuf> {
+            serde_json::from_slice(&std::fs::read(dir.join(MANAGED)).unwrap()).unwrap()
+        };
+        assert_eq!(
+            listed(dir.path()),
+            ["a.idx", "meta.json", "seg.idx"].map(PathBuf::from)
+        );
+        // An unreadable list is rebuilt from the directory.
         std::fs::write(dir.path().join(MANAGED), b"[\"a.id").unwrap();
         GroupSyncDirectory::open(dir.path()).unwrap();
-        let listed: Vec<PathBuf> =
-            serde_json::from_slice(&std::fs::read(dir.path().join(MANAGED)).unwrap()).unwrap();
         assert_eq!(
-            listed,
-            [PathBuf::from("meta.json"), PathBuf::from("seg.idx")]
+            listed(dir.path()),
+            ["meta.json", "seg.idx"].map(PathBuf::from)
         );
+    }
+
+    #[test]
+    fn a_reader_never_sees_a_partial_file_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let directory = GroupSyncDirectory::open(dir.path()).unwrap();
+        let names: Vec<String> = (0..400).map(|i| format!("segment-{i}.idx")).collect();
+        directory
+            .atomic_write(Path::new(MANAGED), &serde_json::to_vec(&names).unwrap())
+            .unwrap();
+        directory.sync_directory().unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(|| {
+                let mut reads = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let text = std::fs::read(dir.path().join(MANAGED)).unwrap();
+                    serde_json::from_slice::<Vec<PathBuf>>(&text)
+                        .unwrap_or_else(|e| panic!("read {reads}: {e}"));
+                    reads += 1;
+                }
+                reads
+            });
+            for n in 0..300 {
+                let list = serde_json::to_vec(&names[..100 + n]).unwrap();
+                directory.atomic_write(Path::new(MANAGED), &list).unwrap();
+                directory.sync_directory().unwrap();
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            assert!(reader.join().unwrap() > 0);
+        });
     }
 }

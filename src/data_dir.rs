@@ -1,5 +1,5 @@
 //! The data directory's own state: the lock that keeps a second `sluice run`
-//! out of it.
+//! out of it, and the deployment's identity.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -68,6 +68,49 @@ impl DataDirLock {
     }
 }
 
+/// The file holding the deployment's id.
+const DEPLOYMENT_FILE: &str = "deployment_id";
+
+/// This deployment's id: random, made with its data directory and kept in
+/// it. It tells this deployment's marks in the WAL from those of another
+/// one reading the same database.
+pub fn deployment_id(data_dir: &Path) -> Result<String> {
+    let path = data_dir.join(DEPLOYMENT_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if is_deployment_id(text.trim()) => return Ok(text.trim().to_owned()),
+        Ok(_) => {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("{} does not hold a deployment id", path.display()),
+            )
+            .hint("restore the file, or delete it (a backfill that runs gets a new id and reads its current chunks again)"))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
+    }
+    let id = format!("{:016x}", rand::random::<u64>());
+    replace_file(&path, format!("{id}\n").as_bytes())?;
+    Ok(id)
+}
+
+fn is_deployment_id(text: &str) -> bool {
+    text.len() == 16 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Replaces `path` with `bytes` atomically and durably: written aside,
+/// synced, renamed, and the directory synced.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |e| Error::io(format!("cannot write {}", path.display()), e);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let aside = dir.join(format!(".{name}.tmp"));
+    let mut file = File::create(&aside).map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&aside, path).map_err(io)?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +129,17 @@ mod tests {
         );
         drop(first);
         DataDirLock::acquire(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn the_deployment_id_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = deployment_id(dir.path()).unwrap();
+        assert!(is_deployment_id(&id));
+        assert_eq!(deployment_id(dir.path()).unwrap(), id);
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(deployment_id(other.path()).unwrap(), id);
+        std::fs::write(dir.path().join(DEPLOYMENT_FILE), "garbage").unwrap();
+        assert!(deployment_id(dir.path()).is_err());
     }
 }

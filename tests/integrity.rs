@@ -95,3 +95,91 @@ async fn searches_beside_a_writer_that_commits_every_100_ms_never_fail() {
     assert_index_equals_table(&db, "items", "items", "id").await;
     assert!(sluice.stop().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn another_deployments_watermarks_leave_our_windows_alone() {
+    let db = TestDb::new("foreign_marks").await;
+    db.exec(ITEMS).await;
+    db.exec("INSERT INTO items SELECT i, 'v0', 0 FROM generate_series(1, 40000) i")
+        .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    // Another deployment on this database: its backfills are numbered from
+    // 1 too, and it ends, opens and closes windows all the time.
+    let foreign = {
+        let stop = stop.clone();
+        let url = db.url.clone();
+        tokio::spawn(async move {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let table: u32 = client
+                .query_one("SELECT 'items'::regclass::oid", &[])
+                .await
+                .unwrap()
+                .get(0);
+            let mut chunk = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for (prefix, mark) in [
+                    ("sluice.backfill", "start"),
+                    ("sluice.backfill:other:00000000000000ff", "start"),
+                    ("sluice.backfill", "high"),
+                ] {
+                    let content = format!(
+                        r#"{{"backfill":1,"chunk":{chunk},"mark":"{mark}","table":{table},"key":["id"]}}"#
+                    );
+                    client
+                        .execute(
+                            "SELECT pg_logical_emit_message(true, $1, $2)",
+                            &[&prefix, &content],
+                        )
+                        .await
+                        .unwrap();
+                }
+                chunk = (chunk + 1) % 8;
+            }
+        })
+    };
+    // Rows change while the initial backfill reads them.
+    let writer = {
+        let stop = stop.clone();
+        let url = db.url.clone();
+        tokio::spawn(async move {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let mut round = 1;
+            while !stop.load(Ordering::Relaxed) {
+                client
+                    .batch_execute(&format!(
+                        "UPDATE items SET n = {round}, name = 'v{round}' WHERE id % 997 = {}",
+                        round % 997
+                    ))
+                    .await
+                    .unwrap();
+                round += 1;
+            }
+        })
+    };
+    let config = db.config(
+        "[[tables]]\nname = \"items\"\n\n[backfill]\nmin_chunk_rows = 500\nmax_chunk_rows = 500\nchunk_select_ms = 1000",
+        "",
+    );
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    let done = wait_until(Duration::from_secs(90), || async {
+        documents(&db.data_dir(), "items", "id").len() == 40000
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    foreign.await.unwrap();
+    writer.await.unwrap();
+    assert!(
+        done,
+        "the backfill did not finish; log:\n{}",
+        sluice.log_text()
+    );
+    assert_index_equals_table(&db, "items", "items", "id").await;
+    assert!(sluice.stop().success());
+}

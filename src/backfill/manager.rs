@@ -37,6 +37,8 @@ pub struct RunContext {
 
 pub struct Manager {
     store: Store,
+    /// The prefix of this deployment's watermarks (`window::prefix`).
+    pub(super) watermark_prefix: Arc<str>,
     pub(super) settings: Settings,
     pub(super) conninfo: ConnInfo,
     /// Configured sinks, in order (a sink's number is its position).
@@ -74,10 +76,12 @@ impl Manager {
         conninfo: ConnInfo,
         sinks: Vec<String>,
         tables: Vec<TableName>,
+        watermark_prefix: Arc<str>,
     ) -> Result<Arc<Manager>> {
         let backfills = store.load()?;
         Ok(Arc::new(Manager {
             store,
+            watermark_prefix,
             settings,
             conninfo,
             sinks,

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use super::chunk::{ChunkReader, TableShape};
 use super::manager::{estimate, Manager, RunContext};
-use super::window::{Mark, Marker, PREFIX};
+use super::window::{Mark, Marker};
 use super::{BackfillError, Chunk, ChunkOutcome, State};
 use crate::config::TableName;
 use crate::lsn::Lsn;
@@ -411,6 +411,8 @@ impl Reader<'_> {
     /// Writes a watermark into the WAL, in a transaction of its own (so it
     /// reaches the stream at that transaction's commit).
     async fn emit(&self, marker: &Marker) -> Result<(), BackfillError> {
-        self.chunks.emit(PREFIX, &marker.to_json()).await
+        self.chunks
+            .emit(&self.manager.watermark_prefix, &marker.to_json())
+            .await
     }
 }

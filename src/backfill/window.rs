@@ -34,8 +34,16 @@ use crate::postgres::snapshot::Snapshot;
 use crate::pipeline::change::RelationInfo;
 use crate::postgres::pgoutput::{ColumnKind, Oid, Tuple};
 
-/// Prefix of the logical decoding messages that carry watermarks.
+/// The start of the prefix of the logical decoding messages that carry
+/// watermarks (see `prefix`).
 pub const PREFIX: &str = "sluice.backfill";
+
+/// The prefix of this deployment's watermarks: another sluice reading the
+/// same database (its own slot, its own data directory) numbers its
+/// backfills from 1 too, and its marks must not close our windows.
+pub fn prefix(slot: &str, deployment: &str) -> String {
+    format!("{PREFIX}:{slot}:{deployment}")
+}
 
 /// Changes recorded for one window before it gives up (and its next chunk
 /// is read again): bounds memory when a backfill stops without its end mark.

@@ -12,7 +12,7 @@ use super::flow::Credit;
 use super::reader::RawBatch;
 use super::stats::StageStats;
 use crate::backfill::chunk::parse_copy;
-use crate::backfill::window::{self, Mark, Marker, Verdict, Windows, PREFIX};
+use crate::backfill::window::{self, Mark, Marker, Verdict, Windows};
 use crate::backfill::{Chunk, ChunkOutcome};
 use crate::config::TableName;
 use crate::lsn::Lsn;
@@ -35,6 +35,9 @@ pub struct DecoderArgs {
     pub sql: Arc<tokio_postgres::Client>,
     pub downstream: ActorRef<FilterMsg>,
     pub stats: Arc<StageStats>,
+    /// The prefix of this deployment's watermarks (`window::prefix`);
+    /// others' are ignored.
+    pub watermark_prefix: Arc<str>,
 }
 
 pub struct DecoderState {
@@ -258,7 +261,7 @@ impl DecoderState {
             }
             Message::Message {
                 prefix, content, ..
-            } if prefix == PREFIX => match Marker::parse(&content) {
+            } if *prefix == *self.args.watermark_prefix => match Marker::parse(&content) {
                 Some(marker) if marker.mark == Mark::High => self.high(&marker, out),
                 Some(marker) => self.windows.mark(&marker),
                 None => self

@@ -69,6 +69,8 @@ pub struct PipelinePlan {
     pub functions: Option<Arc<crate::functions::FunctionPlan>>,
     pub stats: PipelineStats,
     pub status: Arc<status::PipelineStatus>,
+    /// The prefix of this deployment's backfill watermarks in the WAL.
+    pub watermark_prefix: Arc<str>,
 }
 
 impl PipelinePlan {
@@ -153,6 +155,8 @@ impl PipelinePlan {
             functions,
             stats: PipelineStats::default(),
             status: Arc::new(status::PipelineStatus::new(config.sinks.len())),
+            // Until `run` reads the deployment's id from the data directory.
+            watermark_prefix: crate::backfill::window::prefix(&config.source.slot, "").into(),
         })
     }
 }
@@ -282,6 +286,8 @@ pub async fn run(
     })?;
     let _lock = crate::data_dir::DataDirLock::acquire(&config.pipeline.data_dir)?;
     let mut plan = PipelinePlan::new(config)?;
+    let deployment = crate::data_dir::deployment_id(&plan.data_dir)?;
+    plan.watermark_prefix = crate::backfill::window::prefix(&plan.slot, &deployment).into();
     tokio::pin!(shutdown);
     // A stop request during setup (slot creation waits for running
     // transactions) ends it cleanly too.
@@ -300,6 +306,7 @@ pub async fn run(
         plan.conninfo.clone(),
         config.sinks.iter().map(|s| s.name.clone()).collect(),
         config.table_names(),
+        plan.watermark_prefix.clone(),
     )?;
     backfills.set_up_sinks(config.backfill.initial)?;
     let state = crate::api::AppState {

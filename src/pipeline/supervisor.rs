@@ -335,6 +335,7 @@ impl SupervisorState {
             sql,
             downstream: filter,
             stats: stats.decoder.clone(),
+            watermark_prefix: plan.watermark_prefix.clone(),
         };
         let decoder = self.spawn(myself, "decoder", Decoder, args).await?;
         if let Some(backfills) = &self.backfills {

@@ -35,6 +35,8 @@ pub const DEFAULT_KEY_SEPARATOR: &str = "|";
 pub const DEFAULT_COMMIT_INTERVAL_MS: u64 = 1000;
 /// Default interval between standby status updates sent to Postgres.
 pub const DEFAULT_STATUS_INTERVAL_MS: u64 = 10_000;
+/// `source.retained_wal_warn_bytes`: 4 GiB.
+pub const DEFAULT_RETAINED_WAL_WARN_BYTES: u64 = 4 << 30;
 /// Default cap of the restart backoff.
 pub const DEFAULT_MAX_RESTART_BACKOFF_MS: u64 = 30_000;
 /// Default bound of the writes spooled to disk for one sink that fell behind.
@@ -96,6 +98,26 @@ pub struct SourceConfig {
     /// Interval between standby status updates, in milliseconds.
     #[serde(default = "default_status_interval_ms")]
     pub status_interval_ms: u64,
+    /// What to do when the slot is gone, invalidated, or not the one this
+    /// data directory streamed from: `fail` (refuse to stream) or `resync`
+    /// (a new slot, and every table backfilled again into every sink).
+    #[serde(default)]
+    pub on_slot_lost: OnSlotLost,
+    /// A warning is logged while the slot holds more WAL than this on the
+    /// primary (bytes; 0: never).
+    #[serde(default = "default_retained_wal_warn_bytes")]
+    pub retained_wal_warn_bytes: u64,
+}
+
+/// `source.on_slot_lost`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnSlotLost {
+    /// Refuse to stream, saying what happened and what to do.
+    #[default]
+    Fail,
+    /// Create a new slot, empty every table's documents and backfill them again.
+    Resync,
 }
 
 impl fmt::Debug for SourceConfig {
@@ -436,6 +458,9 @@ fn default_max_restart_backoff_ms() -> u64 {
 }
 fn default_status_interval_ms() -> u64 {
     DEFAULT_STATUS_INTERVAL_MS
+}
+fn default_retained_wal_warn_bytes() -> u64 {
+    DEFAULT_RETAINED_WAL_WARN_BYTES
 }
 fn default_commit_interval_ms() -> u64 {
     DEFAULT_COMMIT_INTERVAL_MS
@@ -883,6 +908,8 @@ impl Config {
                 slot: default_slot(),
                 publication: default_publication(),
                 status_interval_ms: DEFAULT_STATUS_INTERVAL_MS,
+                on_slot_lost: OnSlotLost::Fail,
+                retained_wal_warn_bytes: DEFAULT_RETAINED_WAL_WARN_BYTES,
             },
             pipeline: PipelineConfig {
                 data_dir,

@@ -68,6 +68,44 @@ impl DataDirLock {
     }
 }
 
+/// The file recording the slot this data directory streams from.
+const SLOT_FILE: &str = "slot.json";
+
+/// The slot this data directory streams from, recorded when sluice created
+/// (or first used) it: a slot of the same name that is not this one (on
+/// another server, or created anew) has none of the changes in between.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SlotRecord {
+    pub slot: String,
+    /// `pg_control_system()`'s identifier of the database system.
+    pub system_identifier: String,
+    pub database: String,
+    /// The position the slot started at.
+    pub created_at: crate::lsn::Lsn,
+}
+
+impl SlotRecord {
+    pub fn load(data_dir: &Path) -> Result<Option<SlotRecord>> {
+        let path = data_dir.join(SLOT_FILE);
+        match std::fs::read(&path) {
+            Ok(text) => serde_json::from_slice(&text).map(Some).map_err(|e| {
+                Error::new(
+                    ErrorKind::Io,
+                    format!("{} is not a slot record: {e}", path.display()),
+                )
+                .hint("restore the file; without it sluice cannot tell whether its slot is the one it streamed from")
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("cannot read {}", path.display()), e)),
+        }
+    }
+
+    pub fn save(&self, data_dir: &Path) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).expect("slot records serialize");
+        replace_file(&data_dir.join(SLOT_FILE), &bytes)
+    }
+}
+
 /// The file holding the deployment's id.
 const DEPLOYMENT_FILE: &str = "deployment_id";
 

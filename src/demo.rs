@@ -57,10 +57,24 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         .await
         .map_err(pg_err("creating the demo table"))?;
 
-    let index_dir = crate::sink::embedded::index_dir(&args.data_dir, "products");
-    if index_dir.exists() {
-        std::fs::remove_dir_all(&index_dir)
-            .map_err(|e| Error::io(format!("removing {}", index_dir.display()), e))?;
+    // Each demo streams from a new throwaway Postgres: the state of an
+    // earlier demo (its index, slot record, backfills) is for another one.
+    if args.data_dir.exists() {
+        let ours = ["indexes", "sluice.lock", "slot.json", "backfills"]
+            .iter()
+            .any(|f| args.data_dir.join(f).exists());
+        let empty = std::fs::read_dir(&args.data_dir).is_ok_and(|mut d| d.next().is_none());
+        if !ours && !empty {
+            return Err(Error::new(
+                crate::error::ErrorKind::Config,
+                format!("{} is not a sluice data directory", args.data_dir.display()),
+            )
+            .hint(
+                "the demo recreates its directory: give it an empty or new one with --data-dir",
+            ));
+        }
+        std::fs::remove_dir_all(&args.data_dir)
+            .map_err(|e| Error::io(format!("removing {}", args.data_dir.display()), e))?;
     }
     let mut config = Config::from_flags(
         url.clone(),

@@ -183,3 +183,97 @@ async fn another_deployments_watermarks_leave_our_windows_alone() {
     assert_index_equals_table(&db, "items", "items", "id").await;
     assert!(sluice.stop().success());
 }
+
+/// The config file with `line` added to its `[source]` section.
+fn with_source_line(config: &std::path::Path, line: &str) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let text = text.replacen("[source]\n", &format!("[source]\n{line}\n"), 1);
+    std::fs::write(config, text).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_slot_is_refused_with_exit_3_and_a_resync_makes_the_index_equal_again() {
+    let db = TestDb::new("slot_lost").await;
+    db.exec(ITEMS).await;
+    db.exec("INSERT INTO items SELECT i, 'v0', 0 FROM generate_series(1, 300) i")
+        .await;
+    let config = db.config("[[tables]]\nname = \"items\"", "");
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    assert_index_equals_table(&db, "items", "items", "id").await;
+    assert!(sluice.stop().success());
+
+    // While sluice is stopped, rows change and the slot goes away: the
+    // changes in between are in no slot.
+    db.exec(
+        "UPDATE items SET name = 'v1' WHERE id <= 100;
+         DELETE FROM items WHERE id > 250;
+         INSERT INTO items VALUES (1000, 'new', 1);",
+    )
+    .await;
+    db.exec(&format!("SELECT pg_drop_replication_slot('{}')", db.name))
+        .await;
+    let (code, _, stderr) = run_to_end(&["run", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(
+        stderr.contains("no longer exists") && stderr.contains("on_slot_lost"),
+        "{stderr}"
+    );
+    assert!(!db.slot_exists().await, "a slot was created silently");
+
+    with_source_line(&config, "on_slot_lost = \"resync\"");
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    db.exec("UPDATE items SET n = 7 WHERE id = 1").await;
+    assert_index_equals_table(&db, "items", "items", "id").await;
+    assert!(sluice.stop().success());
+    // The new slot is recorded: the next start streams from it.
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    assert!(sluice.stop().success());
+    assert!(!sluice_log_mentions_resync_twice(&config));
+}
+
+/// Whether the logs beside `config` show more than one resync.
+fn sluice_log_mentions_resync_twice(config: &std::path::Path) -> bool {
+    let dir = config.parent().unwrap();
+    let resyncs: usize = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".log."))
+        .map(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .matches("resyncing: a new slot")
+                .count()
+        })
+        .sum();
+    resyncs > 1
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_added_to_the_configuration_gets_its_initial_backfill() {
+    let db = TestDb::new("added_table").await;
+    db.exec(ITEMS).await;
+    db.exec("CREATE TABLE other (id int PRIMARY KEY, label text)")
+        .await;
+    db.exec("INSERT INTO items VALUES (1, 'a', 1)").await;
+    db.exec("INSERT INTO other SELECT i, 'x' || i FROM generate_series(1, 500) i")
+        .await;
+    let config = db.config("[[tables]]\nname = \"items\"", "");
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    assert_index_equals_table(&db, "items", "items", "id").await;
+    assert!(sluice.stop().success());
+
+    let config = db.config(
+        "[[tables]]\nname = \"items\"\n\n[[tables]]\nname = \"other\"",
+        "",
+    );
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    db.exec("UPDATE other SET label = 'y' WHERE id = 3").await;
+    assert_index_equals_table(&db, "other", "other", "id").await;
+    assert_index_equals_table(&db, "items", "items", "id").await;
+    assert!(sluice.stop().success());
+}

@@ -97,39 +97,91 @@ impl Manager {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts a backfill of every table for each sink never set up before
-    /// (when `initial` is on), and remembers the sinks.
-    pub fn set_up_sinks(&self, initial: bool) -> Result<()> {
+    /// Starts the initial backfill (when `initial` is on) of every table a
+    /// sink was not set up with: all of a new sink's, a table added to its
+    /// configuration, a table dropped and created again (its OID changed).
+    /// `resync`: the slot was lost and replaced, so every table of every
+    /// sink is backfilled again and running backfills are cancelled.
+    /// `oids`: the configured tables' OIDs (`schema.table`).
+    pub fn set_up_sinks(
+        &self,
+        initial: bool,
+        oids: &BTreeMap<String, u32>,
+        resync: bool,
+    ) -> Result<()> {
         let mut known = self.store.known_sinks()?;
-        let new: Vec<String> = self
-            .sinks
-            .iter()
-            .filter(|s| !known.contains(s))
-            .cloned()
-            .collect();
-        if new.is_empty() {
-            return Ok(());
-        }
-        if initial {
-            let tables: Vec<TableProgress> = self
-                .tables
+        let mut setup = match self.store.setup()? {
+            Some(setup) => setup,
+            // Kept by an earlier sluice: its known sinks had every table.
+            None => known
                 .iter()
-                .map(|t| TableProgress {
-                    table: t.to_string(),
-                    condition: None,
-                    rows_done: 0,
-                    rows_estimated: None,
-                    cursor: None,
-                    done: false,
-                })
+                .map(|sink| (sink.clone(), oids.clone()))
+                .collect(),
+        };
+        let mut inner = self.lock();
+        if resync {
+            setup.clear();
+            let active: Vec<u64> = inner
+                .backfills
+                .values()
+                .filter(|b| b.state.is_active())
+                .map(|b| b.id)
                 .collect();
-            let mut inner = self.lock();
-            for sink in &new {
-                let backfill = self.insert(&mut inner, sink, tables.clone(), true)?;
-                tracing::info!(backfill = backfill.id, sink = %sink, tables = tables.len(), "new sink: backfilling its tables");
+            drop(inner);
+            for id in active {
+                self.finish(
+                    id,
+                    State::Cancelled,
+                    Some("the slot was replaced: resyncing".into()),
+                )?;
+            }
+            inner = self.lock();
+        }
+        for sink in &self.sinks {
+            let had = setup.entry(sink.clone()).or_default();
+            let wanted: Vec<(&String, &u32)> = oids
+                .iter()
+                .filter(|(table, oid)| had.get(*table) != Some(oid))
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            let why = if resync {
+                "resync"
+            } else if had.is_empty() {
+                "new sink"
+            } else {
+                "tables new to the sink, or created again"
+            };
+            let names: Vec<&str> = wanted.iter().map(|(t, _)| t.as_str()).collect();
+            if initial {
+                let tables: Vec<TableProgress> = names
+                    .iter()
+                    .map(|t| TableProgress {
+                        table: (*t).to_owned(),
+                        condition: None,
+                        rows_done: 0,
+                        rows_estimated: None,
+                        cursor: None,
+                        done: false,
+                    })
+                    .collect();
+                // A table a running backfill reads for the sink is read again
+                // from its start: the earlier rows may be of the dropped table.
+                let backfill = self.insert(&mut inner, sink, tables, true)?;
+                tracing::info!(backfill = backfill.id, sink = %sink, tables = %names.join(", "), reason = why, "backfilling tables the sink was not set up with");
+            } else {
+                tracing::warn!(sink = %sink, tables = %names.join(", "), reason = why, "backfill.initial is off: tables the sink was not set up with get only new changes");
+            }
+            had.extend(wanted.into_iter().map(|(t, oid)| (t.clone(), *oid)));
+        }
+        drop(inner);
+        self.store.save_setup(&setup)?;
+        for sink in &self.sinks {
+            if !known.contains(sink) {
+                known.push(sink.clone());
             }
         }
-        known.extend(new);
         self.store.save_known_sinks(&known)
     }
 

@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 use super::Backfill;
 use crate::error::{Error, Result};
 
+/// Per sink, per table (`schema.table`), the table's OID when its initial
+/// backfill was started.
+pub type Setup = BTreeMap<String, BTreeMap<String, u32>>;
+
 pub struct Store {
     dir: PathBuf,
 }
@@ -70,6 +74,29 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(Error::io(format!("cannot read {}", path.display()), e)),
         }
+    }
+
+    /// The tables set up in each sink, with the OID each had then (a table
+    /// dropped and created again has another); `None` before the first run
+    /// that kept them.
+    pub fn setup(&self) -> Result<Option<Setup>> {
+        let path = self.dir.join("setup.json");
+        match std::fs::read(&path) {
+            Ok(text) => serde_json::from_slice(&text).map(Some).map_err(|e| {
+                Error::new(
+                    crate::error::ErrorKind::Io,
+                    format!("{} is not a list of set-up tables: {e}", path.display()),
+                )
+                .hint("restore the file, or delete it: the sinks in sinks.json are then taken as set up with every configured table")
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("cannot read {}", path.display()), e)),
+        }
+    }
+
+    pub fn save_setup(&self, setup: &Setup) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(setup).expect("set-up tables serialize");
+        self.write("setup.json", &bytes)
     }
 
     pub fn save_known_sinks(&self, sinks: &[String]) -> Result<()> {

@@ -17,6 +17,7 @@ pub mod predicate;
 pub mod reader;
 pub mod router;
 pub mod shard;
+pub mod slot;
 pub mod stats;
 pub mod status;
 pub mod supervisor;
@@ -243,11 +244,15 @@ impl PipelinePlan {
     }
 }
 
-/// Checks the source, then creates the publication and slot when missing.
-/// Nothing is created when a check fails. Returns the streamed tables' metadata.
+/// Checks the source, then creates the publication and slot when missing
+/// (see `slot`). Nothing is created when a check fails. Returns the
+/// streamed tables' metadata, and whether the slot was lost and replaced.
 pub async fn prepare(
     config: &Config,
-) -> Result<HashMap<crate::config::TableName, catalog::TableMeta>> {
+) -> Result<(
+    HashMap<crate::config::TableName, catalog::TableMeta>,
+    slot::SlotOutcome,
+)> {
     let problems = check(config).await?;
     if !problems.is_empty() {
         let list = problems
@@ -266,8 +271,25 @@ pub async fn prepare(
     let plan = PipelinePlan::new(config)?;
     let client = plan.conninfo.connect_sql().await?;
     catalog::ensure_publication(&client, &plan.publication, &config.table_names()).await?;
-    catalog::ensure_slot(&client, &plan.slot).await?;
-    catalog::load_tables(&client, &config.table_names()).await
+    std::fs::create_dir_all(&plan.data_dir).map_err(|e| {
+        Error::io(
+            format!("cannot create data directory {}", plan.data_dir.display()),
+            e,
+        )
+    })?;
+    let streamed_before = !crate::backfill::store::Store::open(&plan.data_dir)?
+        .known_sinks()?
+        .is_empty();
+    let outcome = slot::ensure(
+        &client,
+        &plan.slot,
+        config.source.on_slot_lost,
+        &plan.data_dir,
+        streamed_before,
+    )
+    .await?;
+    let tables = catalog::load_tables(&client, &config.table_names()).await?;
+    Ok((tables, outcome))
 }
 
 /// Runs the pipeline until `shutdown` resolves, then drains it.
@@ -291,8 +313,8 @@ pub async fn run(
     tokio::pin!(shutdown);
     // A stop request during setup (slot creation waits for running
     // transactions) ends it cleanly too.
-    let tables = tokio::select! {
-        tables = prepare(config) => tables?,
+    let (tables, outcome) = tokio::select! {
+        prepared = prepare(config) => prepared?,
         _ = &mut shutdown => {
             tracing::info!("stopped before streaming started");
             return Ok(Arc::new(plan));
@@ -308,7 +330,23 @@ pub async fn run(
         config.table_names(),
         plan.watermark_prefix.clone(),
     )?;
-    backfills.set_up_sinks(config.backfill.initial)?;
+    let resync = match outcome {
+        slot::SlotOutcome::Resync(at) => {
+            empty_every_index(config, &plan, at).await?;
+            true
+        }
+        slot::SlotOutcome::Ready => false,
+    };
+    let oids = tables
+        .iter()
+        .map(|(name, meta)| (name.to_string(), meta.oid))
+        .collect();
+    backfills.set_up_sinks(config.backfill.initial, &oids, resync)?;
+    tokio::spawn(slot::watch_retained_wal(
+        plan.conninfo.clone(),
+        plan.slot.clone(),
+        config.source.retained_wal_warn_bytes,
+    ));
     let state = crate::api::AppState {
         plan: plan.clone(),
         backfills: backfills.clone(),
@@ -341,4 +379,36 @@ pub async fn run(
     }
     let _ = handle.await;
     Ok(plan)
+}
+
+/// Before a resync: every sink drops every configured table's documents, so
+/// rows deleted while the slot was lost do not stay in the indexes. (The
+/// backfill that follows writes the rest.)
+/// `at`: the new slot's start, above every position the sinks hold.
+async fn empty_every_index(
+    config: &Config,
+    plan: &PipelinePlan,
+    at: crate::lsn::Lsn,
+) -> Result<()> {
+    use change::{WriteAction, WriteOp};
+    let ops: Vec<WriteOp> = config
+        .tables
+        .iter()
+        .zip(config.table_names())
+        .map(|(table, name)| WriteOp {
+            index: config.index_for(table, &name).into(),
+            table: name.to_string().into(),
+            id: String::new(),
+            lsn: at,
+            action: WriteAction::Truncate { barrier: 0 },
+            routing: None,
+        })
+        .collect();
+    for sink in &config.sinks {
+        let mut target = crate::sink::build(sink, &plan.data_dir)?;
+        target.write(&ops).await?;
+        target.commit(at).await?;
+        tracing::warn!(sink = %sink.name, tables = ops.len(), "resync: emptied every table's documents");
+    }
+    Ok(())
 }

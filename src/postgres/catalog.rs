@@ -368,26 +368,72 @@ pub async fn ensure_publication(
     Ok(())
 }
 
-/// Creates the logical replication slot when missing.
-pub async fn ensure_slot(client: &Client, slot: &str) -> Result<()> {
-    let exists = client
+/// The replication slot as `pg_replication_slots` shows it.
+#[derive(Debug, Clone)]
+pub struct SlotInfo {
+    /// Postgres invalidated it (`wal_status = 'lost'`): the WAL it needed
+    /// was removed, past `max_slot_wal_keep_size`.
+    pub lost: bool,
+    pub confirmed_flush: Option<crate::lsn::Lsn>,
+    /// WAL the slot holds on the server, in bytes.
+    pub retained_bytes: Option<i64>,
+}
+
+/// The slot named `slot`, when it exists.
+pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>> {
+    let row = client
         .query_opt(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT COALESCE(wal_status = 'lost', false), confirmed_flush_lsn::text, \
+             (pg_current_wal_lsn() - restart_lsn)::bigint \
+             FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
         .await
-        .map_err(|e| sql_error("reading replication slots failed", e))?
-        .is_some();
-    if !exists {
-        client
-            .query(
-                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-                &[&slot],
-            )
-            .await
-            .map_err(|e| sql_error("creating the replication slot failed", e))?;
-        tracing::info!(slot, "created replication slot");
-    }
+        .map_err(|e| sql_error("reading replication slots failed", e))?;
+    Ok(row.map(|row| SlotInfo {
+        lost: row.get(0),
+        confirmed_flush: row.get::<_, Option<&str>>(1).and_then(|t| t.parse().ok()),
+        retained_bytes: row.get(2),
+    }))
+}
+
+/// The database system's identifier: it changes when the cluster is
+/// replaced (a restore from a base backup keeps it; initdb does not).
+pub async fn system_identifier(client: &Client) -> Result<String> {
+    let row = client
+        .query_one(
+            "SELECT system_identifier::text FROM pg_control_system()",
+            &[],
+        )
+        .await
+        .map_err(|e| sql_error("reading the system identifier failed", e))?;
+    Ok(row.get(0))
+}
+
+/// Creates the logical replication slot; returns the position it starts at.
+pub async fn create_slot(client: &Client, slot: &str) -> Result<crate::lsn::Lsn> {
+    let row = client
+        .query_one(
+            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| sql_error("creating the replication slot failed", e))?;
+    let lsn = row
+        .get::<_, &str>(0)
+        .parse()
+        .map_err(|_| Error::protocol("the new slot's position cannot be read"))?;
+    tracing::info!(slot, %lsn, "created replication slot");
+    Ok(lsn)
+}
+
+/// Drops the slot (an invalidated one, before a resync).
+pub async fn drop_slot(client: &Client, slot: &str) -> Result<()> {
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .map_err(|e| sql_error("dropping the replication slot failed", e))?;
+    tracing::warn!(slot, "dropped replication slot");
     Ok(())
 }
 

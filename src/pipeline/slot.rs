@@ -1,0 +1,155 @@
+//! The replication slot: created on the first run, and afterwards checked
+//! to be the very slot this data directory streamed from. A slot that is
+//! missing, invalidated, on another database system, or created anew has
+//! lost the changes in between: streaming from it would leave the indexes
+//! stale without a word. sluice refuses, or resyncs when told to.
+
+use std::path::Path;
+
+use tokio_postgres::Client;
+
+use crate::config::OnSlotLost;
+use crate::data_dir::SlotRecord;
+use crate::error::{Error, ErrorKind, Result};
+use crate::postgres::catalog;
+
+/// What the caller must do before streaming.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotOutcome {
+    /// The slot holds every change since the last run.
+    Ready,
+    /// A new slot, starting at this position, replaced a lost one: every
+    /// table's documents must be emptied and backfilled again into every sink.
+    Resync(crate::lsn::Lsn),
+}
+
+/// Ensures the slot exists and is ours. `streamed_before`: the data
+/// directory has sinks that were set up (so a missing slot means changes
+/// were lost, even without a record from an older sluice).
+pub async fn ensure(
+    client: &Client,
+    slot: &str,
+    on_lost: OnSlotLost,
+    data_dir: &Path,
+    streamed_before: bool,
+) -> Result<SlotOutcome> {
+    let record = SlotRecord::load(data_dir)?;
+    let system = catalog::system_identifier(client).await?;
+    let database: String = client
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Connection,
+                format!("reading the database name failed: {e}"),
+            )
+        })?
+        .get(0);
+    let info = catalog::slot_info(client, slot).await?;
+    let problem = match (&record, &info) {
+        (_, Some(info)) if info.lost => Some(format!(
+            "the replication slot {slot} was invalidated by Postgres (wal_status = 'lost'): \
+             the WAL it needed was removed (max_slot_wal_keep_size)"
+        )),
+        (Some(r), _) if r.system_identifier != system || r.database != database => Some(format!(
+            "the data directory streamed from database {} of system {}, not from database \
+             {database} of system {system}",
+            r.database, r.system_identifier
+        )),
+        (Some(r), _) if r.slot != slot => Some(format!(
+            "the data directory streamed from slot {}, not {slot}",
+            r.slot
+        )),
+        (Some(_), None) => Some(format!("the replication slot {slot} no longer exists")),
+        (None, None) if streamed_before => Some(format!(
+            "the replication slot {slot} no longer exists, and sinks were set up from it"
+        )),
+        _ => None,
+    };
+    let record_now = |created_at| SlotRecord {
+        slot: slot.to_owned(),
+        system_identifier: system.clone(),
+        database: database.clone(),
+        created_at,
+    };
+    let Some(problem) = problem else {
+        match (&record, &info) {
+            (Some(_), Some(_)) => {}
+            (None, Some(info)) => {
+                // Adopted: a slot created by an earlier sluice or by hand.
+                record_now(info.confirmed_flush.unwrap_or_default()).save(data_dir)?;
+            }
+            (_, None) => {
+                let at = catalog::create_slot(client, slot).await?;
+                record_now(at).save(data_dir)?;
+            }
+        }
+        return Ok(SlotOutcome::Ready);
+    };
+    let other_system = record
+        .as_ref()
+        .is_some_and(|r| r.system_identifier != system || r.database != database);
+    match on_lost {
+        OnSlotLost::Fail => Err(Error::new(
+            ErrorKind::Setup,
+            format!("{problem}: the changes made since sluice last streamed cannot be read, so the indexes may be stale"),
+        )
+        .hint(if other_system {
+            "point source.database_url at the database this data directory streamed from, \
+             or start with a new data directory (every sink is then backfilled)"
+        } else {
+            "set source.on_slot_lost = \"resync\" to create a new slot, empty every table's \
+             documents and backfill them again into every sink"
+        })),
+        OnSlotLost::Resync if other_system => Err(Error::new(
+            ErrorKind::Setup,
+            format!("{problem}: a resync cannot reuse this data directory's positions"),
+        )
+        .hint("start with a new data directory (every sink is then backfilled)")),
+        OnSlotLost::Resync => {
+            tracing::warn!(slot, problem, "resyncing: a new slot, and every table backfilled again into every sink");
+            if info.is_some() {
+                catalog::drop_slot(client, slot).await?;
+            }
+            let at = catalog::create_slot(client, slot).await?;
+            record_now(at).save(data_dir)?;
+            Ok(SlotOutcome::Resync(at))
+        }
+    }
+}
+
+/// Logs a warning while the slot holds more than `threshold` bytes of WAL
+/// on the primary, checked every minute.
+pub async fn watch_retained_wal(
+    conninfo: crate::postgres::conninfo::ConnInfo,
+    slot: String,
+    threshold: u64,
+) {
+    if threshold == 0 {
+        return;
+    }
+    let mut client = None;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        if client.is_none() {
+            client = conninfo.connect_sql().await.ok();
+        }
+        let Some(c) = &client else { continue };
+        match catalog::slot_info(c, &slot).await {
+            Ok(Some(info)) => {
+                if let Some(bytes) = info.retained_bytes.filter(|b| *b as u64 > threshold) {
+                    tracing::warn!(
+                        slot,
+                        retained_bytes = bytes,
+                        threshold,
+                        "the replication slot holds more WAL on the primary than \
+                         source.retained_wal_warn_bytes: sluice is behind or stalled, and the \
+                         primary's disk fills until it catches up"
+                    );
+                }
+            }
+            Ok(None) => {}
+            Err(_) => client = None,
+        }
+    }
+}

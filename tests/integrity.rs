@@ -277,3 +277,36 @@ async fn a_table_added_to_the_configuration_gets_its_initial_backfill() {
     assert_index_equals_table(&db, "items", "items", "id").await;
     assert!(sluice.stop().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partitioned_table_streams_under_its_own_name_with_partitions_attached_later() {
+    let db = TestDb::new("partitions").await;
+    db.exec(
+        "CREATE TABLE events (id int PRIMARY KEY, label text) PARTITION BY RANGE (id);
+         CREATE TABLE events_a PARTITION OF events FOR VALUES FROM (0) TO (1000);
+         CREATE TABLE events_b PARTITION OF events FOR VALUES FROM (1000) TO (2000);
+         INSERT INTO events SELECT i, 'old' FROM generate_series(0, 1999) i;",
+    )
+    .await;
+    let config = db.config("[[tables]]\nname = \"events\"", "");
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    assert_index_equals_table(&db, "events", "events", "id").await;
+    db.exec(
+        "CREATE TABLE events_c (id int PRIMARY KEY, label text);
+         ALTER TABLE events ATTACH PARTITION events_c FOR VALUES FROM (2000) TO (3000);
+         INSERT INTO events SELECT i, 'live' FROM generate_series(2000, 2499) i;
+         UPDATE events SET label = 'moved' WHERE id = 10;
+         UPDATE events SET id = 2600 + id WHERE id BETWEEN 20 AND 29;
+         DELETE FROM events WHERE id BETWEEN 1900 AND 1949;",
+    )
+    .await;
+    assert_index_equals_table(&db, "events", "events", "id").await;
+    assert!(sluice.stop().success());
+    // A second start finds the publication and the index as they should be.
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    db.exec("INSERT INTO events VALUES (2999, 'again')").await;
+    assert_index_equals_table(&db, "events", "events", "id").await;
+    assert!(sluice.stop().success());
+}

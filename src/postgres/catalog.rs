@@ -305,7 +305,11 @@ pub async fn check_source(
     Ok(report)
 }
 
-/// Creates the publication, or adds the tables it lacks.
+/// Creates the publication, or adds the tables it lacks. The publication
+/// publishes partitions' changes as their root table's
+/// (`publish_via_partition_root`): the stream then names the configured
+/// table, not the leaf partition a row lives in, and a partition attached
+/// later is streamed without a change to the publication.
 pub async fn ensure_publication(
     client: &Client,
     publication: &str,
@@ -314,11 +318,24 @@ pub async fn ensure_publication(
     let q = |e| sql_error("setting up the publication failed", e);
     let exists = client
         .query_opt(
-            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            "SELECT puballtables, pubviaroot FROM pg_publication WHERE pubname = $1",
             &[&publication],
         )
         .await
         .map_err(q)?;
+    if exists.as_ref().is_some_and(|row| !row.get::<_, bool>(1)) {
+        client
+            .batch_execute(&format!(
+                "ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
+                quote_ident(publication)
+            ))
+            .await
+            .map_err(q)?;
+        tracing::info!(
+            publication,
+            "publication now publishes partitions' changes as their root table's"
+        );
+    }
     let list = tables
         .iter()
         .map(TableName::quoted)
@@ -328,7 +345,7 @@ pub async fn ensure_publication(
         None => {
             client
                 .batch_execute(&format!(
-                    "CREATE PUBLICATION {} FOR TABLE {list}",
+                    "CREATE PUBLICATION {} FOR TABLE {list} WITH (publish_via_partition_root = true)",
                     quote_ident(publication)
                 ))
                 .await

@@ -39,6 +39,8 @@ pub const DEFAULT_STATUS_INTERVAL_MS: u64 = 10_000;
 pub const DEFAULT_RETAINED_WAL_WARN_BYTES: u64 = 4 << 30;
 /// Default cap of the restart backoff.
 pub const DEFAULT_MAX_RESTART_BACKOFF_MS: u64 = 30_000;
+/// `pipeline.drain_timeout_ms`.
+pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 20_000;
 /// Default bound of the writes spooled to disk for one sink that fell behind.
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 
@@ -169,6 +171,12 @@ pub struct PipelineConfig {
     /// Cap of the exponential backoff between pipeline restarts, in milliseconds.
     #[serde(default = "default_max_restart_backoff_ms")]
     pub max_restart_backoff_ms: u64,
+    /// On SIGTERM/SIGINT, how long in-flight writes may take to be written
+    /// and confirmed before sluice exits anyway (what is unconfirmed is read
+    /// again at the next start), in milliseconds. Below Kubernetes' default
+    /// grace period of 30 s.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
     /// With several sinks, a sink that falls behind has its writes spooled to
     /// `data_dir/spool/<sink>/` so the others go on; at most this many bytes
     /// per sink, beyond which the pipeline waits for it.
@@ -198,6 +206,7 @@ impl Default for PipelineConfig {
             index_template: default_index_template(),
             key_separator: default_key_separator(),
             max_restart_backoff_ms: DEFAULT_MAX_RESTART_BACKOFF_MS,
+            drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
             spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
             metrics_listen: None,
             function_memory_mb: crate::functions::DEFAULT_MEMORY_MB,
@@ -452,6 +461,9 @@ fn default_index_template() -> String {
 }
 fn default_key_separator() -> String {
     DEFAULT_KEY_SEPARATOR.into()
+}
+fn default_drain_timeout_ms() -> u64 {
+    DEFAULT_DRAIN_TIMEOUT_MS
 }
 fn default_max_restart_backoff_ms() -> u64 {
     DEFAULT_MAX_RESTART_BACKOFF_MS

@@ -310,3 +310,42 @@ async fn a_partitioned_table_streams_under_its_own_name_with_partitions_attached
     assert_index_equals_table(&db, "events", "events", "id").await;
     assert!(sluice.stop().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slot_dropped_while_streaming_stops_sluice_with_exit_3() {
+    let db = TestDb::new("slot_dropped").await;
+    db.exec(ITEMS).await;
+    let config = db.config("[[tables]]\nname = \"items\"", "");
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    // Cut the walsender and drop the slot before sluice reconnects.
+    let dropped = wait_until(Duration::from_secs(20), || async {
+        let _ = db
+            .client
+            .batch_execute(&format!(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                 WHERE slot_name = '{0}' AND active_pid IS NOT NULL;
+                 SELECT pg_drop_replication_slot('{0}');",
+                db.name
+            ))
+            .await;
+        !db.slot_exists().await
+    })
+    .await;
+    assert!(dropped, "the slot could not be dropped");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = sluice.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sluice kept running without its slot; log:\n{}",
+            sluice.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.code(), Some(3), "{}", sluice.log_text());
+    assert!(sluice.log_text().contains("restarting cannot fix this"));
+    assert!(!db.slot_exists().await, "a slot was created silently");
+}

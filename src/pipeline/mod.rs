@@ -58,6 +58,7 @@ pub struct PipelinePlan {
     pub batch_max_age: Duration,
     pub status_interval: Duration,
     pub max_restart_backoff: Duration,
+    pub drain_timeout: Duration,
     pub spool_max_bytes: u64,
     pub key_separator: String,
     pub operations: HashMap<String, Vec<Operation>>,
@@ -146,6 +147,7 @@ impl PipelinePlan {
             batch_max_age: Duration::from_millis(p.batch_max_age_ms),
             status_interval: Duration::from_millis(config.source.status_interval_ms),
             max_restart_backoff: Duration::from_millis(p.max_restart_backoff_ms),
+            drain_timeout: Duration::from_millis(p.drain_timeout_ms),
             spool_max_bytes: p.spool_max_bytes,
             key_separator: p.key_separator.clone(),
             operations,
@@ -370,15 +372,18 @@ pub async fn run(
         )
     })?;
     tokio::pin!(done_rx);
-    tokio::select! {
+    let fatal = tokio::select! {
         _ = &mut shutdown => {
             let _ = supervisor.cast(supervisor::SupervisorMsg::Shutdown);
-            let _ = done_rx.await;
+            (&mut done_rx).await.ok().flatten()
         }
-        _ = &mut done_rx => {}
-    }
+        fatal = &mut done_rx => fatal.ok().flatten(),
+    };
     let _ = handle.await;
-    Ok(plan)
+    match fatal {
+        Some(e) => Err(e),
+        None => Ok(plan),
+    }
 }
 
 /// Before a resync: every sink drops every configured table's documents, so

@@ -26,6 +26,9 @@ pub struct RawBatch {
 }
 
 pub struct ReaderArgs {
+    /// How long a drain may take before shutdown gives up waiting
+    /// (`pipeline.drain_timeout_ms`).
+    pub drain_timeout: Duration,
     pub conninfo: ConnInfo,
     pub slot: String,
     pub publication: String,
@@ -55,9 +58,6 @@ pub struct ReaderState {
 }
 
 pub struct Reader;
-
-/// How long a drain may take before shutdown gives up waiting.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Actor for Reader {
     type Msg = ReaderMsg;
@@ -104,11 +104,12 @@ impl Actor for Reader {
                     last: true,
                 }))?;
                 let mut acks = state.args.acks.clone();
-                let timed_out = tokio::time::timeout(DRAIN_TIMEOUT, acks.wait_for(|s| s.drained))
+                let drain_timeout = state.args.drain_timeout;
+                let timed_out = tokio::time::timeout(drain_timeout, acks.wait_for(|s| s.drained))
                     .await
                     .is_err();
                 if timed_out {
-                    tracing::warn!("the pipeline did not drain within {DRAIN_TIMEOUT:?}; unacknowledged changes will be read again at the next start");
+                    tracing::warn!(drain_timeout_ms = drain_timeout.as_millis() as u64, "the pipeline did not drain within pipeline.drain_timeout_ms; unacknowledged changes will be read again at the next start");
                 }
                 let lsn = state.args.acks.borrow().lsn;
                 if let Some(mut conn) = state.conn.take() {

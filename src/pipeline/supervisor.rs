@@ -13,7 +13,7 @@ use super::ack::{AckArgs, AckState, Acknowledger};
 use super::decoder::{Decoder, DecoderArgs};
 use super::filter::{Filter, FilterArgs};
 use super::lane::{Lane, SpillPolicy};
-use super::reader::{Reader, ReaderArgs, ReaderMsg, DRAIN_TIMEOUT};
+use super::reader::{Reader, ReaderArgs, ReaderMsg};
 use super::router::{Router, RouterArgs};
 use super::shard::{Shard, ShardArgs};
 use super::stats::StageStats;
@@ -21,6 +21,7 @@ use super::transform::{TransformArgs, Transformer};
 use super::writer::{Writer, WriterArgs};
 use super::PipelinePlan;
 use crate::backfill::{Manager, RunContext};
+use crate::error::Error;
 use crate::lsn::Lsn;
 
 /// The first restart waits this long; each failure in a row doubles it.
@@ -28,8 +29,13 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
 /// With several sinks, a sink whose oldest waiting write waited this long
 /// is spooled, so the others go on.
 const SPILL_AFTER: Duration = Duration::from_secs(5);
-/// A pipeline that ran this long without failing resets the backoff.
-const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+/// A pipeline that ran this long without failing resets the backoff: a
+/// fault hours after the last one is retried at once.
+const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+/// A stage gets this long to stop when its generation ends; then it is
+/// killed, and the next generation starts only once it is gone, so no
+/// write of an old generation can land after one of the new.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub enum SupervisorMsg {
     Start,
@@ -41,8 +47,9 @@ pub struct SupervisorArgs {
     pub plan: Arc<PipelinePlan>,
     /// Backfills run while the pipeline streams.
     pub backfills: Option<Arc<Manager>>,
-    /// Told when the supervisor is done (after shutdown).
-    pub done: Option<oneshot::Sender<()>>,
+    /// Told when the supervisor is done (after shutdown), with the error
+    /// that stopped it when restarting could not have fixed it.
+    pub done: Option<oneshot::Sender<Option<Error>>>,
 }
 
 pub struct SupervisorState {
@@ -54,8 +61,10 @@ pub struct SupervisorState {
     started_at: Instant,
     shutting_down: bool,
     restart_pending: bool,
-    done: Option<oneshot::Sender<()>>,
+    done: Option<oneshot::Sender<Option<Error>>>,
     generation: u64,
+    /// The error of a kind no restart fixes (configuration, setup).
+    fatal: Option<Error>,
 }
 
 pub struct Supervisor;
@@ -82,6 +91,7 @@ impl Actor for Supervisor {
             restart_pending: false,
             done: args.done,
             generation: 0,
+            fatal: None,
         })
     }
 
@@ -92,7 +102,7 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         state.stop_children().await;
         if let Some(done) = state.done.take() {
-            let _ = done.send(());
+            let _ = done.send(state.fatal.take());
         }
         Ok(())
     }
@@ -120,7 +130,9 @@ impl Actor for Supervisor {
                     Err(e) => {
                         let text = e.to_string();
                         state.stop_children().await;
-                        state.schedule_restart(&myself, &text);
+                        if !state.stop_if_fatal(&myself, e.as_ref()) {
+                            state.schedule_restart(&myself, &text);
+                        }
                     }
                 }
             }
@@ -131,9 +143,10 @@ impl Actor for Supervisor {
                         tracing::info!("shutting down: flushing what is in flight");
                         reader.cast(ReaderMsg::Drain)?;
                         // If draining hangs, stop anyway: nothing unconfirmed is lost.
-                        myself.send_after(DRAIN_TIMEOUT + Duration::from_secs(5), || {
-                            SupervisorMsg::Start
-                        });
+                        // (The reader gives up at the timeout; this is for a
+                        // reader that cannot even do that.)
+                        let deadline = state.plan.drain_timeout + Duration::from_secs(2);
+                        myself.send_after(deadline, || SupervisorMsg::Start);
                     }
                     _ => myself.stop(None),
                 }
@@ -158,7 +171,7 @@ impl Actor for Supervisor {
                 state.stop_children().await;
                 if state.shutting_down {
                     myself.stop(None);
-                } else {
+                } else if !state.stop_if_fatal(&myself, error.as_ref()) {
                     state.schedule_restart(&myself, &text);
                 }
             }
@@ -188,6 +201,25 @@ impl Actor for Supervisor {
 }
 
 impl SupervisorState {
+    /// Stops the supervisor when `error` is of a kind no restart fixes
+    /// (`ErrorKind::is_retryable`): sluice then exits with its code.
+    fn stop_if_fatal(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        error: &(dyn std::error::Error + 'static),
+    ) -> bool {
+        let Some(e) = typed_error(error).filter(|e| !e.kind().is_retryable()) else {
+            return false;
+        };
+        tracing::error!(kind = ?e.kind(), "pipeline stopped: restarting cannot fix this: {e}");
+        metrics::gauge!("sluice_pipeline_up").set(0.0);
+        self.plan.status.set_streaming(false);
+        self.fatal = Some(e.clone());
+        self.shutting_down = true;
+        myself.stop(None);
+        true
+    }
+
     fn schedule_restart(&mut self, myself: &ActorRef<SupervisorMsg>, error: &str) {
         metrics::gauge!("sluice_pipeline_up").set(0.0);
         metrics::counter!("sluice_pipeline_restarts_total").increment(1);
@@ -213,11 +245,16 @@ impl SupervisorState {
         self.reader = None;
         for child in self.children.drain(..).rev() {
             child.unlink(child.clone());
-            if let Err(e) = child
-                .stop_and_wait(None, Some(Duration::from_secs(10)))
-                .await
-            {
-                tracing::debug!(error = %e, "a stage did not stop in time");
+            if child.stop_and_wait(None, Some(STOP_TIMEOUT)).await.is_err() {
+                let stage = child.get_name().unwrap_or_default();
+                tracing::warn!(
+                    stage,
+                    "a stage did not stop within {STOP_TIMEOUT:?}: killing it"
+                );
+                // Without a timeout: the next generation waits until it is gone.
+                if let Err(e) = child.kill_and_wait(None).await {
+                    tracing::warn!(stage, error = %e, "a stage could not be killed");
+                }
             }
         }
     }
@@ -347,6 +384,7 @@ impl SupervisorState {
             });
         }
         let args = ReaderArgs {
+            drain_timeout: plan.drain_timeout,
             conninfo: plan.conninfo.clone(),
             slot: plan.slot.clone(),
             publication: plan.publication.clone(),
@@ -388,4 +426,22 @@ impl Default for PipelineStats {
             writer: StageStats::new("writer"),
         }
     }
+}
+
+/// sluice's own error inside a stage's failure, when there is one: the
+/// failure itself, or the start-up failure a spawn reports.
+fn typed_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Error> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(ours) = e.downcast_ref::<Error>() {
+            return Some(ours);
+        }
+        if let Some(ractor::SpawnErr::StartupFailed(inner)) = e.downcast_ref::<ractor::SpawnErr>() {
+            if let Some(ours) = typed_error(inner.as_ref()) {
+                return Some(ours);
+            }
+        }
+        next = e.source();
+    }
+    None
 }

@@ -614,7 +614,7 @@ fn server_error(body: backend::ErrorResponseBody) -> Error {
     let (kind, our_hint) = match code.as_str() {
         "28000" | "28P01" => (ErrorKind::Config, Some("check the user and password; for replication the role needs the REPLICATION attribute and a pg_hba.conf line for `replication`")),
         "55006" => (ErrorKind::Connection, Some("another process uses this replication slot; stop it or configure another source.slot")),
-        "42704" => (ErrorKind::Setup, Some("the replication slot or publication does not exist; `sluice run` creates them, `sluice check` explains")),
+        "42704" => (ErrorKind::Setup, Some("the replication slot or publication does not exist: changes made since are lost to this slot (see source.on_slot_lost); `sluice check` explains")),
         "42501" => (ErrorKind::Setup, Some("the role lacks a privilege; see `sluice check`")),
         "3D000" => (ErrorKind::Config, Some("the database does not exist; check the database URL")),
         _ => (ErrorKind::Protocol, None),

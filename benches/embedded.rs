@@ -76,7 +76,7 @@ fn main() {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
-        let mut sink = EmbeddedSink::open("bench", dir.path()).expect("embedded sink");
+        let mut sink = EmbeddedSink::open("bench", dir.path(), sluice::sink::http::DEFAULT_MAX_DOCUMENT_BYTES).expect("embedded sink");
         let mut commits = Histogram::<u64>::new(3).expect("histogram");
         let interval = Duration::from_millis(commit_ms);
         let start = Instant::now();

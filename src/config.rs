@@ -323,6 +323,8 @@ pub enum SinkKind {
     Embedded {
         /// Milliseconds between commits; a commit makes writes searchable and durable.
         commit_interval_ms: u64,
+        /// A larger document (its JSON, in bytes) is parked, not indexed.
+        max_document_bytes: u64,
     },
     /// Discards every document (for benchmarks).
     Null,
@@ -353,7 +355,9 @@ impl SinkKind {
     /// reports their position).
     pub fn commit_interval(&self) -> std::time::Duration {
         let ms = match self {
-            SinkKind::Embedded { commit_interval_ms } => *commit_interval_ms,
+            SinkKind::Embedded {
+                commit_interval_ms, ..
+            } => *commit_interval_ms,
             SinkKind::Null => NULL_COMMIT_INTERVAL_MS,
             SinkKind::Elasticsearch(es) => es.flush_interval_ms,
             SinkKind::Typesense(ts) => ts.flush_interval_ms,
@@ -376,6 +380,8 @@ enum RawSink {
         name: String,
         #[serde(default = "default_commit_interval_ms")]
         commit_interval_ms: u64,
+        #[serde(default = "crate::sink::http::default_max_document_bytes")]
+        max_document_bytes: u64,
     },
     Null {
         name: String,
@@ -393,9 +399,13 @@ impl From<RawSink> for SinkConfig {
             RawSink::Embedded {
                 name,
                 commit_interval_ms,
+                max_document_bytes,
             } => SinkConfig {
                 name,
-                kind: SinkKind::Embedded { commit_interval_ms },
+                kind: SinkKind::Embedded {
+                    commit_interval_ms,
+                    max_document_bytes,
+                },
             },
             RawSink::Null { name } => SinkConfig {
                 name,
@@ -426,6 +436,7 @@ fn default_sinks() -> Vec<SinkConfig> {
         name: "embedded".into(),
         kind: SinkKind::Embedded {
             commit_interval_ms: DEFAULT_COMMIT_INTERVAL_MS,
+            max_document_bytes: crate::sink::http::DEFAULT_MAX_DOCUMENT_BYTES,
         },
     }]
 }
@@ -813,11 +824,22 @@ impl Config {
             let mut found = Vec::new();
             match &sink.kind {
                 SinkKind::Embedded {
-                    commit_interval_ms: 0,
-                } => problem(
-                    format!("{path}.commit_interval_ms"),
-                    "must be at least 1".into(),
-                ),
+                    commit_interval_ms,
+                    max_document_bytes,
+                } => {
+                    if *commit_interval_ms == 0 {
+                        problem(
+                            format!("{path}.commit_interval_ms"),
+                            "must be at least 1".into(),
+                        );
+                    }
+                    if *max_document_bytes < 1024 {
+                        problem(
+                            format!("{path}.max_document_bytes"),
+                            "must be at least 1024".into(),
+                        );
+                    }
+                }
                 SinkKind::Elasticsearch(es) => es.validate(&path, &mut found),
                 SinkKind::Typesense(ts) => ts.validate(&path, &mut found),
                 SinkKind::Meilisearch(ms) => ms.validate(&path, &mut found),
@@ -1130,7 +1152,8 @@ mod tests {
         assert!(matches!(
             config.sinks[0].kind,
             SinkKind::Embedded {
-                commit_interval_ms: 1000
+                commit_interval_ms: 1000,
+                max_document_bytes: crate::sink::http::DEFAULT_MAX_DOCUMENT_BYTES
             }
         ));
     }

@@ -82,7 +82,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         args.data_dir.clone(),
     );
     config.source.status_interval_ms = 1000;
-    if let crate::config::SinkKind::Embedded { commit_interval_ms } = &mut config.sinks[0].kind {
+    if let crate::config::SinkKind::Embedded {
+        commit_interval_ms, ..
+    } = &mut config.sinks[0].kind
+    {
         *commit_interval_ms = 200;
     }
     config.validate()?;

@@ -312,6 +312,80 @@ async fn api_key_gzip_and_index_creation() {
     assert!(sluice.stop().success());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_documents_are_parked_and_the_stream_goes_on() {
+    // A cluster that takes request bodies up to 1 MB.
+    let es = FakeElasticsearch::start(FakeOptions {
+        max_body_bytes: 1024 * 1024,
+        ..FakeOptions::default()
+    })
+    .await;
+    let db = TestDb::new("es_refused").await;
+    db.exec(PRODUCTS).await;
+    let config = db.config_with_sinks("[[tables]]\nname = \"products\"", "", &sink(&es.url(), ""));
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    // One transaction, so the 2 MB row shares a bulk request with small ones:
+    // the cluster refuses the whole request with 413.
+    db.exec(
+        "BEGIN;
+         INSERT INTO products (id, name) SELECT i, 'p' || i FROM generate_series(1, 200) i;
+         INSERT INTO products (id, name, body) VALUES (1000, 'big', repeat(md5('x'), 65536));
+         INSERT INTO products (id, name) SELECT i, 'p' || i FROM generate_series(201, 250) i;
+         COMMIT",
+    )
+    .await;
+    // 150 MB: over the default max_document_bytes, parked before it is sent.
+    db.exec(
+        "INSERT INTO products (id, name, body) VALUES (2000, 'huge', repeat(md5('y'), 4915200))",
+    )
+    .await;
+    db.exec("INSERT INTO products (id, name) SELECT i, 'p' || i FROM generate_series(251, 300) i")
+        .await;
+    let after = db.current_wal_lsn().await;
+    let flowed = wait_until(Duration::from_secs(90), || async {
+        es.doc_count("products") == 300
+    })
+    .await;
+    assert!(
+        flowed,
+        "{} documents:\n{}",
+        es.doc_count("products"),
+        sluice.log_text()
+    );
+    let advanced = wait_until(Duration::from_secs(30), || async {
+        db.confirmed_flush().await >= after
+    })
+    .await;
+    assert!(advanced, "the slot stayed behind the refused documents");
+    sluice.assert_running();
+
+    let mut failed = sluice::sink::failed::list(&db.data_dir(), "search").unwrap();
+    failed.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(
+        failed.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        ["1000", "2000"],
+        "{failed:?}"
+    );
+    assert!(
+        failed[0].error.contains("413") && failed[0].error.contains("content_too_long"),
+        "{}",
+        failed[0].error
+    );
+    assert!(failed[0].document.is_some(), "the refused document is kept");
+    assert!(
+        failed[1].error.contains("max_document_bytes"),
+        "{}",
+        failed[1].error
+    );
+    assert!(
+        failed[1].document.is_none(),
+        "a 150 MB document is not kept"
+    );
+    assert!(sluice.log_text().contains("sending it in halves"));
+    assert!(sluice.stop().success());
+}
+
 /// A dead Elasticsearch (503 to everything) and a database whose products
 /// stream to it and to an embedded index, with a small in-flight budget: the
 /// dead sink's share of it is spent within the first rows.
@@ -368,7 +442,8 @@ async fn a_dead_sink_does_not_hold_back_the_others() {
     let confirmed = db.confirmed_flush().await;
     assert!(
         confirmed < after_first_insert,
-        "the slot confirmed {confirmed}, past the changes up to {after_first_insert} the dead sink lacks"
+        "the slot confirmed {confirmed}, past the changes up to {after_first_insert} the dead sink lacks:\n{}",
+        sluice.log_text()
     );
 
     // Back to life: it catches up from its spool, then follows live changes.

@@ -349,3 +349,56 @@ async fn a_slot_dropped_while_streaming_stops_sluice_with_exit_3() {
     assert!(sluice.log_text().contains("restarting cannot fix this"));
     assert!(!db.slot_exists().await, "a slot was created silently");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_document_over_max_document_bytes_is_parked_and_the_rest_is_indexed() {
+    let db = TestDb::new("embedded_too_large").await;
+    db.exec(ITEMS).await;
+    let sinks = "[[sinks]]\nname = \"embedded\"\ntype = \"embedded\"\ncommit_interval_ms = 100\nmax_document_bytes = 4096\n";
+    let config = db.config_with_sinks("[[tables]]\nname = \"items\"", "", sinks);
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    db.exec("INSERT INTO items SELECT i, 'n' || i, i FROM generate_series(1, 100) i")
+        .await;
+    assert_index_equals_table(&db, "items", "items", "id").await;
+    db.exec("UPDATE items SET name = repeat('z', 10000) WHERE id = 50")
+        .await;
+    let parked = wait_until(Duration::from_secs(30), || async {
+        sluice::sink::failed::list(&db.data_dir(), "embedded")
+            .unwrap()
+            .len()
+            == 1
+    })
+    .await;
+    assert!(parked, "the large document was not parked");
+    // A later write of the parked document waits behind it; others flow.
+    db.exec("UPDATE items SET name = 'small again' WHERE id = 50")
+        .await;
+    db.exec("UPDATE items SET n = -1 WHERE id = 51").await;
+    let after = db.current_wal_lsn().await;
+    let advanced = wait_until(Duration::from_secs(60), || async {
+        db.confirmed_flush().await >= after
+    })
+    .await;
+    assert!(advanced, "the slot stayed behind:\n{}", sluice.log_text());
+    sluice.assert_running();
+    let docs = documents(&db.data_dir(), "items", "id");
+    let failed = sluice::sink::failed::list(&db.data_dir(), "embedded").unwrap();
+    assert_eq!(docs.len(), 100);
+    assert_eq!(
+        docs["50"]["name"],
+        "n50",
+        "the index keeps the last version it took; parked: {failed:?}\n{}",
+        sluice.log_text()
+    );
+    assert_eq!(docs["51"]["n"], -1);
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert!(failed.iter().all(|m| m.id == "50"));
+    assert!(
+        failed[0].error.contains("max_document_bytes (4096)"),
+        "{}",
+        failed[0].error
+    );
+    assert_eq!(failed[1].error, sluice::sink::failed::WAITING_BEHIND);
+    assert!(sluice.stop().success());
+}

@@ -148,6 +148,25 @@ impl FailedStore {
 }
 
 impl FailedStore {
+    /// Parks `op` instead of sending it when its document is larger than
+    /// `max_document_bytes` (the document itself is not kept: a retry reads
+    /// the row again) or an earlier write to its document is parked. Returns
+    /// whether it did.
+    pub fn screen(&mut self, sink: &str, op: &WriteOp, max_document_bytes: u64) -> Result<bool> {
+        if let WriteAction::Upsert { doc, .. } = &op.action {
+            if doc.len() as u64 > max_document_bytes {
+                let error = format!(
+                    "the document is {} bytes, over the sink's max_document_bytes ({max_document_bytes}): \
+                     raise max_document_bytes, or leave the large columns out with the table's `drop`",
+                    doc.len()
+                );
+                self.park(&FailedMessage::without_document(sink, op, error))?;
+                return Ok(true);
+            }
+        }
+        self.park_if_blocked(sink, op)
+    }
+
     /// Parks `op` when an earlier write to its document is parked: it waits
     /// behind it, so a retry replays both in order. Returns whether it did.
     pub fn park_if_blocked(&mut self, sink: &str, op: &WriteOp) -> Result<bool> {
@@ -185,13 +204,21 @@ impl FailedStore {
 impl FailedMessage {
     /// The message for a write.
     pub fn for_op(sink: &str, op: &WriteOp, error: String, attempts: u32) -> FailedMessage {
-        let (action, document) = match &op.action {
-            WriteAction::Upsert { doc, partial, .. } => (
-                if *partial { "update" } else { "upsert" },
-                Some(String::from_utf8_lossy(doc).into_owned()),
-            ),
-            WriteAction::Delete => ("delete", None),
-            WriteAction::Truncate { .. } => ("truncate", None),
+        let mut message = FailedMessage::without_document(sink, op, error);
+        message.attempts = attempts;
+        if let WriteAction::Upsert { doc, .. } = &op.action {
+            message.document = Some(String::from_utf8_lossy(doc).into_owned());
+        }
+        message
+    }
+
+    /// The message for a write whose document is not kept (too large to).
+    pub fn without_document(sink: &str, op: &WriteOp, error: String) -> FailedMessage {
+        let action = match &op.action {
+            WriteAction::Upsert { partial: true, .. } => "update",
+            WriteAction::Upsert { .. } => "upsert",
+            WriteAction::Delete => "delete",
+            WriteAction::Truncate { .. } => "truncate",
         };
         FailedMessage {
             key: String::new(),
@@ -202,9 +229,9 @@ impl FailedMessage {
             routing: op.routing.as_deref().map(str::to_owned),
             lsn: op.lsn.to_string(),
             action: action.to_owned(),
-            document,
+            document: None,
             error,
-            attempts,
+            attempts: 0,
             failed_at_ms: now_ms(),
         }
     }
@@ -215,15 +242,24 @@ impl FailedMessage {
             .lsn
             .parse()
             .map_err(|e| Error::new(ErrorKind::Io, format!("failed message {}: {e}", self.key)))?;
-        let doc = || self.document.clone().unwrap_or_default().into_bytes();
+        let doc = || match &self.document {
+            Some(document) => Ok(document.clone().into_bytes()),
+            None => Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "failed message {}: its document was not kept ({}); backfill the row instead",
+                    self.key, self.error
+                ),
+            )),
+        };
         let action = match self.action.as_str() {
             "upsert" | "index" => WriteAction::Upsert {
-                doc: doc(),
+                doc: doc()?,
                 partial: false,
                 fresh: false,
             },
             "update" => WriteAction::Upsert {
-                doc: doc(),
+                doc: doc()?,
                 partial: true,
                 fresh: false,
             },

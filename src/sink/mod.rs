@@ -38,9 +38,13 @@ pub trait Sink: Send + 'static {
 /// Builds the sink a config describes.
 pub fn build(config: &SinkConfig, data_dir: &Path) -> Result<Box<dyn Sink>> {
     Ok(match &config.kind {
-        SinkKind::Embedded { .. } => {
-            Box::new(embedded::EmbeddedSink::open(&config.name, data_dir)?)
-        }
+        SinkKind::Embedded {
+            max_document_bytes, ..
+        } => Box::new(embedded::EmbeddedSink::open(
+            &config.name,
+            data_dir,
+            *max_document_bytes,
+        )?),
         SinkKind::Null => Box::new(null::NullSink::new(&config.name)),
         SinkKind::Elasticsearch(es) => {
             Box::new(elasticsearch::ElasticsearchSink::new(es, data_dir)?)

@@ -155,11 +155,12 @@ data_dir = "{data}"
         );
     }
 
-    /// The server's current WAL write position as a number.
+    /// The server's current WAL insert position as a number: past every
+    /// committed change, even with synchronous_commit off.
     pub async fn current_wal_lsn(&self) -> u64 {
         let row = self
             .client
-            .query_one("SELECT (pg_current_wal_lsn() - '0/0')::bigint", &[])
+            .query_one("SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint", &[])
             .await
             .unwrap();
         row.get::<_, i64>(0) as u64

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::config::ElasticsearchConfig;
 use super::request::{self, BulkAction};
 use super::response::{self, Outcome};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
 use crate::lsn::Lsn;
 pub use crate::sink::http::SendError;
 use crate::sink::http::{body_text, Answers, HttpClient};
@@ -50,9 +50,7 @@ const ANSWERS: Answers = Answers {
     error_text: body_text,
     credentials_hint:
         "check the sink's credentials (api_key_env, username/password_env, bearer_token_env)",
-    too_large_hint: Some(
-        "lower the sink's batch_max_bytes below the engine's http.max_content_length",
-    ),
+    too_large_refuses: true,
 };
 
 /// The HTTP side of a sink; shared by its in-flight requests.
@@ -98,23 +96,47 @@ impl Client {
     }
 
     /// Delivers a bulk request: every item ends written, superseded, or
-    /// returned to be parked (permanent failures and exhausted retries).
+    /// returned to be parked (permanent failures and exhausted retries). A
+    /// request refused as a whole (413, a malformed body) is split in halves
+    /// until the items the engine refuses are found; those alone are parked
+    /// with its answer.
     pub async fn deliver(self: Arc<Self>, job: Job) -> Result<Vec<Parked>> {
-        let Job {
-            mut body,
-            items: mut round,
-        } = job;
         let mut parked = Vec::new();
-        let park = |item: Pending, body: &Bytes, parked: &mut Vec<Parked>| {
+        let park = |mut item: Pending, problem: &str, body: &Bytes, parked: &mut Vec<Parked>| {
+            if !problem.is_empty() {
+                item.attempts += 1;
+                item.last_error = problem.to_owned();
+            }
             let lines = String::from_utf8_lossy(&body[item.range.clone()]).into_owned();
             parked.push(Parked { item, lines });
         };
-        while !round.is_empty() {
+        // Rounds still to send, the next on top: the halves of a refused
+        // request and the retries of a round go before what came after them.
+        let mut rounds = vec![(job.body, job.items)];
+        while let Some((body, round)) = rounds.pop() {
             let actions: Vec<BulkAction> = round.iter().map(|p| p.action).collect();
             let outcomes = match self.send_bulk(body.clone()).await {
                 Ok(answer) => response::parse(&answer, &actions)
                     .unwrap_or_else(|e| vec![Outcome::Retry(e); round.len()]),
                 Err(SendError::Retryable(problem)) => vec![Outcome::Retry(problem); round.len()],
+                Err(SendError::Refused(problem)) => {
+                    if round.len() == 1 {
+                        for item in round {
+                            park(item, &problem, &body, &mut parked);
+                        }
+                    } else {
+                        tracing::warn!(
+                            sink = %self.name,
+                            items = round.len(),
+                            "a bulk request was refused, sending it in halves to find the writes it refuses: {problem}"
+                        );
+                        let mut first = round;
+                        let second = first.split_off(first.len() / 2);
+                        rounds.push(rebuilt(&body, second));
+                        rounds.push(rebuilt(&body, first));
+                    }
+                    continue;
+                }
                 Err(SendError::Fatal(e)) => return Err(e),
             };
             // Later writes to a document whose earlier write must be retried
@@ -131,22 +153,18 @@ impl Client {
                         item.attempts += 1;
                         item.last_error = problem;
                         if item.attempts > self.config.max_retries {
-                            park(item, &body, &mut parked);
+                            park(item, "", &body, &mut parked);
                         } else {
                             first_problem.get_or_insert_with(|| item.last_error.clone());
                             held.insert(key);
                             again.push(item);
                         }
                     }
-                    Outcome::Failed(problem) => {
-                        item.attempts += 1;
-                        item.last_error = problem;
-                        park(item, &body, &mut parked);
-                    }
+                    Outcome::Failed(problem) => park(item, &problem, &body, &mut parked),
                 }
             }
             if again.is_empty() {
-                break;
+                continue;
             }
             let attempt = again.iter().map(|p| p.attempts).max().unwrap_or(1).max(1);
             let problem = format!(
@@ -155,13 +173,7 @@ impl Client {
                 first_problem.unwrap_or_default()
             );
             self.http.wait(attempt, &problem).await;
-            let (next_body, ranges) =
-                request::rebuild(&body, again.iter().map(|p| p.range.clone()));
-            for (item, range) in again.iter_mut().zip(ranges) {
-                item.range = range;
-            }
-            body = Bytes::from(next_body);
-            round = again;
+            rounds.push(rebuilt(&body, again));
         }
         Ok(parked)
     }
@@ -188,14 +200,19 @@ impl Client {
         if status.is_success() {
             Ok(answer)
         } else {
-            Err(SendError::Fatal(Error::new(
-                ErrorKind::Sink,
-                format!(
-                    "sink {}: the bulk request was rejected: {status}: {}",
-                    self.name,
-                    body_text(&answer)
-                ),
+            Err(SendError::Refused(format!(
+                "{status}: {}",
+                body_text(&answer)
             )))
         }
     }
+}
+
+/// The body of `items` alone, their ranges moved to match.
+fn rebuilt(body: &Bytes, mut items: Vec<Pending>) -> (Bytes, Vec<Pending>) {
+    let (next, ranges) = request::rebuild(body, items.iter().map(|p| p.range.clone()));
+    for (item, range) in items.iter_mut().zip(ranges) {
+        item.range = range;
+    }
+    (Bytes::from(next), items)
 }

@@ -55,6 +55,10 @@ pub struct ElasticsearchConfig {
     /// pauses (and with it the slot) until some are retried or discarded.
     #[serde(default = "http::default_max_parked")]
     pub max_parked: usize,
+    /// A document larger than this (its JSON, in bytes) is parked before it
+    /// is sent, with the reason.
+    #[serde(default = "http::default_max_document_bytes")]
+    pub max_document_bytes: u64,
     /// Compress request bodies with gzip.
     #[serde(default)]
     pub gzip: bool,
@@ -119,6 +123,7 @@ impl ElasticsearchConfig {
             retry_max_backoff_ms: self.retry_max_backoff_ms,
             max_retries: self.max_retries,
             max_parked: self.max_parked,
+            max_document_bytes: self.max_document_bytes,
             concurrency: Some(self.concurrency),
         }
     }

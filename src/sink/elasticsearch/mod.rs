@@ -213,7 +213,10 @@ impl super::Sink for ElasticsearchSink {
                 self.truncate(&op.index).await?;
                 continue;
             }
-            if self.failed.park_if_blocked(&self.client.name, op)? {
+            if self
+                .failed
+                .screen(&self.client.name, op, self.client.config.max_document_bytes)?
+            {
                 continue;
             }
             self.ensure_index(&op.index).await?;

@@ -30,6 +30,8 @@ pub use schema::Fields;
 use crate::error::{Error, ErrorKind, Result};
 use crate::lsn::Lsn;
 use crate::pipeline::change::{WriteAction, WriteOp};
+use crate::sink::failed::{FailedMessage, FailedStore};
+use crate::sink::http::DEFAULT_MAX_PARKED;
 
 /// Deletes tantivy holds (about 0.5 kB each) before an early commit bounds them.
 const MAX_PENDING_DELETES: usize = 50_000;
@@ -83,10 +85,13 @@ pub struct EmbeddedSink {
     data_dir: PathBuf,
     indexes: HashMap<Arc<str>, OpenIndex>,
     parser: document::Parser,
+    /// Documents the index refuses, and those larger than `max_document_bytes`.
+    failed: FailedStore,
+    max_document_bytes: u64,
 }
 
 impl EmbeddedSink {
-    pub fn open(name: &str, data_dir: &Path) -> Result<EmbeddedSink> {
+    pub fn open(name: &str, data_dir: &Path, max_document_bytes: u64) -> Result<EmbeddedSink> {
         let dir = data_dir.join("indexes");
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
@@ -95,6 +100,8 @@ impl EmbeddedSink {
             data_dir: data_dir.to_owned(),
             indexes: HashMap::new(),
             parser: document::Parser::default(),
+            failed: FailedStore::new(data_dir, name),
+            max_document_bytes,
         })
     }
 
@@ -104,11 +111,18 @@ impl EmbeddedSink {
             tracing::info!(index = %op.index, committed = %opened.committed, "opened embedded index");
             self.indexes.insert(op.index.clone(), opened);
         }
-        let index = self.indexes.get_mut(&op.index).expect("inserted above");
-        if op.lsn < index.committed {
+        if op.lsn < self.indexes[&op.index].committed {
             // Read again after a restart: the index already holds it.
             return Ok(());
         }
+        if !matches!(op.action, WriteAction::Truncate { .. })
+            && self
+                .failed
+                .screen(&self.name, op, self.max_document_bytes)?
+        {
+            return Ok(());
+        }
+        let index = self.indexes.get_mut(&op.index).expect("inserted above");
         let f = index.fields;
         let id_term = Term::from_field_text(f.id, &op.id);
         match &op.action {
@@ -117,28 +131,45 @@ impl EmbeddedSink {
                 partial,
                 fresh,
             } => {
-                let not_object = |e: &dyn std::fmt::Display| {
-                    Error::new(
-                        ErrorKind::Sink,
-                        format!("document {} is not a JSON object: {e}", op.id),
-                    )
-                };
+                let not_object = |e: &dyn std::fmt::Display| format!("not a JSON object: {e}");
                 // The document as encoded keeps the table's column order; a merged
                 // one is serialized again.
-                let mut source =
-                    Cow::Borrowed(std::str::from_utf8(doc).map_err(|e| not_object(&e))?);
-                if *partial {
-                    if let Some(mut merged) = index.stored(&op.id)? {
-                        let object: serde_json::Map<String, serde_json::Value> =
-                            serde_json::from_str(&source).map_err(|e| not_object(&e))?;
-                        merged.extend(object);
-                        source = Cow::Owned(serde_json::to_string(&merged).unwrap_or_default());
+                let refused = match std::str::from_utf8(doc) {
+                    Ok(text) => {
+                        let mut source = Cow::Borrowed(text);
+                        let mut refused = None;
+                        if *partial {
+                            if let Some(mut merged) = index.stored(&op.id)? {
+                                match serde_json::from_str::<serde_json::Map<_, _>>(&source) {
+                                    Ok(object) => {
+                                        merged.extend(object);
+                                        source = Cow::Owned(
+                                            serde_json::to_string(&merged).unwrap_or_default(),
+                                        );
+                                    }
+                                    Err(e) => refused = Some(not_object(&e)),
+                                }
+                            }
+                        }
+                        match refused {
+                            Some(problem) => Err(problem),
+                            None => self
+                                .parser
+                                .document(&f, op, &source)
+                                .map_err(|e| not_object(&e)),
+                        }
                     }
-                }
-                let doc = self
-                    .parser
-                    .document(&f, op, &source)
-                    .map_err(|e| not_object(&e))?;
+                    Err(e) => Err(not_object(&e)),
+                };
+                let doc = match refused {
+                    Ok(doc) => doc,
+                    Err(problem) => {
+                        // The index keeps its last version; the write waits
+                        // in the failed-message store, with later ones behind it.
+                        let message = FailedMessage::for_op(&self.name, op, problem, 1);
+                        return self.failed.park(&message);
+                    }
+                };
                 // Changes below `committed` were skipped above, so a fresh row
                 // has no document to replace unless an early commit may have
                 // stored it. Other rows (updates, rows a backfill read) replace
@@ -376,14 +407,17 @@ impl super::Sink for EmbeddedSink {
                     index.commit_now(Some(upto))?;
                 }
             }
-            Ok(())
-        })
+            Ok::<_, Error>(())
+        })?;
+        self.failed.wait_below(&self.name, DEFAULT_MAX_PARKED).await;
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::http::DEFAULT_MAX_DOCUMENT_BYTES;
 
     #[test]
     fn commit_payload_round_trips() {
@@ -434,7 +468,7 @@ mod tests {
             upsert("1", 200, r#"{"id":1,"a":"z"}"#, true, false),
         ];
         {
-            let mut sink = EmbeddedSink::open("e", dir.path()).unwrap();
+            let mut sink = EmbeddedSink::open("e", dir.path(), DEFAULT_MAX_DOCUMENT_BYTES).unwrap();
             sink.write(&first_run[..1]).await.unwrap();
             sink.commit(Lsn(100)).await.unwrap();
             sink.write(&first_run[1..]).await.unwrap();
@@ -447,7 +481,7 @@ mod tests {
         );
         let expected = [r#"{"a":"z","b":"y","id":1}"#, r#"{"id":9}"#];
         // Postgres resends everything after the confirmed position.
-        let mut sink = EmbeddedSink::open("e", dir.path()).unwrap();
+        let mut sink = EmbeddedSink::open("e", dir.path(), DEFAULT_MAX_DOCUMENT_BYTES).unwrap();
         sink.write(&first_run).await.unwrap();
         sink.commit(Lsn(300)).await.unwrap();
         assert_eq!(all(dir.path()), expected);
@@ -457,7 +491,7 @@ mod tests {
     async fn rows_that_are_not_inserts_replace_a_document_wherever_it_is() {
         use crate::sink::Sink;
         let dir = tempfile::tempdir().unwrap();
-        let mut sink = EmbeddedSink::open("e", dir.path()).unwrap();
+        let mut sink = EmbeddedSink::open("e", dir.path(), DEFAULT_MAX_DOCUMENT_BYTES).unwrap();
         // Not in the index: added without a delete.
         sink.write(&[upsert("1", 10, r#"{"v":1}"#, false, false)])
             .await

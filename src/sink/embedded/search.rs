@@ -455,6 +455,7 @@ mod tests {
     use crate::lsn::Lsn;
     use crate::pipeline::change::{WriteAction, WriteOp};
     use crate::sink::embedded::EmbeddedSink;
+    use crate::sink::http::DEFAULT_MAX_DOCUMENT_BYTES;
     use crate::sink::Sink;
 
     fn upsert(id: &str, doc: &str) -> WriteOp {
@@ -490,7 +491,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn words_without_a_field_search_every_field() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sink = EmbeddedSink::open("e", dir.path()).unwrap();
+        let mut sink = EmbeddedSink::open("e", dir.path(), DEFAULT_MAX_DOCUMENT_BYTES).unwrap();
         sink.write(&[
             upsert("1", r#"{"id":1,"name":"red lamp","price":12}"#),
             upsert(
@@ -557,7 +558,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn an_empty_index_finds_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sink = EmbeddedSink::open("e", dir.path()).unwrap();
+        let mut sink = EmbeddedSink::open("e", dir.path(), DEFAULT_MAX_DOCUMENT_BYTES).unwrap();
         sink.write(&[upsert("1", r#"{"id":1}"#)]).await.unwrap();
         sink.commit(Lsn(20)).await.unwrap();
         assert_eq!(ids(dir.path(), "anything"), Vec::<String>::new());
@@ -578,7 +579,7 @@ mod tests {
         let index_path = index_dir(dir.path(), "items");
         std::fs::create_dir_all(&index_path).unwrap();
         Index::create_in_dir(&index_path, builder.build()).unwrap();
-        let mut sink = EmbeddedSink::open("e", dir.path()).unwrap();
+        let mut sink = EmbeddedSink::open("e", dir.path(), DEFAULT_MAX_DOCUMENT_BYTES).unwrap();
         sink.write(&[upsert("1", r#"{"id":1,"name":"red lamp"}"#)])
             .await
             .unwrap();
@@ -613,7 +614,7 @@ mod tests {
         let index_path = index_dir(dir.path(), "items");
         std::fs::create_dir_all(&index_path).unwrap();
         Index::create_in_dir(&index_path, builder.build()).unwrap();
-        let mut sink = EmbeddedSink::open("e", dir.path()).unwrap();
+        let mut sink = EmbeddedSink::open("e", dir.path(), DEFAULT_MAX_DOCUMENT_BYTES).unwrap();
         sink.write(&[
             upsert("1", r#"{"id":1,"price":12}"#),
             upsert("2", r#"{"id":2,"price":40}"#),

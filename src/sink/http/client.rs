@@ -19,7 +19,11 @@ pub enum SendError {
     /// Timeouts, dropped connections, 500 (and 408 where the engine says so):
     /// try again, within the write's retry budget.
     Retryable(String),
-    /// Credentials or a request too large: no write can succeed.
+    /// The engine refused the request as a whole (too large, malformed): the
+    /// status and the engine's answer. Retrying the same request cannot
+    /// succeed; smaller ones may.
+    Refused(String),
+    /// Credentials: no write can succeed.
     Fatal(Error),
 }
 
@@ -38,15 +42,17 @@ pub struct Answers {
     pub error_text: fn(&[u8]) -> String,
     /// What to do about a 401 or 403.
     pub credentials_hint: &'static str,
-    /// What to do about a 413; `None` reads a 413 as an answer like any other.
-    pub too_large_hint: Option<&'static str>,
+    /// Whether a 413 refuses the request (`SendError::Refused`) rather than
+    /// being read as an answer like any other.
+    pub too_large_refuses: bool,
 }
 
 impl Answer {
     /// Classifies the answer as every sink does: 429 and 5xx (and 408 where
     /// the engine says so) are retryable (`fetch` already waited out 429,
-    /// 502, 503 and 504 unless the request could not be cloned); 401, 403 and 413 are fatal; any
-    /// other answer is the caller's to read.
+    /// 502, 503 and 504 unless the request could not be cloned); 401 and 403
+    /// are fatal, 413 refuses the request; any other answer is the caller's
+    /// to read.
     pub fn check(self, sink: &str, answers: &Answers) -> Result<Answer, SendError> {
         let status = self.status;
         let text = || format!("{status}: {}", (answers.error_text)(&self.body));
@@ -57,16 +63,7 @@ impl Answer {
                 Error::new(ErrorKind::Sink, format!("sink {sink}: {}", text()))
                     .hint(answers.credentials_hint),
             )),
-            413 => match answers.too_large_hint {
-                Some(hint) => Err(SendError::Fatal(
-                    Error::new(
-                        ErrorKind::Sink,
-                        format!("sink {sink}: request too large: {}", text()),
-                    )
-                    .hint(hint),
-                )),
-                None => Ok(self),
-            },
+            413 if answers.too_large_refuses => Err(SendError::Refused(text())),
             _ => Ok(self),
         }
     }
@@ -262,6 +259,12 @@ impl HttpClient {
                     ));
                 }
                 Err(SendError::Fatal(e)) => return Err(e),
+                Err(SendError::Refused(problem)) => {
+                    return Err(Error::new(
+                        ErrorKind::Sink,
+                        format!("sink {}: {what} was refused: {problem}", self.name),
+                    ))
+                }
                 Err(SendError::Retryable(problem)) => problem,
             };
             if attempt > self.max_retries {

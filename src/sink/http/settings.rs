@@ -19,6 +19,8 @@ pub const DEFAULT_RETRY_INITIAL_BACKOFF_MS: u64 = 100;
 pub const DEFAULT_RETRY_MAX_BACKOFF_MS: u64 = 30_000;
 /// Default number of parked writes at which the sink pauses.
 pub const DEFAULT_MAX_PARKED: usize = 10_000;
+/// Default largest document (its JSON) a sink sends; a larger one is parked.
+pub const DEFAULT_MAX_DOCUMENT_BYTES: u64 = 20 * 1024 * 1024;
 /// Default requests in flight at once.
 pub const DEFAULT_CONCURRENCY: usize = 2;
 /// Most requests in flight at once a sink accepts.
@@ -48,6 +50,9 @@ pub fn default_retry_max_backoff_ms() -> u64 {
 pub fn default_max_parked() -> usize {
     DEFAULT_MAX_PARKED
 }
+pub fn default_max_document_bytes() -> u64 {
+    DEFAULT_MAX_DOCUMENT_BYTES
+}
 pub fn default_concurrency() -> usize {
     DEFAULT_CONCURRENCY
 }
@@ -66,6 +71,7 @@ pub struct HttpSettings<'a> {
     pub retry_max_backoff_ms: u64,
     pub max_retries: u32,
     pub max_parked: usize,
+    pub max_document_bytes: u64,
     /// Requests in flight at once, for sinks that send several.
     pub concurrency: Option<usize>,
 }
@@ -74,6 +80,7 @@ impl HttpSettings<'_> {
     /// Checks every shared setting but the URL (see [`Problems::http_url`]).
     pub fn check(&self, problems: &mut Problems) {
         problems.at_least("max_parked", self.max_parked as u64, 1);
+        problems.at_least("max_document_bytes", self.max_document_bytes, 1024);
         if let Some(concurrency) = self.concurrency {
             if !(1..=MAX_CONCURRENCY).contains(&concurrency) {
                 problems.add(
@@ -167,6 +174,7 @@ mod tests {
             retry_max_backoff_ms: 1,
             max_retries: 3,
             max_parked: 0,
+            max_document_bytes: DEFAULT_MAX_DOCUMENT_BYTES,
             concurrency: Some(65),
         };
         let mut found = Vec::new();

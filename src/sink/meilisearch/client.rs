@@ -27,7 +27,7 @@ const ANSWERS: Answers = Answers {
     retry_timeout: false,
     error_text: body_text,
     credentials_hint: "check the sink's api_key_env: the key needs the documents.add, documents.delete and tasks.get actions",
-    too_large_hint: None,
+    too_large_refuses: false,
 };
 
 /// The HTTP side of a sink.
@@ -110,6 +110,12 @@ impl Client {
                     }
                 }
                 Err(SendError::Fatal(e)) => return Err(e),
+                Err(SendError::Refused(problem)) => {
+                    return Err(Error::new(
+                        ErrorKind::Sink,
+                        format!("sink {}: {problem}", self.name),
+                    ))
+                }
                 Err(SendError::Retryable(problem)) => problem,
             };
             if attempt > self.config.max_retries {
@@ -164,6 +170,12 @@ impl Client {
                     ));
                 }
                 Err(SendError::Fatal(e)) => return Err(e),
+                Err(SendError::Refused(problem)) => {
+                    return Err(Error::new(
+                        ErrorKind::Sink,
+                        format!("sink {}: {problem}", self.name),
+                    ))
+                }
                 Err(SendError::Retryable(problem)) => format!("unknown ({problem})"),
             };
             if start.elapsed() >= timeout {

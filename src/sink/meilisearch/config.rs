@@ -64,6 +64,10 @@ pub struct MeilisearchConfig {
     /// pauses (and with it the slot) until some are retried or discarded.
     #[serde(default = "http::default_max_parked")]
     pub max_parked: usize,
+    /// A document larger than this (its JSON, in bytes) is parked before it
+    /// is sent, with the reason.
+    #[serde(default = "http::default_max_document_bytes")]
+    pub max_document_bytes: u64,
     /// Tasks enqueued and not finished at once; more writes wait for the oldest.
     #[serde(default = "default_max_tasks_in_flight")]
     pub max_tasks_in_flight: usize,
@@ -112,6 +116,7 @@ impl MeilisearchConfig {
             retry_initial_backoff_ms: DEFAULT_RETRY_INITIAL_BACKOFF_MS,
             retry_max_backoff_ms: DEFAULT_RETRY_MAX_BACKOFF_MS,
             max_parked: DEFAULT_MAX_PARKED,
+            max_document_bytes: http::DEFAULT_MAX_DOCUMENT_BYTES,
             max_tasks_in_flight: DEFAULT_MAX_TASKS_IN_FLIGHT,
             task_timeout_ms: DEFAULT_TASK_TIMEOUT_MS,
             task_poll_initial_ms: DEFAULT_TASK_POLL_INITIAL_MS,
@@ -165,6 +170,7 @@ impl MeilisearchConfig {
             retry_max_backoff_ms: self.retry_max_backoff_ms,
             max_retries: self.max_retries,
             max_parked: self.max_parked,
+            max_document_bytes: self.max_document_bytes,
             concurrency: None,
         }
     }

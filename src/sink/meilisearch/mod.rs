@@ -237,7 +237,10 @@ impl super::Sink for MeilisearchSink {
                 self.send_unsent().await?;
                 continue;
             }
-            if self.failed.park_if_blocked(&self.client.name, op)? {
+            if self
+                .failed
+                .screen(&self.client.name, op, self.client.config.max_document_bytes)?
+            {
                 continue;
             }
             self.add(op).await?;

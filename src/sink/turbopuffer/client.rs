@@ -12,7 +12,7 @@ const ANSWERS: Answers = Answers {
     retry_timeout: true,
     error_text,
     credentials_hint: "check the API key in the sink's api_key_env and its region's url",
-    too_large_hint: Some("lower the sink's batch_max_bytes"),
+    too_large_refuses: true,
 };
 
 /// How a request ended, once retries are over.
@@ -112,6 +112,9 @@ impl Client {
         let body = match answer.check(&self.name, &ANSWERS) {
             Ok(answer) => answer.body,
             Err(SendError::Retryable(problem)) => return Ok(Attempt::Retry(problem)),
+            Err(SendError::Refused(problem)) => {
+                return Ok(Attempt::Final(Outcome::Rejected(problem)))
+            }
             Err(SendError::Fatal(e)) => return Err(e),
         };
         Ok(Attempt::Final(match status.as_u16() {

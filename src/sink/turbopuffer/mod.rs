@@ -310,7 +310,11 @@ impl super::Sink for TurbopufferSink {
         for op in ops {
             if let WriteAction::Truncate { .. } = op.action {
                 self.truncate(&op.index).await?;
-            } else if !self.failed.park_if_blocked(&self.client.name, op)? {
+            } else if !self.failed.screen(
+                &self.client.name,
+                op,
+                self.client.config.max_document_bytes,
+            )? {
                 self.buffer(op).await?;
             }
         }

@@ -18,7 +18,7 @@ const ANSWERS: Answers = Answers {
     retry_timeout: true,
     error_text: response::error_text,
     credentials_hint: "check the sink's api_key_env: the key must exist and allow writes",
-    too_large_hint: Some("lower the sink's batch_max_bytes"),
+    too_large_refuses: true,
 };
 
 /// The HTTP side of a sink.
@@ -94,8 +94,12 @@ impl Client {
                 "404: {} (create collection {collection} or set the sink's schema)",
                 response::error_text(&answer)
             ))),
-            Ok((status, answer)) => all(response::classify(status, &response::error_text(&answer))),
+            Ok((status, answer)) => all(refused(response::classify(
+                status,
+                &response::error_text(&answer),
+            ))),
             Err(SendError::Retryable(problem)) => all(Outcome::Retry(problem)),
+            Err(SendError::Refused(problem)) => all(Outcome::Refused(problem)),
             Err(SendError::Fatal(e)) => Err(e),
         }
     }
@@ -124,8 +128,12 @@ impl Client {
         match self.send(self.request(reqwest::Method::DELETE, url)).await {
             // 404: no such collection or document, so nothing to delete.
             Ok((200 | 404, _)) => Ok(Outcome::Done),
-            Ok((status, answer)) => Ok(response::classify(status, &response::error_text(&answer))),
+            Ok((status, answer)) => Ok(refused(response::classify(
+                status,
+                &response::error_text(&answer),
+            ))),
             Err(SendError::Retryable(problem)) => Ok(Outcome::Retry(problem)),
+            Err(SendError::Refused(problem)) => Ok(Outcome::Refused(problem)),
             Err(SendError::Fatal(e)) => Err(e),
         }
     }
@@ -179,5 +187,14 @@ impl Client {
     /// The delay before retry number `attempt`.
     pub fn backoff(&self, attempt: u32) -> Duration {
         self.http.backoff(attempt)
+    }
+}
+
+/// A whole request's answer that no retry fixes refuses the request, not
+/// each of its writes: smaller requests find the writes it refuses.
+fn refused(outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Failed(problem) => Outcome::Refused(problem),
+        other => other,
     }
 }

@@ -59,6 +59,10 @@ pub struct TypesenseConfig {
     /// pauses (and with it the slot) until some are retried or discarded.
     #[serde(default = "http::default_max_parked")]
     pub max_parked: usize,
+    /// A document larger than this (its JSON, in bytes) is parked before it
+    /// is sent, with the reason.
+    #[serde(default = "http::default_max_document_bytes")]
+    pub max_document_bytes: u64,
     /// Create missing collections with this schema (a TOML table written as
     /// Typesense's JSON schema, without `name`: the collection name comes from
     /// the router), e.g. `schema = { fields = [{ name = ".*", type = "auto" }] }`.
@@ -87,6 +91,7 @@ impl TypesenseConfig {
             retry_initial_backoff_ms: DEFAULT_RETRY_INITIAL_BACKOFF_MS,
             retry_max_backoff_ms: DEFAULT_RETRY_MAX_BACKOFF_MS,
             max_parked: DEFAULT_MAX_PARKED,
+            max_document_bytes: http::DEFAULT_MAX_DOCUMENT_BYTES,
             schema: None,
         }
     }
@@ -128,6 +133,7 @@ impl TypesenseConfig {
             retry_max_backoff_ms: self.retry_max_backoff_ms,
             max_retries: self.max_retries,
             max_parked: self.max_parked,
+            max_document_bytes: self.max_document_bytes,
             concurrency: Some(self.concurrency),
         }
     }

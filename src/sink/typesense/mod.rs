@@ -209,8 +209,10 @@ impl TypesenseSink {
         let mut leaving = Vec::new();
         let mut parking = Vec::new();
         let mut retrying = 0;
+        let mut refused = false;
         let mut problem = None;
         let max_retries = self.client.config.max_retries;
+        let size = picked.len();
         for (&n, outcome) in picked.iter().zip(outcomes) {
             let item = self.queue.get_mut(n);
             let (error, permanent) = match outcome {
@@ -219,6 +221,14 @@ impl TypesenseSink {
                     parking.push(false);
                     continue;
                 }
+                Outcome::Refused(error) if size > 1 => {
+                    // Sent again in a request of half the size.
+                    item.most = size.div_ceil(2).min(size - 1);
+                    item.last_error = error;
+                    refused = true;
+                    continue;
+                }
+                Outcome::Refused(error) => (error, true),
                 Outcome::Retry(error) => (error, false),
                 Outcome::Failed(error) => (error, true),
             };
@@ -232,6 +242,14 @@ impl TypesenseSink {
                 problem.get_or_insert_with(|| item.last_error.clone());
                 retrying += 1;
             }
+        }
+        if refused {
+            tracing::warn!(
+                sink = %self.client.name,
+                writes = size,
+                "a request was refused, sending it in halves to find the writes it refuses: {}",
+                self.queue.get(picked[0]).last_error
+            );
         }
         if retrying > 0 {
             metrics::counter!("sluice_sink_retries_total", "sink" => self.client.name.clone())
@@ -314,7 +332,10 @@ impl super::Sink for TypesenseSink {
                 tracing::info!(sink = %self.client.name, collection = %op.index, "table truncated: its documents are removed");
                 continue;
             };
-            if self.failed.park_if_blocked(&self.client.name, op)? {
+            if self
+                .failed
+                .screen(&self.client.name, op, self.client.config.max_document_bytes)?
+            {
                 continue;
             }
             self.ensure_collection(&op.index).await?;
@@ -330,6 +351,7 @@ impl super::Sink for TypesenseSink {
                 not_before: None,
                 seq: 0,
                 in_flight: false,
+                most: usize::MAX,
             });
             if self.full() {
                 self.drive(|sink| !sink.full()).await?;

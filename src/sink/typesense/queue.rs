@@ -29,6 +29,9 @@ pub struct Item {
     pub seq: u64,
     /// Part of a request in flight.
     pub in_flight: bool,
+    /// The most writes a request holding it may have: halved each time a
+    /// request with it is refused as a whole.
+    pub most: usize,
 }
 
 /// Limits of one request.
@@ -89,6 +92,7 @@ impl Queue {
         let mut chosen: Option<(&str, Kind)> = None;
         let mut picked = Vec::new();
         let (mut bytes, mut filter_bytes) = (0u64, 0usize);
+        let mut cap = limits.max_docs;
         for (n, item) in self.items.iter().enumerate() {
             if !seen.insert((&item.collection, &item.id)) {
                 continue; // an older write to this document goes first
@@ -103,6 +107,9 @@ impl Queue {
                         continue;
                     }
                 }
+            }
+            if picked.len() >= item.most || picked.len() >= cap {
+                continue; // it goes in a smaller request
             }
             if !picked.is_empty() {
                 let full = match item.kind {
@@ -119,7 +126,8 @@ impl Queue {
             bytes += item.line.len() as u64 + 1;
             filter_bytes += filter_value(&item.id).map_or(0, |v| v.len() + 1);
             picked.push(n);
-            if picked.len() >= limits.max_docs {
+            cap = cap.min(item.most);
+            if picked.len() >= cap {
                 break;
             }
         }
@@ -180,6 +188,7 @@ mod tests {
             not_before: None,
             seq: 0,
             in_flight: false,
+            most: usize::MAX,
         }
     }
 

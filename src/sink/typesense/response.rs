@@ -14,6 +14,9 @@ pub enum Outcome {
     Retry(String),
     /// Will not succeed by retrying (bad field type, bad JSON, …).
     Failed(String),
+    /// The whole request was refused (too large, malformed): retrying it
+    /// cannot succeed, smaller requests may.
+    Refused(String),
 }
 
 #[derive(Debug, Deserialize)]

@@ -22,9 +22,6 @@ use super::errors::EsError;
 use super::store::Slot;
 use super::{bulk, lock, Faults, Flavor, RecordedRequest, Shared};
 
-/// `http.max_content_length`'s default.
-const MAX_BODY: usize = 100 * 1024 * 1024;
-
 type AppState = State<Arc<Shared>>;
 
 pub(super) fn router(shared: Arc<Shared>) -> Router {
@@ -54,7 +51,7 @@ async fn front_door(State(shared): AppState, request: Request, next: Next) -> Re
     if parts.uri.path().ends_with("/_bulk") {
         shared.bulk_requests.fetch_add(1, Ordering::Relaxed);
     }
-    let Ok(mut body) = to_bytes(body, MAX_BODY).await else {
+    let Ok(mut body) = to_bytes(body, shared.options.max_body_bytes).await else {
         return EsError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "content_too_long_exception",

@@ -29,6 +29,9 @@ pub struct FakeOptions {
     pub store_sources: bool,
     /// Answer as Elasticsearch 8 or OpenSearch 2.
     pub flavor: Flavor,
+    /// A longer request body is refused with 413 `content_too_long_exception`
+    /// (the cluster's `http.max_content_length`, 100 MB by default).
+    pub max_body_bytes: usize,
     /// Failures to inject from the start; change them later with
     /// `set_faults` / `update_faults`.
     pub faults: Faults,
@@ -42,6 +45,7 @@ impl Default for FakeOptions {
             record_requests: true,
             store_sources: true,
             flavor: Flavor::Elasticsearch,
+            max_body_bytes: 100 * 1024 * 1024,
             faults: Faults::default(),
         }
     }

@@ -174,13 +174,7 @@ async fn permanently_failing_documents_are_parked_and_the_rest_flows() {
     .await;
     assert!(healthy, "{} documents", es.doc_count("products"));
     // Parked before the position is confirmed; maybe after the others are visible.
-    let parked = wait_until(Duration::from_secs(30), || async {
-        sluice::sink::failed::list(&db.data_dir(), "search")
-            .unwrap()
-            .len()
-            == 10
-    })
-    .await;
+    let parked = db.wait_parked("search", 10).await;
     assert!(parked, "the poison documents were not parked");
     let failed = sluice::sink::failed::list(&db.data_dir(), "search").unwrap();
     let mut ids: Vec<i64> = failed.iter().map(|m| m.id.parse().unwrap()).collect();
@@ -197,13 +191,7 @@ async fn permanently_failing_documents_are_parked_and_the_rest_flows() {
     // A later write to a parked document waits behind it, even if it would succeed.
     db.exec("UPDATE products SET name = 'fixed', poison = false WHERE id = 50")
         .await;
-    let waiting = wait_until(Duration::from_secs(30), || async {
-        sluice::sink::failed::list(&db.data_dir(), "search")
-            .unwrap()
-            .len()
-            == 11
-    })
-    .await;
+    let waiting = db.wait_parked("search", 11).await;
     assert!(
         waiting,
         "the later write was not parked behind the failed one"
@@ -238,13 +226,7 @@ async fn permanently_failing_documents_are_parked_and_the_rest_flows() {
     es.update_faults(|f| f.poison_field = Some("poison".into()));
     db.exec("INSERT INTO products (id, name, poison) VALUES (1000, 'bad', true)")
         .await;
-    let parked = wait_until(Duration::from_secs(30), || async {
-        sluice::sink::failed::list(&db.data_dir(), "search")
-            .unwrap()
-            .len()
-            == 1
-    })
-    .await;
+    let parked = db.wait_parked("search", 1).await;
     assert!(parked);
     let key = sluice::sink::failed::list(&db.data_dir(), "search").unwrap()[0]
         .key

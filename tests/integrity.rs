@@ -363,13 +363,7 @@ async fn a_document_over_max_document_bytes_is_parked_and_the_rest_is_indexed() 
     assert_index_equals_table(&db, "items", "items", "id").await;
     db.exec("UPDATE items SET name = repeat('z', 10000) WHERE id = 50")
         .await;
-    let parked = wait_until(Duration::from_secs(30), || async {
-        sluice::sink::failed::list(&db.data_dir(), "embedded")
-            .unwrap()
-            .len()
-            == 1
-    })
-    .await;
+    let parked = db.wait_parked("embedded", 1).await;
     assert!(parked, "the large document was not parked");
     // A later write of the parked document waits behind it; others flow.
     db.exec("UPDATE items SET name = 'small again' WHERE id = 50")

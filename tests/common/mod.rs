@@ -166,6 +166,17 @@ data_dir = "{data}"
         row.get::<_, i64>(0) as u64
     }
 
+    /// Waits up to 30 s until `sink` has exactly `count` parked writes.
+    pub async fn wait_parked(&self, sink: &str, count: usize) -> bool {
+        wait_until(Duration::from_secs(30), || async {
+            sluice::sink::failed::list(&self.data_dir(), sink)
+                .unwrap()
+                .len()
+                == count
+        })
+        .await
+    }
+
     /// The slot's confirmed flush position as a number.
     pub async fn confirmed_flush(&self) -> u64 {
         let row = self

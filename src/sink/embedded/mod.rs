@@ -131,37 +131,7 @@ impl EmbeddedSink {
                 partial,
                 fresh,
             } => {
-                let not_object = |e: &dyn std::fmt::Display| format!("not a JSON object: {e}");
-                // The document as encoded keeps the table's column order; a merged
-                // one is serialized again.
-                let refused = match std::str::from_utf8(doc) {
-                    Ok(text) => {
-                        let mut source = Cow::Borrowed(text);
-                        let mut refused = None;
-                        if *partial {
-                            if let Some(mut merged) = index.stored(&op.id)? {
-                                match serde_json::from_str::<serde_json::Map<_, _>>(&source) {
-                                    Ok(object) => {
-                                        merged.extend(object);
-                                        source = Cow::Owned(
-                                            serde_json::to_string(&merged).unwrap_or_default(),
-                                        );
-                                    }
-                                    Err(e) => refused = Some(not_object(&e)),
-                                }
-                            }
-                        }
-                        match refused {
-                            Some(problem) => Err(problem),
-                            None => self
-                                .parser
-                                .document(&f, op, &source)
-                                .map_err(|e| not_object(&e)),
-                        }
-                    }
-                    Err(e) => Err(not_object(&e)),
-                };
-                let doc = match refused {
+                let doc = match parse_upsert(&mut self.parser, index, &f, op, doc, *partial)? {
                     Ok(doc) => doc,
                     Err(problem) => {
                         // The index keeps its last version; the write waits
@@ -323,6 +293,38 @@ impl CommitPayload {
         };
         Some(CommitPayload { covered, written })
     }
+}
+
+/// The document of an upsert, merged into the stored one when `partial`;
+/// `Ok(Err(why))` when the index cannot take it.
+fn parse_upsert(
+    parser: &mut document::Parser,
+    index: &mut OpenIndex,
+    f: &Fields,
+    op: &WriteOp,
+    doc: &[u8],
+    partial: bool,
+) -> Result<std::result::Result<TantivyDocument, String>> {
+    let not_object = |e: &dyn std::fmt::Display| format!("not a JSON object: {e}");
+    let text = match std::str::from_utf8(doc) {
+        Ok(text) => text,
+        Err(e) => return Ok(Err(not_object(&e))),
+    };
+    // The document as encoded keeps the table's column order; a merged one
+    // is serialized again.
+    let mut source = Cow::Borrowed(text);
+    if partial {
+        if let Some(mut merged) = index.stored(&op.id)? {
+            match serde_json::from_str::<serde_json::Map<_, _>>(text) {
+                Ok(object) => {
+                    merged.extend(object);
+                    source = Cow::Owned(serde_json::to_string(&merged).unwrap_or_default());
+                }
+                Err(e) => return Ok(Err(not_object(&e))),
+            }
+        }
+    }
+    Ok(parser.document(f, op, &source).map_err(|e| not_object(&e)))
 }
 
 fn open_index(data_dir: &Path, name: &str) -> Result<OpenIndex> {

@@ -223,7 +223,7 @@ impl TypesenseSink {
                 }
                 Outcome::Refused(error) if size > 1 => {
                     // Sent again in a request of half the size.
-                    item.most = size.div_ceil(2).min(size - 1);
+                    item.most = size.div_ceil(2);
                     item.last_error = error;
                     refused = true;
                     continue;

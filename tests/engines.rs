@@ -160,6 +160,7 @@ async fn meilisearch() {
             poll_503: 0.03,
             ..Faults::default()
         },
+        ..FakeOptions::default()
     })
     .await;
     let sinks = format!(

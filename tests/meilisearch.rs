@@ -444,3 +444,82 @@ async fn another_primary_key_is_an_error_not_parked_writes() {
     assert!(error.hint_text().unwrap().contains("primary_key"));
     assert!(failed::list(dir.path(), "meili").unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_whose_retries_run_out_are_parked_and_the_stream_goes_on() {
+    let meili = FakeMeilisearch::start(FakeOptions {
+        faults: Faults {
+            task_internal_error: 1.0,
+            ..Faults::default()
+        },
+        ..FakeOptions::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&meili.url());
+    config.max_retries = 2;
+    let mut sink = MeilisearchSink::new(&config, dir.path()).unwrap();
+    // Every task fails with an internal error.
+    sink.write(&[upsert("1", 1, json!({})), upsert("2", 2, json!({}))])
+        .await
+        .unwrap();
+    sink.commit(Lsn(2)).await.unwrap();
+    let parked = failed::list(dir.path(), "meili").unwrap();
+    assert_eq!(parked.len(), 2, "{parked:?}");
+    assert!(
+        parked[0].error.contains("failed 3 times") && parked[0].error.contains("internal"),
+        "{}",
+        parked[0].error
+    );
+
+    // No answer at all: the request is dropped before it is enqueued.
+    meili.set_faults(Faults {
+        dropped_before: 1.0,
+        ..Faults::default()
+    });
+    sink.write(&[upsert("3", 3, json!({}))]).await.unwrap();
+    sink.commit(Lsn(3)).await.unwrap();
+    let parked = failed::list(dir.path(), "meili").unwrap();
+    assert_eq!(parked.len(), 3);
+    assert!(
+        parked[2].error.contains("sending failed 3 times"),
+        "{}",
+        parked[2].error
+    );
+
+    // The stream goes on once Meilisearch is well.
+    meili.set_faults(Faults::default());
+    sink.write(&[upsert("4", 4, json!({}))]).await.unwrap();
+    sink.commit(Lsn(4)).await.unwrap();
+    assert_eq!(meili.documents("items").keys().collect::<Vec<_>>(), ["4"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_payload_over_the_limit_is_split_and_the_document_it_refuses_is_parked() {
+    let meili = FakeMeilisearch::start(FakeOptions {
+        max_payload_bytes: Some(4096),
+        ..FakeOptions::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&meili.url());
+    config.batch_max_bytes = 1 << 20;
+    let mut sink = MeilisearchSink::new(&config, dir.path()).unwrap();
+    let mut ops: Vec<WriteOp> = (1..=30)
+        .map(|i| upsert(&i.to_string(), i, json!({"text": "x".repeat(100)})))
+        .collect();
+    ops.push(upsert("big", 31, json!({"text": "y".repeat(10_000)})));
+    sink.write(&ops).await.unwrap();
+    sink.commit(Lsn(31)).await.unwrap();
+    let documents = meili.documents("items");
+    assert_eq!(documents.len(), 30);
+    let parked = failed::list(dir.path(), "meili").unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].id, "big");
+    assert!(
+        parked[0].error.contains("payload_too_large"),
+        "{}",
+        parked[0].error
+    );
+    assert!(parked[0].document.is_some());
+}

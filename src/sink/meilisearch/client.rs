@@ -20,6 +20,10 @@ pub enum Sent {
     Task(u64),
     /// Meilisearch refused the request itself (4xx with an error object).
     Rejected(ApiError),
+    /// No answer after `max_retries` tries (500s, timeouts, dropped
+    /// connections; an outage is waited out without counting): the writes
+    /// are to be parked with this problem.
+    Unanswered(String),
 }
 
 /// How Meilisearch's answers are read (a 413 is a refusal like any other).
@@ -62,7 +66,8 @@ impl Client {
     }
 
     /// Sends a batch until Meilisearch answers it: with a task, or with a
-    /// refusal. Only a request that got no answer is sent again.
+    /// refusal. Only a request that got no answer is sent again, at most
+    /// `max_retries` times.
     pub async fn enqueue(&self, batch: &Batch) -> Result<Sent> {
         let index = urlencode(&batch.index);
         let body = Bytes::from(batch.body());
@@ -119,15 +124,9 @@ impl Client {
                 Err(SendError::Retryable(problem)) => problem,
             };
             if attempt > self.config.max_retries {
-                return Err(Error::new(
-                    ErrorKind::Sink,
-                    format!(
-                        "sink {}: sending {} writes to {} failed {attempt} times: {problem}",
-                        self.name,
-                        batch.items.len().max(1),
-                        batch.index
-                    ),
-                ));
+                return Ok(Sent::Unanswered(format!(
+                    "sending failed {attempt} times: {problem}"
+                )));
             }
             self.http.wait(attempt, &problem).await;
         }

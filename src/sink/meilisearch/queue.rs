@@ -34,10 +34,17 @@ impl MeilisearchSink {
                 entry.state = State::Done;
                 continue;
             }
-            entry.state = match self.client.enqueue(&entry.batch).await? {
+            let state = match self.client.enqueue(&entry.batch).await? {
                 Sent::Task(uid) => State::Enqueued(uid),
                 Sent::Rejected(error) => State::Rejected(error),
+                Sent::Unanswered(problem) => {
+                    // Nothing after it is enqueued yet: parking it is all.
+                    let attempts = self.config().max_retries + 1;
+                    self.park_batch(i, problem, attempts)?;
+                    State::Done
+                }
             };
+            self.queue[i].state = state;
         }
         Ok(())
     }
@@ -91,10 +98,8 @@ impl MeilisearchSink {
                 entry.batch.attempts += 1;
                 let attempts = entry.batch.attempts;
                 if attempts > max_retries {
-                    return Err(Error::new(
-                        ErrorKind::Sink,
-                        format!("{what} failed {attempts} times: {problem}"),
-                    ));
+                    self.park_batch(i, format!("failed {attempts} times: {problem}"), attempts)?;
+                    return self.replay(i, Vec::new()).await;
                 }
                 let batch = entry.batch.clone();
                 self.replay(i, vec![batch]).await?;
@@ -104,27 +109,48 @@ impl MeilisearchSink {
                 Ok(())
             }
             Outcome::BadDocuments(problem) if entry.batch.items.len() > 1 => {
-                tracing::warn!("{what} failed, looking for the bad documents: {problem}");
+                tracing::warn!(
+                    "{what} was refused, sending it in halves to find the writes it refuses: {problem}"
+                );
                 let (first, second) = entry.batch.clone().split();
                 self.replay(i, vec![first, second]).await
             }
             Outcome::BadDocuments(problem) => {
-                let batch = entry.batch.clone();
-                for item in batch.items {
-                    self.park(
-                        &batch.index,
-                        kind,
-                        item,
-                        problem.clone(),
-                        batch.attempts + 1,
-                    )?;
-                }
+                let attempts = entry.batch.attempts + 1;
+                self.park_batch(i, problem, attempts)?;
                 self.replay(i, Vec::new()).await
             }
             Outcome::Fatal { problem, hint } => {
                 Err(Error::new(ErrorKind::Sink, format!("{what} failed: {problem}")).hint(hint))
             }
         }
+    }
+
+    /// Parks every write of entry `i` with `problem`. A truncate cannot be
+    /// parked: that stays an error (nothing acknowledged).
+    fn park_batch(&mut self, i: usize, problem: String, attempts: u32) -> Result<()> {
+        let batch = &mut self.queue[i].batch;
+        if batch.kind == Kind::Clear {
+            return Err(Error::new(
+                ErrorKind::Sink,
+                format!(
+                    "sink {}: deleting the documents of {}: {problem}",
+                    self.client.name, batch.index
+                ),
+            ));
+        }
+        let (index, kind) = (batch.index.clone(), batch.kind);
+        let items = std::mem::take(&mut batch.items);
+        tracing::warn!(
+            sink = %self.client.name,
+            index = %index,
+            writes = items.len(),
+            "parking writes: {problem}"
+        );
+        for item in items {
+            self.park(&index, kind, item, problem.clone(), attempts)?;
+        }
+        Ok(())
     }
 
     /// Puts `replacements` in the place of entry `i`, whose task failed

@@ -69,7 +69,8 @@ pub enum Outcome {
     /// Nothing was applied, and sending it again may work (internal and
     /// system errors, a canceled task).
     Retry(String),
-    /// Nothing was applied because of what the writes contain: the bad ones
+    /// Nothing was applied because of what the writes contain (a bad
+    /// document, or a payload over Meilisearch's size limit): the bad ones
     /// are to be found and parked, the others sent again.
     BadDocuments(String),
     /// Nothing was applied, and nothing will be until the operator acts.
@@ -105,11 +106,6 @@ pub fn classify_error(kind: Kind, error: &ApiError) -> Outcome {
             problem: text,
             hint: "check the sink's api_key_env: the key needs the documents.add, \
                    documents.delete and tasks.get actions on the index"
-                .into(),
-        },
-        ("payload_too_large", _) => Outcome::Fatal {
-            problem: text,
-            hint: "lower the sink's batch_max_bytes below Meilisearch's --http-payload-size-limit"
                 .into(),
         },
         (_, "invalid_request") if matches!(kind, Kind::Clear) => Outcome::Fatal {
@@ -169,5 +165,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(summary.task_uid, 12);
+        let too_large = ApiError {
+            code: "payload_too_large".into(),
+            kind: "invalid_request".into(),
+            ..ApiError::default()
+        };
+        assert!(matches!(
+            classify_error(Kind::Replace, &too_large),
+            Outcome::BadDocuments(_)
+        ));
     }
 }

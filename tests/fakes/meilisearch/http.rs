@@ -17,7 +17,7 @@ use super::store::{error, TaskOp};
 use super::{lock, RecordedRequest, Shared};
 
 /// Meilisearch's default `--http-payload-size-limit`.
-const MAX_BODY: usize = 100 * 1024 * 1024;
+pub(super) const MAX_BODY: usize = 100 * 1024 * 1024;
 
 type AppState = State<Arc<Shared>>;
 
@@ -52,13 +52,14 @@ fn answer(status: StatusCode, body: Value) -> Response {
 
 async fn front_door(State(shared): AppState, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
-    let Ok(body) = to_bytes(body, MAX_BODY).await else {
+    let limit = shared.max_payload_bytes;
+    let Ok(body) = to_bytes(body, limit).await else {
         return answer(
             StatusCode::PAYLOAD_TOO_LARGE,
             error(
                 "payload_too_large",
                 "invalid_request",
-                format!("The provided payload reached the size limit. The maximum accepted payload size is {MAX_BODY} bytes."),
+                format!("The provided payload reached the size limit. The maximum accepted payload size is {limit} bytes."),
             ),
         );
     };

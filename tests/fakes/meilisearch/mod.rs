@@ -51,6 +51,9 @@ pub struct FakeOptions {
     pub processing_delay: Duration,
     /// Failures to inject from the start (see `set_faults`).
     pub faults: Faults,
+    /// `--http-payload-size-limit` in bytes (Meilisearch's default, 100 MB,
+    /// when `None`): a larger body is refused with `payload_too_large`.
+    pub max_payload_bytes: Option<usize>,
 }
 
 /// Injected failures. Probabilities are in `0.0..=1.0`, drawn per request
@@ -102,6 +105,7 @@ impl RecordedRequest {
 
 struct Shared {
     api_key: Option<String>,
+    max_payload_bytes: usize,
     store: Mutex<Store>,
     faults: Mutex<Faults>,
     processing_delay: Mutex<Duration>,
@@ -144,6 +148,7 @@ impl FakeMeilisearch {
         let addr = listener.local_addr().expect("a bound address");
         let shared = Arc::new(Shared {
             api_key: options.api_key,
+            max_payload_bytes: options.max_payload_bytes.unwrap_or(http::MAX_BODY),
             store: Mutex::new(Store::default()),
             faults: Mutex::new(options.faults),
             processing_delay: Mutex::new(options.processing_delay),

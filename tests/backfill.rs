@@ -151,12 +151,10 @@ async fn get(api: &str, path: &str) -> Value {
 
 /// POSTs and returns the status and the JSON answer.
 async fn post(api: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-    let mut request = reqwest::Client::new().post(format!("{api}{path}"));
-    if let Some(body) = body {
-        request = request
-            .header("content-type", "application/json")
-            .body(body.to_owned());
-    }
+    let request = reqwest::Client::new()
+        .post(format!("{api}{path}"))
+        .header("content-type", "application/json")
+        .body(body.unwrap_or("{}").to_owned());
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
@@ -313,19 +311,38 @@ async fn the_api_refuses_bad_requests_and_changes_nothing() {
             start,
             r#"{"table": "items", "where": "nope > 1"}"#,
             400,
-            "column \"nope\" does not exist",
+            "column `nope`, which public.items does not have (its columns: id, ",
         ),
         (
             start,
             r#"{"table": "items", "where": "n >"}"#,
             400,
-            "syntax error",
+            "ends too early",
         ),
         (
             start,
             r#"{"table": "items", "where": "true); DROP TABLE items; --"}"#,
             400,
-            "does not work",
+            "`;` is not allowed",
+        ),
+        // A condition is not a way to read other tables or call functions.
+        (
+            start,
+            r#"{"table": "items", "where": "(select string_agg(name, ',') from items)::int > 0"}"#,
+            400,
+            "`:` is not allowed",
+        ),
+        (
+            start,
+            r#"{"table": "items", "where": "id in (select id from other)"}"#,
+            400,
+            "unexpected `select`",
+        ),
+        (
+            start,
+            r#"{"table": "items", "where": "pg_sleep(5) is null"}"#,
+            400,
+            "the only function a condition may call is now()",
         ),
         (start, r#"{"tables": "items"}"#, 400, "must be JSON"),
         (start, "not json", 400, "must be JSON"),
@@ -338,6 +355,15 @@ async fn the_api_refuses_bad_requests_and_changes_nothing() {
         let message = answer["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(says), "{path} {body:?}: {message}");
     }
+    // A form a web page could post from a browser is refused.
+    let form = reqwest::Client::new()
+        .post(format!("{api}{start}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("table=items")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status().as_u16(), 415);
     assert_eq!(get(&api, "/api/backfills").await, serde_json::json!([]));
     let (code, _) = post(&api, "/api/nowhere", None).await;
     assert_eq!(code, 404);
@@ -676,4 +702,77 @@ async fn changes_during_a_backfill_never_leave_a_stale_row_in_any_index() {
         }
         assert_eq!(sluice.stop().code(), Some(0));
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_token_every_request_needs_it_and_other_machines_need_a_token() {
+    let db = TestDb::new("api_token").await;
+    db.exec(ITEMS).await;
+    db.exec(&insert_items(1, 100)).await;
+    let tables = "[[tables]]\nname = \"public.items\"\n\n";
+
+    // An address other machines can reach is refused without a token.
+    let open = db.config(&format!("{tables}[api]\nlisten = \"0.0.0.0:0\"\n"), "");
+    let (code, _, err) = cli(&["check", "--config", open.to_str().unwrap()]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("api.listen") && err.contains("api.token_env"),
+        "{err}"
+    );
+
+    let config = db.config(
+        &format!(
+            "{tables}[api]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"SLUICE_TEST_API_TOKEN\"\n"
+        ),
+        "",
+    );
+    let mut sluice =
+        Sluice::run_config_with_env(&config, &[("SLUICE_TEST_API_TOKEN", "s3cret-token")]);
+    db.wait_streaming(&mut sluice).await;
+    let api = api_address(&db, &mut sluice).await;
+    let client = reqwest::Client::new();
+    for token in [None, Some("wrong"), Some("s3cret-token-but-longer")] {
+        let mut request = client.get(format!("{api}/api/pipelines"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let answer = request.send().await.unwrap();
+        assert_eq!(answer.status().as_u16(), 401, "{token:?}");
+        assert_eq!(answer.headers()["www-authenticate"], "Bearer");
+    }
+    let refused = client
+        .post(format!("{api}/api/sinks/embedded/backfills"))
+        .json(&serde_json::json!({"table": "items"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    let answer = client
+        .get(format!("{api}/api/pipelines"))
+        .bearer_auth("s3cret-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+
+    // The CLI sends the token from the variable the configuration names.
+    let config_arg = config.to_str().unwrap();
+    let with_token = common::sluice_command()
+        .args(["status", "--config", config_arg])
+        .env("SLUICE_TEST_API_TOKEN", "s3cret-token")
+        .output()
+        .unwrap();
+    assert!(
+        with_token.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with_token.stderr)
+    );
+    let without = common::sluice_command()
+        .args(["status", "--config", config_arg])
+        .env_remove("SLUICE_TEST_API_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(without.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&without.stderr).contains("Authorization: Bearer"));
+    assert_eq!(sluice.stop().code(), Some(0));
 }

@@ -35,6 +35,11 @@ pub struct ApiConfig {
     /// an address set here must be free.
     #[serde(default)]
     pub listen: Option<String>,
+    /// Environment variable holding the API's bearer token. When set, every
+    /// request needs `Authorization: Bearer <token>`; an address other
+    /// machines can reach is refused without one.
+    #[serde(default)]
+    pub token_env: Option<String>,
 }
 
 fn default_enabled() -> bool {
@@ -46,6 +51,7 @@ impl Default for ApiConfig {
         ApiConfig {
             enabled: true,
             listen: None,
+            token_env: None,
         }
     }
 }
@@ -53,12 +59,50 @@ impl Default for ApiConfig {
 impl ApiConfig {
     pub fn validate(&self, problems: &mut Vec<ConfigProblem>) {
         if let Some(listen) = &self.listen {
-            if listen.parse::<SocketAddr>().is_err() {
-                problems.push(ConfigProblem {
+            match listen.parse::<SocketAddr>() {
+                Err(_) => problems.push(ConfigProblem {
                     field: "api.listen".into(),
                     message: format!("`{listen}` is not an address such as {DEFAULT_LISTEN}"),
+                }),
+                Ok(addr)
+                    if self.enabled && !addr.ip().is_loopback() && self.token_env.is_none() =>
+                {
+                    problems.push(ConfigProblem {
+                        field: "api.listen".into(),
+                        message: format!(
+                            "`{listen}` can be reached from other machines, and the API starts \
+                             backfills and reads the pipeline's state: set api.token_env to an \
+                             environment variable holding a token, or listen on 127.0.0.1"
+                        ),
+                    })
+                }
+                Ok(_) => {}
+            }
+        }
+        if let Some(name) = &self.token_env {
+            if name.trim().is_empty() {
+                problems.push(ConfigProblem {
+                    field: "api.token_env".into(),
+                    message: "must name an environment variable".into(),
                 });
             }
+        }
+    }
+
+    /// The token every request must carry, read from `token_env`.
+    pub fn token(&self) -> Result<Option<String>> {
+        let Some(name) = &self.token_env else {
+            return Ok(None);
+        };
+        match std::env::var(name) {
+            Ok(token) if !token.trim().is_empty() => Ok(Some(token.trim().to_owned())),
+            _ => Err(Error::new(
+                ErrorKind::Config,
+                format!("api.token_env: the environment variable {name} is not set"),
+            )
+            .hint(format!(
+                "export {name}=<a long random token>, or remove api.token_env"
+            ))),
         }
     }
 }
@@ -68,6 +112,12 @@ impl ApiConfig {
 pub struct AppState {
     pub plan: Arc<PipelinePlan>,
     pub backfills: Arc<Manager>,
+}
+
+/// Who may call: the bearer token, when one is configured.
+#[derive(Clone)]
+pub(crate) struct Guard {
+    token: Option<Arc<str>>,
 }
 
 /// A running API server; stops when dropped.
@@ -96,6 +146,9 @@ pub async fn serve(config: &ApiConfig, data_dir: &Path, state: AppState) -> Resu
         .unwrap_or(DEFAULT_LISTEN)
         .parse()
         .map_err(|_| Error::new(ErrorKind::Config, "api.listen is not an address"))?;
+    let guard = Guard {
+        token: config.token()?.map(Arc::from),
+    };
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(listener) => listener,
         Err(e) if config.listen.is_none() => {
@@ -116,7 +169,7 @@ pub async fn serve(config: &ApiConfig, data_dir: &Path, state: AppState) -> Resu
     let address_file = data_dir.join(ADDRESS_FILE);
     std::fs::write(&address_file, addr.to_string())
         .map_err(|e| Error::io(format!("cannot write {}", address_file.display()), e))?;
-    let app = routes::router(state);
+    let app = routes::router(state, guard);
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "the management API stopped");

@@ -1,17 +1,18 @@
 //! The routes of the management API and their JSON.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::AppState;
+use super::{AppState, Guard};
 use crate::backfill::{BackfillError, View};
 
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState, guard: Guard) -> Router {
     Router::new()
         .route("/api/health", get(health))
         .route("/api/pipelines", get(pipelines))
@@ -28,7 +29,62 @@ pub fn router(state: AppState) -> Router {
         .route("/api/backfills/{id}/resume", post(resume))
         .route("/api/backfills/{id}/cancel", post(cancel))
         .fallback(unknown_route)
+        .layer(middleware::from_fn_with_state(guard, front_door))
         .with_state(state)
+}
+
+/// Checks every request before its route: the bearer token when one is
+/// configured, and a JSON body on every request that changes something, so
+/// a web page cannot post a form to the API from a browser on this machine.
+async fn front_door(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    if let Some(token) = &guard.token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same(given.trim().as_bytes(), token.as_bytes()) {
+            let mut answer = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this API needs `Authorization: Bearer <token>`, the token in the environment variable api.token_env names",
+            )
+            .into_response();
+            answer
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return answer;
+        }
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid",
+                "requests that change something need a JSON body with `Content-Type: application/json` (`{}` when there is nothing to say)",
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares two secrets in time that does not depend on where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    let mut differ = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        differ |= usize::from(x ^ y);
+    }
+    differ == 0
 }
 
 /// An error answer: `{"error": {"code": "...", "message": "..."}}`.
@@ -221,7 +277,7 @@ async fn sink_backfills(
 struct StartBackfill {
     /// `schema.table` (a bare name means `public`).
     table: String,
-    /// Only rows matching this SQL condition.
+    /// Only rows matching this condition over the table's columns.
     #[serde(default, rename = "where")]
     condition: Option<String>,
 }

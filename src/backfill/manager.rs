@@ -13,7 +13,7 @@ use tokio::task::AbortHandle;
 
 use super::progress::Progress;
 use super::store::Store;
-use super::{chunk, now_ms, Backfill, BackfillError, Settings, State, TableProgress};
+use super::{chunk, condition, now_ms, Backfill, BackfillError, Settings, State, TableProgress};
 use crate::config::TableName;
 use crate::error::Result;
 use crate::lsn::Lsn;
@@ -240,8 +240,13 @@ impl Manager {
             .connect_sql()
             .await
             .map_err(|e| BackfillError::Database(e.to_string()))?;
-        chunk::describe(&client, &name).await?;
-        let estimate = estimate(&client, &name, condition).await?;
+        let shape = chunk::describe(&client, &name).await?;
+        // Only sluice's own rendering of the condition reaches Postgres; the
+        // backfill keeps the text as the user wrote it.
+        let sql = condition
+            .map(|c| condition::for_table(c, &shape))
+            .transpose()?;
+        let estimate = estimate(&client, &name, sql.as_deref()).await?;
         let mut inner = self.lock();
         // Checked again: another request may have taken the table meanwhile.
         self.conflict_in(&inner, sink, &name)?;
@@ -538,22 +543,29 @@ pub(super) async fn estimate(
     let filter = condition
         .map(|c| format!(" WHERE ({c})"))
         .unwrap_or_default();
-    // One statement through the extended protocol: a condition cannot
-    // smuggle in a second one.
+    // One statement through the extended protocol, in a read-only
+    // transaction of its own.
     let query = format!(
         "EXPLAIN (FORMAT JSON) SELECT 1 FROM {}{filter}",
         table.quoted()
     );
-    let row = client
-        .query_one(&query, &[])
+    client
+        .batch_execute("BEGIN READ ONLY")
         .await
-        .map_err(|e| match BackfillError::sql(e) {
-            BackfillError::Invalid(text) => BackfillError::Invalid(format!(
-                "the condition `{}` does not work on {table}: {text}",
-                condition.unwrap_or("")
-            )),
-            other => other,
-        })?;
+        .map_err(BackfillError::sql)?;
+    let row = client.query_one(&query, &[]).await;
+    let end = if row.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    client
+        .batch_execute(end)
+        .await
+        .map_err(BackfillError::sql)?;
+    let row = row.map_err(|e| match BackfillError::sql(e) {
+        BackfillError::Invalid(text) => BackfillError::Invalid(format!(
+            "the condition `{}` does not work on {table}: {text}",
+            condition.unwrap_or("")
+        )),
+        other => other,
+    })?;
     let plan: serde_json::Value = row.get(0);
     Ok(plan[0]["Plan"]["Plan Rows"].as_f64().unwrap_or(0.0) as u64)
 }

@@ -10,6 +10,7 @@
 //! with the pipeline, and serves the management API and the CLI.
 
 pub mod chunk;
+pub mod condition;
 mod manager;
 mod progress;
 mod runner;
@@ -172,7 +173,8 @@ impl State {
 pub struct TableProgress {
     /// `schema.table`.
     pub table: String,
-    /// Only rows matching this SQL condition are read.
+    /// Only rows matching this condition are read (as the user wrote it;
+    /// `condition::for_table` renders it for Postgres).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub condition: Option<String>,
     /// Rows read and committed by the sink.

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use super::chunk::{ChunkReader, TableShape};
 use super::manager::{estimate, Manager, RunContext};
 use super::window::{Mark, Marker};
-use super::{BackfillError, Chunk, ChunkOutcome, State};
+use super::{condition, BackfillError, Chunk, ChunkOutcome, State};
 use crate::config::TableName;
 use crate::lsn::Lsn;
 use crate::pipeline::decoder::DecoderMsg;
@@ -122,7 +122,11 @@ async fn attempt(manager: &Manager, id: u64, context: &RunContext) -> Result<End
     for (i, table) in backfill.tables.iter().enumerate() {
         if table.rows_estimated.is_none() && !table.done {
             let name = TableName::parse(&table.table).map_err(BackfillError::Invalid)?;
-            let rows = estimate(chunks.client(), &name, table.condition.as_deref()).await?;
+            let sql = match &table.condition {
+                Some(text) => Some(condition::for_table(text, &chunks.describe(&name).await?)?),
+                None => None,
+            };
+            let rows = estimate(chunks.client(), &name, sql.as_deref()).await?;
             store(manager.update(id, |b| b.tables[i].rows_estimated = Some(rows)))?;
         }
     }
@@ -195,7 +199,11 @@ impl Reader<'_> {
         let target = &backfill.tables[i];
         let name = TableName::parse(&target.table).map_err(BackfillError::Invalid)?;
         let shape = self.chunks.describe(&name).await?;
-        let condition = target.condition.clone();
+        let condition = target
+            .condition
+            .as_deref()
+            .map(|text| condition::for_table(text, &shape))
+            .transpose()?;
         // Where the next chunk is read from: after the last one sent.
         let mut next = target.cursor.clone();
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();

@@ -35,7 +35,7 @@ pub enum BackfillCommand {
         /// The table to read (one the pipeline streams).
         #[arg(long, value_name = "SCHEMA.TABLE")]
         table: String,
-        /// Only rows matching this SQL condition, e.g. "updated_at > now() - interval '1 day'".
+        /// Only rows matching this condition over the table's columns, e.g. "updated_at > now() - interval '1 day'".
         #[arg(long = "where", value_name = "CONDITION")]
         condition: Option<String>,
         /// Return once started instead of showing the progress.
@@ -62,17 +62,33 @@ pub enum BackfillCommand {
 struct Api {
     base: String,
     http: reqwest::Client,
+    /// The bearer token: from the environment variable the configuration's
+    /// `api.token_env` names, else from `SLUICE_API_TOKEN`.
+    token: Option<String>,
 }
+
+/// The environment variable holding the API token when no configuration
+/// names one.
+const TOKEN_ENV: &str = "SLUICE_API_TOKEN";
 
 impl Api {
     fn new(args: &ApiArgs) -> Result<Api, Error> {
+        let (address, token_env) = match &args.config {
+            Some(config) => {
+                let (address, token_env) = address_of(config)?;
+                (Some(address), token_env)
+            }
+            None => (None, None),
+        };
         let base = match &args.api {
             Some(url) => url.clone(),
-            None => match &args.config {
-                Some(config) => address_of(config)?,
-                None => DEFAULT_LISTEN.to_owned(),
-            },
+            None => address.unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
         };
+        let token_env = token_env.unwrap_or_else(|| TOKEN_ENV.to_owned());
+        let token = std::env::var(&token_env)
+            .ok()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty());
         let base = if base.contains("://") {
             base
         } else {
@@ -81,6 +97,7 @@ impl Api {
         Ok(Api {
             base: base.trim_end_matches('/').to_owned(),
             http: reqwest::Client::new(),
+            token,
         })
     }
 
@@ -91,9 +108,13 @@ impl Api {
         body: Option<Value>,
     ) -> Result<T, Error> {
         let url = format!("{}{path}", self.base);
-        let mut request = self.http.request(method, &url);
-        if let Some(body) = body {
-            request = request.json(&body);
+        let mut request = self.http.request(method.clone(), &url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if method != reqwest::Method::GET {
+            // The API takes changes only with a JSON body.
+            request = request.json(&body.unwrap_or_else(|| serde_json::json!({})));
         }
         let response = request.send().await.map_err(|e| {
             Error::new(
@@ -111,7 +132,7 @@ impl Api {
                 .map(str::to_owned)
                 .unwrap_or_else(|| format!("{status}: {text}"));
             let kind = match parsed["error"]["code"].as_str() {
-                Some("not_found" | "invalid" | "conflict") => ErrorKind::Config,
+                Some("not_found" | "invalid" | "conflict" | "unauthorized") => ErrorKind::Config,
                 _ => ErrorKind::Protocol,
             };
             return Err(Error::new(kind, message));
@@ -129,9 +150,10 @@ impl Api {
     }
 }
 
-/// The API address of the pipeline configured in `path`: the one it serves
-/// on now (written to its data directory), else the configured one.
-fn address_of(path: &Path) -> Result<String, Error> {
+/// The API address of the pipeline configured in `path` (the one it serves
+/// on now, written to its data directory, else the configured one) and the
+/// environment variable its token is in.
+fn address_of(path: &Path) -> Result<(String, Option<String>), Error> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
     // Only the addresses matter: no validation (secrets need not be set).
@@ -142,13 +164,14 @@ fn address_of(path: &Path) -> Result<String, Error> {
         )
     })?;
     let serving = config.pipeline.data_dir.join(ADDRESS_FILE);
-    if let Ok(addr) = std::fs::read_to_string(serving) {
-        return Ok(addr.trim().to_owned());
-    }
-    Ok(config
-        .api
-        .listen
-        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned()))
+    let address = match std::fs::read_to_string(serving) {
+        Ok(addr) => addr.trim().to_owned(),
+        Err(_) => config
+            .api
+            .listen
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
+    };
+    Ok((address, config.api.token_env))
 }
 
 pub async fn status(args: ApiArgs, json: bool) -> Result<(), Error> {

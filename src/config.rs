@@ -273,6 +273,61 @@ pub struct TableConfig {
     pub predicates: Vec<String>,
 }
 
+impl TableConfig {
+    /// Every column the table's settings name, with the setting that names
+    /// it (`where[0]`, `transform.drop[1]`, …): each must be a column of the
+    /// table, or the setting would quietly do something else.
+    pub fn named_columns(&self) -> Vec<(String, String)> {
+        let mut named = Vec::new();
+        for (j, text) in self.predicates.iter().enumerate() {
+            if let Ok(predicate) = crate::pipeline::predicate::Predicate::parse(text) {
+                named.push((format!("where[{j}]"), predicate.column));
+            }
+        }
+        for (j, column) in self.key.iter().flatten().enumerate() {
+            named.push((format!("key[{j}]"), column.clone()));
+        }
+        if let Some(routing) = &self.routing {
+            named.push(("routing".into(), routing.clone()));
+        }
+        named.extend(self.transform.named_columns());
+        named
+    }
+}
+
+impl TransformConfig {
+    /// Every column the transform names, with the setting that names it.
+    pub fn named_columns(&self) -> Vec<(String, String)> {
+        let mut named = Vec::new();
+        for (j, column) in self.keep.iter().flatten().enumerate() {
+            named.push((format!("transform.keep[{j}]"), column.clone()));
+        }
+        for (j, column) in self.drop.iter().enumerate() {
+            named.push((format!("transform.drop[{j}]"), column.clone()));
+        }
+        for column in self.rename.keys() {
+            named.push((format!("transform.rename.{column}"), column.clone()));
+        }
+        for (field, value) in &self.fields {
+            if let toml::Value::String(text) = value {
+                for piece in crate::pipeline::template::parse(text).unwrap_or_default() {
+                    if let crate::pipeline::template::Piece::Column(column) = piece {
+                        named.push((format!("transform.fields.{field}"), column));
+                    }
+                }
+            }
+        }
+        if let Some(Ok(path)) = self
+            .path
+            .as_deref()
+            .map(crate::pipeline::transform::PathShape::parse)
+        {
+            named.push(("transform.path".into(), path.column));
+        }
+        named
+    }
+}
+
 /// Keep, drop and rename columns. `keep` and `drop` are exclusive.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

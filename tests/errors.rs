@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{run_to_end, TestDb};
+use std::time::Duration;
+
+use common::{documents, run_to_end, Sluice, TestDb};
 
 #[test]
 fn bad_flags_are_usage_errors() {
@@ -140,5 +142,73 @@ async fn a_slot_in_use_is_reported_and_secrets_come_from_the_environment() {
         status.success(),
         "{status}: {}",
         std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn settings_naming_columns_the_table_lacks_are_refused_all_at_once() {
+    let db = TestDb::new("columns").await;
+    db.exec("CREATE TABLE users (id int PRIMARY KEY, email text, ssn text, active bool)")
+        .await;
+    let config = db.config(
+        r#"[[tables]]
+name = "users"
+where = ["activ = true"]
+transform = { drop = ["snn"], rename = { mail = "e" }, fields = { label = "{email} {nmae}" } }
+"#,
+        "",
+    );
+    for command in ["check", "run"] {
+        let (code, out, err) = run_to_end(&[command, "--config", config.to_str().unwrap()]);
+        let text = format!("{out}{err}");
+        assert_eq!(code, 2, "{command}: {text}");
+        for expected in [
+            "tables[0].where[0]: table public.users has no column `activ` (its columns: id, email, ssn, active)",
+            "tables[0].transform.drop[0]: table public.users has no column `snn`",
+            "tables[0].transform.rename.mail: table public.users has no column `mail`",
+            "tables[0].transform.fields.label: table public.users has no column `nmae`",
+        ] {
+            assert!(text.contains(expected), "{command}: {expected}\n{text}");
+        }
+    }
+    assert!(!db.slot_exists().await, "a slot was created");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_column_renamed_while_streaming_stops_sluice_instead_of_indexing_it() {
+    let db = TestDb::new("renamed").await;
+    db.exec("CREATE TABLE users (id int PRIMARY KEY, email text, ssn text, active bool)")
+        .await;
+    db.exec("INSERT INTO users VALUES (1, 'a@x', '111', true), (2, 'b@x', '222', false)")
+        .await;
+    let config = db.config(
+        "[[tables]]\nname = \"users\"\nwhere = [\"active = true\"]\ntransform = { drop = [\"ssn\"] }\n",
+        "",
+    );
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    let indexed = common::wait_until(Duration::from_secs(30), || async {
+        documents(&db.data_dir(), "users", "id").len() == 1
+    })
+    .await;
+    assert!(indexed, "{}", sluice.log_text());
+
+    // Renamed, the column `drop` names is gone: indexing the row would show it.
+    db.exec("ALTER TABLE users RENAME COLUMN ssn TO social")
+        .await;
+    db.exec("INSERT INTO users VALUES (3, 'c@x', '333', true)")
+        .await;
+    let status = sluice.wait_exit(Duration::from_secs(30)).await;
+    let log = sluice.log_text();
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(
+        log.contains("`transform.drop[0]` names column `ssn`, which the table no longer has"),
+        "{log}"
+    );
+    let docs = documents(&db.data_dir(), "users", "id");
+    assert!(
+        docs.values()
+            .all(|d| d.get("social").is_none() && d.get("ssn").is_none()),
+        "{docs:?}"
     );
 }

@@ -270,11 +270,11 @@ pub async fn check(args: SourceArgs) -> Result<(), Error> {
         return Ok(());
     }
     println!("{} problem(s) found:", problems.len());
-    for p in &problems {
+    for p in problems.iter() {
         println!("  - {p}");
     }
     Err(Error::new(
-        ErrorKind::Setup,
+        problems.kind(),
         format!("{} problem(s) found", problems.len()),
     ))
 }

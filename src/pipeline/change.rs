@@ -34,6 +34,27 @@ impl RelationInfo {
     pub fn column_index(&self, name: &str) -> Option<usize> {
         self.columns.iter().position(|c| c.name == name)
     }
+
+    /// The position of the column the table's setting `field` names; a
+    /// configuration error when the table no longer has it (dropped or
+    /// renamed since sluice started): going on would index what the setting
+    /// meant to leave out, or rows it meant to filter.
+    pub fn require_column(&self, field: &str, column: &str) -> crate::error::Result<usize> {
+        self.column_index(column).ok_or_else(|| {
+            let columns: Vec<&str> = self.columns.iter().map(|c| c.name.as_str()).collect();
+            crate::error::Error::new(
+                crate::error::ErrorKind::Config,
+                format!(
+                    "table {}: `{field}` names column `{column}`, which the table no longer has \
+                     (its columns: {}); sluice stops rather than index what the setting meant \
+                     to leave out",
+                    self.qualified,
+                    columns.join(", ")
+                ),
+            )
+            .hint("fix the table's settings in the configuration for the table as it is now, then start sluice again")
+        })
+    }
 }
 
 /// What happened to a row.

@@ -40,7 +40,7 @@ pub struct FilterState {
 }
 
 /// A table's predicates with their column positions.
-type Compiled = Vec<(Option<usize>, Predicate)>;
+type Compiled = Vec<(usize, Predicate)>;
 
 pub struct Filter;
 
@@ -103,10 +103,22 @@ impl Actor for Filter {
             mask & bit(change.op) != 0
         });
         if !args.predicates.is_empty() {
+            let mut failed = None;
             batch.changes.retain_mut(|change| {
-                let compiled = compile(compiled, &change.rel, &args.predicates);
-                matches(compiled, change)
+                if failed.is_some() {
+                    return true;
+                }
+                match compile(compiled, &change.rel, &args.predicates) {
+                    Ok(compiled) => matches(compiled, change),
+                    Err(e) => {
+                        failed = Some(e);
+                        true
+                    }
+                }
             });
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
         }
         let after = batch.changes.len();
         args.stats.batch(before, after);
@@ -119,12 +131,14 @@ impl Actor for Filter {
 }
 
 /// The predicates of `rel`'s table with their columns, compiled once per
-/// relation description: a change costs one lookup by pointer.
+/// relation description: a change costs one lookup by pointer. A predicate
+/// on a column the table does not have is an error: ignoring it would index
+/// every row.
 fn compile<'c>(
     cache: &'c mut HashMap<usize, (Arc<RelationInfo>, Compiled)>,
     rel: &Arc<RelationInfo>,
     predicates: &HashMap<String, Vec<Predicate>>,
-) -> &'c Compiled {
+) -> crate::error::Result<&'c Compiled> {
     let key = Arc::as_ptr(rel) as usize;
     let known = cache
         .get(&key)
@@ -134,21 +148,15 @@ fn compile<'c>(
             .get(&*rel.qualified)
             .into_iter()
             .flatten()
-            .map(|p| {
-                let at = rel.column_index(&p.column);
-                if at.is_none() {
-                    tracing::error!(
-                        table = %rel.qualified,
-                        column = %p.column,
-                        "a `where` predicate names a column the table does not have; it is ignored"
-                    );
-                }
-                (at, p.clone())
+            .enumerate()
+            .map(|(j, p)| {
+                let at = rel.require_column(&format!("where[{j}]"), &p.column)?;
+                Ok((at, p.clone()))
             })
-            .collect();
+            .collect::<crate::error::Result<_>>()?;
         cache.insert(key, (rel.clone(), compiled));
     }
-    &cache[&key].1
+    Ok(&cache[&key].1)
 }
 
 /// Whether `change` goes on; an update to a row that no longer matches
@@ -161,7 +169,7 @@ fn matches(compiled: &Compiled, change: &mut Change) -> bool {
     let Some(row) = row else { return true };
     let fails = compiled
         .iter()
-        .any(|(at, predicate)| at.is_some_and(|i| predicate.check(row, i) == Verdict::Fails));
+        .any(|(at, predicate)| predicate.check(row, *at) == Verdict::Fails);
     if !fails {
         return true;
     }

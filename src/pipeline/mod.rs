@@ -164,8 +164,57 @@ impl PipelinePlan {
     }
 }
 
-/// Checks the source and returns every problem found (empty when ready).
-pub async fn check(config: &Config) -> Result<Vec<catalog::Problem>> {
+/// What `check` found: settings that do not fit the tables as the catalog
+/// describes them, and what the source database lacks.
+#[derive(Debug, Default)]
+pub struct Checked {
+    pub config: Vec<catalog::Problem>,
+    pub source: Vec<catalog::Problem>,
+}
+
+impl Checked {
+    pub fn len(&self) -> usize {
+        self.config.len() + self.source.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &catalog::Problem> {
+        self.config.iter().chain(&self.source)
+    }
+
+    /// The error for what was found (`None` when nothing), of `kind`.
+    pub fn error(&self, what: &str) -> Option<Error> {
+        if self.is_empty() {
+            return None;
+        }
+        let list = self
+            .iter()
+            .map(|p| format!("  - {p}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        Some(Error::new(
+            self.kind(),
+            format!("{what} ({} problem(s)):\n{list}", self.len()),
+        ))
+    }
+
+    /// A configuration error (exit 2) when a setting is wrong, else a setup
+    /// error (exit 3).
+    pub fn kind(&self) -> ErrorKind {
+        if self.config.is_empty() {
+            ErrorKind::Setup
+        } else {
+            ErrorKind::Config
+        }
+    }
+}
+
+/// Checks the configuration against the source and the source itself, and
+/// returns every problem found (empty when ready).
+pub async fn check(config: &Config) -> Result<Checked> {
     let plan = PipelinePlan::new(config)?;
     let client = plan.conninfo.connect_sql().await?;
     let tables: Vec<_> = config
@@ -175,6 +224,10 @@ pub async fn check(config: &Config) -> Result<Vec<catalog::Problem>> {
         .map(|(t, name)| (name, t.key.clone()))
         .collect();
     let report = catalog::check_source(&client, &tables, &plan.slot, &plan.publication).await?;
+    let mut checked = Checked {
+        config: check_columns(config, &report.tables),
+        source: Vec::new(),
+    };
     let mut problems = report.problems;
     if problems.is_empty() {
         problems.extend(check_routing(config, &client).await?);
@@ -190,7 +243,38 @@ pub async fn check(config: &Config) -> Result<Vec<catalog::Problem>> {
                 .to_owned(),
         }),
     }
-    Ok(problems)
+    checked.source = problems;
+    Ok(checked)
+}
+
+/// Every column a table's settings name (`where`, `key`, `routing`, `keep`,
+/// `drop`, `rename`, template fields, `path`) must be one of its columns: a
+/// misspelled `drop` would index the column it means to hide, a misspelled
+/// `where` every row.
+fn check_columns(
+    config: &Config,
+    tables: &HashMap<crate::config::TableName, catalog::TableMeta>,
+) -> Vec<catalog::Problem> {
+    let mut problems = Vec::new();
+    for (i, (table, name)) in config.tables.iter().zip(config.table_names()).enumerate() {
+        let Some(meta) = tables.get(&name) else {
+            continue; // reported by the source check
+        };
+        for (field, column) in table.named_columns() {
+            if meta.columns.iter().any(|c| c.name == column) {
+                continue;
+            }
+            let columns: Vec<&str> = meta.columns.iter().map(|c| c.name.as_str()).collect();
+            problems.push(catalog::Problem {
+                what: format!(
+                    "tables[{i}].{field}: table {name} has no column `{column}` (its columns: {})",
+                    columns.join(", ")
+                ),
+                fix: "name one of the table's columns (names are case-sensitive)".to_owned(),
+            });
+        }
+    }
+    problems
 }
 
 /// A routing column must be one of its table's key columns (the configured
@@ -255,20 +339,11 @@ pub async fn prepare(
     HashMap<crate::config::TableName, catalog::TableMeta>,
     slot::SlotOutcome,
 )> {
-    let problems = check(config).await?;
-    if !problems.is_empty() {
-        let list = problems
-            .iter()
-            .map(|p| format!("  - {p}"))
-            .collect::<Vec<_>>()
-            .join("\n");
-        return Err(Error::new(
-            ErrorKind::Setup,
-            format!(
-                "the source database is not ready for sluice ({} problem(s)):\n{list}",
-                problems.len()
-            ),
-        ));
+    if let Some(e) = check(config)
+        .await?
+        .error("the configuration or the source database is not ready for sluice")
+    {
+        return Err(e);
     }
     let plan = PipelinePlan::new(config)?;
     let client = plan.conninfo.connect_sql().await?;

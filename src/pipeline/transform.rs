@@ -169,36 +169,6 @@ impl DocShape {
         }
     }
 
-    /// Columns the transform names that the table lacks.
-    pub fn missing_columns(rel: &RelationInfo, transform: &TransformConfig) -> Vec<String> {
-        let mut named: Vec<String> = transform
-            .keep
-            .iter()
-            .flatten()
-            .chain(&transform.drop)
-            .chain(transform.rename.keys())
-            .cloned()
-            .collect();
-        for value in transform.fields.values() {
-            if let toml::Value::String(text) = value {
-                named.extend(
-                    template::parse(text)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter_map(|piece| match piece {
-                            template::Piece::Column(column) => Some(column),
-                            template::Piece::Text(_) => None,
-                        }),
-                );
-            }
-        }
-        if let Some(Ok(path)) = transform.path.as_deref().map(PathShape::parse) {
-            named.push(path.column);
-        }
-        named.retain(|name| rel.column_index(name).is_none());
-        named
-    }
-
     /// Encodes a row as a JSON object into `out`. Returns false when some
     /// field was an unchanged TOAST value and left out (a partial document).
     pub fn encode(&self, tuple: &Tuple, out: &mut Vec<u8>) -> bool {
@@ -490,7 +460,7 @@ impl Actor for Transformer {
         let n = batch.changes.len();
         let mut items = Vec::with_capacity(n);
         for change in batch.changes {
-            let shape = state.shape(&change.rel);
+            let shape = state.shape(&change.rel)?;
             items.push(Shaped { change, shape });
         }
         state.args.stats.batch(n, items.len());
@@ -506,10 +476,12 @@ impl Actor for Transformer {
 }
 
 impl TransformState {
-    fn shape(&mut self, rel: &Arc<RelationInfo>) -> Arc<DocShape> {
+    /// The document shape of `rel`'s table; an error when the transform
+    /// names a column the table does not have.
+    fn shape(&mut self, rel: &Arc<RelationInfo>) -> crate::error::Result<Arc<DocShape>> {
         if let Some((cached, shape)) = self.shapes.get(&rel.id) {
             if Arc::ptr_eq(cached, rel) {
-                return shape.clone();
+                return Ok(shape.clone());
             }
         }
         let default = TransformConfig::default();
@@ -518,12 +490,12 @@ impl TransformState {
             .transforms
             .get(&*rel.qualified)
             .unwrap_or(&default);
-        for name in DocShape::missing_columns(rel, config) {
-            tracing::warn!(table = %rel.qualified, column = %name, "the transform names a column the table does not have");
+        for (field, column) in config.named_columns() {
+            rel.require_column(&field, &column)?;
         }
         let shape = Arc::new(DocShape::new(rel, config));
         self.shapes.insert(rel.id, (rel.clone(), shape.clone()));
-        shape
+        Ok(shape)
     }
 }
 
@@ -599,7 +571,12 @@ mod tests {
             fields = { a = "{nope}!", b = "x" }
             "#,
         );
-        assert_eq!(DocShape::missing_columns(&rel, &config), ["nope"]);
+        let named = config.named_columns();
+        assert_eq!(
+            named[0],
+            ("transform.fields.a".to_owned(), "nope".to_owned())
+        );
+        assert!(rel.require_column(&named[0].0, &named[0].1).is_err());
         let shape = DocShape::new(&rel, &config);
         let (doc, _) = encode(&shape, &tuple(&[Some("1")]));
         assert_eq!(doc, r#"{"a":"!","b":"x"}"#);

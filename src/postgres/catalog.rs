@@ -214,16 +214,6 @@ pub async fn check_source(
             )),
             _ => {}
         }
-        if let Some(key) = key {
-            for column in key {
-                if !meta.columns.iter().any(|c| &c.name == column) {
-                    report.problems.push(problem(
-                        format!("key column `{column}` does not exist in table {name}"),
-                        "fix the table's `key` setting",
-                    ));
-                }
-            }
-        }
     }
 
     let slot_row = client

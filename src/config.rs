@@ -3,6 +3,8 @@
 //! Every knob has a doc comment and a named default. Unknown keys are errors.
 //! Semantic validation reports every problem at once, each naming its field path.
 
+mod parse;
+
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -431,16 +433,8 @@ const NULL_COMMIT_INTERVAL_MS: u64 = 100;
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 enum RawSink {
-    Embedded {
-        name: String,
-        #[serde(default = "default_commit_interval_ms")]
-        commit_interval_ms: u64,
-        #[serde(default = "crate::sink::http::default_max_document_bytes")]
-        max_document_bytes: u64,
-    },
-    Null {
-        name: String,
-    },
+    Embedded(RawEmbedded),
+    Null(RawNull),
     #[serde(alias = "opensearch")]
     Elasticsearch(Box<crate::sink::elasticsearch::ElasticsearchConfig>),
     Typesense(Box<crate::sink::typesense::TypesenseConfig>),
@@ -448,21 +442,39 @@ enum RawSink {
     Turbopuffer(Box<crate::sink::turbopuffer::TurbopufferConfig>),
 }
 
+/// `type = "embedded"`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEmbedded {
+    name: String,
+    #[serde(default = "default_commit_interval_ms")]
+    commit_interval_ms: u64,
+    #[serde(default = "crate::sink::http::default_max_document_bytes")]
+    max_document_bytes: u64,
+}
+
+/// `type = "null"`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNull {
+    name: String,
+}
+
 impl From<RawSink> for SinkConfig {
     fn from(raw: RawSink) -> SinkConfig {
         match raw {
-            RawSink::Embedded {
+            RawSink::Embedded(RawEmbedded {
                 name,
                 commit_interval_ms,
                 max_document_bytes,
-            } => SinkConfig {
+            }) => SinkConfig {
                 name,
                 kind: SinkKind::Embedded {
                     commit_interval_ms,
                     max_document_bytes,
                 },
             },
-            RawSink::Null { name } => SinkConfig {
+            RawSink::Null(RawNull { name }) => SinkConfig {
                 name,
                 kind: SinkKind::Null,
             },
@@ -631,9 +643,12 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
+        let mut config = parse::parse(&text).map_err(|e| match e {
+            Ok(problems) => ConfigError::Invalid(problems),
+            Err(message) => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
         })?;
         config.base_dir = path.parent().map(Path::to_owned).unwrap_or_default();
         Ok(config)

@@ -63,6 +63,13 @@ impl Error {
         self.hint.as_deref()
     }
 
+    /// The same error as another kind (where a caller knows better what it
+    /// means: a refused connection at start is a database that is not ready).
+    pub fn as_kind(mut self, kind: ErrorKind) -> Error {
+        self.kind = kind;
+        self
+    }
+
     pub fn io(context: impl fmt::Display, e: std::io::Error) -> Error {
         Error::new(ErrorKind::Io, format!("{context}: {e}"))
     }

@@ -92,3 +92,33 @@ async fn check_names_a_missing_replication_privilege() {
     assert!(out.contains("may not use replication"), "{out}");
     assert!(out.contains("REPLICATION"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_that_refuses_the_connection_exits_3_and_a_refused_login_exits_2() {
+    let db = TestDb::new("refused").await;
+    db.exec("CREATE TABLE fine (id int PRIMARY KEY)").await;
+    // Nothing listens on port 1.
+    let nowhere = "postgres://sluice@127.0.0.1:1/app?sslmode=disable";
+    let wrong = cluster().url_as(SCRAM_USER, Some("wrong"), &db.name) + "?sslmode=disable";
+    let data_dir = db.data_dir();
+    let data_dir = data_dir.to_str().unwrap();
+    for command in ["check", "run"] {
+        let args = |url: &str| {
+            let mut args = vec![command, "--database-url", url, "--table", "fine"];
+            if command == "run" {
+                args.extend(["--data-dir", data_dir]);
+            }
+            args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+        };
+        let run = |url: &str| {
+            let args = args(url);
+            run_to_end(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        };
+        let (code, out, err) = run(nowhere);
+        assert_eq!(code, 3, "{command}: {out}{err}");
+        assert!(err.contains("cannot connect"), "{err}");
+        let (code, out, err) = run(&wrong);
+        assert_eq!(code, 2, "{command}: {out}{err}");
+        assert!(err.contains("28P01") || err.contains("password"), "{err}");
+    }
+}

@@ -206,3 +206,97 @@ async fn turbopuffer() {
     };
     run_workload("tp", sinks, "tpuf", || async { tp.rows("products") }, shape).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_asks_every_engine_for_its_credentials_without_writing() {
+    use fakes::{elasticsearch, meilisearch, turbopuffer, typesense};
+    let es = elasticsearch::FakeElasticsearch::start(elasticsearch::FakeOptions {
+        required_auth: Some("ApiKey secret".into()),
+        ..elasticsearch::FakeOptions::default()
+    })
+    .await;
+    let ts = typesense::FakeTypesense::start(typesense::FakeOptions {
+        api_key: Some("secret".into()),
+        record_requests: true,
+        ..typesense::FakeOptions::default()
+    })
+    .await;
+    let ms = meilisearch::FakeMeilisearch::start(meilisearch::FakeOptions {
+        api_key: Some("secret".into()),
+        ..meilisearch::FakeOptions::default()
+    })
+    .await;
+    let tp = turbopuffer::FakeTurbopuffer::start(turbopuffer::FakeOptions {
+        api_key: Some("secret".into()),
+        ..turbopuffer::FakeOptions::default()
+    })
+    .await;
+    let db = TestDb::new("check_sinks").await;
+    db.exec("CREATE TABLE products (id bigint PRIMARY KEY, name text)")
+        .await;
+    let key = "api_key_env = \"SLUICE_TEST_ENGINE_KEY\"";
+    let sinks = |es_url: &str| {
+        format!(
+            "[[sinks]]\nname = \"es\"\ntype = \"elasticsearch\"\nurl = \"{es_url}\"\n{key}\n\
+             [[sinks]]\nname = \"ts\"\ntype = \"typesense\"\nurl = \"{}\"\n{key}\n\
+             [[sinks]]\nname = \"ms\"\ntype = \"meilisearch\"\nurl = \"{}\"\n{key}\n\
+             [[sinks]]\nname = \"tp\"\ntype = \"turbopuffer\"\nurl = \"{}\"\n{key}\n",
+            ts.url(),
+            ms.url(),
+            tp.url()
+        )
+    };
+    let check = |config: std::path::PathBuf, key: &'static str| {
+        let out = common::sluice_command()
+            .args(["check", "--config", config.to_str().unwrap()])
+            .env("SLUICE_TEST_ENGINE_KEY", key)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let config = db.config_with_sinks("[[tables]]\nname = \"products\"", "", &sinks(&es.url()));
+
+    let (code, text) = check(config.clone(), "secret");
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = check(config.clone(), "wrong");
+    assert_eq!(code, 2, "{text}");
+    for sink in [
+        "sinks[0] (es,",
+        "sinks[1] (ts,",
+        "sinks[2] (ms,",
+        "sinks[3] (tp,",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(sink) && l.contains("refuses the credentials")),
+            "{sink}: {text}"
+        );
+    }
+    // An engine that does not answer is not ready.
+    let dead = db.config_with_sinks(
+        "[[tables]]\nname = \"products\"",
+        "",
+        &sinks("http://127.0.0.1:1"),
+    );
+    let (code, text) = check(dead, "secret");
+    assert_eq!(code, 3, "{text}");
+    assert!(
+        text.contains("sinks[0] (es, elasticsearch) does not answer"),
+        "{text}"
+    );
+
+    // Nothing was written anywhere.
+    assert!(
+        es.requests().iter().all(|r| r.method == "GET"),
+        "{:?}",
+        es.requests()
+    );
+    assert!(ts.requests().iter().all(|r| r.method == "GET"));
+    assert!(ms.write_requests().is_empty());
+    assert!(tp.requests().iter().all(|r| r.method == "GET"));
+    assert!(!db.slot_exists().await);
+}

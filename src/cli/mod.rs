@@ -264,9 +264,12 @@ pub async fn run(args: SourceArgs) -> Result<(), Error> {
 
 pub async fn check(args: SourceArgs) -> Result<(), Error> {
     let config = args.config()?;
-    let problems = crate::pipeline::check(&config).await?;
+    let mut problems = crate::pipeline::check(&config).await?;
+    crate::pipeline::check_sinks(&config, &mut problems).await;
     if problems.is_empty() {
-        println!("ok: the configuration is valid and the source database is ready");
+        println!(
+            "ok: the configuration is valid, the source database is ready and every sink answers"
+        );
         return Ok(());
     }
     println!("{} problem(s) found:", problems.len());

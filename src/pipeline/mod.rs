@@ -216,7 +216,15 @@ impl Checked {
 /// returns every problem found (empty when ready).
 pub async fn check(config: &Config) -> Result<Checked> {
     let plan = PipelinePlan::new(config)?;
-    let client = plan.conninfo.connect_sql().await?;
+    // A database that does not answer at start is not ready (exit 3).
+    let client = plan
+        .conninfo
+        .connect_sql()
+        .await
+        .map_err(|e| match e.kind() {
+            ErrorKind::Connection => e.as_kind(ErrorKind::Setup),
+            _ => e,
+        })?;
     let tables: Vec<_> = config
         .tables
         .iter()
@@ -245,6 +253,42 @@ pub async fn check(config: &Config) -> Result<Checked> {
     }
     checked.source = problems;
     Ok(checked)
+}
+
+/// Asks every sink's engine whether it answers and takes the credentials,
+/// without writing (`sluice check` only: `run` waits out an engine that is
+/// down). Refused credentials are configuration problems, an engine that
+/// does not answer is not ready.
+pub async fn check_sinks(config: &Config, checked: &mut Checked) {
+    let names = config.table_names();
+    let index = match (config.tables.first(), names.first()) {
+        (Some(table), Some(name)) => config.index_for(table, name),
+        _ => return,
+    };
+    for (i, sink) in config.sinks.iter().enumerate() {
+        let Err(problem) = crate::sink::probe(sink, &index).await else {
+            continue;
+        };
+        let credentials = problem.starts_with("refuses the credentials");
+        let found = catalog::Problem {
+            what: format!(
+                "sinks[{i}] ({}, {}) {problem}",
+                sink.name,
+                sink.kind.type_name()
+            ),
+            fix: if credentials {
+                "set the sink's api_key_env (or its user and password) to credentials the engine accepts"
+            } else {
+                "start the engine, or fix the sink's url"
+            }
+            .to_owned(),
+        };
+        if credentials {
+            checked.config.push(found);
+        } else {
+            checked.source.push(found);
+        }
+    }
 }
 
 /// Every column a table's settings name (`where`, `key`, `routing`, `keep`,

@@ -181,11 +181,29 @@ impl ConnInfo {
         let source = std::error::Error::source(&e)
             .map(|s| s.to_string())
             .unwrap_or_default();
+        // A refused login (wrong password, no pg_hba.conf line, no such
+        // role or database) does not get better by trying again.
+        let refused = e
+            .as_db_error()
+            .is_some_and(|db| matches!(db.code().code(), "28000" | "28P01" | "3D000"));
+        let (kind, hint) = if refused {
+            (
+                ErrorKind::Config,
+                "check the user, password and database in source.database_url, and that pg_hba.conf lets this role in",
+            )
+        } else {
+            (
+                ErrorKind::Connection,
+                "check that Postgres runs at that address and that the user, password and database are right",
+            )
+        };
         Error::new(
-            ErrorKind::Connection,
-            format!("cannot connect to {self}: {text} {source}").trim_end().to_owned(),
+            kind,
+            format!("cannot connect to {self}: {text} {source}")
+                .trim_end()
+                .to_owned(),
         )
-        .hint("check that Postgres runs at that address and that the user, password and database are right")
+        .hint(hint)
     }
 
     /// The rustls configuration matching `sslmode`.

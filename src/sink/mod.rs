@@ -35,6 +35,20 @@ pub trait Sink: Send + 'static {
     async fn commit(&mut self, upto: Lsn) -> Result<()>;
 }
 
+/// Whether the engine behind a sink answers and takes its credentials,
+/// without writing anything; `index` is one the sink will write to. `Ok` for
+/// sinks without an engine.
+pub async fn probe(config: &SinkConfig, index: &str) -> std::result::Result<(), String> {
+    let client = |e: crate::error::Error| e.to_string();
+    match &config.kind {
+        SinkKind::Embedded { .. } | SinkKind::Null => Ok(()),
+        SinkKind::Elasticsearch(es) => elasticsearch::probe(es).await.map_err(client)?,
+        SinkKind::Typesense(ts) => typesense::probe(ts, index).await.map_err(client)?,
+        SinkKind::Meilisearch(ms) => meilisearch::probe(ms).await.map_err(client)?,
+        SinkKind::Turbopuffer(tp) => turbopuffer::probe(tp).await.map_err(client)?,
+    }
+}
+
 /// Builds the sink a config describes.
 pub fn build(config: &SinkConfig, data_dir: &Path) -> Result<Box<dyn Sink>> {
     Ok(match &config.kind {

@@ -25,11 +25,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::Router;
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
@@ -168,6 +168,7 @@ impl FakeTurbopuffer {
         });
         let app = Router::new()
             .route("/v2/namespaces/{namespace}", post(write).delete(delete))
+            .route("/v1/namespaces", get(list_namespaces))
             .with_state(shared.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -324,6 +325,42 @@ async fn common(
         return Fault::DropAfterApply;
     }
     Fault::None
+}
+
+/// `GET /v1/namespaces`: the namespaces, first page (`page_size`, default
+/// 1000), as `{"namespaces": [{"id": …}], "next_cursor": …}`.
+async fn list_namespaces(
+    State(shared): State<Arc<Shared>>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let fault = common(
+        &shared,
+        Method::GET,
+        "/v1/namespaces".into(),
+        &headers,
+        &Bytes::new(),
+    )
+    .await;
+    if let Fault::Answer(response) = fault {
+        return response;
+    }
+    let size = params
+        .get("page_size")
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or(1000);
+    let names: Vec<String> = lock(&shared.namespaces).keys().cloned().collect();
+    let page: Vec<Value> = names
+        .iter()
+        .take(size)
+        .map(|id| json!({"id": id}))
+        .collect();
+    let next = (names.len() > size).then(|| names[size - 1].clone());
+    (
+        StatusCode::OK,
+        Json(json!({"namespaces": page, "next_cursor": next})),
+    )
+        .into_response()
 }
 
 async fn delete(

@@ -61,6 +61,12 @@ pub struct Client {
 }
 
 impl Client {
+    /// Whether the cluster answers and takes the credentials, without
+    /// writing (`GET /`; a 403 there only means the key may not monitor).
+    pub async fn probe(&self) -> std::result::Result<(), String> {
+        self.http.probe("", &[401], ANSWERS.credentials_hint).await
+    }
+
     pub fn new(config: &ElasticsearchConfig) -> Result<Client> {
         let authorization = config
             .authorization()

@@ -24,6 +24,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::lsn::Lsn;
 use crate::pipeline::change::{WriteAction, WriteOp};
 use crate::sink::failed::{FailedMessage, FailedStore};
+use crate::sink::http::path_segment;
 
 pub struct ElasticsearchSink {
     client: Arc<Client>,
@@ -72,7 +73,7 @@ impl ElasticsearchSink {
             );
         }
         let body = serde_json::to_vec(&body).expect("JSON values serialize");
-        let path = urlencode(index);
+        let path = path_segment(index);
         self.client
             .with_retries(
                 "creating the index",
@@ -96,7 +97,7 @@ impl ElasticsearchSink {
 
     /// Removes every document of `index` (a truncate of its table).
     async fn truncate(&mut self, index: &str) -> Result<()> {
-        let path = urlencode(index);
+        let path = path_segment(index);
         let ok =
             |status: reqwest::StatusCode, _: &[u8]| status.is_success() || status.as_u16() == 404;
         // Delete-by-query sees what is searchable: make the latest writes so first.
@@ -199,6 +200,13 @@ impl ElasticsearchSink {
     }
 }
 
+/// Whether the engine answers and takes the sink's credentials, without
+/// writing: the outer error when the client cannot be built (a missing key).
+pub async fn probe(config: &ElasticsearchConfig) -> Result<std::result::Result<(), String>> {
+    let client = Client::new(config)?;
+    Ok(client.probe().await)
+}
+
 #[async_trait::async_trait]
 impl super::Sink for ElasticsearchSink {
     fn name(&self) -> &str {
@@ -252,14 +260,4 @@ impl super::Sink for ElasticsearchSink {
         self.failed.wait_below(&self.client.name, max).await;
         Ok(())
     }
-}
-
-/// An index name as a URL path segment.
-fn urlencode(name: &str) -> String {
-    name.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -11,6 +11,9 @@ use super::HttpSettings;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sink::retry::backoff;
 
+/// How long `probe` waits for an answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Longest `Retry-After` honoured; a longer one is taken as this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
@@ -174,6 +177,37 @@ impl HttpClient {
             }
             tokio::time::sleep(delay).await;
             request = next;
+        }
+    }
+
+    /// Asks the engine one read-only question, once and without waiting out
+    /// an outage: whether it answers and takes the credentials. A status in
+    /// `refusals` means the credentials are refused.
+    pub async fn probe(&self, path: &str, refusals: &[u16], hint: &str) -> Result<(), String> {
+        let url = self.url(path);
+        let request = self
+            .request(reqwest::Method::GET, &url)
+            .timeout(PROBE_TIMEOUT);
+        match self.fetch_once(request).await {
+            Fetched::Answer(answer) => {
+                let status = answer.status;
+                if refusals.contains(&status.as_u16()) {
+                    Err(format!(
+                        "refuses the credentials ({status} to GET {url}): {}; {hint}",
+                        body_text(&answer.body)
+                    ))
+                } else if status.is_server_error() {
+                    Err(format!(
+                        "is not well ({status} to GET {url}): {}",
+                        body_text(&answer.body)
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+            Fetched::Failed(problem) | Fetched::Unavailable(problem, _) => {
+                Err(format!("does not answer at {}: {problem}", self.base))
+            }
         }
     }
 

@@ -10,7 +10,7 @@ use super::config::MeilisearchConfig;
 use super::request::{Batch, Kind};
 use super::tasks::{ApiError, Summary, Task};
 use crate::error::{Error, ErrorKind, Result};
-use crate::sink::http::{body_text, Answers, HttpClient, SendError};
+use crate::sink::http::{body_text, path_segment, Answers, HttpClient, SendError};
 use crate::sink::retry::backoff;
 
 /// What became of a sent batch.
@@ -42,6 +42,14 @@ pub struct Client {
 }
 
 impl Client {
+    /// Whether the instance answers and takes the key, without writing
+    /// (`GET /tasks?limit=1`, which needs the tasks.get action sluice uses).
+    pub async fn probe(&self) -> std::result::Result<(), String> {
+        self.http
+            .probe("tasks?limit=1", &[401, 403], ANSWERS.credentials_hint)
+            .await
+    }
+
     pub fn new(config: &MeilisearchConfig) -> Result<Client> {
         let authorization = config
             .authorization()
@@ -69,14 +77,14 @@ impl Client {
     /// refusal. Only a request that got no answer is sent again, at most
     /// `max_retries` times.
     pub async fn enqueue(&self, batch: &Batch) -> Result<Sent> {
-        let index = urlencode(&batch.index);
+        let index = path_segment(&batch.index);
         let body = Bytes::from(batch.body());
         let build = || {
             let documents = format!("indexes/{index}/documents");
             let with_key = || {
                 format!(
                     "{documents}?primaryKey={}",
-                    urlencode(&self.config.primary_key)
+                    path_segment(&self.config.primary_key)
                 )
             };
             let request = match batch.kind {
@@ -196,14 +204,4 @@ impl Client {
             tokio::time::sleep(delay.min(timeout.saturating_sub(start.elapsed()))).await;
         }
     }
-}
-
-/// A name as a URL path segment or query value.
-fn urlencode(name: &str) -> String {
-    name.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

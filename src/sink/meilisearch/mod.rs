@@ -218,6 +218,13 @@ impl MeilisearchSink {
     }
 }
 
+/// Whether the engine answers and takes the sink's credentials, without
+/// writing: the outer error when the client cannot be built (a missing key).
+pub async fn probe(config: &MeilisearchConfig) -> Result<std::result::Result<(), String>> {
+    let client = Client::new(config)?;
+    Ok(client.probe().await)
+}
+
 #[async_trait::async_trait]
 impl super::Sink for MeilisearchSink {
     fn name(&self) -> &str {

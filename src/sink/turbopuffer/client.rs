@@ -44,6 +44,18 @@ enum Attempt {
 }
 
 impl Client {
+    /// Whether the region answers and takes the key, without writing
+    /// (`GET /v1/namespaces?page_size=1`).
+    pub async fn probe(&self) -> std::result::Result<(), String> {
+        self.http
+            .probe(
+                "v1/namespaces?page_size=1",
+                &[401, 403],
+                ANSWERS.credentials_hint,
+            )
+            .await
+    }
+
     pub fn new(config: &TurbopufferConfig) -> Result<Client> {
         let key = std::env::var(&config.api_key_env).map_err(|_| {
             Error::new(

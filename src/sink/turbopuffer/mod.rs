@@ -300,6 +300,13 @@ impl TurbopufferSink {
     }
 }
 
+/// Whether the engine answers and takes the sink's credentials, without
+/// writing: the outer error when the client cannot be built (a missing key).
+pub async fn probe(config: &TurbopufferConfig) -> Result<std::result::Result<(), String>> {
+    let client = Client::new(config)?;
+    Ok(client.probe().await)
+}
+
 #[async_trait::async_trait]
 impl super::Sink for TurbopufferSink {
     fn name(&self) -> &str {

@@ -8,10 +8,10 @@ use bytes::Bytes;
 use reqwest::header::HeaderName;
 
 use super::config::TypesenseConfig;
-use super::request::{self, Kind};
+use super::request::Kind;
 use super::response::{self, Outcome};
 use crate::error::{Error, ErrorKind, Result};
-use crate::sink::http::{Answers, HttpClient, SendError};
+use crate::sink::http::{path_segment, Answers, HttpClient, SendError};
 
 /// How Typesense's answers are read.
 const ANSWERS: Answers = Answers {
@@ -29,6 +29,15 @@ pub struct Client {
 }
 
 impl Client {
+    /// Whether the cluster answers and takes the key, without writing
+    /// (`GET /collections/{collection}`; a missing one is fine).
+    pub async fn probe(&self, collection: &str) -> std::result::Result<(), String> {
+        let path = format!("collections/{}", path_segment(collection));
+        self.http
+            .probe(&path, &[401, 403], ANSWERS.credentials_hint)
+            .await
+    }
+
     pub fn new(config: &TypesenseConfig) -> Result<Client> {
         let api_key = config
             .api_key()
@@ -78,7 +87,7 @@ impl Client {
     ) -> Result<Vec<Outcome>> {
         let mut url = self.url(&format!(
             "collections/{}/documents/import",
-            request::path_segment(collection)
+            path_segment(collection)
         ))?;
         let action = kind.import_action().unwrap_or("upsert");
         url.query_pairs_mut().append_pair("action", action);
@@ -108,7 +117,7 @@ impl Client {
     pub async fn delete_by_filter(&self, collection: &str, filter: &str) -> Result<Outcome> {
         let mut url = self.url(&format!(
             "collections/{}/documents",
-            request::path_segment(collection)
+            path_segment(collection)
         ))?;
         url.query_pairs_mut().append_pair("filter_by", filter);
         self.delete(url).await
@@ -118,8 +127,8 @@ impl Client {
     pub async fn delete_one(&self, collection: &str, id: &str) -> Result<Outcome> {
         let url = self.url(&format!(
             "collections/{}/documents/{}",
-            request::path_segment(collection),
-            request::path_segment(id)
+            path_segment(collection),
+            path_segment(id)
         ))?;
         self.delete(url).await
     }
@@ -142,7 +151,7 @@ impl Client {
     pub async fn truncate(&self, collection: &str) -> Result<()> {
         let mut url = self.url(&format!(
             "collections/{}/documents",
-            request::path_segment(collection)
+            path_segment(collection)
         ))?;
         url.query_pairs_mut().append_pair("truncate", "true");
         self.with_retries(

@@ -316,6 +316,16 @@ async fn send(client: &Client, collection: &str, request: Request) -> Result<Vec
     Ok(outcomes)
 }
 
+/// Whether the engine answers and takes the sink's credentials, without
+/// writing: the outer error when the client cannot be built (a missing key).
+pub async fn probe(
+    config: &TypesenseConfig,
+    collection: &str,
+) -> Result<std::result::Result<(), String>> {
+    let client = Client::new(config)?;
+    Ok(client.probe(collection).await)
+}
+
 #[async_trait::async_trait]
 impl super::Sink for TypesenseSink {
     fn name(&self) -> &str {

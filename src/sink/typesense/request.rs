@@ -87,18 +87,6 @@ pub fn id_filter<'a>(values: impl Iterator<Item = &'a str>) -> String {
     filter
 }
 
-/// A name as one URL path segment.
-pub fn path_segment(name: &str) -> String {
-    name.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -155,6 +143,6 @@ mod tests {
             "id:[`1`,`a,b`,`x y]`]"
         );
         assert_eq!(filter_value("a`b"), None);
-        assert_eq!(path_segment("a b/c"), "a%20b%2Fc");
+        assert_eq!(crate::sink::http::path_segment("a b/c"), "a%20b%2Fc");
     }
 }

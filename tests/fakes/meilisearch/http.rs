@@ -35,6 +35,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
             "/indexes/{index}/documents/delete-batch",
             post(delete_batch),
         )
+        .route("/tasks", get(list_tasks))
         .route("/tasks/{uid}", get(get_task))
         .fallback(|| async {
             answer(
@@ -282,6 +283,30 @@ async fn clear(State(shared): AppState, Path(index): Path<String>) -> Response {
         return refused;
     }
     enqueue(&shared, &index, TaskOp::Clear)
+}
+
+/// `GET /tasks?limit=N`: the newest tasks first, as Meilisearch pages them.
+async fn list_tasks(
+    State(shared): AppState,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let limit = params
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(20);
+    let store = lock(&shared.store);
+    let results: Vec<Value> = store
+        .tasks
+        .iter()
+        .rev()
+        .take(limit)
+        .map(|t| t.view())
+        .collect();
+    let total = store.tasks.len();
+    answer(
+        StatusCode::OK,
+        json!({"results": results, "total": total, "limit": limit, "from": total.checked_sub(1), "next": null}),
+    )
 }
 
 async fn get_task(State(shared): AppState, Path(uid): Path<String>) -> Response {

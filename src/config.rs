@@ -273,6 +273,13 @@ pub struct TableConfig {
     /// removes the document.
     #[serde(default, rename = "where")]
     pub predicates: Vec<String>,
+    /// This table's index holds other tables' documents too (they name the
+    /// same `index`, or the template gives them the same one). Off by
+    /// default: sharing an index is refused without it. On, every document
+    /// carries its table in the `sluice_table` field and a TRUNCATE removes
+    /// only this table's documents. The tables' ids must not collide.
+    #[serde(default)]
+    pub shared_index: bool,
 }
 
 impl TableConfig {
@@ -870,6 +877,9 @@ impl Config {
                 }
             }
         }
+        for (field, message) in self.shared_indexes() {
+            problem(field, message);
+        }
         if self.sinks.is_empty() {
             problem("sinks".into(), "at least one sink is required".into());
         }
@@ -1031,6 +1041,7 @@ impl Config {
                     filter: None,
                     route: None,
                     predicates: Vec::new(),
+                    shared_index: false,
                 })
                 .collect(),
             sinks: default_sinks(),
@@ -1039,6 +1050,48 @@ impl Config {
             functions: BTreeMap::new(),
             base_dir: PathBuf::new(),
         }
+    }
+
+    /// Tables that write to one index without saying so (`shared_index`):
+    /// a truncate of one would empty the others' documents. A table with a
+    /// route function names its indexes as it goes, so it is not compared.
+    fn shared_indexes(&self) -> Vec<(String, String)> {
+        let mut by_index: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, table) in self.tables.iter().enumerate() {
+            let Ok(name) = TableName::parse(&table.name) else {
+                continue; // reported with its field
+            };
+            if table.route.is_none() {
+                by_index
+                    .entry(self.index_for(table, &name))
+                    .or_default()
+                    .push(i);
+            }
+        }
+        let mut problems = Vec::new();
+        for (index, tables) in by_index {
+            if tables.len() < 2 {
+                continue;
+            }
+            let names: Vec<&str> = tables
+                .iter()
+                .map(|&i| self.tables[i].name.as_str())
+                .collect();
+            for &i in &tables {
+                if !self.tables[i].shared_index {
+                    problems.push((
+                        format!("tables[{i}].index"),
+                        format!(
+                            "tables {} all write to index `{index}`: a TRUNCATE of one would remove the \
+                             others' documents, and rows with the same key would overwrite each other; \
+                             give each table its own `index`, or set `shared_index = true` on each of them",
+                            names.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        problems
     }
 
     /// The index a table's documents go to.
@@ -1099,6 +1152,33 @@ mod tests {
         let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)
+    }
+
+    #[test]
+    fn tables_share_an_index_only_when_each_says_so() {
+        let head = "[source]\ndatabase_url = \"postgres://x/y\"\n";
+        let error = parse(&format!(
+            "{head}[[tables]]\nname = \"a.items\"\n[[tables]]\nname = \"b.items\"\nshared_index = true\n\
+             [[tables]]\nname = \"c\"\nindex = \"items\"\n[[tables]]\nname = \"d\"\nroute = \"r\"\n\
+             [functions.r]\nkind = \"route\"\ncode = 'function route() return \"items\" end'\n"
+        ))
+        .unwrap_err();
+        assert!(
+            error
+                .contains("tables[0].index: tables a.items, b.items, c all write to index `items`"),
+            "{error}"
+        );
+        assert!(error.contains("tables[2].index"), "{error}");
+        assert!(!error.contains("tables[1].index"), "{error}");
+        assert!(
+            !error.contains("tables[3]"),
+            "a routed table names its indexes itself: {error}"
+        );
+        let config = parse(&format!(
+            "{head}[[tables]]\nname = \"a.items\"\nshared_index = true\n[[tables]]\nname = \"b.items\"\nshared_index = true\n"
+        ))
+        .unwrap();
+        assert!(config.tables.iter().all(|t| t.shared_index));
     }
 
     #[test]

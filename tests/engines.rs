@@ -300,3 +300,80 @@ async fn check_asks_every_engine_for_its_credentials_without_writing() {
     assert!(tp.requests().iter().all(|r| r.method == "GET"));
     assert!(!db.slot_exists().await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_truncate_of_a_table_sharing_an_index_removes_only_its_documents() {
+    use fakes::{elasticsearch, meilisearch, turbopuffer, typesense};
+    let es = elasticsearch::FakeElasticsearch::start(elasticsearch::FakeOptions::default()).await;
+    let ts = typesense::FakeTypesense::start(typesense::FakeOptions::default()).await;
+    let ms = meilisearch::FakeMeilisearch::start(meilisearch::FakeOptions::default()).await;
+    let tp = turbopuffer::FakeTurbopuffer::start(turbopuffer::FakeOptions {
+        api_key: Some("secret".into()),
+        ..turbopuffer::FakeOptions::default()
+    })
+    .await;
+    let db = TestDb::new("shared_index").await;
+    db.exec(
+        "CREATE SCHEMA a; CREATE SCHEMA b;
+         CREATE TABLE a.items (id bigint PRIMARY KEY, name text);
+         CREATE TABLE b.items (id bigint PRIMARY KEY, name text);
+         INSERT INTO a.items SELECT i, 'a' || i FROM generate_series(1, 20) i;
+         INSERT INTO b.items SELECT i, 'b' || i FROM generate_series(101, 130) i;",
+    )
+    .await;
+    let sinks = format!(
+        "[[sinks]]\nname = \"embedded\"\ntype = \"embedded\"\n\
+         [[sinks]]\nname = \"es\"\ntype = \"elasticsearch\"\nurl = \"{}\"\n\
+         [[sinks]]\nname = \"ts\"\ntype = \"typesense\"\nurl = \"{}\"\nschema = {{ fields = [{{ name = \".*\", type = \"auto\" }}] }}\n\
+         [[sinks]]\nname = \"ms\"\ntype = \"meilisearch\"\nurl = \"{}\"\n\
+         [[sinks]]\nname = \"tp\"\ntype = \"turbopuffer\"\nurl = \"{}\"\napi_key_env = \"SLUICE_TEST_ENGINE_KEY\"\n",
+        es.url(),
+        ts.url(),
+        ms.url(),
+        tp.url()
+    );
+    let tables = "[[tables]]\nname = \"a.items\"\n[[tables]]\nname = \"b.items\"\n";
+
+    // Two tables in one index is refused unless each says so.
+    let refused = db.config_with_sinks(tables, "", &sinks);
+    let (code, _, err) = common::run_to_end(&["check", "--config", refused.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("tables[0].index: tables a.items, b.items all write to index `items`")
+            && err.contains("shared_index = true"),
+        "{err}"
+    );
+
+    let shared = tables.replace("\"\n", "\"\nshared_index = true\n");
+    let config = db.config_with_sinks(&shared, "", &sinks);
+    let mut sluice = Sluice::run_config_with_env(&config, &[("SLUICE_TEST_ENGINE_KEY", "secret")]);
+    db.wait_streaming(&mut sluice).await;
+    let counts = || {
+        [
+            common::documents(&db.data_dir(), "items", "id").len(),
+            es.documents("items").len(),
+            ts.documents("items").len(),
+            ms.documents("items").len(),
+            tp.rows("items").len(),
+        ]
+    };
+    let all = wait_until(Duration::from_secs(60), || async { counts() == [50; 5] }).await;
+    assert!(all, "{:?}; log:\n{}", counts(), tail(&sluice.log_text()));
+    let doc = &es.documents("items")["1"];
+    assert_eq!(doc["sluice_table"], "a.items", "{doc}");
+
+    db.exec("TRUNCATE a.items").await;
+    let only_b = wait_until(Duration::from_secs(60), || async { counts() == [30; 5] }).await;
+    assert!(only_b, "{:?}; log:\n{}", counts(), tail(&sluice.log_text()));
+    for docs in [
+        es.documents("items"),
+        ts.documents("items"),
+        ms.documents("items"),
+    ] {
+        assert!(
+            docs.values().all(|d| d["sluice_table"] == "b.items"),
+            "{docs:?}"
+        );
+    }
+    assert!(sluice.stop().success());
+}

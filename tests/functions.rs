@@ -100,7 +100,8 @@ async fn functions_filter_route_and_transform_streamed_and_backfilled_changes() 
     assert_eq!(
         acme["1"],
         json!({"id": 1, "title": "KETTLE", "cents": 2050, "action": "read",
-               "source": "public.products", "sink": "embedded", "database": db.name})
+               "source": "public.products", "sink": "embedded", "database": db.name,
+               "sluice_table": "public.products"})
     );
 
     db.exec(
@@ -271,5 +272,106 @@ transform = { path = "record.payload.product" }
     let docs = documents(&db.data_dir(), "items", "id");
     assert_eq!(docs["100"]["label"], json!("new \"one\" (N1)"));
     assert_eq!(docs["6"]["label"], json!("item 6 ()"));
+    assert!(sluice.stop().success());
+}
+
+/// The README's filter and route, as written there.
+const README_FUNCTIONS: &str = r#"
+[[tables]]
+name = "products"
+filter = "only_active"
+route = "by_tenant"
+
+[functions.only_active]
+kind = "filter"
+code = 'function filter(action, record, changes, metadata) return record.active end'
+
+[functions.by_tenant]
+kind = "route"
+code = '''
+function route(action, record, changes, metadata)
+  if not record.active then return {index = "products_" .. record.tenant, action = "delete"} end
+  return "products_" .. record.tenant   -- or {index = ..., action = "index"}
+end
+'''
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deletes_and_route_changes_leave_every_index_as_the_route_says() {
+    let db = TestDb::new("route_moves").await;
+    db.exec(
+        "CREATE TABLE products (id int PRIMARY KEY, name text, active boolean NOT NULL, tenant text NOT NULL);
+         INSERT INTO products SELECT i, 'p' || i, i % 5 <> 0, CASE WHEN i % 2 = 0 THEN 'a' ELSE 'b' END
+         FROM generate_series(1, 40) i;",
+    )
+    .await;
+    let config = db.config(README_FUNCTIONS, "");
+
+    // Without the old rows, deletes could not be filtered or routed.
+    let (code, out, err) = common::run_to_end(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        out.contains("has a filter and a route function but not REPLICA IDENTITY FULL")
+            && out.contains("ALTER TABLE \"public\".\"products\" REPLICA IDENTITY FULL;"),
+        "{out}"
+    );
+    db.exec("ALTER TABLE products REPLICA IDENTITY FULL").await;
+
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    let expected = |rows: std::collections::BTreeMap<String, Value>, tenant: &str| {
+        // Documents of a routed table carry their table.
+        rows.into_iter()
+            .filter(|(_, row)| row["active"] == true && row["tenant"] == tenant)
+            .map(|(id, mut row)| {
+                row["sluice_table"] = json!("public.products");
+                (id, row)
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let equal = || async {
+        let rows = db.rows("products", "id").await;
+        ["a", "b"].iter().all(|tenant| {
+            documents(&db.data_dir(), &format!("products_{tenant}"), "id")
+                == expected(rows.clone(), tenant)
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), equal).await,
+        "backfill; log:\n{}",
+        sluice.log_text()
+    );
+
+    db.exec(
+        "DELETE FROM products WHERE id IN (2, 3);                     -- active rows
+         DELETE FROM products WHERE id = 5;                           -- an inactive one
+         UPDATE products SET active = false WHERE id IN (4, 7);       -- they leave
+         UPDATE products SET active = true WHERE id = 10;             -- it arrives
+         UPDATE products SET tenant = 'b' WHERE id IN (6, 8);         -- they move
+         UPDATE products SET tenant = 'a', name = 'moved' WHERE id = 9;
+         BEGIN; UPDATE products SET tenant = 'b' WHERE id = 12; UPDATE products SET tenant = 'a' WHERE id = 12; COMMIT;",
+    )
+    .await;
+    let settled = wait_until(Duration::from_secs(30), equal).await;
+    let rows = db.rows("products", "id").await;
+    for tenant in ["a", "b"] {
+        let docs = documents(&db.data_dir(), &format!("products_{tenant}"), "id");
+        assert!(
+            settled,
+            "products_{tenant}: {}; log:\n{}",
+            common::difference(&docs, &expected(rows.clone(), tenant)),
+            sluice.log_text()
+        );
+    }
+    assert!(failed(&db).is_empty(), "{:?}", failed(&db));
+
+    // A truncate reaches every index the route wrote to.
+    db.exec("TRUNCATE products").await;
+    let emptied = wait_until(Duration::from_secs(30), || async {
+        documents(&db.data_dir(), "products_a", "id").is_empty()
+            && documents(&db.data_dir(), "products_b", "id").is_empty()
+    })
+    .await;
+    assert!(emptied, "log:\n{}", sluice.log_text());
     assert!(sluice.stop().success());
 }

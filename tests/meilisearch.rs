@@ -73,7 +73,15 @@ fn delete(id: &str, lsn: u64) -> WriteOp {
 }
 
 fn truncate(lsn: u64) -> WriteOp {
-    op("items", "", lsn, WriteAction::Truncate { barrier: lsn })
+    op(
+        "items",
+        "",
+        lsn,
+        WriteAction::Truncate {
+            barrier: lsn,
+            scoped: false,
+        },
+    )
 }
 
 /// The documents Meilisearch should hold after `ops` (the id as a string

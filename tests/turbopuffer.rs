@@ -108,7 +108,10 @@ fn random_op(rng: &mut StdRng, namespaces: &[&str], keys: u64, lsn: u64) -> Writ
     let id = n.to_string();
     let roll: f64 = rng.random();
     let action = if roll < 0.002 {
-        WriteAction::Truncate { barrier: lsn }
+        WriteAction::Truncate {
+            barrier: lsn,
+            scoped: false,
+        }
     } else if roll < 0.45 {
         let mut doc =
             json!({"id": n, "name": format!("n{}", rng.random::<u16>()), "v": rng.random::<u32>()});

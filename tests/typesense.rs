@@ -70,7 +70,14 @@ fn delete(id: &str, lsn: u64) -> WriteOp {
 }
 
 fn truncate(lsn: u64) -> WriteOp {
-    op("", lsn, WriteAction::Truncate { barrier: lsn })
+    op(
+        "",
+        lsn,
+        WriteAction::Truncate {
+            barrier: lsn,
+            scoped: false,
+        },
+    )
 }
 
 /// Applies `op` to the expected state as Typesense would: upserts replace,

@@ -72,9 +72,8 @@ pub enum Command {
 pub enum FailedCommand {
     /// Print parked writes as JSON lines (oldest first).
     List {
-        /// The data directory of the pipeline.
-        #[arg(long, value_name = "DIR", default_value = crate::config::DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         /// Only this sink's writes.
         #[arg(long, value_name = "NAME")]
         sink: Option<String>,
@@ -95,8 +94,8 @@ pub enum FailedCommand {
     },
     /// Delete parked writes for good.
     Discard {
-        #[arg(long, value_name = "DIR", default_value = crate::config::DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         #[arg(long, value_name = "NAME")]
         sink: String,
         /// The `key` of a message (see `list`); repeatable.
@@ -106,6 +105,28 @@ pub enum FailedCommand {
         #[arg(long, conflicts_with = "keys")]
         all: bool,
     },
+}
+
+/// Where the failed-message stores are: the pipeline's configuration, or
+/// its data directory.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// The configuration the pipeline runs with (its `pipeline.data_dir`).
+    #[arg(long, value_name = "FILE", conflicts_with = "data_dir")]
+    config: Option<PathBuf>,
+    /// The data directory of the pipeline (default: sluice-data).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn data_dir(&self) -> Result<PathBuf, Error> {
+        Ok(match (&self.config, &self.data_dir) {
+            (Some(config), _) => Config::load(config)?.pipeline.data_dir,
+            (None, Some(dir)) => dir.clone(),
+            (None, None) => PathBuf::from(crate::config::DEFAULT_DATA_DIR),
+        })
+    }
 }
 
 /// Either a config file or the one-line form.
@@ -305,27 +326,35 @@ pub fn search(args: SearchArgs) -> Result<(), Error> {
 pub async fn failed(command: FailedCommand) -> Result<(), Error> {
     use crate::sink::failed;
     match command {
-        FailedCommand::List { data_dir, sink } => {
+        FailedCommand::List { store, sink } => {
+            use std::io::Write;
+            let data_dir = store.data_dir()?;
             let sinks = match sink {
                 Some(sink) => vec![sink],
                 None => failed::sinks(&data_dir),
             };
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
             for sink in sinks {
                 for message in failed::list(&data_dir, &sink)? {
-                    println!(
-                        "{}",
-                        serde_json::to_string(&message).expect("messages serialize")
-                    );
+                    let line = serde_json::to_string(&message).expect("messages serialize");
+                    match writeln!(out, "{line}") {
+                        Ok(()) => {}
+                        // The reader is gone (`| head`): nothing more to say.
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                        Err(e) => return Err(Error::io("writing the list", e)),
+                    }
                 }
             }
             Ok(())
         }
         FailedCommand::Discard {
-            data_dir,
+            store,
             sink,
             keys,
             all,
         } => {
+            let data_dir = store.data_dir()?;
             let taken = failed::take(&data_dir, &sink, |m| all || keys.contains(&m.key))?;
             println!("discarded {} parked write(s) of sink {sink}", taken.len());
             Ok(())

@@ -9,14 +9,20 @@ use super::{compile, FunctionError, FunctionPlan, Runtime, TableFunctions, FAILE
 use crate::config::check_index_name;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::change::{Change, Op, RouteAction, Routed};
+use crate::postgres::pgoutput::ReplicaIdentity;
 use crate::sink::failed::{FailedMessage, FailedStore};
 
 /// What became of a change (returned, never stored: its size does not matter).
 #[allow(clippy::large_enum_variant)]
 pub enum Outcome {
     /// Write it (its index or action may have changed), with the document a
-    /// transform function made, if any.
-    Write(Routed, Option<Vec<u8>>),
+    /// transform function made, if any; `left` is the index the route sent
+    /// the row's document to before this update, when it is another one.
+    Write {
+        routed: Routed,
+        doc: Option<Vec<u8>>,
+        left: Option<Arc<str>>,
+    },
     /// A filter left it out.
     Filtered,
     /// A function failed; the change is in the failed-message store.
@@ -60,57 +66,89 @@ impl ShardFunctions {
         self.plan.sinks.len()
     }
 
+    /// Logs the calls parked since the last time, in one line.
+    pub fn log_parked(&mut self) {
+        self.failed.log_parked();
+    }
+
     /// Runs the functions of `routed`'s table on it, on its way to `sink`:
     /// the filter, then the route, then the transform.
+    ///
+    /// A filter that turns down an update removes the document (the row may
+    /// have passed before), as a `where` does. With the old row at hand
+    /// (`REPLICA IDENTITY FULL`, which `sluice check` requires of a table with
+    /// a filter or route), a delete is routed by the row it removes, and an
+    /// update the route sends elsewhere removes the document from the index
+    /// the old row was routed to.
     pub fn apply(&mut self, mut routed: Routed, sink: Option<&str>) -> Result<Outcome> {
         // The plan, not the table's function names, is copied: a reference
         // count, where the names would be three strings per change.
         let plan = self.plan.clone();
         let Some(functions) = plan.tables.get(&*routed.change.rel.qualified) else {
-            return Ok(Outcome::Write(routed, None));
+            return Ok(Outcome::Write {
+                routed,
+                doc: None,
+                left: None,
+            });
         };
+        let mut leaving = false;
         if let Some(filter) = &functions.filter {
             match self.runtime.filter(
                 filter,
                 input(&mut self.builder, &self.runtime, &routed.change, sink),
             ) {
                 Ok(true) => {}
+                Ok(false) if routed.change.op == Op::Update => {
+                    leaving = true;
+                    routed.action = RouteAction::Delete;
+                }
                 Ok(false) => return Ok(Outcome::Filtered),
                 Err(e) => return self.park(&routed, sink, &e),
             }
         }
+        let mut left = None;
         if let Some(route) = &functions.route {
-            match self.runtime.route(
-                route,
-                input(&mut self.builder, &self.runtime, &routed.change, sink),
-            ) {
-                Ok(decision) => {
-                    if let Err(message) = check_index_name(&decision.index) {
-                        let error = FunctionError {
-                            function: route.clone(),
-                            failure: super::Failure::Shape,
-                            message: format!("returned the index {:?}: {message}", decision.index),
-                        };
-                        return self.park(&routed, sink, &error);
-                    }
-                    if *routed.index != *decision.index {
-                        routed.index = Arc::from(decision.index);
-                    }
-                    match decision.action {
-                        Some(RouteAction::Delete) => routed.action = RouteAction::Delete,
-                        Some(RouteAction::Upsert) if routed.change.op == Op::Delete => {
-                            let error = FunctionError {
-                                function: route.clone(),
-                                failure: super::Failure::Shape,
-                                message: "returned action \"index\" for a delete, which has no row to index".to_owned(),
-                            };
-                            return self.park(&routed, sink, &error);
-                        }
-                        _ => {}
-                    }
-                }
+            // The row as it was, to route where its document is.
+            let before = old_row(&routed.change);
+            let change = match (&before, leaving) {
+                (Some(before), true) => before,
+                _ => &routed.change,
+            };
+            let decision = match self.decide(route, change, sink) {
+                Ok(decision) => decision,
                 Err(e) => return self.park(&routed, sink, &e),
+            };
+            if *routed.index != *decision.index {
+                routed.index = Arc::from(decision.index);
             }
+            match decision.action {
+                Some(RouteAction::Delete) => routed.action = RouteAction::Delete,
+                Some(RouteAction::Upsert) if routed.change.op == Op::Delete => {
+                    let error = FunctionError {
+                        function: route.clone(),
+                        failure: super::Failure::Shape,
+                        message:
+                            "returned action \"index\" for a delete, which has no row to index"
+                                .to_owned(),
+                    };
+                    return self.park(&routed, sink, &error);
+                }
+                _ => {}
+            }
+            if let (Some(before), false) = (&before, leaving) {
+                let was = match self.decide(route, before, sink) {
+                    Ok(was) => was,
+                    Err(e) => return self.park(&routed, sink, &e),
+                };
+                if *was.index != *routed.index {
+                    left = Some(Arc::from(was.index));
+                }
+            }
+        }
+        if functions.route.is_some() && routed.action == RouteAction::Upsert {
+            // On disk before the write goes: a truncate must find the index.
+            plan.routes
+                .note(&routed.change.rel.qualified, &routed.index)?;
         }
         let mut doc = None;
         if routed.action == RouteAction::Upsert {
@@ -124,7 +162,28 @@ impl ShardFunctions {
                 }
             }
         }
-        Ok(Outcome::Write(routed, doc))
+        Ok(Outcome::Write { routed, doc, left })
+    }
+
+    /// Runs the route function on `change`; an index name that cannot be
+    /// one is the function's failure.
+    fn decide(
+        &mut self,
+        route: &str,
+        change: &Change,
+        sink: Option<&str>,
+    ) -> std::result::Result<super::RouteDecision, FunctionError> {
+        let decision = self
+            .runtime
+            .route(route, input(&mut self.builder, &self.runtime, change, sink))?;
+        if let Err(message) = check_index_name(&decision.index) {
+            return Err(FunctionError {
+                function: route.to_owned(),
+                failure: super::Failure::Shape,
+                message: format!("returned the index {:?}: {message}", decision.index),
+            });
+        }
+        Ok(decision)
     }
 
     /// Keeps a change whose function failed, with the error and the message
@@ -193,4 +252,24 @@ fn input<'a>(
         change,
         sink,
     }
+}
+
+/// An update's row as it was before, as a delete of it, when the stream
+/// carries the whole old row (`REPLICA IDENTITY FULL`).
+fn old_row(change: &Change) -> Option<Change> {
+    if change.op != Op::Update || change.rel.replica_identity != ReplicaIdentity::Full {
+        return None;
+    }
+    Some(Change {
+        op: Op::Delete,
+        rel: change.rel.clone(),
+        new: None,
+        old: Some(change.old.clone()?),
+        commit_lsn: change.commit_lsn,
+        commit_time: change.commit_time,
+        seq: change.seq,
+        xid: change.xid,
+        fill_unchanged: false,
+        annotations: change.annotations.clone(),
+    })
 }

@@ -15,6 +15,7 @@ pub mod apply;
 pub mod json;
 pub mod lua;
 pub mod message;
+pub mod routes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -148,6 +149,8 @@ pub struct FunctionPlan {
     pub sinks: Vec<String>,
     /// Where failed calls are kept (see `FAILED_STORE`).
     pub data_dir: PathBuf,
+    /// The indexes route functions sent each table's documents to.
+    pub routes: std::sync::Arc<routes::RouteRecord>,
 }
 
 /// The name under which calls that failed are kept in the failed-message

@@ -172,6 +172,8 @@ pub enum ShardItem {
     Truncate {
         index: Arc<str>,
         table: Arc<str>,
+        /// Other tables share the index (see `WriteAction::Truncate`).
+        scoped: bool,
         /// Commit LSN of the truncate (replays below a sink's position are skipped).
         lsn: Lsn,
         barrier: u64,
@@ -216,9 +218,12 @@ pub enum WriteAction {
         fresh: bool,
     },
     Delete,
-    /// Remove every document of `table` from `index`.
+    /// Remove every document of `table` from `index`. `scoped`: the index
+    /// holds other tables' documents too (`shared_index`): only those whose
+    /// `sluice_table` field names `table` go.
     Truncate {
         barrier: u64,
+        scoped: bool,
     },
 }
 

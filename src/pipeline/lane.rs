@@ -645,8 +645,8 @@ fn encode(batch: &WriteBatch, out: &mut Vec<u8>) {
                 bytes(out, doc);
             }
             WriteAction::Delete => out.push(1),
-            WriteAction::Truncate { barrier } => {
-                out.push(2);
+            WriteAction::Truncate { barrier, scoped } => {
+                out.push(if *scoped { 3 } else { 2 });
                 out.extend_from_slice(&barrier.to_le_bytes());
             }
         }
@@ -703,7 +703,14 @@ fn decode(frame: &[u8], names: &mut HashMap<Box<str>, Arc<str>>) -> Option<Write
                 }
             }
             1 => WriteAction::Delete,
-            2 => WriteAction::Truncate { barrier: r.u64()? },
+            2 => WriteAction::Truncate {
+                barrier: r.u64()?,
+                scoped: false,
+            },
+            3 => WriteAction::Truncate {
+                barrier: r.u64()?,
+                scoped: true,
+            },
             _ => return None,
         };
         ops.push(WriteOp {
@@ -786,7 +793,10 @@ mod tests {
                         fresh: true,
                     },
                     1 => WriteAction::Delete,
-                    _ => WriteAction::Truncate { barrier: i as u64 },
+                    _ => WriteAction::Truncate {
+                        barrier: i as u64,
+                        scoped: i % 2 == 0,
+                    },
                 },
             })
             .collect();
@@ -925,7 +935,10 @@ mod tests {
                 routing: None,
                 lsn: Lsn(upto),
                 action: match *id {
-                    "!truncate" => WriteAction::Truncate { barrier: 1 },
+                    "!truncate" => WriteAction::Truncate {
+                        barrier: 1,
+                        scoped: false,
+                    },
                     "!delete" => WriteAction::Delete,
                     _ => WriteAction::Upsert {
                         doc: b"{}".to_vec(),

@@ -119,9 +119,20 @@ impl PipelinePlan {
                     index: config.index_for(table, &name),
                     key: table.key.clone(),
                     routing: table.routing.clone(),
+                    // A route may send several tables to one index.
+                    shared: table.shared_index || table.route.is_some(),
                 },
             );
         }
+        let routed: std::collections::BTreeSet<String> = table_functions
+            .iter()
+            .filter(|(_, f)| f.route.is_some())
+            .map(|(table, _)| table.clone())
+            .collect();
+        let route_record = Arc::new(crate::functions::routes::RouteRecord::open(
+            &p.data_dir,
+            routed,
+        )?);
         let functions = (!table_functions.is_empty()).then(|| {
             Arc::new(crate::functions::FunctionPlan {
                 configs: config.functions.clone(),
@@ -131,6 +142,7 @@ impl PipelinePlan {
                 database: conninfo.dbname(),
                 sinks: config.sinks.iter().map(|s| s.name.clone()).collect(),
                 data_dir: p.data_dir.clone(),
+                routes: route_record.clone(),
             })
         });
         Ok(PipelinePlan {
@@ -237,6 +249,7 @@ pub async fn check(config: &Config) -> Result<Checked> {
         source: Vec::new(),
     };
     let mut problems = report.problems;
+    problems.extend(check_identity(config, &report.tables));
     if problems.is_empty() {
         problems.extend(check_routing(config, &client).await?);
     }
@@ -289,6 +302,45 @@ pub async fn check_sinks(config: &Config, checked: &mut Checked) {
             checked.source.push(found);
         }
     }
+}
+
+/// A table with a filter or route function needs its old rows in the
+/// stream (`REPLICA IDENTITY FULL`): with only the key, a delete's record has
+/// nothing to filter or route by (`record.active`, `record.tenant` are nil),
+/// and an update the route sends elsewhere cannot find the index its
+/// document was in.
+fn check_identity(
+    config: &Config,
+    tables: &HashMap<crate::config::TableName, catalog::TableMeta>,
+) -> Vec<catalog::Problem> {
+    let mut problems = Vec::new();
+    for (table, name) in config.tables.iter().zip(config.table_names()) {
+        let functions: Vec<&str> = [("filter", &table.filter), ("route", &table.route)]
+            .into_iter()
+            .filter(|(_, f)| f.is_some())
+            .map(|(kind, _)| kind)
+            .collect();
+        let Some(meta) = tables.get(&name) else {
+            continue;
+        };
+        if functions.is_empty() || meta.replica_identity == 'f' {
+            continue;
+        }
+        problems.push(catalog::Problem {
+            what: format!(
+                "table {name} has a {} function but not REPLICA IDENTITY FULL: its deletes carry \
+                 only the key, so the function cannot see the row a delete removes{}",
+                functions.join(" and a "),
+                if table.route.is_some() {
+                    ", nor find the index an update's document leaves"
+                } else {
+                    ""
+                }
+            ),
+            fix: format!("run `ALTER TABLE {} REPLICA IDENTITY FULL;`", name.quoted()),
+        });
+    }
+    problems
 }
 
 /// Every column a table's settings name (`where`, `key`, `routing`, `keep`,
@@ -524,7 +576,10 @@ async fn empty_every_index(
             table: name.to_string().into(),
             id: String::new(),
             lsn: at,
-            action: WriteAction::Truncate { barrier: 0 },
+            action: WriteAction::Truncate {
+                barrier: 0,
+                scoped: false,
+            },
             routing: None,
         })
         .collect();

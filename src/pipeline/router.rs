@@ -22,6 +22,8 @@ pub struct TableRoute {
     pub key: Option<Vec<String>>,
     /// The key column whose value is the document's routing.
     pub routing: Option<String>,
+    /// The index holds other tables' documents too (`shared_index`).
+    pub shared: bool,
 }
 
 pub enum RouterMsg {
@@ -42,6 +44,8 @@ struct Route {
     index: Arc<str>,
     key_columns: Vec<usize>,
     routing_column: Option<usize>,
+    /// Other tables' documents share the index (see `TableRoute::shared`).
+    shared: bool,
 }
 
 pub struct RouterState {
@@ -121,6 +125,7 @@ impl Actor for Router {
                     shard.items.push(ShardItem::Truncate {
                         index: route.index.clone(),
                         table: change.rel.qualified.clone(),
+                        scoped: route.shared,
                         lsn: change.commit_lsn,
                         barrier,
                     });
@@ -394,6 +399,7 @@ impl RouterState {
             index,
             key_columns,
             routing_column,
+            shared: config.is_some_and(|c| c.shared),
         });
         self.routes.insert(rel.id, (rel.clone(), route.clone()));
         route

@@ -99,6 +99,7 @@ impl Actor for Shard {
                 ShardItem::Truncate {
                     index,
                     table,
+                    scoped,
                     lsn,
                     barrier,
                 } => {
@@ -114,7 +115,7 @@ impl Actor for Shard {
                         table,
                         id: String::new(),
                         lsn,
-                        action: WriteAction::Truncate { barrier },
+                        action: WriteAction::Truncate { barrier, scoped },
                         routing: None,
                     };
                     let ops = vec![op];
@@ -257,7 +258,21 @@ impl ShardState {
                     continue;
                 }
                 match functions.apply(routed, sink.as_deref())? {
-                    Outcome::Write(routed, doc) => ops.push(encode(routed, doc)),
+                    Outcome::Write { routed, doc, left } => {
+                        if let Some(left) = left {
+                            // The route sends the row elsewhere now: its
+                            // document leaves the index it was in first.
+                            ops.push(WriteOp {
+                                index: left,
+                                table: routed.change.rel.qualified.clone(),
+                                id: routed.id.clone(),
+                                lsn: routed.change.commit_lsn,
+                                action: WriteAction::Delete,
+                                routing: routed.routing.clone(),
+                            });
+                        }
+                        ops.push(encode(routed, doc));
+                    }
                     Outcome::Filtered | Outcome::Failed => {}
                 }
             }
@@ -265,7 +280,9 @@ impl ShardState {
         };
         // Functions run on a budget, but a long one must not hold up the
         // other tasks of this worker thread.
-        tokio::task::block_in_place(run)
+        let ops = tokio::task::block_in_place(run);
+        functions.log_parked();
+        ops
     }
 
     /// Sends `ops` to `target` in pieces of at most `piece` writes; only the
@@ -417,23 +434,21 @@ fn encode(routed: Routed, made: Option<Vec<u8>>) -> WriteOp {
                     new = fill_unchanged(&new, old);
                 }
             }
-            match made {
+            let (mut doc, partial) = match made {
                 // Made by a transform function; fields from columns the WAL
                 // left out are kept from the stored document.
-                Some(doc) => WriteAction::Upsert {
-                    doc,
-                    partial: has_unchanged(&new),
-                    fresh,
-                },
+                Some(doc) => (doc, has_unchanged(&new)),
                 None => {
                     let mut doc = Vec::with_capacity(new.data.len() + shape.fields.len() * 16 + 2);
                     let complete = shape.encode(&new, &mut doc);
-                    WriteAction::Upsert {
-                        doc,
-                        partial: !complete,
-                        fresh,
-                    }
+                    (doc, !complete)
                 }
+            };
+            shape.tag(&mut doc);
+            WriteAction::Upsert {
+                doc,
+                partial,
+                fresh,
             }
         }
     };

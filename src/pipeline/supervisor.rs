@@ -320,6 +320,7 @@ impl SupervisorState {
                 commit_interval,
                 commit_bytes: plan.flow.max_bytes() / 2,
                 stats: stats.writer.clone(),
+                routes: plan.functions.as_ref().map(|f| f.routes.clone()),
             };
             let writer = self
                 .spawn(
@@ -357,6 +358,12 @@ impl SupervisorState {
         let router = self.spawn(myself, "router", Router, args).await?;
         let args = TransformArgs {
             transforms: plan.transforms.clone(),
+            tagged: plan
+                .routes
+                .iter()
+                .filter(|(_, route)| route.shared)
+                .map(|(table, _)| table.clone())
+                .collect(),
             downstream: router,
             stats: stats.transformer.clone(),
         };

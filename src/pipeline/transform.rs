@@ -108,6 +108,38 @@ pub struct DocShape {
     pub fields: Vec<Field>,
     added: Vec<Added>,
     path: Option<PathDoc>,
+    /// `"sluice_table":"schema.table"`, the first member of every document
+    /// of a table whose index other tables share (a truncate removes only
+    /// the documents that carry it).
+    pub table_tag: Option<Box<[u8]>>,
+}
+
+/// The field that names a document's table in an index tables share.
+pub const TABLE_FIELD: &str = "sluice_table";
+
+impl DocShape {
+    /// Marks every document of this shape with its table `qualified`.
+    pub fn tagged(mut self, qualified: &str) -> DocShape {
+        let mut tag = json_key(TABLE_FIELD).into_vec();
+        write_json_string(qualified.as_bytes(), &mut tag);
+        self.table_tag = Some(tag.into_boxed_slice());
+        self
+    }
+
+    /// Puts the table's tag into `doc` (a JSON object), when it has one.
+    pub fn tag(&self, doc: &mut Vec<u8>) {
+        let Some(tag) = &self.table_tag else { return };
+        if doc.first() != Some(&b'{') {
+            return;
+        }
+        let empty = doc.get(1) == Some(&b'}');
+        let mut inserted = Vec::with_capacity(tag.len() + 1);
+        inserted.extend_from_slice(tag);
+        if !empty {
+            inserted.push(b',');
+        }
+        doc.splice(1..1, inserted);
+    }
 }
 
 fn json_key(name: &str) -> Box<[u8]> {
@@ -129,6 +161,7 @@ impl DocShape {
             return DocShape {
                 fields: Vec::new(),
                 added: Vec::new(),
+                table_tag: None,
                 path: Some(PathDoc {
                     column,
                     kind: column.map_or(TypeKind::Text, |i| rel.columns[i].kind.clone()),
@@ -166,6 +199,7 @@ impl DocShape {
             fields,
             added,
             path: None,
+            table_tag: None,
         }
     }
 
@@ -423,6 +457,8 @@ pub enum TransformMsg {
 pub struct TransformArgs {
     /// Per table (`schema.table`).
     pub transforms: HashMap<String, TransformConfig>,
+    /// Tables whose documents carry their table (`shared_index`).
+    pub tagged: std::collections::HashSet<String>,
     pub downstream: ActorRef<RouterMsg>,
     pub stats: Arc<StageStats>,
 }
@@ -493,7 +529,11 @@ impl TransformState {
         for (field, column) in config.named_columns() {
             rel.require_column(&field, &column)?;
         }
-        let shape = Arc::new(DocShape::new(rel, config));
+        let mut shape = DocShape::new(rel, config);
+        if self.args.tagged.contains(&*rel.qualified) {
+            shape = shape.tagged(&rel.qualified);
+        }
+        let shape = Arc::new(shape);
         self.shapes.insert(rel.id, (rel.clone(), shape.clone()));
         Ok(shape)
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::ack::AckMsg;
-use super::change::{Scope, WriteAction, WriteBatch};
+use super::change::{Scope, WriteAction, WriteBatch, WriteOp};
 use super::lane::Lane;
 use super::stats::StageStats;
 use crate::lsn::Lsn;
@@ -38,6 +38,9 @@ pub struct WriterArgs {
     /// Commit early when the batches held since the last commit reach this many bytes.
     pub commit_bytes: u64,
     pub stats: Arc<StageStats>,
+    /// Where route functions sent documents: a truncate of a routed table
+    /// goes to each of those indexes.
+    pub routes: Option<Arc<crate::functions::routes::RouteRecord>>,
 }
 
 pub struct WriterState {
@@ -171,7 +174,20 @@ impl WriterState {
             if let WriteAction::Truncate { .. } = op.action {
                 self.blocked[shard] = true;
                 if self.blocked.iter().all(|b| *b) {
-                    self.args.sink.write(&batch.ops).await?;
+                    // Every shard passed the truncate: every index a route
+                    // wrote to before it is in the record.
+                    let ops = match &self.args.routes {
+                        Some(routes) if routes.is_routed(&op.table) => routes
+                            .indexes(&op.table)
+                            .into_iter()
+                            .map(|index| WriteOp {
+                                index: index.into(),
+                                ..op.clone()
+                            })
+                            .collect(),
+                        _ => batch.ops.to_vec(),
+                    };
+                    self.args.sink.write(&ops).await?;
                     self.dirty = true;
                     self.blocked.iter_mut().for_each(|b| *b = false);
                 }

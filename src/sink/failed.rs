@@ -6,12 +6,19 @@
 //! One JSON line per message in `<data_dir>/failed/<sink>.jsonl`, appended and
 //! synced before the write counts as handled. Later writes to a document with a
 //! parked message are parked behind it, so that a retry replays them in order.
-//! Every change of the file happens under an exclusive `flock`, so `sluice
-//! failed` can edit it while `sluice run` appends.
+//! Every change of the file happens under an exclusive `flock` of
+//! `<sink>.jsonl.lock`, so `sluice failed` can edit it while `sluice run`
+//! appends. An append cut short by a crash leaves a torn last line: reads skip
+//! it (and any other line that is not a message) and say so, and the next
+//! append cuts it off first. Removing messages writes the rest to a new file
+//! that replaces the old one atomically, so a crash leaves one or the other.
+//!
+//! A message's key is derived from the write (sink, index, id, position,
+//! action), so a write retried and parked again keeps its key.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -64,8 +71,12 @@ pub struct FailedStore {
     /// (index, id) of every parked message.
     blocked: HashSet<(String, String)>,
     count: usize,
-    /// When the file was last read, to notice edits by `sluice failed`.
-    seen: Option<SystemTime>,
+    /// The file as last read (modified, length, inode), to notice edits by
+    /// `sluice failed`.
+    seen: Option<(SystemTime, u64, u64)>,
+    /// Parked since the last `log_parked`, and the first of them.
+    unlogged: usize,
+    first_unlogged: Option<FailedMessage>,
 }
 
 impl FailedStore {
@@ -75,16 +86,24 @@ impl FailedStore {
             blocked: HashSet::new(),
             count: 0,
             seen: None,
+            unlogged: 0,
+            first_unlogged: None,
         };
         store.refresh();
         store
     }
 
+    /// What tells the file changed: a rewrite replaces it (another inode),
+    /// an append grows it.
+    fn file_state(&self) -> Option<(SystemTime, u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&self.path).ok()?;
+        Some((meta.modified().ok()?, meta.len(), meta.ino()))
+    }
+
     /// Re-reads the file if someone else changed it (retries, discards).
     pub fn refresh(&mut self) {
-        let modified = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
+        let modified = self.file_state();
         if modified == self.seen && self.seen.is_some() {
             return;
         }
@@ -112,18 +131,22 @@ impl FailedStore {
     pub fn park(&mut self, message: &FailedMessage) -> Result<()> {
         let mut message = message.clone();
         if message.key.is_empty() {
-            message.key = format!("{:016x}", rand::random::<u64>());
+            message.key = message.derived_key();
         }
         let mut line = serde_json::to_vec(&message).expect("failed messages serialize");
         line.push(b'\n');
-        with_lock(&self.path, |file| {
-            let mut file = file;
+        let path = self.path.clone();
+        with_lock(&self.path, || {
+            let mut file = OpenOptions::new()
+                .create(true)
+                .read(true)
+                .append(true)
+                .open(&path)?;
+            cut_torn_tail(&file, &path)?;
             file.write_all(&line)?;
             file.sync_data()
         })?;
-        self.seen = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
+        self.seen = self.file_state();
         self.count += 1;
         self.blocked
             .insert((message.index.clone(), message.id.clone()));
@@ -132,18 +155,32 @@ impl FailedStore {
         metrics::gauge!("sluice_sink_parked_messages", "sink" => message.sink.clone())
             .set(self.count as f64);
         if message.error != WAITING_BEHIND {
-            tracing::error!(
-                sink = %message.sink,
-                index = %message.index,
-                id = %message.id,
-                lsn = %message.lsn,
-                error = %message.error,
-                "write failed after {} attempt(s); parked in {}",
-                message.attempts,
-                self.path.display()
-            );
+            self.unlogged += 1;
+            if self.first_unlogged.is_none() {
+                self.first_unlogged = Some(message);
+            }
         }
         Ok(())
+    }
+
+    /// Logs the writes parked since the last call in one line: how many,
+    /// and the first of them with the engine's answer.
+    pub fn log_parked(&mut self) {
+        let Some(first) = self.first_unlogged.take() else {
+            return;
+        };
+        let count = std::mem::take(&mut self.unlogged);
+        tracing::error!(
+            sink = %first.sink,
+            parked = count,
+            first_index = %first.index,
+            first_id = %first.id,
+            first_lsn = %first.lsn,
+            first_error = %first.error,
+            "{count} write(s) failed and were parked in {} (`sluice failed list --sink {}`)",
+            self.path.display(),
+            first.sink
+        );
     }
 }
 
@@ -181,6 +218,7 @@ impl FailedStore {
     /// waits (holding back the pipeline, so Postgres keeps the WAL) until an
     /// operator retries or discards some.
     pub async fn wait_below(&mut self, sink: &str, max: usize) {
+        self.log_parked();
         self.refresh();
         if self.count < max {
             return;
@@ -202,6 +240,16 @@ impl FailedStore {
 }
 
 impl FailedMessage {
+    /// The key of the write this message stands for: the same whenever the
+    /// same write is parked (retried and parked again, too).
+    pub fn derived_key(&self) -> String {
+        let text = format!(
+            "{}\0{}\0{}\0{}\0{}",
+            self.sink, self.index, self.id, self.lsn, self.action
+        );
+        format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
+    }
+
     /// The message for a write.
     pub fn for_op(sink: &str, op: &WriteOp, error: String, attempts: u32) -> FailedMessage {
         let mut message = FailedMessage::without_document(sink, op, error);
@@ -282,47 +330,97 @@ impl FailedMessage {
     }
 }
 
-/// Opens the store file for appending under an exclusive lock and runs `f`.
-fn with_lock<T>(path: &Path, f: impl FnOnce(&File) -> std::io::Result<T>) -> Result<T> {
+/// Runs `f` under the exclusive lock of the store at `path` (its `.lock`
+/// file, which stays put while the store itself is replaced).
+fn with_lock<T>(path: &Path, f: impl FnOnce() -> std::io::Result<T>) -> Result<T> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     }
-    let file = OpenOptions::new()
+    let lock_path = lock_path(path);
+    let lock = OpenOptions::new()
         .create(true)
-        .append(true)
-        .read(true)
-        .open(path)
-        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-    // SAFETY: flock on a descriptor we own; released when `file` closes.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::io(format!("opening {}", lock_path.display()), e))?;
+    // SAFETY: flock on a descriptor we own; released when `lock` closes.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
         return Err(Error::io(
-            format!("locking {}", path.display()),
+            format!("locking {}", lock_path.display()),
             std::io::Error::last_os_error(),
         ));
     }
-    f(&file).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+    f().map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }
 
-fn read(path: &Path) -> Result<Vec<FailedMessage>> {
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".lock");
+    path.with_file_name(name)
+}
+
+/// Cuts off a last line without its newline: an append a crash cut short
+/// (its write was never acknowledged, so it is sent again after a restart).
+fn cut_torn_tail(file: &File, path: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut reader = file;
+    let mut last = [0u8];
+    reader.seek(SeekFrom::Start(len - 1))?;
+    reader.read_exact(&mut last)?;
+    if last[0] == b'\n' {
+        return Ok(());
+    }
+    // Find the end of the last whole line.
+    let keep = {
+        let mut text = Vec::new();
+        reader.seek(SeekFrom::Start(0))?;
+        reader.read_to_end(&mut text)?;
+        text.iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i as u64 + 1)
     };
-    BufReader::new(file)
-        .lines()
-        .map_while(|line| line.ok())
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| {
-            serde_json::from_str(&line).map_err(|e| {
-                Error::new(
-                    ErrorKind::Io,
-                    format!("bad line in {}: {e}", path.display()),
-                )
-            })
-        })
-        .collect()
+    tracing::warn!(
+        file = %path.display(),
+        bytes = len - keep,
+        "the last parked message was cut short by a crash; removing its torn line"
+    );
+    file.set_len(keep)?;
+    Ok(())
+}
+
+/// The messages in the store at `path`; lines that are not messages (a line
+/// torn by a crash) are skipped and reported.
+fn read(path: &Path) -> Result<Vec<FailedMessage>> {
+    let text = match std::fs::read(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+    };
+    let mut messages = Vec::new();
+    let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
+    let last = lines.len().saturating_sub(1);
+    for (n, line) in lines.into_iter().enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice(line) {
+            Ok(message) => messages.push(message),
+            Err(e) => {
+                let torn = if n == last {
+                    "a last line cut short by a crash"
+                } else {
+                    "a line that is not a parked message"
+                };
+                tracing::warn!(file = %path.display(), line = n + 1, error = %e, "skipping {torn}");
+            }
+        }
+    }
+    Ok(messages)
 }
 
 /// The parked messages of a sink, oldest first.
@@ -344,6 +442,7 @@ pub fn sinks(data_dir: &Path) -> Vec<String> {
 }
 
 /// Removes the messages `select` picks (under the lock) and returns them.
+/// The rest is written to a new file that replaces the store atomically.
 pub fn take(
     data_dir: &Path,
     sink: &str,
@@ -353,19 +452,16 @@ pub fn take(
     if !path.exists() {
         return Ok(Vec::new());
     }
-    with_lock(&path, |file| {
-        let messages = read(&path).map_err(|e| std::io::Error::other(e.to_string()))?;
-        let (taken, kept): (Vec<_>, Vec<_>) = messages.into_iter().partition(|m| select(m));
+    with_lock(&path, || {
+        let all = read(&path).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let (taken, kept): (Vec<_>, Vec<_>) = all.into_iter().partition(|m| select(m));
         let mut text = Vec::new();
         for message in &kept {
             text.extend(serde_json::to_vec(message).expect("failed messages serialize"));
             text.push(b'\n');
         }
-        // Rewrite in place: the lock is on this file, a rename would escape it.
-        file.set_len(0)?;
-        let mut file = file;
-        file.write_all(&text)?;
-        file.sync_data()?;
+        crate::data_dir::replace_file(&path, &text)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(taken)
     })
 }
@@ -426,5 +522,60 @@ mod tests {
         store.refresh();
         assert!(!store.is_blocked("items", "1"));
         assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn a_torn_append_is_skipped_then_cut_and_rewrites_replace_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = FailedStore::new(dir.path(), "es");
+        store.park(&message("1")).unwrap();
+        let path = store_path(dir.path(), "es");
+        // A crash in the middle of an append, and a line that is not a message.
+        let mut text = std::fs::read(&path).unwrap();
+        text.extend_from_slice(b"not a message\n{\"key\":\"abc\",\"sink\":\"e");
+        std::fs::write(&path, &text).unwrap();
+        let listed = list(dir.path(), "es").unwrap();
+        assert_eq!(listed.len(), 1, "the bad and torn lines are skipped");
+
+        // The next append starts on a line of its own.
+        store.park(&message("2")).unwrap();
+        let listed = list(dir.path(), "es").unwrap();
+        assert_eq!(
+            listed.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            ["1", "2"]
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.ends_with('\n') && !text.contains("\"sink\":\"e{"),
+            "{text}"
+        );
+
+        // Removing writes a new file; nothing is left beside it.
+        let taken = take(dir.path(), "es", |m| m.id == "1").unwrap();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(list(dir.path(), "es").unwrap().len(), 1);
+        let mut names: Vec<String> = std::fs::read_dir(dir.path().join("failed"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["es.jsonl", "es.jsonl.lock"]);
+    }
+
+    #[test]
+    fn a_write_parked_again_keeps_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = FailedStore::new(dir.path(), "es");
+        store.park(&message("1")).unwrap();
+        let first = list(dir.path(), "es").unwrap()[0].key.clone();
+        let taken = take(dir.path(), "es", |_| true).unwrap();
+        // Retried and refused again: parked from its write, without a key.
+        let op = taken[0].to_op().unwrap();
+        store
+            .park(&FailedMessage::for_op("es", &op, "bad again".into(), 2))
+            .unwrap();
+        let again = list(dir.path(), "es").unwrap();
+        assert_eq!(again[0].key, first);
+        assert_ne!(message("2").derived_key(), first);
     }
 }

@@ -95,9 +95,22 @@ impl ElasticsearchSink {
         Ok(())
     }
 
-    /// Removes every document of `index` (a truncate of its table).
-    async fn truncate(&mut self, index: &str) -> Result<()> {
+    /// Removes every document of `index` (a truncate of its table), or
+    /// only those of `table` when the index is shared.
+    async fn truncate(&mut self, index: &str, table: Option<&str>) -> Result<()> {
         let path = path_segment(index);
+        let query = match table {
+            // A keyword field, or a text field with its `.keyword` (the
+            // dynamic mapping of a string).
+            Some(table) => {
+                let value = serde_json::Value::String(table.to_owned());
+                format!(
+                    r#"{{"query":{{"bool":{{"should":[{{"term":{{"{field}":{value}}}}},{{"term":{{"{field}.keyword":{value}}}}}],"minimum_should_match":1}}}}}}"#,
+                    field = crate::pipeline::transform::TABLE_FIELD
+                )
+            }
+            None => r#"{"query":{"match_all":{}}}"#.to_owned(),
+        };
         let ok =
             |status: reqwest::StatusCode, _: &[u8]| status.is_success() || status.as_u16() == 404;
         // Delete-by-query sees what is searchable: make the latest writes so first.
@@ -121,12 +134,12 @@ impl ElasticsearchSink {
                             &format!("{path}/_delete_by_query?conflicts=proceed&refresh=true"),
                         )
                         .header(reqwest::header::CONTENT_TYPE, "application/json")
-                        .body(r#"{"query":{"match_all":{}}}"#)
+                        .body(query.clone())
                 },
                 ok,
             )
             .await?;
-        tracing::info!(sink = %self.client.name, index, "table truncated: its documents are removed");
+        tracing::info!(sink = %self.client.name, index, table, "table truncated: its documents are removed");
         Ok(())
     }
 
@@ -215,10 +228,11 @@ impl super::Sink for ElasticsearchSink {
 
     async fn write(&mut self, ops: &[WriteOp]) -> Result<()> {
         for op in ops {
-            if let WriteAction::Truncate { .. } = op.action {
+            if let WriteAction::Truncate { scoped, .. } = op.action {
                 self.flush().await?;
                 self.drain().await?;
-                self.truncate(&op.index).await?;
+                self.truncate(&op.index, scoped.then_some(&*op.table))
+                    .await?;
                 continue;
             }
             if self

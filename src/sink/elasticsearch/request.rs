@@ -135,7 +135,16 @@ mod tests {
             &mut body,
         );
         assert_eq!(
-            encode(&op("", WriteAction::Truncate { barrier: 0 }), &mut body),
+            encode(
+                &op(
+                    "",
+                    WriteAction::Truncate {
+                        barrier: 0,
+                        scoped: false
+                    }
+                ),
+                &mut body
+            ),
             None
         );
         let text = String::from_utf8(body).unwrap();

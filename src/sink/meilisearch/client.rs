@@ -94,6 +94,9 @@ impl Client {
                     self.request(reqwest::Method::POST, &format!("{documents}/delete-batch"))
                 }
                 Kind::Clear => return self.request(reqwest::Method::DELETE, &documents),
+                Kind::ClearTable => {
+                    self.request(reqwest::Method::POST, &format!("{documents}/delete"))
+                }
             };
             request
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -137,6 +140,73 @@ impl Client {
                 )));
             }
             self.http.wait(attempt, &problem).await;
+        }
+    }
+
+    /// Makes `field` filterable in `index` (keeping the attributes that are),
+    /// so documents can be deleted by it; waits for the settings task.
+    pub async fn ensure_filterable(&self, index: &str, field: &str) -> Result<()> {
+        let path = format!(
+            "indexes/{}/settings/filterable-attributes",
+            path_segment(index)
+        );
+        let failed = |what: &str, problem: String| {
+            Error::new(
+                ErrorKind::Sink,
+                format!("sink {}: {what} of index {index}: {problem}", self.name),
+            )
+        };
+        let (status, answer) = self
+            .send(self.request(reqwest::Method::GET, &path))
+            .await
+            .map_err(|e| failed("reading the filterable attributes", send_problem(e)))?;
+        if status.as_u16() == 404 {
+            return Ok(()); // no index, nothing to delete
+        }
+        if !status.is_success() {
+            return Err(failed(
+                "reading the filterable attributes",
+                format!("{status}: {}", body_text(&answer)),
+            ));
+        }
+        let mut attributes: Vec<serde_json::Value> = serde_json::from_slice(&answer)
+            .map_err(|e| failed("reading the filterable attributes", e.to_string()))?;
+        let covers = |pattern: &serde_json::Value| match pattern {
+            serde_json::Value::String(name) => name == field || name == "*",
+            // Granular form: {"attributePatterns": [...], "features": {...}}.
+            other => other["attributePatterns"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|n| n == field || n == "*")),
+        };
+        if attributes.iter().any(covers) {
+            return Ok(());
+        }
+        attributes.push(serde_json::Value::String(field.to_owned()));
+        let body = serde_json::to_vec(&attributes).expect("JSON values serialize");
+        let (status, answer) = self
+            .send(
+                self.request(reqwest::Method::PUT, &path)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body),
+            )
+            .await
+            .map_err(|e| failed("making the table field filterable", send_problem(e)))?;
+        let summary: Summary = match serde_json::from_slice(&answer) {
+            Ok(summary) if status.is_success() => summary,
+            _ => {
+                return Err(failed(
+                    "making the table field filterable",
+                    format!("{status}: {}", body_text(&answer)),
+                ))
+            }
+        };
+        let task = self.wait_task(summary.task_uid).await?;
+        match task.error {
+            None => Ok(()),
+            Some(error) => Err(failed(
+                "making the table field filterable",
+                error.to_string(),
+            )),
         }
     }
 
@@ -203,5 +273,13 @@ impl Client {
             );
             tokio::time::sleep(delay.min(timeout.saturating_sub(start.elapsed()))).await;
         }
+    }
+}
+
+/// The text of a request that got no usable answer.
+fn send_problem(e: SendError) -> String {
+    match e {
+        SendError::Retryable(problem) | SendError::Refused(problem) => problem,
+        SendError::Fatal(e) => e.to_string(),
     }
 }

@@ -233,12 +233,21 @@ impl super::Sink for MeilisearchSink {
 
     async fn write(&mut self, ops: &[WriteOp]) -> Result<()> {
         for op in ops {
-            if let WriteAction::Truncate { .. } = op.action {
+            if let WriteAction::Truncate { scoped, .. } = op.action {
                 // Enqueued after everything before it: Meilisearch applies
                 // it after them.
                 self.queue_open(&op.index);
+                let batch = if scoped {
+                    // Only this table's documents, by their table field.
+                    self.client
+                        .ensure_filterable(&op.index, crate::pipeline::transform::TABLE_FIELD)
+                        .await?;
+                    request::clear_table(op.index.clone(), op.table.clone(), op.lsn)
+                } else {
+                    Batch::new(op.index.clone(), Kind::Clear)
+                };
                 self.queue.push_back(Entry {
-                    batch: Batch::new(op.index.clone(), Kind::Clear),
+                    batch,
                     state: State::Unsent,
                 });
                 self.send_unsent().await?;

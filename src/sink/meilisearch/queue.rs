@@ -130,7 +130,7 @@ impl MeilisearchSink {
     /// parked: that stays an error (nothing acknowledged).
     fn park_batch(&mut self, i: usize, problem: String, attempts: u32) -> Result<()> {
         let batch = &mut self.queue[i].batch;
-        if batch.kind == Kind::Clear {
+        if matches!(batch.kind, Kind::Clear | Kind::ClearTable) {
             return Err(Error::new(
                 ErrorKind::Sink,
                 format!(

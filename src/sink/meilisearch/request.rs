@@ -21,6 +21,10 @@ pub enum Kind {
     Delete,
     /// `DELETE /indexes/{uid}/documents`: a truncate.
     Clear,
+    /// `POST /indexes/{uid}/documents/delete` with a filter on
+    /// `sluice_table`: a truncate of one of the tables sharing the index (its
+    /// one item holds the body).
+    ClearTable,
 }
 
 impl Kind {
@@ -30,7 +34,7 @@ impl Kind {
             Kind::Replace => "upsert",
             Kind::Update => "update",
             Kind::Delete => "delete",
-            Kind::Clear => "truncate",
+            Kind::Clear | Kind::ClearTable => "truncate",
         }
     }
 }
@@ -73,8 +77,16 @@ impl Batch {
         self.items.push(item);
     }
 
-    /// The request body: a JSON array of documents or ids (none for `Clear`).
+    /// The request body: a JSON array of documents or ids (none for `Clear`,
+    /// the filter for `ClearTable`).
     pub fn body(&self) -> Vec<u8> {
+        if self.kind == Kind::ClearTable {
+            return self
+                .items
+                .first()
+                .and_then(|item| item.doc.clone())
+                .unwrap_or_default();
+        }
         let mut body = Vec::with_capacity(self.bytes + 2);
         body.push(b'[');
         for (n, item) in self.items.iter().enumerate() {
@@ -131,6 +143,25 @@ pub fn check_id(id: &str) -> Result<(), String> {
         );
     }
     Err(problem)
+}
+
+/// The truncate of `table` alone from an index tables share: its batch.
+pub fn clear_table(index: Arc<str>, table: Arc<str>, lsn: Lsn) -> Batch {
+    let filter = format!(
+        "{} = {}",
+        crate::pipeline::transform::TABLE_FIELD,
+        serde_json::Value::String(table.to_string())
+    );
+    let body = serde_json::to_vec(&serde_json::json!({ "filter": filter }))
+        .expect("JSON values serialize");
+    let mut batch = Batch::new(index, Kind::ClearTable);
+    batch.push(Item {
+        table,
+        id: String::new(),
+        lsn,
+        doc: Some(body),
+    });
+    batch
 }
 
 /// The batch kind of a write and its document with the primary key field set

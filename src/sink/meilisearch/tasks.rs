@@ -93,7 +93,9 @@ pub fn classify(kind: Kind, status: Status, error: Option<&ApiError>) -> Outcome
 pub fn classify_error(kind: Kind, error: &ApiError) -> Outcome {
     let text = error.to_string();
     match (error.code.as_str(), error.kind.as_str()) {
-        ("index_not_found", _) if matches!(kind, Kind::Delete | Kind::Clear) => Outcome::Done,
+        ("index_not_found", _) if matches!(kind, Kind::Delete | Kind::Clear | Kind::ClearTable) => {
+            Outcome::Done
+        }
         ("index_primary_key_already_exists" | "index_primary_key_multiple_candidates_found", _) => {
             Outcome::Fatal {
                 problem: text,
@@ -108,10 +110,12 @@ pub fn classify_error(kind: Kind, error: &ApiError) -> Outcome {
                    documents.delete and tasks.get actions on the index"
                 .into(),
         },
-        (_, "invalid_request") if matches!(kind, Kind::Clear) => Outcome::Fatal {
-            problem: text,
-            hint: "Meilisearch refuses to delete the documents of a truncated table".into(),
-        },
+        (_, "invalid_request") if matches!(kind, Kind::Clear | Kind::ClearTable) => {
+            Outcome::Fatal {
+                problem: text,
+                hint: "Meilisearch refuses to delete the documents of a truncated table".into(),
+            }
+        }
         (_, "invalid_request") => Outcome::BadDocuments(text),
         // internal, system, and anything this version does not know.
         _ => Outcome::Retry(text),

@@ -244,14 +244,26 @@ impl TurbopufferSink {
     }
 
     /// Empties `namespace`, after every write before it.
-    async fn truncate(&mut self, namespace: &str) -> Result<()> {
+    /// Deletes the namespace (a truncate of its table), or only the rows of
+    /// `table` when tables share it (`delete_by_filter` on `sluice_table`).
+    async fn truncate(&mut self, namespace: &str, table: Option<&str>) -> Result<()> {
         self.drain().await?;
         if !request::valid_namespace(namespace) {
             return Ok(());
         }
-        let problem = match self.client.delete_namespace(namespace).await? {
+        let outcome = match table {
+            Some(table) => {
+                let body = serde_json::json!({
+                    "delete_by_filter": [crate::pipeline::transform::TABLE_FIELD, "Eq", table],
+                });
+                let body = serde_json::to_vec(&body).expect("JSON values serialize");
+                self.client.write(namespace, body.into()).await?
+            }
+            None => self.client.delete_namespace(namespace).await?,
+        };
+        let problem = match outcome {
             Outcome::Done | Outcome::NotFound => {
-                tracing::info!(sink = %self.client.name, namespace, "table truncated: the namespace is deleted");
+                tracing::info!(sink = %self.client.name, namespace, table, "table truncated: its rows are deleted");
                 return Ok(());
             }
             Outcome::Rejected(problem) | Outcome::Exhausted(problem, _) => problem,
@@ -315,8 +327,9 @@ impl super::Sink for TurbopufferSink {
 
     async fn write(&mut self, ops: &[WriteOp]) -> Result<()> {
         for op in ops {
-            if let WriteAction::Truncate { .. } = op.action {
-                self.truncate(&op.index).await?;
+            if let WriteAction::Truncate { scoped, .. } = op.action {
+                self.truncate(&op.index, scoped.then_some(&*op.table))
+                    .await?;
             } else if !self.failed.screen(
                 &self.client.name,
                 op,

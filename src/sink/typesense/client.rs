@@ -147,13 +147,26 @@ impl Client {
         }
     }
 
-    /// Removes every document of `collection`, keeping the collection.
-    pub async fn truncate(&self, collection: &str) -> Result<()> {
+    /// Removes every document of `collection`, keeping the collection; or
+    /// only those of `table` when tables share it (by `sluice_table`).
+    pub async fn truncate(&self, collection: &str, table: Option<&str>) -> Result<()> {
         let mut url = self.url(&format!(
             "collections/{}/documents",
             path_segment(collection)
         ))?;
-        url.query_pairs_mut().append_pair("truncate", "true");
+        match table {
+            Some(table) => {
+                let filter = format!(
+                    "{}:=`{}`",
+                    crate::pipeline::transform::TABLE_FIELD,
+                    table.replace('`', "")
+                );
+                url.query_pairs_mut().append_pair("filter_by", &filter);
+            }
+            None => {
+                url.query_pairs_mut().append_pair("truncate", "true");
+            }
+        }
         self.with_retries(
             "truncating a collection",
             || self.request(reqwest::Method::DELETE, url.clone()),

@@ -32,7 +32,7 @@ use response::Outcome;
 
 use crate::error::Result;
 use crate::lsn::Lsn;
-use crate::pipeline::change::WriteOp;
+use crate::pipeline::change::{WriteAction, WriteOp};
 use crate::sink::failed::{FailedMessage, FailedStore, WAITING_BEHIND};
 
 pub struct TypesenseSink {
@@ -338,7 +338,10 @@ impl super::Sink for TypesenseSink {
                 // A truncate: everything before it lands first, nothing after
                 // it is sent before it.
                 self.drive(|_| false).await?;
-                self.client.truncate(&op.index).await?;
+                let scoped = matches!(op.action, WriteAction::Truncate { scoped: true, .. });
+                self.client
+                    .truncate(&op.index, scoped.then_some(&*op.table))
+                    .await?;
                 tracing::info!(sink = %self.client.name, collection = %op.index, "table truncated: its documents are removed");
                 continue;
             };

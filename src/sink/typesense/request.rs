@@ -129,7 +129,14 @@ mod tests {
             encode(&op("7", WriteAction::Delete)).unwrap(),
             (Kind::Delete, Vec::new())
         );
-        assert!(encode(&op("", WriteAction::Truncate { barrier: 1 })).is_none());
+        assert!(encode(&op(
+            "",
+            WriteAction::Truncate {
+                barrier: 1,
+                scoped: false
+            }
+        ))
+        .is_none());
     }
 
     #[test]

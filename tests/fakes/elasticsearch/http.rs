@@ -375,19 +375,38 @@ async fn refresh(State(shared): AppState, Path(index): Path<String>) -> Response
     Json(json!({ "_shards": { "total": 2, "successful": 1, "failed": 0 } })).into_response()
 }
 
-/// Only `{"query": {"match_all": {}}}`: what a truncate needs.
+/// `{"query": {"match_all": {}}}`, or a `bool` of `should` `term` queries
+/// on one keyword value (a field, or a string field's `.keyword`) with
+/// `minimum_should_match: 1`: what truncates need.
 async fn delete_by_query(
     State(shared): AppState,
     Path(index): Path<String>,
     body: Bytes,
 ) -> Response {
     let query: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    if query != json!({ "query": { "match_all": {} } }) {
-        return EsError::illegal_argument("this fake supports only {\"query\":{\"match_all\":{}}}")
-            .into_response();
+    let terms = term_queries(&query);
+    if query != json!({ "query": { "match_all": {} } }) && terms.is_none() {
+        return EsError::illegal_argument(
+            "this fake supports only match_all and a bool of should term queries",
+        )
+        .into_response();
     }
     let started = Instant::now();
-    let Some(deleted) = lock(&shared.store).delete_all(&index) else {
+    let mut store = lock(&shared.store);
+    if terms.is_some() && !store.store_sources {
+        return EsError::illegal_argument("term queries need store_sources").into_response();
+    }
+    let matches = |source: &str| match &terms {
+        None => true,
+        Some(terms) => {
+            let doc: Value = serde_json::from_str(source).unwrap_or(Value::Null);
+            terms.iter().any(|(field, value)| {
+                let field = field.strip_suffix(".keyword").unwrap_or(field);
+                doc.get(field) == Some(value)
+            })
+        }
+    };
+    let Some(deleted) = store.delete_where(&index, matches) else {
         return EsError::index_not_found(&index).into_response();
     };
     Json(json!({
@@ -405,6 +424,25 @@ async fn delete_by_query(
         "failures": []
     }))
     .into_response()
+}
+
+/// The (field, value) pairs of `{"query":{"bool":{"should":[{"term":{f: v}}, …],
+/// "minimum_should_match":1}}}`; `None` for any other query.
+fn term_queries(query: &Value) -> Option<Vec<(String, Value)>> {
+    let bool_query = query.get("query")?.get("bool")?.as_object()?;
+    if bool_query.len() != 2 || bool_query.get("minimum_should_match") != Some(&json!(1)) {
+        return None;
+    }
+    bool_query
+        .get("should")?
+        .as_array()?
+        .iter()
+        .map(|clause| {
+            let term = clause.get("term")?.as_object()?;
+            let (field, value) = term.iter().next().filter(|_| term.len() == 1)?;
+            Some((field.clone(), value.clone()))
+        })
+        .collect()
 }
 
 async fn no_handler(request: Request) -> Response {

@@ -379,10 +379,21 @@ impl Store {
     /// versioning: each leaves a tombstone one version above it). Returns how
     /// many were deleted.
     pub fn delete_all(&mut self, index: &str) -> Option<usize> {
+        self.delete_where(index, |_| true)
+    }
+
+    /// Deletes the live documents whose source `matches`.
+    pub fn delete_where(&mut self, index: &str, matches: impl Fn(&str) -> bool) -> Option<usize> {
         let index = self.indexes.get_mut(index)?;
         let mut deleted = 0;
         for slot in index.slots.values_mut() {
-            if let Slot::Live { version, .. } = slot {
+            if let Slot::Live {
+                version, source, ..
+            } = slot
+            {
+                if !matches(source) {
+                    continue;
+                }
                 *slot = Slot::Deleted {
                     version: *version + 1,
                 };

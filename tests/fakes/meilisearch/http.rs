@@ -35,6 +35,11 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
             "/indexes/{index}/documents/delete-batch",
             post(delete_batch),
         )
+        .route("/indexes/{index}/documents/delete", post(delete_by_filter))
+        .route(
+            "/indexes/{index}/settings/filterable-attributes",
+            get(get_filterable).put(set_filterable),
+        )
         .route("/tasks", get(list_tasks))
         .route("/tasks/{uid}", get(get_task))
         .fallback(|| async {
@@ -283,6 +288,83 @@ async fn clear(State(shared): AppState, Path(index): Path<String>) -> Response {
         return refused;
     }
     enqueue(&shared, &index, TaskOp::Clear)
+}
+
+/// `POST documents/delete` with `{"filter": "field = \"value\""}` (the one
+/// form this fake reads); the attribute must be filterable.
+async fn delete_by_filter(
+    State(shared): AppState,
+    Path(index): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(fault) = request_fault(&shared) {
+        return fault;
+    }
+    if let Some(refused) = check_index(&index).or_else(|| check_json(&headers)) {
+        return refused;
+    }
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let filter = parsed["filter"].as_str().unwrap_or_default();
+    let Some((field, value)) = filter.split_once(" = ").and_then(|(f, v)| {
+        Some((
+            f.trim().to_owned(),
+            serde_json::from_str::<String>(v.trim()).ok()?,
+        ))
+    }) else {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            error(
+                "invalid_document_filter",
+                "invalid_request",
+                format!("this fake reads only `field = \"value\"` filters, not `{filter}`"),
+            ),
+        );
+    };
+    let filterable = lock(&shared.store)
+        .indexes
+        .get(&index)
+        .map(|i| i.filterable.contains(&field));
+    if filterable == Some(false) {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            error(
+                "invalid_document_filter",
+                "invalid_request",
+                format!("Index `{index}`: Attribute `{field}` is not filterable."),
+            ),
+        );
+    }
+    enqueue(&shared, &index, TaskOp::DeleteWhere { field, value })
+}
+
+async fn get_filterable(State(shared): AppState, Path(index): Path<String>) -> Response {
+    match lock(&shared.store).indexes.get(&index) {
+        Some(i) => answer(StatusCode::OK, json!(i.filterable)),
+        None => answer(
+            StatusCode::NOT_FOUND,
+            error(
+                "index_not_found",
+                "invalid_request",
+                format!("Index `{index}` not found."),
+            ),
+        ),
+    }
+}
+
+async fn set_filterable(
+    State(shared): AppState,
+    Path(index): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refused) = check_index(&index).or_else(|| check_json(&headers)) {
+        return refused;
+    }
+    match serde_json::from_slice::<Vec<String>>(&body) {
+        Ok(attributes) => enqueue(&shared, &index, TaskOp::SetFilterable(attributes)),
+        Err(e) => malformed(format!("The `json` payload provided is malformed. `{e}`.")),
+    }
 }
 
 /// `GET /tasks?limit=N`: the newest tasks first, as Meilisearch pages them.

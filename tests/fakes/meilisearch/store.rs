@@ -11,6 +11,8 @@ use serde_json::{json, Map, Value};
 pub(super) struct Index {
     pub primary_key: Option<String>,
     pub docs: BTreeMap<String, Map<String, Value>>,
+    /// `filterableAttributes`, as set.
+    pub filterable: Vec<String>,
 }
 
 /// What a task does when it is processed.
@@ -24,6 +26,13 @@ pub(super) enum TaskOp {
     },
     DeleteIds(Vec<String>),
     Clear,
+    /// `POST documents/delete` with `field = "value"`.
+    DeleteWhere {
+        field: String,
+        value: String,
+    },
+    /// `PUT settings/filterable-attributes`.
+    SetFilterable(Vec<String>),
 }
 
 /// A task as `GET /tasks/{uid}` shows it (plus its work, until processed).
@@ -112,6 +121,14 @@ impl Store {
             TaskOp::Clear => (
                 "documentDeletion",
                 json!({"providedIds": 0, "deletedDocuments": null, "originalFilter": null}),
+            ),
+            TaskOp::DeleteWhere { field, value } => (
+                "documentDeletion",
+                json!({"providedIds": 0, "deletedDocuments": null, "originalFilter": format!("{field} = {value:?}")}),
+            ),
+            TaskOp::SetFilterable(attributes) => (
+                "settingsUpdate",
+                json!({"filterableAttributes": attributes}),
             ),
         };
         let uid = self.tasks.len() as u64;
@@ -215,6 +232,32 @@ impl Store {
                 let deleted = index.docs.len();
                 index.docs.clear();
                 Ok(vec![("deletedDocuments", deleted)])
+            }
+            TaskOp::DeleteWhere { field, value } => {
+                let index = self
+                    .indexes
+                    .get_mut(index_uid)
+                    .ok_or_else(|| not_found(index_uid))?;
+                if !index.filterable.contains(&field) {
+                    return Err(error(
+                        "invalid_document_filter",
+                        "invalid_request",
+                        format!("Attribute `{field}` is not filterable."),
+                    ));
+                }
+                let before = index.docs.len();
+                index
+                    .docs
+                    .retain(|_, doc| doc.get(&field) != Some(&Value::String(value.clone())));
+                Ok(vec![("deletedDocuments", before - index.docs.len())])
+            }
+            TaskOp::SetFilterable(attributes) => {
+                // Updating settings creates a missing index.
+                self.indexes
+                    .entry(index_uid.to_owned())
+                    .or_default()
+                    .filterable = attributes;
+                Ok(Vec::new())
             }
         }
     }

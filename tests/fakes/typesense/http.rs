@@ -227,6 +227,24 @@ async fn delete_documents(
         return not_found();
     }
     let truncate = params.get("truncate").is_some_and(|t| t == "true");
+    let by_field = params
+        .get("filter_by")
+        .and_then(|filter| super::store::filter_field(filter));
+    if let Some((field, value)) = by_field.filter(|_| !truncate) {
+        if !lock(&shared.store).collections[&c].has_field(&field) {
+            return message(
+                StatusCode::NOT_FOUND,
+                &format!("Could not find a filter field named `{field}` in the schema."),
+            );
+        }
+        return with_faults(&shared, &conn, || {
+            let mut store = lock(&shared.store);
+            let documents = &mut store.collections.get_mut(&c).expect("checked").documents;
+            let before = documents.len();
+            documents.retain(|_, doc| doc.get(&field) != Some(&Value::String(value.clone())));
+            Json(json!({ "num_deleted": before - documents.len() })).into_response()
+        });
+    }
     let ids = match params.get("filter_by") {
         _ if truncate => None,
         Some(filter) => match filter_ids(filter) {

@@ -205,6 +205,32 @@ pub(super) fn filter_ids(filter: &str) -> Option<Vec<String>> {
     }
 }
 
+/// `field:=value` (or `field:value`, a value in backticks or bare) on a
+/// field other than `id`: the field and the value; `None` otherwise.
+pub(super) fn filter_field(filter: &str) -> Option<(String, String)> {
+    let (field, rest) = filter.split_once(':')?;
+    let field = field.trim();
+    if field == "id" || field.is_empty() || !field.chars().all(|c| c.is_alphanumeric() || c == '_')
+    {
+        return None;
+    }
+    let rest = rest.trim_start();
+    let rest = rest.strip_prefix('=').unwrap_or(rest);
+    Some((field.to_owned(), unquote(rest)?))
+}
+
+impl Collection {
+    /// Whether the schema declares `field` (by name, or a `.*` auto field),
+    /// as a filter needs.
+    pub fn has_field(&self, field: &str) -> bool {
+        self.schema["fields"].as_array().is_some_and(|fields| {
+            fields
+                .iter()
+                .any(|f| f["name"] == field || f["name"] == ".*")
+        })
+    }
+}
+
 fn unquote(value: &str) -> Option<String> {
     let value = value.trim();
     if let Some(inner) = value.strip_prefix('`') {

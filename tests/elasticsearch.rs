@@ -160,7 +160,7 @@ async fn permanently_failing_documents_are_parked_and_the_rest_flows() {
     // Without the initial backfill: racing the inserts, it could write (and
     // park) a poison row a second time, and this test counts parked writes.
     let config = db.config_with_sinks(
-        "[[tables]]\nname = \"products\"\n\n[backfill]\ninitial = false",
+        "[[tables]]\nname = \"products\"\n\n[backfill]\ninitial = false\n[api]\nlisten = \"127.0.0.1:0\"",
         "",
         &sink(&es.url(), ""),
     );
@@ -198,8 +198,14 @@ async fn permanently_failing_documents_are_parked_and_the_rest_flows() {
     );
     assert!(es.document("products", "50").is_none());
 
-    // The operator fixes the mapping and retries everything, in order.
+    // The operator fixes the mapping and retries everything, in order,
+    // through the running pipeline's writer.
     es.update_faults(|f| f.poison_field = None);
+    let keys: Vec<String> = sluice::sink::failed::list(&db.data_dir(), "search")
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
     let data_dir = db.data_dir();
     let (code, out, err) =
         common::run_to_end(&["failed", "list", "--data-dir", data_dir.to_str().unwrap()]);
@@ -215,12 +221,17 @@ async fn permanently_failing_documents_are_parked_and_the_rest_flows() {
         "--all",
     ]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("11 written"), "{out}");
-    assert_eq!(es.doc_count("products"), 500);
+    assert!(out.contains("queued 11 parked write(s)"), "{out}");
+    let retried = wait_until(Duration::from_secs(30), || async {
+        es.doc_count("products") == 500
+            && sluice::sink::failed::list(&db.data_dir(), "search")
+                .unwrap()
+                .is_empty()
+    })
+    .await;
+    assert!(retried, "log:\n{}", sluice.log_text());
     assert_eq!(es.document("products", "50").unwrap()["name"], "fixed");
-    assert!(sluice::sink::failed::list(&db.data_dir(), "search")
-        .unwrap()
-        .is_empty());
+    assert!(!keys.is_empty());
 
     // Discarding drops a parked write for good.
     es.update_faults(|f| f.poison_field = Some("poison".into()));
@@ -246,7 +257,25 @@ async fn permanently_failing_documents_are_parked_and_the_rest_flows() {
     assert!(sluice::sink::failed::list(&db.data_dir(), "search")
         .unwrap()
         .is_empty());
+
+    // With sluice stopped, a retry sends the writes itself.
+    db.exec("INSERT INTO products (id, name, poison) VALUES (1001, 'bad', true)")
+        .await;
+    assert!(db.wait_parked("search", 1).await);
     assert!(sluice.stop().success());
+    es.update_faults(|f| f.poison_field = None);
+    let (code, out, err) = common::run_to_end(&[
+        "failed",
+        "retry",
+        "--config",
+        config.to_str().unwrap(),
+        "--sink",
+        "search",
+        "--all",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("retried 1 of 1 parked write(s)"), "{out}");
+    assert!(es.document("products", "1001").is_some());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -23,6 +23,7 @@ pub fn router(state: AppState, guard: Guard) -> Router {
             "/api/sinks/{sink}/backfills",
             get(sink_backfills).post(start_backfill),
         )
+        .route("/api/sinks/{sink}/failed/retry", post(retry_failed))
         .route("/api/backfills", get(backfills))
         .route("/api/backfills/{id}", get(backfill))
         .route("/api/backfills/{id}/pause", post(pause))
@@ -299,6 +300,65 @@ async fn start_backfill(
         .create(&name, &body.table, body.condition.as_deref())
         .await?;
     Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// The body of `POST /api/sinks/{sink}/failed/retry`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryFailed {
+    /// Keys of parked messages (see `sluice failed list`).
+    #[serde(default)]
+    keys: Vec<String>,
+    /// Every parked write of the sink.
+    #[serde(default)]
+    all: bool,
+}
+
+#[derive(Serialize)]
+struct RetryQueued {
+    /// Parked writes queued for the sink's writer (every parked write of
+    /// each chosen document, oldest first).
+    queued: usize,
+}
+
+/// Queues parked writes for a retry by the sink's writer, in order with its
+/// other writes (see `sink::failed`).
+async fn retry_failed(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<RetryFailed>, JsonRejection>,
+) -> Result<(StatusCode, Json<RetryQueued>), ApiError> {
+    sink_number(&state, &name)?;
+    let Json(body) = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!(
+                "the body must be JSON such as {{\"keys\": [\"…\"]}} or {{\"all\": true}}: {}",
+                e.body_text()
+            ),
+        )
+    })?;
+    if body.keys.is_empty() && !body.all {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "name the messages to retry with `keys`, or say `\"all\": true`",
+        ));
+    }
+    let keys: std::collections::HashSet<String> = body.keys.into_iter().collect();
+    let all = body.all;
+    let queued = crate::sink::failed::queue_retry(&state.plan.data_dir, &name, |m| {
+        all || keys.contains(&m.key)
+    })
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        )
+    })?;
+    Ok((StatusCode::ACCEPTED, Json(RetryQueued { queued })))
 }
 
 async fn backfills(State(state): State<AppState>) -> Json<Vec<View>> {

@@ -374,3 +374,22 @@ fn text(v: &Value) -> String {
         other => other.to_string(),
     }
 }
+
+/// Asks the running pipeline configured in `config` to retry parked writes
+/// of `sink` (all, or those with `keys`); returns how many it queued.
+pub async fn retry_failed(
+    config: &Path,
+    sink: &str,
+    keys: &[String],
+    all: bool,
+) -> Result<u64, Error> {
+    let api = Api::new(&ApiArgs {
+        api: None,
+        config: Some(config.to_owned()),
+    })?;
+    let body = serde_json::json!({"keys": keys, "all": all});
+    let answer: Value = api
+        .post(&format!("/api/sinks/{sink}/failed/retry"), Some(body))
+        .await?;
+    Ok(answer["queued"].as_u64().unwrap_or(0))
+}

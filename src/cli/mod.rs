@@ -360,12 +360,12 @@ pub async fn failed(command: FailedCommand) -> Result<(), Error> {
             Ok(())
         }
         FailedCommand::Retry {
-            config,
+            config: config_path,
             sink,
             keys,
             all,
         } => {
-            let config = Config::load(&config)?;
+            let config = Config::load(&config_path)?;
             let data_dir = config.pipeline.data_dir.clone();
             let Some(sink_config) = config.sinks.iter().find(|s| s.name == sink) else {
                 let names: Vec<_> = config.sinks.iter().map(|s| s.name.as_str()).collect();
@@ -375,42 +375,27 @@ pub async fn failed(command: FailedCommand) -> Result<(), Error> {
                 )
                 .hint(format!("sinks: {}", names.join(", "))));
             };
-            // A document's later writes wait behind its first: retry them all, in order.
-            let documents: std::collections::HashSet<(String, String)> =
-                failed::list(&data_dir, &sink)?
-                    .into_iter()
-                    .filter(|m| all || keys.contains(&m.key))
-                    .map(|m| (m.index, m.id))
-                    .collect();
-            let taken = failed::take(&data_dir, &sink, |m| {
-                documents.contains(&(m.index.clone(), m.id.clone()))
-            })?;
-            let ops = taken
-                .iter()
-                .map(failed::FailedMessage::to_op)
-                .collect::<Result<Vec<_>, _>>()?;
-            let result = async {
-                let mut target = crate::sink::build(sink_config, &data_dir)?;
-                target.write(&ops).await?;
-                target.commit(crate::lsn::Lsn::ZERO).await
-            }
-            .await;
-            if let Err(e) = result {
-                // Nothing may be lost: put them back as they were.
-                let mut store = failed::FailedStore::new(&data_dir, &sink);
-                for message in &taken {
-                    store.park(message)?;
+            let select = |m: &failed::FailedMessage| all || keys.contains(&m.key);
+            let _lock = match crate::data_dir::DataDirLock::acquire(&data_dir) {
+                Ok(lock) => lock,
+                Err(_) => {
+                    // sluice runs: its writer sends them, in order with the
+                    // sink's other writes.
+                    let queued = manage::retry_failed(&config_path, &sink, &keys, all).await?;
+                    println!(
+                        "queued {queued} parked write(s) of sink {sink} for a retry by the running pipeline; \
+                         `sluice failed list` shows those that fail again"
+                    );
+                    return Ok(());
                 }
-                return Err(e);
-            }
-            let again = failed::list(&data_dir, &sink)?
-                .iter()
-                .filter(|m| documents.contains(&(m.index.clone(), m.id.clone())))
-                .count();
+            };
+            // Nothing else writes to the sink: send them from here, the same way.
+            let queued = failed::queue_retry(&data_dir, &sink, select)?;
+            let mut target = crate::sink::build(sink_config, &data_dir)?;
+            let sent = failed::replay(&mut *target, crate::lsn::Lsn::ZERO).await?;
+            let again = failed::list(&data_dir, &sink)?.len();
             println!(
-                "retried {} parked write(s) of sink {sink}: {} written, {again} parked again",
-                taken.len(),
-                taken.len() - again.min(taken.len())
+                "retried {sent} of {queued} parked write(s) of sink {sink}; {again} parked now"
             );
             Ok(())
         }

@@ -116,6 +116,14 @@ impl Actor for Writer {
                 myself.cast(WriterMsg::Ready)?;
             }
             WriterMsg::Tick => {
+                // Parked writes queued for a retry go between batches, in
+                // order with the rest (not across a truncate barrier).
+                if !state.finished && !state.blocked.iter().any(|b| *b) {
+                    let at = state.backfilled;
+                    if crate::sink::failed::replay(&mut *state.args.sink, at).await? > 0 {
+                        state.dirty = true;
+                    }
+                }
                 if !state.finished && state.last_commit.elapsed() >= state.args.commit_interval {
                     state.commit(false).await?;
                 }

@@ -15,6 +15,15 @@
 //!
 //! A message's key is derived from the write (sink, index, id, position,
 //! action), so a write retried and parked again keeps its key.
+//!
+//! Retries go through the sink's writer, in order with the sink's other
+//! writes: `queue_retry` moves the messages of the chosen documents (every
+//! parked write of each, oldest first) to `<sink>.retrying.jsonl`; they no
+//! longer count as parked, so a paused sink resumes, but their documents stay
+//! blocked, so newer writes still wait behind them. The writer then sends
+//! them (`replay`), with whatever was parked behind them meanwhile, commits,
+//! and empties the journal; a write that fails again is parked again with
+//! its key. After a crash the journal is still there and is sent again.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -68,12 +77,15 @@ pub fn store_path(data_dir: &Path, sink: &str) -> PathBuf {
 #[derive(Debug)]
 pub struct FailedStore {
     path: PathBuf,
-    /// (index, id) of every parked message.
+    /// (index, id) of every parked message and every message waiting for
+    /// its retry.
     blocked: HashSet<(String, String)>,
+    /// Messages waiting for their retry (in the journal).
+    retrying: usize,
     count: usize,
     /// The file as last read (modified, length, inode), to notice edits by
     /// `sluice failed`.
-    seen: Option<(SystemTime, u64, u64)>,
+    seen: Option<(SystemTime, u64, u64, u64)>,
     /// Parked since the last `log_parked`, and the first of them.
     unlogged: usize,
     first_unlogged: Option<FailedMessage>,
@@ -84,6 +96,7 @@ impl FailedStore {
         let mut store = FailedStore {
             path: store_path(data_dir, sink),
             blocked: HashSet::new(),
+            retrying: 0,
             count: 0,
             seen: None,
             unlogged: 0,
@@ -95,10 +108,12 @@ impl FailedStore {
 
     /// What tells the file changed: a rewrite replaces it (another inode),
     /// an append grows it.
-    fn file_state(&self) -> Option<(SystemTime, u64, u64)> {
+    fn file_state(&self) -> Option<(SystemTime, u64, u64, u64)> {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(&self.path).ok()?;
-        Some((meta.modified().ok()?, meta.len(), meta.ino()))
+        // The journal's inode: queueing or finishing a retry replaces it.
+        let journal = std::fs::metadata(journal_path(&self.path)).map_or(0, |m| m.ino());
+        Some((meta.modified().ok()?, meta.len(), meta.ino(), journal))
     }
 
     /// Re-reads the file if someone else changed it (retries, discards).
@@ -108,9 +123,21 @@ impl FailedStore {
             return;
         }
         let messages = read(&self.path).unwrap_or_default();
+        let retrying = read(&journal_path(&self.path)).unwrap_or_default();
         self.count = messages.len();
-        self.blocked = messages.into_iter().map(|m| (m.index, m.id)).collect();
+        self.retrying = retrying.len();
+        self.blocked = messages
+            .into_iter()
+            .chain(retrying)
+            .map(|m| (m.index, m.id))
+            .collect();
         self.seen = modified;
+    }
+
+    /// Whether messages wait in the journal for their retry.
+    pub fn has_retries(&mut self) -> bool {
+        self.refresh();
+        self.retrying > 0
     }
 
     /// Whether a document has a parked write that later writes must wait behind.
@@ -464,6 +491,140 @@ pub fn take(
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(taken)
     })
+}
+
+fn journal_path(store: &Path) -> PathBuf {
+    let name = store.file_name().unwrap_or_default().to_string_lossy();
+    let name = name.strip_suffix(".jsonl").unwrap_or(&name).to_owned();
+    store.with_file_name(format!("{name}.retrying.jsonl"))
+}
+
+fn lines(messages: &[FailedMessage]) -> Vec<u8> {
+    let mut text = Vec::new();
+    for message in messages {
+        text.extend(serde_json::to_vec(message).expect("failed messages serialize"));
+        text.push(b'\n');
+    }
+    text
+}
+
+/// Moves every parked write of the documents whose messages `select`
+/// picks (oldest first) from the store to the retry journal, behind what is
+/// already there; returns how many. The sink's writer sends them.
+pub fn queue_retry(
+    data_dir: &Path,
+    sink: &str,
+    select: impl Fn(&FailedMessage) -> bool,
+) -> Result<usize> {
+    let path = store_path(data_dir, sink);
+    if !path.exists() {
+        return Ok(0);
+    }
+    let io = |e: Error| std::io::Error::other(e.to_string());
+    with_lock(&path, || {
+        let all = read(&path).map_err(io)?;
+        let documents: HashSet<(String, String)> = all
+            .iter()
+            .filter(|m| select(m))
+            .map(|m| (m.index.clone(), m.id.clone()))
+            .collect();
+        move_to_journal(&path, all, &documents).map_err(io)
+    })
+}
+
+/// Moves the messages of `documents` out of `all` (the store at `path`) to
+/// the end of the journal: the journal first, so a crash between the two
+/// leaves them in both (a retry sends them once more), never in neither.
+fn move_to_journal(
+    path: &Path,
+    all: Vec<FailedMessage>,
+    documents: &HashSet<(String, String)>,
+) -> Result<usize> {
+    let (moved, kept): (Vec<_>, Vec<_>) = all
+        .into_iter()
+        .partition(|m| documents.contains(&(m.index.clone(), m.id.clone())));
+    if moved.is_empty() {
+        return Ok(0);
+    }
+    let journal = journal_path(path);
+    let mut queued = read(&journal)?;
+    queued.extend(moved.iter().cloned());
+    crate::data_dir::replace_file(&journal, &lines(&queued))?;
+    crate::data_dir::replace_file(path, &lines(&kept))?;
+    Ok(moved.len())
+}
+
+impl FailedStore {
+    /// Takes the journal's messages for sending, with every write parked
+    /// behind them since they were queued (in order); their documents are
+    /// no longer blocked, so the sink takes them. `finish_retries` ends it.
+    pub fn start_retries(&mut self) -> Result<Vec<FailedMessage>> {
+        let journal = journal_path(&self.path);
+        let path = self.path.clone();
+        let io = |e: Error| std::io::Error::other(e.to_string());
+        let messages = with_lock(&self.path, || {
+            let queued = read(&journal).map_err(io)?;
+            let documents: HashSet<(String, String)> = queued
+                .iter()
+                .map(|m| (m.index.clone(), m.id.clone()))
+                .collect();
+            move_to_journal(&path, read(&path).map_err(io)?, &documents).map_err(io)?;
+            read(&journal).map_err(io)
+        })?;
+        self.refresh();
+        for message in &messages {
+            self.blocked
+                .remove(&(message.index.clone(), message.id.clone()));
+        }
+        Ok(messages)
+    }
+
+    /// Empties the journal once its writes were sent and committed (those
+    /// that failed again are parked again).
+    pub fn finish_retries(&mut self) -> Result<()> {
+        let journal = journal_path(&self.path);
+        with_lock(&self.path, || match std::fs::remove_file(&journal) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })?;
+        self.seen = None;
+        self.refresh();
+        Ok(())
+    }
+}
+
+/// Sends the writes waiting in `sink`'s retry journal through it, in order,
+/// commits them at `upto` (the sink's committed position) and empties the
+/// journal. Returns how many were sent; messages that cannot be sent (their
+/// document was not kept) are parked again as they were.
+pub async fn replay(sink: &mut dyn super::Sink, upto: crate::lsn::Lsn) -> Result<usize> {
+    let name = sink.name().to_owned();
+    let Some(store) = sink.failed() else {
+        return Ok(0);
+    };
+    if !store.has_retries() {
+        return Ok(0);
+    }
+    let messages = store.start_retries()?;
+    let mut ops = Vec::with_capacity(messages.len());
+    let mut unsendable = Vec::new();
+    for message in messages {
+        match message.to_op() {
+            Ok(op) => ops.push(op),
+            Err(_) => unsendable.push(message),
+        }
+    }
+    for message in &unsendable {
+        store.park(message)?;
+    }
+    tracing::info!(sink = %name, writes = ops.len(), "retrying parked writes");
+    sink.write(&ops).await?;
+    sink.commit(upto).await?;
+    if let Some(store) = sink.failed() {
+        store.finish_retries()?;
+        store.log_parked();
+    }
+    Ok(ops.len())
 }
 
 /// Milliseconds since the Unix epoch.

@@ -22,6 +22,11 @@ use crate::pipeline::change::WriteOp;
 pub trait Sink: Send + 'static {
     fn name(&self) -> &str;
 
+    /// The sink's failed-message store, for retries (`None`: it parks nothing).
+    fn failed(&mut self) -> Option<&mut failed::FailedStore> {
+        None
+    }
+
     /// Applies writes (upserts, deletes, truncates), in order. They need not be
     /// durable before `commit`.
     async fn write(&mut self, ops: &[WriteOp]) -> Result<()>;

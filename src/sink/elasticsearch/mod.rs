@@ -226,6 +226,10 @@ impl super::Sink for ElasticsearchSink {
         &self.client.name
     }
 
+    fn failed(&mut self) -> Option<&mut FailedStore> {
+        Some(&mut self.failed)
+    }
+
     async fn write(&mut self, ops: &[WriteOp]) -> Result<()> {
         for op in ops {
             if let WriteAction::Truncate { scoped, .. } = op.action {

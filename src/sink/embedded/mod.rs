@@ -395,6 +395,10 @@ impl super::Sink for EmbeddedSink {
         &self.name
     }
 
+    fn failed(&mut self) -> Option<&mut FailedStore> {
+        Some(&mut self.failed)
+    }
+
     async fn write(&mut self, ops: &[WriteOp]) -> Result<()> {
         tokio::task::block_in_place(|| ops.iter().try_for_each(|op| self.apply(op)))?;
         metrics::counter!("sluice_sink_writes_total", "sink" => self.name.clone())

@@ -231,6 +231,10 @@ impl super::Sink for MeilisearchSink {
         &self.client.name
     }
 
+    fn failed(&mut self) -> Option<&mut FailedStore> {
+        Some(&mut self.failed)
+    }
+
     async fn write(&mut self, ops: &[WriteOp]) -> Result<()> {
         for op in ops {
             if let WriteAction::Truncate { scoped, .. } = op.action {

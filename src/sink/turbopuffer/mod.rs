@@ -325,6 +325,10 @@ impl super::Sink for TurbopufferSink {
         &self.client.name
     }
 
+    fn failed(&mut self) -> Option<&mut FailedStore> {
+        Some(&mut self.failed)
+    }
+
     async fn write(&mut self, ops: &[WriteOp]) -> Result<()> {
         for op in ops {
             if let WriteAction::Truncate { scoped, .. } = op.action {

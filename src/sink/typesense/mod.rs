@@ -332,6 +332,10 @@ impl super::Sink for TypesenseSink {
         &self.client.name
     }
 
+    fn failed(&mut self) -> Option<&mut FailedStore> {
+        Some(&mut self.failed)
+    }
+
     async fn write(&mut self, ops: &[WriteOp]) -> Result<()> {
         for op in ops {
             let Some((kind, line)) = request::encode(op) else {

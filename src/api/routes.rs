@@ -161,6 +161,9 @@ struct PipelineView {
     restarts: u64,
     tables: Vec<String>,
     sinks: Vec<SinkView>,
+    /// Calls of filter, route or transform functions that failed, parked
+    /// with their input (`sluice failed list --sink @functions`).
+    parked_function_calls: usize,
 }
 
 #[derive(Serialize)]
@@ -189,6 +192,12 @@ fn pipeline_view(state: &AppState) -> PipelineView {
         restarts: plan.status.restarts(),
         tables,
         sinks: (0..plan.sinks.len()).map(|i| sink_view(state, i)).collect(),
+        parked_function_calls: crate::sink::failed::list(
+            &plan.data_dir,
+            crate::functions::FAILED_STORE,
+        )
+        .map(|m| m.len())
+        .unwrap_or_default(),
     }
 }
 

@@ -210,6 +210,13 @@ pub async fn status(args: ApiArgs, json: bool) -> Result<(), Error> {
                 s["parked"]
             );
         }
+        let calls = p["parked_function_calls"].as_u64().unwrap_or(0);
+        if calls > 0 {
+            println!(
+                "  functions: {calls} parked call(s) (sluice failed list --sink {})",
+                crate::functions::FAILED_STORE
+            );
+        }
     }
     let active: Vec<&Value> = backfills
         .as_array()

@@ -367,6 +367,14 @@ pub async fn failed(command: FailedCommand) -> Result<(), Error> {
         } => {
             let config = Config::load(&config_path)?;
             let data_dir = config.pipeline.data_dir.clone();
+            if sink == crate::functions::FAILED_STORE {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    "parked function calls are not sent again from here: once the function is fixed, \
+                     backfill their rows (`sluice backfill start --table T --where \"id in (...)\"`), \
+                     then discard them (`sluice failed discard --sink @functions`)",
+                ));
+            }
             let Some(sink_config) = config.sinks.iter().find(|s| s.name == sink) else {
                 let names: Vec<_> = config.sinks.iter().map(|s| s.name.as_str()).collect();
                 return Err(Error::new(

@@ -82,6 +82,8 @@ pub struct FailedStore {
     blocked: HashSet<(String, String)>,
     /// Messages waiting for their retry (in the journal).
     retrying: usize,
+    /// The sink's name, for metrics.
+    sink: String,
     count: usize,
     /// The file as last read (modified, length, inode), to notice edits by
     /// `sluice failed`.
@@ -97,6 +99,7 @@ impl FailedStore {
             path: store_path(data_dir, sink),
             blocked: HashSet::new(),
             retrying: 0,
+            sink: sink.to_owned(),
             count: 0,
             seen: None,
             unlogged: 0,
@@ -126,6 +129,9 @@ impl FailedStore {
         let retrying = read(&journal_path(&self.path)).unwrap_or_default();
         self.count = messages.len();
         self.retrying = retrying.len();
+        // From the start, also after a restart.
+        metrics::gauge!("sluice_sink_parked_messages", "sink" => self.sink.clone())
+            .set(self.count as f64);
         self.blocked = messages
             .into_iter()
             .chain(retrying)

@@ -82,6 +82,11 @@ pub struct SlotRecord {
     pub database: String,
     /// The position the slot started at.
     pub created_at: crate::lsn::Lsn,
+    /// The highest position sluice may have confirmed to the slot: written
+    /// before each confirmation, so a slot whose confirmed position is past
+    /// it was advanced by someone else, or created anew.
+    #[serde(default)]
+    pub confirmed: Option<crate::lsn::Lsn>,
 }
 
 impl SlotRecord {

@@ -234,6 +234,194 @@ async fn a_lost_slot_is_refused_with_exit_3_and_a_resync_makes_the_index_equal_a
     assert!(!sluice_log_mentions_resync_twice(&config));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slot_created_anew_under_the_same_name_is_refused_with_exit_3() {
+    let db = TestDb::new("slot_recreated").await;
+    db.exec(ITEMS).await;
+    let config = db.config("[[tables]]\nname = \"items\"", "");
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    db.exec("INSERT INTO items VALUES (1, 'a', 1)").await;
+    assert_index_equals_table(&db, "items", "items", "id").await;
+    assert!(sluice.stop().success());
+
+    // While sluice is stopped, a row changes and someone replaces the slot
+    // with a new one of the same name: it lacks the change.
+    db.exec("UPDATE items SET name = 'b' WHERE id = 1").await;
+    db.exec(&format!("SELECT pg_drop_replication_slot('{}')", db.name))
+        .await;
+    db.exec(&format!(
+        "SELECT pg_create_logical_replication_slot('{}', 'pgoutput')",
+        db.name
+    ))
+    .await;
+    let (code, _, stderr) = run_to_end(&["run", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(
+        stderr.contains("is not the one this data directory streamed from")
+            && stderr.contains("on_slot_lost"),
+        "{stderr}"
+    );
+    with_source_line(&config, "on_slot_lost = \"resync\"");
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    assert_index_equals_table(&db, "items", "items", "id").await;
+    assert!(sluice.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slot_postgres_invalidated_is_refused_with_exit_3_and_resynced_on_request() {
+    // max_slot_wal_keep_size would invalidate the other tests' slots too.
+    let cluster = tokio::task::spawn_blocking(|| {
+        sluice::local_pg::LocalPostgres::start(sluice::local_pg::LocalPostgresOptions {
+            extra_settings: vec![("max_slot_wal_keep_size".into(), "16MB".into())],
+            ..Default::default()
+        })
+    })
+    .await
+    .unwrap()
+    .expect("a cluster of the test's own");
+    let db = TestDb::in_cluster(&cluster, "slot_invalidated").await;
+    db.exec(ITEMS).await;
+    db.exec("INSERT INTO items SELECT i, 'v0', 0 FROM generate_series(1, 100) i")
+        .await;
+    let config = db.config("[[tables]]\nname = \"items\"", "");
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    assert_index_equals_table(&db, "items", "items", "id").await;
+    assert!(sluice.stop().success());
+
+    db.exec("UPDATE items SET name = 'v1' WHERE id <= 50").await;
+    db.exec("CREATE TABLE ballast (x text)").await;
+    let lost = wait_until(Duration::from_secs(60), || async {
+        db.exec("INSERT INTO ballast SELECT md5(i::text) FROM generate_series(1, 200000) i")
+            .await;
+        db.exec("TRUNCATE ballast").await;
+        db.exec("SELECT pg_switch_wal()").await;
+        db.exec("CHECKPOINT").await;
+        db.client
+            .query_one(
+                "SELECT wal_status = 'lost' FROM pg_replication_slots WHERE slot_name = $1",
+                &[&db.name],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    })
+    .await;
+    assert!(lost, "Postgres did not invalidate the slot");
+    let (code, _, stderr) = run_to_end(&["run", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(
+        stderr.contains("invalidated by Postgres") && stderr.contains("on_slot_lost"),
+        "{stderr}"
+    );
+    with_source_line(&config, "on_slot_lost = \"resync\"");
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    assert_index_equals_table(&db, "items", "items", "id").await;
+    assert!(sluice.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slot_holding_more_wal_than_the_threshold_is_warned_about() {
+    let db = TestDb::new("slot_retains").await;
+    db.exec(ITEMS).await;
+    let config = db.config("[[tables]]\nname = \"items\"", "");
+    with_source_line(&config, "retained_wal_warn_bytes = 1");
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    let warned = wait_until(Duration::from_secs(20), || async {
+        sluice
+            .log_text()
+            .contains("holds more WAL on the primary than source.retained_wal_warn_bytes")
+    })
+    .await;
+    assert!(warned, "no warning:\n{}", sluice.log_text());
+    assert!(sluice.stop().success());
+}
+
+/// Polls until a walsender other than `old` streams from the slot again;
+/// returns how long that took and its pid.
+async fn time_to_reattach(
+    cluster: &sluice::local_pg::LocalPostgres,
+    db: &str,
+    old: Option<i32>,
+) -> (Duration, i32) {
+    let started = Instant::now();
+    let client = cluster.connect(db).await.expect("Postgres is back");
+    loop {
+        let pid: Option<i32> = client
+            .query_one(
+                "SELECT max(active_pid) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&db],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        match pid {
+            Some(pid) if Some(pid) != old => return (started.elapsed(), pid),
+            _ if started.elapsed() > Duration::from_secs(60) => return (started.elapsed(), 0),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sluice_streams_again_within_2_s_of_postgres_coming_back_however_often_it_went() {
+    let cluster = Arc::new(
+        tokio::task::spawn_blocking(|| sluice::local_pg::LocalPostgres::start(Default::default()))
+            .await
+            .unwrap()
+            .expect("a cluster of the test's own"),
+    );
+    let db = TestDb::in_cluster(&cluster, "reconnect").await;
+    db.exec(ITEMS).await;
+    let config = db.config("[[tables]]\nname = \"items\"", "");
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    let name = db.name.clone();
+    let mut waits = Vec::new();
+    for round in 0..3 {
+        // Down long enough for several attempts to fail in a row.
+        let c = cluster.clone();
+        tokio::task::spawn_blocking(move || c.restart(Duration::from_secs(4)))
+            .await
+            .unwrap()
+            .expect("Postgres restarts");
+        let (wait, mut pid) = time_to_reattach(&cluster, &name, None).await;
+        waits.push(wait);
+        // And the walsender cut while streaming, twice in a row.
+        let client = cluster.connect(&name).await.unwrap();
+        for _ in 0..2 {
+            client
+                .query("SELECT pg_terminate_backend($1)", &[&pid])
+                .await
+                .unwrap();
+            let (wait, next) = time_to_reattach(&cluster, &name, Some(pid)).await;
+            waits.push(wait);
+            pid = next;
+        }
+        client
+            .batch_execute(&format!("INSERT INTO items VALUES ({round}, 'r', {round})"))
+            .await
+            .unwrap();
+    }
+    eprintln!("reattached after {waits:?}");
+    let slowest = waits.iter().max().unwrap();
+    assert!(
+        *slowest < Duration::from_secs(2),
+        "reattaching took {waits:?}:\n{}",
+        sluice.log_text()
+    );
+    let db = TestDb {
+        client: cluster.connect(&name).await.unwrap(),
+        ..db
+    };
+    assert_index_equals_table(&db, "items", "items", "id").await;
+    assert!(sluice.stop().success());
+}
+
 /// Whether the logs beside `config` show more than one resync.
 fn sluice_log_mentions_resync_twice(config: &std::path::Path) -> bool {
     let dir = config.parent().unwrap();

@@ -111,6 +111,7 @@ pub struct LocalPostgres {
     pid: u32,
     major_version: u32,
     tls_certificate: Option<PathBuf>,
+    run_as: Option<ServerUser>,
     /// `None` once shut down.
     server: Mutex<Option<Child>>,
 }
@@ -228,6 +229,7 @@ impl LocalPostgres {
             pid: child.id(),
             major_version,
             tls_certificate,
+            run_as,
             server: Mutex::new(Some(child)),
         };
         // On error, dropping `cluster` stops the server and removes the directory.
@@ -268,7 +270,8 @@ impl LocalPostgres {
 
     /// Process id of the postmaster.
     pub fn pid(&self) -> u32 {
-        self.pid
+        let server = self.server.lock().unwrap_or_else(PoisonError::into_inner);
+        server.as_ref().map_or(self.pid, Child::id)
     }
 
     /// The cluster's data directory (`PGDATA`), also its Unix socket directory.
@@ -363,6 +366,41 @@ impl LocalPostgres {
             .map_err(LocalPostgresError::sql(format!(
                 "granting CREATE on database {database}"
             )))
+    }
+
+    /// Stops the server at once (immediate shutdown, as a crash would), waits
+    /// `down_for`, and starts it again on the same port; returns when it
+    /// accepts connections. Blocking.
+    pub fn restart(&self, down_for: Duration) -> Result<(), LocalPostgresError> {
+        let mut server = self.server.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(child) = server.take() {
+            stop_server(child);
+        }
+        std::thread::sleep(down_for);
+        let mut child = spawn_server(
+            &self.bin_dir,
+            &self.data_dir,
+            &self.root,
+            &self.log_file,
+            self.port,
+            self.run_as,
+        )?;
+        match wait_until_ready(&mut child, self.port) {
+            Ok(()) => {
+                *server = Some(child);
+                Ok(())
+            }
+            Err(not_ready) => {
+                stop_server(child);
+                Err(LocalPostgresError::StartFailed {
+                    reason: match not_ready {
+                        NotReady::Exited(status) => format!("the server exited ({status})"),
+                        NotReady::TimedOut(last) => format!("no connection again: {last}"),
+                    },
+                    log_tail: log_tail(&self.log_file),
+                })
+            }
+        }
     }
 
     /// Stops the server (immediate shutdown) and deletes the cluster's directory.

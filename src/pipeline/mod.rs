@@ -533,6 +533,7 @@ pub async fn run(
             plan: plan.clone(),
             backfills: Some(backfills),
             done: Some(done_tx),
+            ledger: Some(slot::ConfirmLedger::open(&plan.data_dir)?),
         },
     )
     .await

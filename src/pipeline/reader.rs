@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use super::ack::AckState;
 use super::decoder::DecoderMsg;
 use super::flow::{Credit, FlowControl};
+use super::slot::ConfirmLedger;
 use super::stats::StageStats;
 use crate::lsn::Lsn;
 use crate::postgres::conninfo::ConnInfo;
@@ -40,6 +41,9 @@ pub struct ReaderArgs {
     pub linger: Duration,
     pub status_interval: Duration,
     pub stats: Arc<StageStats>,
+    /// Where each position is recorded before it is confirmed (`None`:
+    /// confirmed as soon as every sink acknowledged it).
+    pub ledger: Option<ConfirmLedger>,
 }
 
 pub enum ReaderMsg {
@@ -113,7 +117,13 @@ impl Actor for Reader {
                 }
                 let lsn = state.args.acks.borrow().lsn;
                 if let Some(mut conn) = state.conn.take() {
-                    if lsn > state.confirmed {
+                    let recorded = match &state.args.ledger {
+                        Some(ledger) => ledger.record(lsn).await,
+                        None => Ok(()),
+                    };
+                    if let Err(e) = recorded {
+                        tracing::warn!(error = %e, "the final position is not confirmed: it is read again at the next start");
+                    } else if lsn > state.confirmed {
                         conn.send_status(lsn, false).await?;
                         tracing::info!(confirmed = %lsn, "confirmed final position");
                     }
@@ -167,7 +177,7 @@ impl ReaderState {
             )
         });
         let credit = credit.shrink_to(bytes as u64);
-        let changed = self.args.acks.borrow().lsn > self.confirmed;
+        let changed = self.confirmable() > self.confirmed;
         if reply_requested || changed || self.last_status.elapsed() >= self.args.status_interval {
             // Ask for a keepalive when idle, so an idle slot advances too.
             self.send_status(events.is_empty()).await?;
@@ -185,8 +195,17 @@ impl ReaderState {
         Ok(())
     }
 
+    /// The position every sink acknowledged, as far as it is recorded.
+    fn confirmable(&self) -> Lsn {
+        let acked = self.args.acks.borrow().lsn;
+        match &self.args.ledger {
+            Some(ledger) => ledger.allowed(acked),
+            None => acked,
+        }
+    }
+
     async fn send_status(&mut self, reply_requested: bool) -> Result<(), ActorProcessingErr> {
-        let lsn = self.args.acks.borrow().lsn;
+        let lsn = self.confirmable();
         if let Some(conn) = self.conn.as_mut() {
             conn.send_status(lsn, reply_requested).await?;
         }

@@ -61,6 +61,19 @@ pub async fn ensure(
             r.slot
         )),
         (Some(_), None) => Some(format!("the replication slot {slot} no longer exists")),
+        (Some(r), Some(info))
+            if r.confirmed
+                .zip(info.confirmed_flush)
+                .is_some_and(|(ours, slots)| slots > ours) =>
+        {
+            Some(format!(
+                "the replication slot {slot} is not the one this data directory streamed from: \
+                 it is confirmed up to {}, past the last position sluice confirmed ({}), so it \
+                 was created anew or another consumer advanced it",
+                info.confirmed_flush.unwrap_or_default(),
+                r.confirmed.unwrap_or_default()
+            ))
+        }
         (None, None) if streamed_before => Some(format!(
             "the replication slot {slot} no longer exists, and sinks were set up from it"
         )),
@@ -71,9 +84,18 @@ pub async fn ensure(
         system_identifier: system.clone(),
         database: database.clone(),
         created_at,
+        confirmed: Some(created_at),
     };
     let Some(problem) = problem else {
         match (&record, &info) {
+            (Some(r), Some(info)) if r.confirmed.is_none() => {
+                // Recorded by an older sluice: from now on, confirmations are too.
+                SlotRecord {
+                    confirmed: info.confirmed_flush,
+                    ..r.clone()
+                }
+                .save(data_dir)?;
+            }
             (Some(_), Some(_)) => {}
             (None, Some(info)) => {
                 // Adopted: a slot created by an earlier sluice or by hand.
@@ -118,8 +140,106 @@ pub async fn ensure(
     }
 }
 
+/// How often the confirmation ledger is written, at most: confirmations
+/// wait for it, and a slot confirmed a second later only holds WAL a second
+/// longer.
+const LEDGER_SPACING: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The highest position the reader may confirm to the slot: each is written
+/// to the slot record (and synced) before Postgres hears of it, so at the
+/// next start a slot confirmed further than the record is known not to be
+/// ours. Writes happen beside the reader, at most every [`LEDGER_SPACING`].
+#[derive(Clone)]
+pub struct ConfirmLedger {
+    wanted: tokio::sync::watch::Sender<crate::lsn::Lsn>,
+    saved: tokio::sync::watch::Receiver<crate::lsn::Lsn>,
+    record: std::sync::Arc<std::sync::Mutex<(std::path::PathBuf, SlotRecord)>>,
+}
+
+impl ConfirmLedger {
+    /// The ledger of the slot [`ensure`] recorded in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<ConfirmLedger> {
+        let record = SlotRecord::load(data_dir)?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Io,
+                format!("{} has no slot record", data_dir.display()),
+            )
+        })?;
+        let at = record.confirmed.unwrap_or(record.created_at);
+        let (wanted, mut wanted_rx) = tokio::sync::watch::channel(at);
+        let (saved_tx, saved) = tokio::sync::watch::channel(at);
+        let record = std::sync::Arc::new(std::sync::Mutex::new((data_dir.to_owned(), record)));
+        let ledger = ConfirmLedger {
+            wanted,
+            saved,
+            record,
+        };
+        let writer = ledger.clone();
+        tokio::spawn(async move {
+            while wanted_rx.changed().await.is_ok() {
+                let lsn = *wanted_rx.borrow_and_update();
+                match writer.save(lsn).await {
+                    Ok(()) => {
+                        saved_tx.send_if_modified(|s| {
+                            let newer = lsn > *s;
+                            *s = (*s).max(lsn);
+                            newer
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot record the confirmed position; the slot is not confirmed further until it can be")
+                    }
+                }
+                tokio::time::sleep(LEDGER_SPACING).await;
+            }
+        });
+        Ok(ledger)
+    }
+
+    /// The position that may be confirmed now, given that `acked` is
+    /// durable in every sink; asks for `acked` to be recorded.
+    pub fn allowed(&self, acked: crate::lsn::Lsn) -> crate::lsn::Lsn {
+        self.wanted.send_if_modified(|w| {
+            let newer = acked > *w;
+            *w = (*w).max(acked);
+            newer
+        });
+        acked.min(*self.saved.borrow())
+    }
+
+    /// Records `lsn` now (the final confirmation at shutdown).
+    pub async fn record(&self, lsn: crate::lsn::Lsn) -> Result<()> {
+        self.save(lsn).await
+    }
+
+    async fn save(&self, lsn: crate::lsn::Lsn) -> Result<()> {
+        let record = self.record.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = record.lock().unwrap_or_else(|p| p.into_inner());
+            let (dir, record) = &mut *guard;
+            if record.confirmed.is_some_and(|c| c >= lsn) {
+                return Ok(());
+            }
+            let next = SlotRecord {
+                confirmed: Some(lsn),
+                ..record.clone()
+            };
+            next.save(dir)?;
+            *record = next;
+            Ok(())
+        })
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                format!("recording the confirmed position failed: {e}"),
+            )
+        })?
+    }
+}
+
 /// Logs a warning while the slot holds more than `threshold` bytes of WAL
-/// on the primary, checked every minute.
+/// on the primary, checked at start and every minute.
 pub async fn watch_retained_wal(
     conninfo: crate::postgres::conninfo::ConnInfo,
     slot: String,
@@ -129,8 +249,11 @@ pub async fn watch_retained_wal(
         return;
     }
     let mut client = None;
+    let mut first = true;
     loop {
-        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        if !std::mem::take(&mut first) {
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        }
         if client.is_none() {
             client = conninfo.connect_sql().await.ok();
         }

@@ -16,16 +16,21 @@ use super::lane::{Lane, SpillPolicy};
 use super::reader::{Reader, ReaderArgs, ReaderMsg};
 use super::router::{Router, RouterArgs};
 use super::shard::{Shard, ShardArgs};
+use super::slot::ConfirmLedger;
 use super::stats::StageStats;
 use super::transform::{TransformArgs, Transformer};
 use super::writer::{Writer, WriterArgs};
 use super::PipelinePlan;
 use crate::backfill::{Manager, RunContext};
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::lsn::Lsn;
 
 /// The first restart waits this long; each failure in a row doubles it.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
+/// A lost connection to Postgres is tried again at least this often,
+/// however many attempts failed before: an attempt costs one refused
+/// connection, and streaming resumes within this long of Postgres being back.
+const RECONNECT_EVERY: Duration = Duration::from_millis(1000);
 /// With several sinks, a sink whose oldest waiting write waited this long
 /// is spooled, so the others go on.
 const SPILL_AFTER: Duration = Duration::from_secs(5);
@@ -50,6 +55,8 @@ pub struct SupervisorArgs {
     /// Told when the supervisor is done (after shutdown), with the error
     /// that stopped it when restarting could not have fixed it.
     pub done: Option<oneshot::Sender<Option<Error>>>,
+    /// Where confirmed positions are recorded before they are sent.
+    pub ledger: Option<ConfirmLedger>,
 }
 
 pub struct SupervisorState {
@@ -65,6 +72,7 @@ pub struct SupervisorState {
     generation: u64,
     /// The error of a kind no restart fixes (configuration, setup).
     fatal: Option<Error>,
+    ledger: Option<ConfirmLedger>,
 }
 
 pub struct Supervisor;
@@ -92,6 +100,7 @@ impl Actor for Supervisor {
             done: args.done,
             generation: 0,
             fatal: None,
+            ledger: args.ledger,
         })
     }
 
@@ -129,9 +138,10 @@ impl Actor for Supervisor {
                     }
                     Err(e) => {
                         let text = e.to_string();
+                        let kind = typed_error(e.as_ref()).map(Error::kind);
                         state.stop_children().await;
                         if !state.stop_if_fatal(&myself, e.as_ref()) {
-                            state.schedule_restart(&myself, &text);
+                            state.schedule_restart(&myself, &text, kind);
                         }
                     }
                 }
@@ -172,7 +182,8 @@ impl Actor for Supervisor {
                 if state.shutting_down {
                     myself.stop(None);
                 } else if !state.stop_if_fatal(&myself, error.as_ref()) {
-                    state.schedule_restart(&myself, &text);
+                    let kind = typed_error(error.as_ref()).map(Error::kind);
+                    state.schedule_restart(&myself, &text, kind);
                 }
             }
             SupervisionEvent::ActorTerminated(who, _, reason) => {
@@ -191,7 +202,7 @@ impl Actor for Supervisor {
                         who.get_name().unwrap_or_default()
                     );
                     state.stop_children().await;
-                    state.schedule_restart(&myself, &text);
+                    state.schedule_restart(&myself, &text, None);
                 }
             }
             _ => {}
@@ -220,7 +231,12 @@ impl SupervisorState {
         true
     }
 
-    fn schedule_restart(&mut self, myself: &ActorRef<SupervisorMsg>, error: &str) {
+    fn schedule_restart(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        error: &str,
+        kind: Option<ErrorKind>,
+    ) {
         metrics::gauge!("sluice_pipeline_up").set(0.0);
         metrics::counter!("sluice_pipeline_restarts_total").increment(1);
         self.plan.status.set_streaming(false);
@@ -228,7 +244,10 @@ impl SupervisorState {
         if self.started_at.elapsed() >= HEALTHY_AFTER {
             self.backoff = INITIAL_BACKOFF;
         }
-        let wait = self.backoff;
+        let wait = match kind {
+            Some(ErrorKind::Connection) => self.backoff.min(RECONNECT_EVERY),
+            _ => self.backoff,
+        };
         tracing::error!(
             retry_in_ms = wait.as_millis() as u64,
             "pipeline failed, restarting from the last confirmed position: {error}"
@@ -403,6 +422,7 @@ impl SupervisorState {
             linger: plan.batch_max_age,
             status_interval: plan.status_interval,
             stats: stats.reader.clone(),
+            ledger: self.ledger.clone(),
         };
         self.reader = Some(self.spawn(myself, "reader", Reader, args).await?);
         Ok(())

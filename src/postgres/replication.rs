@@ -617,6 +617,9 @@ fn server_error(body: backend::ErrorResponseBody) -> Error {
         "42704" => (ErrorKind::Setup, Some("the replication slot or publication does not exist: changes made since are lost to this slot (see source.on_slot_lost); `sluice check` explains")),
         "42501" => (ErrorKind::Setup, Some("the role lacks a privilege; see `sluice check`")),
         "3D000" => (ErrorKind::Config, Some("the database does not exist; check the database URL")),
+        // The server is shutting down, starting up or out of connections:
+        // an outage, tried again until it is over.
+        "57P01" | "57P02" | "57P03" | "53300" => (ErrorKind::Connection, None),
         _ => (ErrorKind::Protocol, None),
     };
     let mut error = Error::new(kind, text);

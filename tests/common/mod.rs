@@ -24,8 +24,13 @@ pub struct TestDb {
 impl TestDb {
     /// A fresh database named after the test.
     pub async fn new(hint: &str) -> TestDb {
+        TestDb::in_cluster(cluster(), hint).await
+    }
+
+    /// A fresh database in a cluster of the test's own (for settings that
+    /// would disturb the other tests of the binary).
+    pub async fn in_cluster(cluster: &LocalPostgres, hint: &str) -> TestDb {
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let cluster = cluster();
         let name = format!(
             "{hint}_{}_{}",
             std::process::id(),

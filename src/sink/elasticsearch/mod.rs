@@ -35,6 +35,16 @@ pub struct ElasticsearchSink {
     failed: FailedStore,
 }
 
+impl Drop for ElasticsearchSink {
+    fn drop(&mut self) {
+        // A request of a stopped pipeline must not be sent after the writes
+        // of the next one (one already sent is ordered by its version).
+        for task in &self.in_flight {
+            task.abort();
+        }
+    }
+}
+
 impl ElasticsearchSink {
     pub fn new(config: &ElasticsearchConfig, data_dir: &Path) -> Result<ElasticsearchSink> {
         Ok(ElasticsearchSink {

@@ -190,10 +190,18 @@ pub struct PipelineConfig {
     /// The most memory one Lua runtime (see `functions`) may hold, in MiB.
     #[serde(default = "default_function_memory_mb")]
     pub function_memory_mb: usize,
+    /// With this many failed function calls parked (`@functions`), the
+    /// pipeline pauses until some are retried or discarded.
+    #[serde(default = "default_function_max_parked")]
+    pub function_max_parked: usize,
 }
 
 fn default_function_memory_mb() -> usize {
     crate::functions::DEFAULT_MEMORY_MB
+}
+
+fn default_function_max_parked() -> usize {
+    crate::sink::http::DEFAULT_MAX_PARKED
 }
 
 impl Default for PipelineConfig {
@@ -212,6 +220,7 @@ impl Default for PipelineConfig {
             spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
             metrics_listen: None,
             function_memory_mb: crate::functions::DEFAULT_MEMORY_MB,
+            function_max_parked: default_function_max_parked(),
         }
     }
 }
@@ -947,11 +956,16 @@ impl Config {
         for (name, function) in &self.functions {
             function.validate(name, problems);
         }
-        if self.pipeline.function_memory_mb == 0 {
-            problems.push(ConfigProblem {
-                field: "pipeline.function_memory_mb".into(),
-                message: "must be at least 1".into(),
-            });
+        for (field, value) in [
+            ("function_memory_mb", self.pipeline.function_memory_mb),
+            ("function_max_parked", self.pipeline.function_max_parked),
+        ] {
+            if value == 0 {
+                problems.push(ConfigProblem {
+                    field: format!("pipeline.{field}"),
+                    message: "must be at least 1".into(),
+                });
+            }
         }
         if problems.len() > before || self.functions.is_empty() {
             return;

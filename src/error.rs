@@ -19,12 +19,19 @@ pub enum ErrorKind {
     Sink,
     /// Local files (data directory, index) could not be used. Retried with backoff.
     Io,
+    /// A streamed table was dropped and created again: `pipeline::run` sets
+    /// the pipeline up again (empties the table's documents, backfills it).
+    /// Never an exit.
+    TableRecreated,
 }
 
 impl ErrorKind {
     /// Whether a pipeline restart may fix it.
     pub fn is_retryable(self) -> bool {
-        !matches!(self, ErrorKind::Config | ErrorKind::Setup)
+        !matches!(
+            self,
+            ErrorKind::Config | ErrorKind::Setup | ErrorKind::TableRecreated
+        )
     }
 }
 

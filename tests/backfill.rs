@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_index_equals_table, documents, wait_until, Sluice, TestDb};
+use common::{assert_index_equals_table, cli, documents, wait_until, Sluice, TestDb};
 use serde_json::Value;
 
 const ITEMS: &str = "
@@ -178,15 +178,6 @@ async fn wait_state(api: &str, id: u64, state: &str, sluice: &mut Sluice) -> Val
 }
 
 /// `sluice ARGS` to its end: (exit code, stdout, stderr).
-async fn cli(args: &[&str]) -> (i32, String, String) {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        common::run_to_end(&args)
-    })
-    .await
-    .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_condition_backfills_only_matching_rows_and_a_rebackfill_restores_a_lost_index() {

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{documents, wait_until, Sluice, TestDb};
+use common::{cli, documents, wait_until, Sluice, TestDb};
 use serde_json::{json, Value};
 
 const FUNCTIONS: &str = r#"
@@ -373,5 +373,141 @@ async fn deletes_and_route_changes_leave_every_index_as_the_route_says() {
     })
     .await;
     assert!(emptied, "log:\n{}", sluice.log_text());
+    assert!(sluice.stop().success());
+}
+
+const FAILING: &str = r#"
+[[tables]]
+name = "items"
+transform.function = "to_doc"
+
+[functions.to_doc]
+kind = "transform"
+code = '''
+function transform(action, record)
+  if string.find(record.name, "boom") then error("cannot index boom") end
+  return {id = record.id, title = string.upper(record.name)}
+end
+'''
+
+[api]
+listen = "127.0.0.1:0"
+"#;
+
+fn titles(db: &TestDb) -> Vec<(String, Value)> {
+    documents(&db.data_dir(), "items", "id")
+        .into_iter()
+        .map(|(id, doc)| (id, doc["title"].clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_call_holds_back_its_rows_changes_pauses_past_the_maximum_and_is_retried_with_the_fixed_function(
+) {
+    let db = TestDb::new("functions_retry").await;
+    db.exec(
+        "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL);
+         INSERT INTO items VALUES (1, 'a'), (2, 'b');",
+    )
+    .await;
+    let config = db.config(FAILING, "function_max_parked = 3");
+    let config_arg = config.to_str().unwrap().to_owned();
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    assert!(wait_until(Duration::from_secs(30), || async { titles(&db).len() == 2 }).await);
+
+    // A failed call, then a change of the same row that would pass: it
+    // waits behind the call, so the row's changes stay in order.
+    db.exec("INSERT INTO items VALUES (3, 'boom')").await;
+    db.exec("UPDATE items SET name = 'c' WHERE id = 3").await;
+    db.exec("INSERT INTO items VALUES (9, 'i')").await;
+    let held = wait_until(Duration::from_secs(30), || async {
+        failed(&db).len() == 2 && titles(&db).len() == 3
+    })
+    .await;
+    assert!(
+        held,
+        "{:?} {:?}\n{}",
+        failed(&db),
+        titles(&db),
+        sluice.log_text()
+    );
+    assert!(!titles(&db).iter().any(|(id, _)| id == "3"));
+    assert_eq!(
+        failed(&db)[1]["error"],
+        sluice::sink::failed::WAITING_BEHIND
+    );
+
+    // The third parked call pauses the pipeline until one is discarded.
+    db.exec("INSERT INTO items VALUES (4, 'boom')").await;
+    assert!(wait_until(Duration::from_secs(30), || async { failed(&db).len() == 3 }).await);
+    db.exec("INSERT INTO items VALUES (5, 'e')").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !titles(&db).iter().any(|(id, _)| id == "5"),
+        "the pipeline went on past function_max_parked"
+    );
+    assert!(
+        sluice.log_text().contains("too many parked"),
+        "{}",
+        sluice.log_text()
+    );
+    let key = failed(&db).iter().find(|m| m["id"] == "4").unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, _, err) = cli(&[
+        "failed",
+        "discard",
+        "--config",
+        &config_arg,
+        "--sink",
+        "@functions",
+        "--key",
+        &key,
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let resumed = wait_until(Duration::from_secs(30), || async {
+        titles(&db).iter().any(|(id, _)| id == "5")
+    })
+    .await;
+    assert!(resumed, "{}", sluice.log_text());
+    assert!(sluice.stop().success());
+
+    // Fixed, the function runs again on the rows of the parked calls.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("string.find(record.name, \"boom\")", "false"),
+    )
+    .unwrap();
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    let (code, out, err) = cli(&[
+        "failed",
+        "retry",
+        "--config",
+        &config_arg,
+        "--sink",
+        "@functions",
+        "--all",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let retried = wait_until(Duration::from_secs(30), || async {
+        titles(&db)
+            .iter()
+            .any(|(id, title)| id == "3" && title == "C")
+            && failed(&db).is_empty()
+    })
+    .await;
+    assert!(
+        retried,
+        "{:?} {:?}\n{}",
+        titles(&db),
+        failed(&db),
+        sluice.log_text()
+    );
     assert!(sluice.stop().success());
 }

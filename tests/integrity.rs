@@ -184,6 +184,31 @@ async fn another_deployments_watermarks_leave_our_windows_alone() {
     assert!(sluice.stop().success());
 }
 
+/// Runs sluice on `config` until it streams, writes `sql`, waits until the
+/// index of `table` equals it, and stops sluice.
+async fn stream_until_equal(db: &TestDb, config: &std::path::Path, table: &str, sql: &str) {
+    let mut sluice = Sluice::run_config(config);
+    db.wait_streaming(&mut sluice).await;
+    if !sql.is_empty() {
+        db.exec(sql).await;
+    }
+    assert_index_equals_table(db, table, table, "id").await;
+    assert!(sluice.stop().success());
+}
+
+/// Creates `items` with `rows` rows, streams them into the embedded index
+/// until it equals the table, and stops; returns the config.
+async fn items_indexed(db: &TestDb, rows: u32) -> std::path::PathBuf {
+    db.exec(ITEMS).await;
+    db.exec(&format!(
+        "INSERT INTO items SELECT i, 'v0', 0 FROM generate_series(1, {rows}) i"
+    ))
+    .await;
+    let config = db.config("[[tables]]\nname = \"items\"", "");
+    stream_until_equal(db, &config, "items", "").await;
+    config
+}
+
 /// The config file with `line` added to its `[source]` section.
 fn with_source_line(config: &std::path::Path, line: &str) {
     let text = std::fs::read_to_string(config).unwrap();
@@ -194,14 +219,7 @@ fn with_source_line(config: &std::path::Path, line: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_slot_is_refused_with_exit_3_and_a_resync_makes_the_index_equal_again() {
     let db = TestDb::new("slot_lost").await;
-    db.exec(ITEMS).await;
-    db.exec("INSERT INTO items SELECT i, 'v0', 0 FROM generate_series(1, 300) i")
-        .await;
-    let config = db.config("[[tables]]\nname = \"items\"", "");
-    let mut sluice = Sluice::run_config(&config);
-    db.wait_streaming(&mut sluice).await;
-    assert_index_equals_table(&db, "items", "items", "id").await;
-    assert!(sluice.stop().success());
+    let config = items_indexed(&db, 300).await;
 
     // While sluice is stopped, rows change and the slot goes away: the
     // changes in between are in no slot.
@@ -222,11 +240,7 @@ async fn a_lost_slot_is_refused_with_exit_3_and_a_resync_makes_the_index_equal_a
     assert!(!db.slot_exists().await, "a slot was created silently");
 
     with_source_line(&config, "on_slot_lost = \"resync\"");
-    let mut sluice = Sluice::run_config(&config);
-    db.wait_streaming(&mut sluice).await;
-    db.exec("UPDATE items SET n = 7 WHERE id = 1").await;
-    assert_index_equals_table(&db, "items", "items", "id").await;
-    assert!(sluice.stop().success());
+    stream_until_equal(&db, &config, "items", "UPDATE items SET n = 7 WHERE id = 1").await;
     // The new slot is recorded: the next start streams from it.
     let mut sluice = Sluice::run_config(&config);
     db.wait_streaming(&mut sluice).await;
@@ -239,11 +253,13 @@ async fn a_slot_created_anew_under_the_same_name_is_refused_with_exit_3() {
     let db = TestDb::new("slot_recreated").await;
     db.exec(ITEMS).await;
     let config = db.config("[[tables]]\nname = \"items\"", "");
-    let mut sluice = Sluice::run_config(&config);
-    db.wait_streaming(&mut sluice).await;
-    db.exec("INSERT INTO items VALUES (1, 'a', 1)").await;
-    assert_index_equals_table(&db, "items", "items", "id").await;
-    assert!(sluice.stop().success());
+    stream_until_equal(
+        &db,
+        &config,
+        "items",
+        "INSERT INTO items VALUES (1, 'a', 1)",
+    )
+    .await;
 
     // While sluice is stopped, a row changes and someone replaces the slot
     // with a new one of the same name: it lacks the change.
@@ -263,10 +279,7 @@ async fn a_slot_created_anew_under_the_same_name_is_refused_with_exit_3() {
         "{stderr}"
     );
     with_source_line(&config, "on_slot_lost = \"resync\"");
-    let mut sluice = Sluice::run_config(&config);
-    db.wait_streaming(&mut sluice).await;
-    assert_index_equals_table(&db, "items", "items", "id").await;
-    assert!(sluice.stop().success());
+    stream_until_equal(&db, &config, "items", "").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -282,14 +295,7 @@ async fn a_slot_postgres_invalidated_is_refused_with_exit_3_and_resynced_on_requ
     .unwrap()
     .expect("a cluster of the test's own");
     let db = TestDb::in_cluster(&cluster, "slot_invalidated").await;
-    db.exec(ITEMS).await;
-    db.exec("INSERT INTO items SELECT i, 'v0', 0 FROM generate_series(1, 100) i")
-        .await;
-    let config = db.config("[[tables]]\nname = \"items\"", "");
-    let mut sluice = Sluice::run_config(&config);
-    db.wait_streaming(&mut sluice).await;
-    assert_index_equals_table(&db, "items", "items", "id").await;
-    assert!(sluice.stop().success());
+    let config = items_indexed(&db, 100).await;
 
     db.exec("UPDATE items SET name = 'v1' WHERE id <= 50").await;
     db.exec("CREATE TABLE ballast (x text)").await;
@@ -317,10 +323,7 @@ async fn a_slot_postgres_invalidated_is_refused_with_exit_3_and_resynced_on_requ
         "{stderr}"
     );
     with_source_line(&config, "on_slot_lost = \"resync\"");
-    let mut sluice = Sluice::run_config(&config);
-    db.wait_streaming(&mut sluice).await;
-    assert_index_equals_table(&db, "items", "items", "id").await;
-    assert!(sluice.stop().success());
+    stream_until_equal(&db, &config, "items", "").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -449,10 +452,7 @@ async fn a_table_added_to_the_configuration_gets_its_initial_backfill() {
     db.exec("INSERT INTO other SELECT i, 'x' || i FROM generate_series(1, 500) i")
         .await;
     let config = db.config("[[tables]]\nname = \"items\"", "");
-    let mut sluice = Sluice::run_config(&config);
-    db.wait_streaming(&mut sluice).await;
-    assert_index_equals_table(&db, "items", "items", "id").await;
-    assert!(sluice.stop().success());
+    stream_until_equal(&db, &config, "items", "").await;
 
     let config = db.config(
         "[[tables]]\nname = \"items\"\n\n[[tables]]\nname = \"other\"",
@@ -463,6 +463,66 @@ async fn a_table_added_to_the_configuration_gets_its_initial_backfill() {
     db.exec("UPDATE other SET label = 'y' WHERE id = 3").await;
     assert_index_equals_table(&db, "other", "other", "id").await;
     assert_index_equals_table(&db, "items", "items", "id").await;
+    assert!(sluice.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_dropped_and_created_again_while_sluice_is_stopped_is_emptied_and_backfilled() {
+    let db = TestDb::new("recreated_stopped").await;
+    let config = items_indexed(&db, 300).await;
+
+    // Changes of the old table still in the slot, then a new table of the
+    // same name with other rows: none of the old ones may stay.
+    db.exec("INSERT INTO items SELECT i, 'old', 0 FROM generate_series(2000, 2010) i")
+        .await;
+    db.exec(&format!("DROP TABLE items; {ITEMS}")).await;
+    db.exec("INSERT INTO items SELECT i, 'new', 1 FROM generate_series(1, 50) i")
+        .await;
+    stream_until_equal(&db, &config, "items", "UPDATE items SET n = 2 WHERE id = 3").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_dropped_while_streaming_is_shown_and_backfilled_once_created_again() {
+    let db = TestDb::new("recreated_live").await;
+    db.exec(ITEMS).await;
+    db.exec("INSERT INTO items SELECT i, 'old', 0 FROM generate_series(1, 300) i")
+        .await;
+    let config = db.config(
+        "[[tables]]\nname = \"items\"\n\n[api]\nlisten = \"127.0.0.1:0\"\n",
+        "",
+    );
+    let config_arg = config.to_str().unwrap().to_owned();
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    assert_index_equals_table(&db, "items", "items", "id").await;
+
+    db.exec("DROP TABLE items").await;
+    let status = || async { cli(&["status", "--config", &config_arg]).await.1 };
+    let shown = wait_until(Duration::from_secs(20), || async {
+        status().await.contains("dropped tables")
+    })
+    .await;
+    assert!(shown, "status: {}\n{}", status().await, sluice.log_text());
+    assert!(
+        sluice.log_text().contains("a streamed table was dropped"),
+        "{}",
+        sluice.log_text()
+    );
+
+    // Created again, with other rows and no write after: set up again.
+    db.exec(&format!(
+        "{ITEMS}; INSERT INTO items SELECT i, 'new', 1 FROM generate_series(1, 40) i"
+    ))
+    .await;
+    assert_index_equals_table(&db, "items", "items", "id").await;
+    db.exec("INSERT INTO items VALUES (500, 'live', 5); DELETE FROM items WHERE id = 7")
+        .await;
+    assert_index_equals_table(&db, "items", "items", "id").await;
+    let cleared = wait_until(Duration::from_secs(20), || async {
+        !status().await.contains("dropped tables")
+    })
+    .await;
+    assert!(cleared, "{}", status().await);
     assert!(sluice.stop().success());
 }
 
@@ -492,11 +552,13 @@ async fn a_partitioned_table_streams_under_its_own_name_with_partitions_attached
     assert_index_equals_table(&db, "events", "events", "id").await;
     assert!(sluice.stop().success());
     // A second start finds the publication and the index as they should be.
-    let mut sluice = Sluice::run_config(&config);
-    db.wait_streaming(&mut sluice).await;
-    db.exec("INSERT INTO events VALUES (2999, 'again')").await;
-    assert_index_equals_table(&db, "events", "events", "id").await;
-    assert!(sluice.stop().success());
+    stream_until_equal(
+        &db,
+        &config,
+        "events",
+        "INSERT INTO events VALUES (2999, 'again')",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -582,5 +644,50 @@ async fn a_document_over_max_document_bytes_is_parked_and_the_rest_is_indexed() 
         failed[0].error
     );
     assert_eq!(failed[1].error, sluice::sink::failed::WAITING_BEHIND);
+    assert!(sluice.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_truncate_discards_the_writes_parked_before_it_so_a_retry_cannot_bring_them_back() {
+    let db = TestDb::new("truncate_parked").await;
+    db.exec(ITEMS).await;
+    db.exec("CREATE TABLE other (id int PRIMARY KEY, name text)")
+        .await;
+    let sinks = "[[sinks]]\nname = \"embedded\"\ntype = \"embedded\"\nmax_document_bytes = 4096\n";
+    let config = db.config_with_sinks(
+        "[[tables]]\nname = \"items\"\n\n[[tables]]\nname = \"other\"",
+        "",
+        sinks,
+    );
+    db.exec("INSERT INTO items VALUES (100, 'seed', 0); INSERT INTO other VALUES (100, 'seed')")
+        .await;
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    // The initial backfill read its rows: it cannot park the ones below twice.
+    assert_index_equals_table(&db, "items", "items", "id").await;
+    assert_index_equals_table(&db, "other", "other", "id").await;
+    db.exec(
+        "INSERT INTO items SELECT i, 'n' || i, i FROM generate_series(1, 20) i;
+         INSERT INTO items VALUES (21, repeat('z', 10000), 0);
+         INSERT INTO other VALUES (1, repeat('z', 10000));",
+    )
+    .await;
+    assert!(db.wait_parked("embedded", 2).await, "{}", sluice.log_text());
+    db.exec("TRUNCATE items").await;
+    db.exec("INSERT INTO items VALUES (1, 'after', 1)").await;
+    assert_index_equals_table(&db, "items", "items", "id").await;
+    let gone = wait_until(Duration::from_secs(20), || async {
+        sluice::sink::failed::list(&db.data_dir(), "embedded")
+            .unwrap()
+            .len()
+            == 1
+    })
+    .await;
+    let failed = sluice::sink::failed::list(&db.data_dir(), "embedded").unwrap();
+    assert!(gone, "{failed:?}");
+    assert_eq!(
+        failed[0].table, "public.other",
+        "only the other table's write stays"
+    );
     assert!(sluice.stop().success());
 }

@@ -127,6 +127,14 @@ pub struct Server {
     address_file: PathBuf,
 }
 
+impl Server {
+    /// Stops serving and waits until the address is free to bind again.
+    pub async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.task.abort();

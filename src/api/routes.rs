@@ -160,6 +160,9 @@ struct PipelineView {
     confirmed_lsn: String,
     restarts: u64,
     tables: Vec<String>,
+    /// Configured tables dropped while streaming: their documents stay in
+    /// the indexes until the table is created again (then it is backfilled).
+    dropped_tables: Vec<String>,
     sinks: Vec<SinkView>,
     /// Calls of filter, route or transform functions that failed, parked
     /// with their input (`sluice failed list --sink @functions`).
@@ -191,6 +194,7 @@ fn pipeline_view(state: &AppState) -> PipelineView {
         confirmed_lsn: plan.status.confirmed().to_string(),
         restarts: plan.status.restarts(),
         tables,
+        dropped_tables: plan.status.dropped(),
         sinks: (0..plan.sinks.len()).map(|i| sink_view(state, i)).collect(),
         parked_function_calls: crate::sink::failed::list(
             &plan.data_dir,
@@ -337,7 +341,9 @@ async fn retry_failed(
     Path(name): Path<String>,
     body: Result<Json<RetryFailed>, JsonRejection>,
 ) -> Result<(StatusCode, Json<RetryQueued>), ApiError> {
-    sink_number(&state, &name)?;
+    if name != crate::functions::FAILED_STORE {
+        sink_number(&state, &name)?;
+    }
     let Json(body) = body.map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -357,6 +363,10 @@ async fn retry_failed(
     }
     let keys: std::collections::HashSet<String> = body.keys.into_iter().collect();
     let all = body.all;
+    if name == crate::functions::FAILED_STORE {
+        let queued = retry_function_calls(&state, |m| all || keys.contains(&m.key)).await?;
+        return Ok((StatusCode::ACCEPTED, Json(RetryQueued { queued })));
+    }
     let queued = crate::sink::failed::queue_retry(&state.plan.data_dir, &name, |m| {
         all || keys.contains(&m.key)
     })
@@ -368,6 +378,111 @@ async fn retry_failed(
         )
     })?;
     Ok((StatusCode::ACCEPTED, Json(RetryQueued { queued })))
+}
+
+/// Retries parked function calls by backfilling their rows into every
+/// sink: the current functions run on each row as it is now, in order with
+/// its live changes (a backfill's windows), and a call that fails again is
+/// parked again. The calls of each chosen row, and the changes parked behind
+/// them, leave the store once the backfills are started. Returns how many.
+async fn retry_function_calls(
+    state: &AppState,
+    select: impl Fn(&crate::sink::failed::FailedMessage) -> bool,
+) -> Result<usize, ApiError> {
+    use crate::sink::failed;
+    use std::collections::{BTreeMap, BTreeSet, HashSet};
+    let unavailable = |e: crate::error::Error| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        )
+    };
+    let store = crate::functions::FAILED_STORE;
+    let parked = failed::list(&state.plan.data_dir, store).map_err(unavailable)?;
+    let rows: HashSet<(String, String)> = parked
+        .iter()
+        .filter(|m| select(m))
+        .map(|m| (m.index.clone(), m.id.clone()))
+        .collect();
+    let mut ids: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for m in parked
+        .iter()
+        .filter(|m| rows.contains(&(m.index.clone(), m.id.clone())))
+    {
+        ids.entry(m.table.clone()).or_default().insert(m.id.clone());
+    }
+    let conditions = ids
+        .iter()
+        .map(|(table, ids)| Ok((table, rows_condition(state, table, ids)?)))
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    // Out of the store first: the rows' backfilled changes must not wait
+    // behind the calls they retry.
+    let taken = failed::take(&state.plan.data_dir, store, |m| {
+        rows.contains(&(m.index.clone(), m.id.clone()))
+    })
+    .map_err(unavailable)?;
+    for (table, condition) in &conditions {
+        for sink in &state.plan.sinks {
+            if let Err(e) = state
+                .backfills
+                .create(&sink.name, table, Some(condition))
+                .await
+            {
+                // Kept as they were, to be retried again.
+                let mut back = failed::FailedStore::new(&state.plan.data_dir, store);
+                for message in &taken {
+                    back.park(message).map_err(unavailable)?;
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(taken.len())
+}
+
+/// A backfill condition matching the rows of `table` with document `ids`
+/// (key values joined by `pipeline.key_separator`).
+fn rows_condition(
+    state: &AppState,
+    table: &str,
+    ids: &std::collections::BTreeSet<String>,
+) -> Result<String, ApiError> {
+    let invalid = |message: String| ApiError::new(StatusCode::CONFLICT, "conflict", message);
+    let key = state
+        .plan
+        .routes
+        .get(table)
+        .and_then(|route| route.key.clone())
+        .ok_or_else(|| {
+            invalid(format!(
+                "table {table} is not streamed, or has no key: backfill its rows instead"
+            ))
+        })?;
+    let literal = |value: &str| format!("'{}'", value.replace('\'', "''"));
+    let column = |name: &str| crate::config::quote_ident(name);
+    if let [only] = key.as_slice() {
+        let values: Vec<String> = ids.iter().map(|id| literal(id)).collect();
+        return Ok(format!("{} in ({})", column(only), values.join(", ")));
+    }
+    let separator = &state.plan.key_separator;
+    let mut alternatives = Vec::with_capacity(ids.len());
+    for id in ids {
+        let values: Vec<&str> = id.split(separator.as_str()).collect();
+        if values.len() != key.len() {
+            return Err(invalid(format!(
+                "the document id {id:?} of table {table} does not split into its key ({}): backfill the row instead",
+                key.join(", ")
+            )));
+        }
+        let terms: Vec<String> = key
+            .iter()
+            .zip(values)
+            .map(|(k, v)| format!("{} = {}", column(k), literal(v)))
+            .collect();
+        alternatives.push(format!("({})", terms.join(" and ")));
+    }
+    Ok(alternatives.join(" or "))
 }
 
 async fn backfills(State(state): State<AppState>) -> Json<Vec<View>> {

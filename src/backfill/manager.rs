@@ -103,6 +103,29 @@ impl Manager {
     /// `resync`: the slot was lost and replaced, so every table of every
     /// sink is backfilled again and running backfills are cancelled.
     /// `oids`: the configured tables' OIDs (`schema.table`).
+    /// Per sink, the tables it was set up with that were since dropped and
+    /// created again (another oid): their documents are of rows that no
+    /// longer exist, to be removed before the backfill.
+    pub fn recreated_tables(
+        &self,
+        oids: &BTreeMap<String, u32>,
+    ) -> Result<BTreeMap<String, Vec<String>>> {
+        let setup = self.store.setup()?.unwrap_or_default();
+        Ok(setup
+            .into_iter()
+            .filter(|(sink, _)| self.sinks.contains(sink))
+            .map(|(sink, had)| {
+                let tables = had
+                    .iter()
+                    .filter(|(table, oid)| oids.get(*table).is_some_and(|now| now != *oid))
+                    .map(|(table, _)| table.clone())
+                    .collect::<Vec<_>>();
+                (sink, tables)
+            })
+            .filter(|(_, tables)| !tables.is_empty())
+            .collect())
+    }
+
     pub fn set_up_sinks(
         &self,
         initial: bool,

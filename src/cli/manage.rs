@@ -201,6 +201,18 @@ pub async fn status(args: ApiArgs, json: bool) -> Result<(), Error> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        let dropped: Vec<&str> = p["dropped_tables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if !dropped.is_empty() {
+            println!(
+                "  dropped tables (their documents stay until they are created again): {}",
+                dropped.join(", ")
+            );
+        }
         for s in p["sinks"].as_array().into_iter().flatten() {
             println!(
                 "  sink {} ({}): committed {}, {} parked write(s)",

@@ -368,12 +368,18 @@ pub async fn failed(command: FailedCommand) -> Result<(), Error> {
             let config = Config::load(&config_path)?;
             let data_dir = config.pipeline.data_dir.clone();
             if sink == crate::functions::FAILED_STORE {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    "parked function calls are not sent again from here: once the function is fixed, \
-                     backfill their rows (`sluice backfill start --table T --where \"id in (...)\"`), \
-                     then discard them (`sluice failed discard --sink @functions`)",
-                ));
+                if crate::data_dir::DataDirLock::acquire(&data_dir).is_ok() {
+                    return Err(Error::new(
+                        ErrorKind::Config,
+                        "parked function calls are retried by the running pipeline: start `sluice run`, then retry them",
+                    ));
+                }
+                let queued = manage::retry_failed(&config_path, &sink, &keys, all).await?;
+                println!(
+                    "backfilling the rows of {queued} parked function call(s) with the current functions; \
+                     `sluice failed list --sink {sink}` shows those that fail again"
+                );
+                return Ok(());
             }
             let Some(sink_config) = config.sinks.iter().find(|s| s.name == sink) else {
                 let names: Vec<_> = config.sinks.iter().map(|s| s.name.as_str()).collect();

@@ -10,7 +10,7 @@ use crate::config::check_index_name;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::change::{Change, Op, RouteAction, Routed};
 use crate::postgres::pgoutput::ReplicaIdentity;
-use crate::sink::failed::{FailedMessage, FailedStore};
+use crate::sink::failed::{FailedMessage, FailedStore, WAITING_BEHIND};
 
 /// What became of a change (returned, never stored: its size does not matter).
 #[allow(clippy::large_enum_variant)]
@@ -71,6 +71,15 @@ impl ShardFunctions {
         self.failed.log_parked();
     }
 
+    /// While `pipeline.function_max_parked` calls are parked, waits (holding
+    /// back the pipeline, so Postgres keeps the WAL) until some are retried
+    /// or discarded.
+    pub async fn wait_below_max_parked(&mut self) {
+        self.failed
+            .wait_below(FAILED_STORE, self.plan.max_parked)
+            .await;
+    }
+
     /// Runs the functions of `routed`'s table on it, on its way to `sink`:
     /// the filter, then the route, then the transform.
     ///
@@ -91,6 +100,17 @@ impl ShardFunctions {
                 left: None,
             });
         };
+        // The index the row's calls are parked under, whatever a route says.
+        let parked_as = routed.index.clone();
+        if self.failed.is_blocked(&parked_as, &routed.id) && {
+            // A retry may just have taken the row's calls out.
+            self.failed.refresh();
+            self.failed.is_blocked(&parked_as, &routed.id)
+        } {
+            // A call for the row is parked: this later change waits behind
+            // it, so the row's changes stay in order.
+            return self.park(&routed, &parked_as, sink, None);
+        }
         let mut leaving = false;
         if let Some(filter) = &functions.filter {
             match self.runtime.filter(
@@ -103,7 +123,7 @@ impl ShardFunctions {
                     routed.action = RouteAction::Delete;
                 }
                 Ok(false) => return Ok(Outcome::Filtered),
-                Err(e) => return self.park(&routed, sink, &e),
+                Err(e) => return self.park(&routed, &parked_as, sink, Some(&e)),
             }
         }
         let mut left = None;
@@ -116,7 +136,7 @@ impl ShardFunctions {
             };
             let decision = match self.decide(route, change, sink) {
                 Ok(decision) => decision,
-                Err(e) => return self.park(&routed, sink, &e),
+                Err(e) => return self.park(&routed, &parked_as, sink, Some(&e)),
             };
             if *routed.index != *decision.index {
                 routed.index = Arc::from(decision.index);
@@ -131,14 +151,14 @@ impl ShardFunctions {
                             "returned action \"index\" for a delete, which has no row to index"
                                 .to_owned(),
                     };
-                    return self.park(&routed, sink, &error);
+                    return self.park(&routed, &parked_as, sink, Some(&error));
                 }
                 _ => {}
             }
             if let (Some(before), false) = (&before, leaving) {
                 let was = match self.decide(route, before, sink) {
                     Ok(was) => was,
-                    Err(e) => return self.park(&routed, sink, &e),
+                    Err(e) => return self.park(&routed, &parked_as, sink, Some(&e)),
                 };
                 if *was.index != *routed.index {
                     left = Some(Arc::from(was.index));
@@ -158,7 +178,7 @@ impl ShardFunctions {
                     input(&mut self.builder, &self.runtime, &routed.change, sink),
                 ) {
                     Ok(made) => doc = Some(made),
-                    Err(e) => return self.park(&routed, sink, &e),
+                    Err(e) => return self.park(&routed, &parked_as, sink, Some(&e)),
                 }
             }
         }
@@ -188,11 +208,14 @@ impl ShardFunctions {
 
     /// Keeps a change whose function failed, with the error and the message
     /// the function got (as `sluice fn test` takes it).
+    /// `error`: `None` for a change parked behind an earlier failed call
+    /// of its row.
     fn park(
         &mut self,
         routed: &Routed,
+        index: &str,
         sink: Option<&str>,
-        error: &FunctionError,
+        error: Option<&FunctionError>,
     ) -> Result<Outcome> {
         let args = self
             .builder
@@ -218,22 +241,24 @@ impl ShardFunctions {
         let message = FailedMessage {
             key: String::new(),
             sink: FAILED_STORE.to_owned(),
-            index: routed.index.to_string(),
+            index: index.to_owned(),
             table: routed.change.rel.qualified.to_string(),
             id: routed.id.clone(),
             routing: routed.routing.as_deref().map(str::to_owned),
             lsn: routed.change.commit_lsn.to_string(),
             action: "function".to_owned(),
             document,
-            error: error.to_string(),
-            attempts: 1,
+            error: error.map_or_else(|| WAITING_BEHIND.to_owned(), ToString::to_string),
+            attempts: u32::from(error.is_some()),
             failed_at_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or_default(),
         };
-        metrics::counter!("sluice_function_failures_total", "function" => error.function.clone())
-            .increment(1);
+        if let Some(error) = error {
+            metrics::counter!("sluice_function_failures_total", "function" => error.function.clone())
+                .increment(1);
+        }
         self.failed.park(&message)?;
         Ok(Outcome::Failed)
     }

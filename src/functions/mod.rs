@@ -141,6 +141,8 @@ pub struct FunctionPlan {
     pub configs: BTreeMap<String, FunctionConfig>,
     pub base_dir: PathBuf,
     pub memory_bytes: usize,
+    /// Parked calls at which the pipeline pauses (`pipeline.function_max_parked`).
+    pub max_parked: usize,
     /// By table (`schema.table`); tables without functions are absent.
     pub tables: HashMap<String, TableFunctions>,
     /// For `metadata.database_name`.

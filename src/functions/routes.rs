@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 use crate::error::{Error, Result};
+use crate::pipeline::change::WriteOp;
 
 /// The file in the data directory.
 pub const ROUTES_FILE: &str = "routes.json";
@@ -69,6 +70,21 @@ impl RouteRecord {
             .insert(index.to_owned());
         let text = serde_json::to_vec_pretty(&*indexes).expect("the record serializes");
         crate::data_dir::replace_file(&self.path, &text)
+    }
+
+    /// The truncates that empty `truncate`'s table: one per index its route
+    /// sent documents to when it has a route, else `truncate` itself.
+    pub fn truncates(&self, truncate: &WriteOp) -> Vec<WriteOp> {
+        if !self.is_routed(&truncate.table) {
+            return vec![truncate.clone()];
+        }
+        self.indexes(&truncate.table)
+            .into_iter()
+            .map(|index| WriteOp {
+                index: index.into(),
+                ..truncate.clone()
+            })
+            .collect()
     }
 
     /// The indexes `table`'s route sent documents to.

@@ -1,7 +1,7 @@
 //! The decoder: pgoutput messages into changes, with the relation cache, the
 //! type mapping and the transaction boundaries that define acknowledgeable positions.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -38,11 +38,16 @@ pub struct DecoderArgs {
     /// The prefix of this deployment's watermarks (`window::prefix`);
     /// others' are ignored.
     pub watermark_prefix: Arc<str>,
+    /// The streamed tables' oids when the pipeline was set up.
+    pub table_oids: Arc<BTreeMap<String, Oid>>,
 }
 
 pub struct DecoderState {
     args: DecoderArgs,
     relations: HashMap<Oid, Arc<RelationInfo>>,
+    /// Relations of streamed tables' names dropped since: their changes
+    /// are skipped.
+    dropped: HashSet<Oid>,
     types: HashMap<Oid, TypeKind>,
     in_transaction: bool,
     commit_lsn: Lsn,
@@ -86,6 +91,7 @@ impl Actor for Decoder {
         Ok(DecoderState {
             args,
             relations: HashMap::new(),
+            dropped: HashSet::new(),
             types: HashMap::new(),
             in_transaction: false,
             commit_lsn: Lsn::ZERO,
@@ -205,7 +211,13 @@ impl DecoderState {
             }
             Message::Relation(relation) => {
                 let info = self.relation_info(relation).await?;
-                self.relations.insert(info.id, Arc::new(info));
+                if self.of_dropped_table(&info).await? {
+                    self.relations.remove(&info.id);
+                    self.dropped.insert(info.id);
+                } else {
+                    self.dropped.remove(&info.id);
+                    self.relations.insert(info.id, Arc::new(info));
+                }
             }
             Message::Insert { relation_id, new } => {
                 if let Some(rel) = self.relation(relation_id) {
@@ -390,9 +402,32 @@ impl DecoderState {
         }
     }
 
+    /// Whether `rel` has a streamed table's name but another oid than the
+    /// pipeline was set up with: its changes are of a table dropped since
+    /// (its rows are gone with it), unless it is the table the catalog has
+    /// now, created again while streaming: then the pipeline is set up again.
+    async fn of_dropped_table(&self, rel: &RelationInfo) -> Result<bool, ActorProcessingErr> {
+        match self.args.table_oids.get(&*rel.qualified) {
+            Some(&oid) if oid != rel.id => {}
+            _ => return Ok(false),
+        }
+        let now =
+            super::tables_watch::current_oids(&self.args.sql, std::iter::once(&*rel.qualified))
+                .await?;
+        if now.get(&*rel.qualified) == Some(&rel.id) {
+            return Err(crate::error::Error::new(
+                crate::error::ErrorKind::TableRecreated,
+                format!("table {} was dropped and created again", rel.qualified),
+            )
+            .into());
+        }
+        tracing::info!(table = %rel.qualified, relation = rel.id, "skipping the changes of a table of this name dropped since");
+        Ok(true)
+    }
+
     fn relation(&self, id: Oid) -> Option<Arc<RelationInfo>> {
         let rel = self.relations.get(&id).cloned();
-        if rel.is_none() {
+        if rel.is_none() && !self.dropped.contains(&id) {
             self.args.stats.bad_record(format!(
                 "change for relation {id} arrived before its description"
             ));

@@ -21,11 +21,12 @@ pub mod slot;
 pub mod stats;
 pub mod status;
 pub mod supervisor;
+pub mod tables_watch;
 pub mod template;
 pub mod transform;
 pub mod writer;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +72,10 @@ pub struct PipelinePlan {
     pub functions: Option<Arc<crate::functions::FunctionPlan>>,
     pub stats: PipelineStats,
     pub status: Arc<status::PipelineStatus>,
+    /// The streamed tables' oids (`schema.table` → oid) when the pipeline
+    /// was set up: changes of another table of the same name are of one
+    /// dropped since, and one created since sets the pipeline up again.
+    pub table_oids: Arc<BTreeMap<String, u32>>,
     /// The prefix of this deployment's backfill watermarks in the WAL.
     pub watermark_prefix: Arc<str>,
 }
@@ -138,6 +143,7 @@ impl PipelinePlan {
                 configs: config.functions.clone(),
                 base_dir: config.base_dir.clone(),
                 memory_bytes: config.function_memory_bytes(),
+                max_parked: p.function_max_parked,
                 tables: table_functions,
                 database: conninfo.dbname(),
                 sinks: config.sinks.iter().map(|s| s.name.clone()).collect(),
@@ -170,6 +176,7 @@ impl PipelinePlan {
             functions,
             stats: PipelineStats::default(),
             status: Arc::new(status::PipelineStatus::new(config.sinks.len())),
+            table_oids: Arc::default(),
             // Until `run` reads the deployment's id from the data directory.
             watermark_prefix: crate::backfill::window::prefix(&config.source.slot, "").into(),
         })
@@ -465,10 +472,36 @@ pub async fn prepare(
     Ok((tables, outcome))
 }
 
-/// Runs the pipeline until `shutdown` resolves, then drains it.
+/// Runs the pipeline until `shutdown` resolves, then drains it. A streamed
+/// table dropped and created again sets the pipeline up again (its old
+/// documents removed, the new table backfilled), without a manual step.
 pub async fn run(
     config: &Config,
     shutdown: impl std::future::Future<Output = ()>,
+) -> Result<Arc<PipelinePlan>> {
+    tokio::pin!(shutdown);
+    loop {
+        match run_once(config, &mut shutdown).await {
+            Err(e) if e.kind() == ErrorKind::TableRecreated => {
+                tracing::warn!("{e}: setting the pipeline up again");
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn run_once(
+    config: &Config,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> Result<Arc<PipelinePlan>> {
     std::fs::create_dir_all(&config.pipeline.data_dir).map_err(|e| {
         Error::io(
@@ -483,17 +516,21 @@ pub async fn run(
     let mut plan = PipelinePlan::new(config)?;
     let deployment = crate::data_dir::deployment_id(&plan.data_dir)?;
     plan.watermark_prefix = crate::backfill::window::prefix(&plan.slot, &deployment).into();
-    tokio::pin!(shutdown);
     // A stop request during setup (slot creation waits for running
     // transactions) ends it cleanly too.
     let (tables, outcome) = tokio::select! {
         prepared = prepare(config) => prepared?,
-        _ = &mut shutdown => {
+        _ = shutdown.as_mut() => {
             tracing::info!("stopped before streaming started");
             return Ok(Arc::new(plan));
         }
     };
     plan.resolve_keys(&tables);
+    let oids: BTreeMap<String, u32> = tables
+        .iter()
+        .map(|(name, meta)| (name.to_string(), meta.oid))
+        .collect();
+    plan.table_oids = Arc::new(oids.clone());
     let plan = Arc::new(plan);
     let backfills = crate::backfill::Manager::open(
         crate::backfill::store::Store::open(&plan.data_dir)?,
@@ -503,28 +540,43 @@ pub async fn run(
         config.table_names(),
         plan.watermark_prefix.clone(),
     )?;
-    let resync = match outcome {
-        slot::SlotOutcome::Resync(at) => {
-            empty_every_index(config, &plan, at).await?;
-            true
-        }
-        slot::SlotOutcome::Ready => false,
-    };
-    let oids = tables
-        .iter()
-        .map(|(name, meta)| (name.to_string(), meta.oid))
-        .collect();
-    backfills.set_up_sinks(config.backfill.initial, &oids, resync)?;
-    tokio::spawn(slot::watch_retained_wal(
-        plan.conninfo.clone(),
-        plan.slot.clone(),
-        config.source.retained_wal_warn_bytes,
-    ));
     let state = crate::api::AppState {
         plan: plan.clone(),
         backfills: backfills.clone(),
     };
-    let _api = crate::api::serve(&config.api, &plan.data_dir, state).await?;
+    // Served before the sinks are emptied: a sink paused by its parked
+    // writes can be seen and retried meanwhile.
+    let api = crate::api::serve(&config.api, &plan.data_dir, state).await?;
+    let resync = match outcome {
+        slot::SlotOutcome::Resync(at) => {
+            let all: Vec<String> = oids.keys().cloned().collect();
+            for sink in &config.sinks {
+                empty_tables(&plan, sink, &all, at, at).await?;
+            }
+            true
+        }
+        slot::SlotOutcome::Ready => {
+            let recreated = backfills.recreated_tables(&oids)?;
+            if !recreated.is_empty() {
+                // Above every position a sink holds, so no sink takes the
+                // truncate for one it already applied; the sinks' positions
+                // stay where they are.
+                let now = current_wal_lsn(&plan).await?;
+                for (sink, tables) in recreated {
+                    if let Some(sink) = config.sinks.iter().find(|s| s.name == sink) {
+                        empty_tables(&plan, sink, &tables, now, crate::lsn::Lsn::ZERO).await?;
+                    }
+                }
+            }
+            false
+        }
+    };
+    backfills.set_up_sinks(config.backfill.initial, &oids, resync)?;
+    let _wal_watch = AbortOnDrop(tokio::spawn(slot::watch_retained_wal(
+        plan.conninfo.clone(),
+        plan.slot.clone(),
+        config.source.retained_wal_warn_bytes,
+    )));
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let (supervisor, handle) = ractor::Actor::spawn(
         Some(format!("{}-supervisor", plan.name)),
@@ -544,51 +596,90 @@ pub async fn run(
         )
     })?;
     tokio::pin!(done_rx);
+    let watch = tables_watch::recreated(plan.clone());
+    tokio::pin!(watch);
     let fatal = tokio::select! {
-        _ = &mut shutdown => {
+        _ = shutdown.as_mut() => {
             let _ = supervisor.cast(supervisor::SupervisorMsg::Shutdown);
             (&mut done_rx).await.ok().flatten()
+        }
+        recreated = &mut watch => {
+            // Drained first: everything read so far is confirmed.
+            let _ = supervisor.cast(supervisor::SupervisorMsg::Shutdown);
+            (&mut done_rx).await.ok().flatten().or(Some(recreated))
         }
         fatal = &mut done_rx => fatal.ok().flatten(),
     };
     let _ = handle.await;
+    if let Some(api) = api {
+        api.stop().await;
+    }
     match fatal {
         Some(e) => Err(e),
         None => Ok(plan),
     }
 }
 
-/// Before a resync: every sink drops every configured table's documents, so
-/// rows deleted while the slot was lost do not stay in the indexes. (The
-/// backfill that follows writes the rest.)
-/// `at`: the new slot's start, above every position the sinks hold.
-async fn empty_every_index(
-    config: &Config,
+/// The source's current WAL position.
+async fn current_wal_lsn(plan: &PipelinePlan) -> Result<crate::lsn::Lsn> {
+    let client = plan.conninfo.connect_sql().await?;
+    let row = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Connection,
+                format!("reading the WAL position: {e}"),
+            )
+        })?;
+    row.get::<_, String>(0)
+        .parse()
+        .map_err(|_| Error::new(ErrorKind::Protocol, "the WAL position is not an LSN"))
+}
+
+/// Removes every document of `tables` from one sink, and the writes parked
+/// for them: before a resync (rows deleted while the slot was lost must not
+/// stay), and when a table was created again (the old rows are gone). The
+/// backfill that follows writes the rest.
+/// `at`: the truncates' position, above every position the sink holds;
+/// `commit_at`: the position to commit (for a resync, the new slot's start).
+async fn empty_tables(
     plan: &PipelinePlan,
+    sink: &SinkConfig,
+    tables: &[String],
     at: crate::lsn::Lsn,
+    commit_at: crate::lsn::Lsn,
 ) -> Result<()> {
     use change::{WriteAction, WriteOp};
-    let ops: Vec<WriteOp> = config
-        .tables
-        .iter()
-        .zip(config.table_names())
-        .map(|(table, name)| WriteOp {
-            index: config.index_for(table, &name).into(),
-            table: name.to_string().into(),
+    let mut ops = Vec::new();
+    for table in tables {
+        let Some(route) = plan.routes.get(table) else {
+            continue;
+        };
+        let truncate = WriteOp {
+            index: route.index.as_str().into(),
+            table: table.as_str().into(),
             id: String::new(),
             lsn: at,
             action: WriteAction::Truncate {
                 barrier: 0,
-                scoped: false,
+                scoped: route.shared,
             },
             routing: None,
-        })
-        .collect();
-    for sink in &config.sinks {
-        let mut target = crate::sink::build(sink, &plan.data_dir)?;
-        target.write(&ops).await?;
-        target.commit(at).await?;
-        tracing::warn!(sink = %sink.name, tables = ops.len(), "resync: emptied every table's documents");
+        };
+        match &plan.functions {
+            Some(functions) => ops.extend(functions.routes.truncates(&truncate)),
+            None => ops.push(truncate),
+        }
     }
+    let mut target = crate::sink::build(sink, &plan.data_dir)?;
+    if let Some(failed) = target.failed() {
+        for table in tables {
+            failed.discard_table(table, crate::lsn::Lsn(u64::MAX))?;
+        }
+    }
+    target.write(&ops).await?;
+    target.commit(commit_at).await?;
+    tracing::warn!(sink = %sink.name, tables = %tables.join(", "), "emptied the tables' documents before backfilling them again");
     Ok(())
 }

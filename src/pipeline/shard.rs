@@ -208,6 +208,9 @@ impl ShardState {
                 pending.iter().flatten().cloned().collect()
             };
             let ops = self.writes(routed, target)?;
+            if let Some(functions) = self.functions.as_mut() {
+                functions.wait_below_max_parked().await;
+            }
             n = n.max(
                 self.send_pieces(ops, piece, upto, credits, last, scope, target)
                     .await?,

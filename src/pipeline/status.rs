@@ -2,6 +2,7 @@
 //! streams, how often it restarted, and the positions it reached.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, PoisonError};
 
 use crate::lsn::Lsn;
 
@@ -13,6 +14,8 @@ pub struct PipelineStatus {
     confirmed: AtomicU64,
     /// Per sink (in configuration order): its committed position.
     committed: Vec<AtomicU64>,
+    /// Configured tables the catalog no longer has (dropped while streaming).
+    dropped: Mutex<Vec<String>>,
 }
 
 impl PipelineStatus {
@@ -22,6 +25,7 @@ impl PipelineStatus {
             restarts: AtomicU64::new(0),
             confirmed: AtomicU64::new(0),
             committed: (0..sinks).map(|_| AtomicU64::new(0)).collect(),
+            dropped: Mutex::new(Vec::new()),
         }
     }
 
@@ -50,6 +54,17 @@ impl PipelineStatus {
 
     pub fn confirmed(&self) -> Lsn {
         Lsn(self.confirmed.load(Relaxed))
+    }
+
+    pub fn set_dropped(&self, tables: Vec<String>) {
+        *self.dropped.lock().unwrap_or_else(PoisonError::into_inner) = tables;
+    }
+
+    pub fn dropped(&self) -> Vec<String> {
+        self.dropped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn sink_committed(&self, sink: usize) -> Lsn {

@@ -222,7 +222,9 @@ impl SupervisorState {
         let Some(e) = typed_error(error).filter(|e| !e.kind().is_retryable()) else {
             return false;
         };
-        tracing::error!(kind = ?e.kind(), "pipeline stopped: restarting cannot fix this: {e}");
+        if e.kind() != ErrorKind::TableRecreated {
+            tracing::error!(kind = ?e.kind(), "pipeline stopped: restarting cannot fix this: {e}");
+        }
         metrics::gauge!("sluice_pipeline_up").set(0.0);
         self.plan.status.set_streaming(false);
         self.fatal = Some(e.clone());
@@ -399,6 +401,7 @@ impl SupervisorState {
             downstream: filter,
             stats: stats.decoder.clone(),
             watermark_prefix: plan.watermark_prefix.clone(),
+            table_oids: plan.table_oids.clone(),
         };
         let decoder = self.spawn(myself, "decoder", Decoder, args).await?;
         if let Some(backfills) = &self.backfills {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::ack::AckMsg;
-use super::change::{Scope, WriteAction, WriteBatch, WriteOp};
+use super::change::{Scope, WriteAction, WriteBatch};
 use super::lane::Lane;
 use super::stats::StageStats;
 use crate::lsn::Lsn;
@@ -185,16 +185,12 @@ impl WriterState {
                     // Every shard passed the truncate: every index a route
                     // wrote to before it is in the record.
                     let ops = match &self.args.routes {
-                        Some(routes) if routes.is_routed(&op.table) => routes
-                            .indexes(&op.table)
-                            .into_iter()
-                            .map(|index| WriteOp {
-                                index: index.into(),
-                                ..op.clone()
-                            })
-                            .collect(),
-                        _ => batch.ops.to_vec(),
+                        Some(routes) => routes.truncates(op),
+                        None => batch.ops.to_vec(),
                     };
+                    if let Some(failed) = self.args.sink.failed() {
+                        failed.discard_table(&op.table, op.lsn)?;
+                    }
                     self.args.sink.write(&ops).await?;
                     self.dirty = true;
                     self.blocked.iter_mut().for_each(|b| *b = false);

@@ -35,6 +35,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::lsn::Lsn;
 use crate::pipeline::change::{WriteAction, WriteOp};
 
 /// The error given to writes parked behind an earlier failed write.
@@ -138,6 +139,24 @@ impl FailedStore {
             .map(|m| (m.index, m.id))
             .collect();
         self.seen = modified;
+    }
+
+    /// Discards the writes of `table` parked at positions below `below`:
+    /// a truncate (or the table created again) removed their documents, and
+    /// retried they would bring them back. Returns how many.
+    pub fn discard_table(&mut self, table: &str, below: Lsn) -> Result<usize> {
+        self.refresh();
+        if self.count == 0 {
+            return Ok(0);
+        }
+        let taken = take_at(&self.path, |m| {
+            m.table == table && m.lsn.parse::<Lsn>().is_ok_and(|lsn| lsn < below)
+        })?;
+        self.refresh();
+        if !taken.is_empty() {
+            tracing::warn!(sink = %self.sink, table, discarded = taken.len(), "parked writes discarded: their table was emptied since");
+        }
+        Ok(taken.len())
     }
 
     /// Whether messages wait in the journal for their retry.
@@ -481,7 +500,11 @@ pub fn take(
     sink: &str,
     select: impl Fn(&FailedMessage) -> bool,
 ) -> Result<Vec<FailedMessage>> {
-    let path = store_path(data_dir, sink);
+    take_at(&store_path(data_dir, sink), select)
+}
+
+fn take_at(path: &Path, select: impl Fn(&FailedMessage) -> bool) -> Result<Vec<FailedMessage>> {
+    let path = path.to_owned();
     if !path.exists() {
         return Ok(Vec::new());
     }

@@ -406,6 +406,18 @@ fn rand_suffix() -> u32 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// `run_to_end` off the async runtime, for a command such as `status`
+/// beside a running sluice.
+pub async fn cli(args: &[&str]) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_to_end(&args)
+    })
+    .await
+    .unwrap()
+}
+
 /// Runs sluice to completion and returns (exit code, stdout, stderr).
 pub fn run_to_end(args: &[&str]) -> (i32, String, String) {
     let out = sluice_command()

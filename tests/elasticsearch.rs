@@ -580,3 +580,35 @@ async fn documents_are_routed_by_a_key_column() {
     );
     assert!(sluice.stop().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_created_again_is_emptied_once_the_cluster_answers_again() {
+    let es = FakeElasticsearch::start(FakeOptions::default()).await;
+    let db = TestDb::new("es_recreated").await;
+    db.exec(PRODUCTS).await;
+    db.exec("INSERT INTO products (id, name) SELECT i, 'old' || i FROM generate_series(1, 100) i")
+        .await;
+    let config = db.config_with_sinks("[[tables]]\nname = \"products\"", "", &sink(&es.url(), ""));
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    assert_engine_equals_table(&db, &es, "products", "products").await;
+    assert!(sluice.stop().success());
+
+    db.exec(&format!("DROP TABLE products; {PRODUCTS}")).await;
+    db.exec("INSERT INTO products (id, name) SELECT i, 'new' || i FROM generate_series(1, 10) i")
+        .await;
+    // The cluster is down when sluice sets the new table up: it waits, and
+    // empties the old documents once the cluster answers.
+    es.update_faults(|f| f.dead = true);
+    let mut sluice = Sluice::run_config(&config);
+    let waiting = wait_until(Duration::from_secs(30), || async {
+        sluice.log_text().contains("the engine is unavailable, waiting")
+    })
+    .await;
+    assert!(waiting, "{}", sluice.log_text());
+    sluice.assert_running();
+    es.update_faults(|f| f.dead = false);
+    db.wait_streaming(&mut sluice).await;
+    assert_engine_equals_table(&db, &es, "products", "products").await;
+    assert!(sluice.stop().success());
+}

@@ -551,7 +551,10 @@ async fn run_once(
         slot::SlotOutcome::Resync(at) => {
             let all: Vec<String> = oids.keys().cloned().collect();
             for sink in &config.sinks {
-                empty_tables(&plan, sink, &all, at, at).await?;
+                let emptied = || empty_tables(&plan, sink, &all, at, at);
+                if !retrying(emptied, shutdown).await? {
+                    return Ok(plan);
+                }
             }
             true
         }
@@ -564,7 +567,11 @@ async fn run_once(
                 let now = current_wal_lsn(&plan).await?;
                 for (sink, tables) in recreated {
                     if let Some(sink) = config.sinks.iter().find(|s| s.name == sink) {
-                        empty_tables(&plan, sink, &tables, now, crate::lsn::Lsn::ZERO).await?;
+                        let zero = crate::lsn::Lsn::ZERO;
+                        let emptied = || empty_tables(&plan, sink, &tables, now, zero);
+                        if !retrying(emptied, shutdown).await? {
+                            return Ok(plan);
+                        }
                     }
                 }
             }
@@ -617,6 +624,37 @@ async fn run_once(
     match fatal {
         Some(e) => Err(e),
         None => Ok(plan),
+    }
+}
+
+/// Runs `attempt` until it succeeds, waiting out the errors a retry may fix
+/// (an engine that is down) with a growing pause; `false` when a stop
+/// request came first.
+async fn retrying<F, Fut>(
+    mut attempt: F,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Result<bool>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut pause = Duration::from_secs(1);
+    loop {
+        match attempt().await {
+            Ok(()) => return Ok(true),
+            Err(e) if e.kind().is_retryable() => {
+                tracing::error!(
+                    retry_in_ms = pause.as_millis() as u64,
+                    "setting the sinks up failed: {e}"
+                );
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.as_mut() => return Ok(false),
+        }
+        pause = (pause * 2).min(Duration::from_secs(30));
     }
 }
 

@@ -602,7 +602,9 @@ async fn a_table_created_again_is_emptied_once_the_cluster_answers_again() {
     es.update_faults(|f| f.dead = true);
     let mut sluice = Sluice::run_config(&config);
     let waiting = wait_until(Duration::from_secs(30), || async {
-        sluice.log_text().contains("the engine is unavailable, waiting")
+        sluice
+            .log_text()
+            .contains("the engine is unavailable, waiting")
     })
     .await;
     assert!(waiting, "{}", sluice.log_text());

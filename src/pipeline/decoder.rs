@@ -411,9 +411,7 @@ impl DecoderState {
             Some(&oid) if oid != rel.id => {}
             _ => return Ok(false),
         }
-        let now =
-            super::tables_watch::current_oids(&self.args.sql, std::iter::once(&*rel.qualified))
-                .await?;
+        let now = catalog::current_oids(&self.args.sql, std::iter::once(&*rel.qualified)).await?;
         if now.get(&*rel.qualified) == Some(&rel.id) {
             return Err(crate::error::Error::new(
                 crate::error::ErrorKind::TableRecreated,

@@ -564,7 +564,7 @@ async fn run_once(
                 // Above every position a sink holds, so no sink takes the
                 // truncate for one it already applied; the sinks' positions
                 // stay where they are.
-                let now = current_wal_lsn(&plan).await?;
+                let now = catalog::current_wal_lsn(&plan.conninfo.connect_sql().await?).await?;
                 for (sink, tables) in recreated {
                     if let Some(sink) = config.sinks.iter().find(|s| s.name == sink) {
                         let zero = crate::lsn::Lsn::ZERO;
@@ -656,23 +656,6 @@ where
         }
         pause = (pause * 2).min(Duration::from_secs(30));
     }
-}
-
-/// The source's current WAL position.
-async fn current_wal_lsn(plan: &PipelinePlan) -> Result<crate::lsn::Lsn> {
-    let client = plan.conninfo.connect_sql().await?;
-    let row = client
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Connection,
-                format!("reading the WAL position: {e}"),
-            )
-        })?;
-    row.get::<_, String>(0)
-        .parse()
-        .map_err(|_| Error::new(ErrorKind::Protocol, "the WAL position is not an LSN"))
 }
 
 /// Removes every document of `tables` from one sink, and the writes parked

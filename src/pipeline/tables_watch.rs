@@ -4,37 +4,16 @@
 //! table created again ends the watch, and `pipeline::run` sets the pipeline
 //! up again: its old documents removed, the new table backfilled.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, ErrorKind};
+use crate::postgres::catalog;
 
 use super::PipelinePlan;
 
 /// How often the catalog is read.
 pub const CHECK_EVERY: Duration = Duration::from_secs(2);
-
-/// The current oid of each table (`schema.table`); absent when dropped.
-pub async fn current_oids(
-    client: &tokio_postgres::Client,
-    tables: impl Iterator<Item = &str>,
-) -> Result<BTreeMap<String, u32>, Error> {
-    let names: Vec<&str> = tables.collect();
-    let rows = client
-        .query(
-            "SELECT n.nspname || '.' || c.relname, c.oid FROM pg_class c \
-             JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname || '.' || c.relname = ANY($1)",
-            &[&names],
-        )
-        .await
-        .map_err(|e| Error::new(ErrorKind::Connection, format!("reading the catalog: {e}")))?;
-    Ok(rows
-        .iter()
-        .map(|row| (row.get::<_, String>(0), row.get::<_, u32>(1)))
-        .collect())
-}
 
 /// Resolves with a `TableRecreated` error once a streamed table has another
 /// oid than when the pipeline was set up; until then, keeps the status's
@@ -48,7 +27,7 @@ pub async fn recreated(plan: Arc<PipelinePlan>) -> Error {
             client = plan.conninfo.connect_sql().await.ok();
         }
         let Some(c) = &client else { continue };
-        let now = match current_oids(c, plan.table_oids.keys().map(String::as_str)).await {
+        let now = match catalog::current_oids(c, plan.table_oids.keys().map(String::as_str)).await {
             Ok(now) => now,
             Err(_) => {
                 client = None;

@@ -404,6 +404,38 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>> 
     }))
 }
 
+/// The current oid of each table (`schema.table`); absent when dropped.
+pub async fn current_oids(
+    client: &Client,
+    tables: impl Iterator<Item = &str>,
+) -> Result<std::collections::BTreeMap<String, Oid>> {
+    let names: Vec<&str> = tables.collect();
+    let rows = client
+        .query(
+            "SELECT n.nspname || '.' || c.relname, c.oid FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname || '.' || c.relname = ANY($1)",
+            &[&names],
+        )
+        .await
+        .map_err(|e| sql_error("reading the streamed tables' oids failed", e))?;
+    Ok(rows
+        .iter()
+        .map(|row| (row.get::<_, String>(0), row.get::<_, Oid>(1)))
+        .collect())
+}
+
+/// The server's current WAL position.
+pub async fn current_wal_lsn(client: &Client) -> Result<crate::lsn::Lsn> {
+    let row = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(|e| sql_error("reading the WAL position failed", e))?;
+    row.get::<_, String>(0)
+        .parse()
+        .map_err(|_| Error::new(ErrorKind::Protocol, "the WAL position is not an LSN"))
+}
+
 /// The database system's identifier: it changes when the cluster is
 /// replaced (a restore from a base backup keeps it; initdb does not).
 pub async fn system_identifier(client: &Client) -> Result<String> {

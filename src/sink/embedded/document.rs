@@ -75,10 +75,19 @@ impl Parser {
             },
             Err(e) => Err(e.to_string()),
         };
-        self.tape = Some(tape.reset());
+        let tape = tape.reset();
+        if self.text.capacity() > KEEP_BYTES {
+            // A large document's buffers go with it, not kept for every row.
+            *self = Parser::default();
+        } else {
+            self.tape = Some(tape);
+        }
         doc
     }
 }
+
+/// The size of document up to which the parser keeps its buffers for the next.
+const KEEP_BYTES: usize = 1 << 20;
 
 /// `value` with every number a double cannot hold replaced by the largest
 /// double of its sign.
@@ -476,6 +485,12 @@ mod tests {
         for bad in ["[1, 2]", "\"text\"", "{\"a\": ", "{\"a\": 1} trailing"] {
             assert!(parser.document(&f, &op, bad).is_err(), "{bad}");
         }
+        assert!(parser.document(&f, &op, r#"{"ok":true}"#).is_ok());
+        assert!(parser.text.capacity() > 0, "a small row's buffer is kept");
+        // A large document's buffers are not kept for the rows after it.
+        let large = format!(r#"{{"body":"{}"}}"#, "word ".repeat(400_000));
+        assert!(parser.document(&f, &op, &large).is_ok());
+        assert_eq!(parser.text.capacity(), 0);
         assert!(parser.document(&f, &op, r#"{"ok":true}"#).is_ok());
     }
 }

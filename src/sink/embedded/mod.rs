@@ -4,6 +4,7 @@
 //! and skips changes it already holds. Other processes can read the indexes
 //! while sluice writes (`sluice search`).
 
+mod delete;
 mod directory;
 mod document;
 mod known;
@@ -33,7 +34,8 @@ use crate::pipeline::change::{WriteAction, WriteOp};
 use crate::sink::failed::{FailedMessage, FailedStore};
 use crate::sink::http::DEFAULT_MAX_PARKED;
 
-/// Deletes tantivy holds (about 0.5 kB each) before an early commit bounds them.
+/// Deletes tantivy holds (under 100 bytes each, see `delete`) before an
+/// early commit bounds them.
 const MAX_PENDING_DELETES: usize = 50_000;
 
 /// Memory the indexing thread of one index may use before it flushes a segment.
@@ -150,7 +152,7 @@ impl EmbeddedSink {
                 if (!*fresh || op.lsn <= index.replay_horizon)
                     && index.may_hold(&id_term, id_hash)?
                 {
-                    index.writer.delete_term(id_term);
+                    delete::delete_term(&index.writer, id_term);
                     index.pending_deletes += 1;
                 }
                 index.queue.wait_for_room();
@@ -162,13 +164,11 @@ impl EmbeddedSink {
                 index.known.insert(id_hash);
             }
             WriteAction::Delete => {
-                index.writer.delete_term(id_term);
+                delete::delete_term(&index.writer, id_term);
                 index.pending_deletes += 1;
             }
             WriteAction::Truncate { .. } => {
-                index
-                    .writer
-                    .delete_term(Term::from_field_text(f.table, &op.table));
+                delete::delete_term(&index.writer, Term::from_field_text(f.table, &op.table));
                 tracing::info!(index = %op.index, table = %op.table, "table truncated: its documents are removed");
             }
         }

@@ -26,11 +26,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use sluice::local_pg::{LocalPostgres, LocalPostgresOptions};
+use sluice::local_pg::LocalPostgres;
 use tokio_postgres::Client;
 
 mod common;
-use common::{proc_status_kb, tail, Guard};
+use common::{parse_lsn, proc_status_kb, tail, Guard, CREATE_TABLE, INSERT_ROWS};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -44,28 +44,6 @@ const USAGE: &str = "usage: cargo bench --bench backfill -- [--rows N] [--live-r
   --pipeline K=V  a [pipeline] setting for sluice (repeatable), e.g. max_bytes_in_flight=67108864
   --sink K=V      a setting of the benchmarked sink (repeatable), e.g. commit_interval_ms=50
                   (the embedded sink runs with commit_interval_ms=100 unless given)";
-
-const CREATE_TABLE: &str = "
-CREATE TABLE public.bench (
-    id bigint PRIMARY KEY,
-    name text NOT NULL,
-    description text NOT NULL,
-    price numeric(10, 2) NOT NULL,
-    active boolean NOT NULL,
-    updated_at timestamptz NOT NULL
-)";
-
-/// About 220 bytes per row, as in the e2e benchmark.
-const INSERT_ROWS: &str = "
-INSERT INTO public.bench
-SELECT i,
-       'Stainless steel kettle, 1.7 l, model ' || i,
-       'Fast-boil electric kettle with a concealed element, limescale filter, '
-           || '360 degree base and auto shut-off. Production batch ' || (i % 1000),
-       round((5 + (i % 10000) * 0.01)::numeric, 2),
-       i % 3 <> 0,
-       timestamptz '2024-05-01 10:20:30.123456+00' + i * interval '1 second'
-FROM generate_series($1::int8, $2::int8) AS i";
 
 /// Live changes alone before the backfill starts, for the baseline latency.
 const WARM_UP: Duration = Duration::from_secs(5);
@@ -96,15 +74,7 @@ impl Options {
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
-            let mut number = |name: &str| -> Result<u64> {
-                let value = args
-                    .next()
-                    .ok_or(format!("{name} needs a value\n{USAGE}"))?;
-                Ok(value
-                    .replace('_', "")
-                    .parse()
-                    .map_err(|_| format!("{name}: `{value}` is not a number\n{USAGE}"))?)
-            };
+            let mut number = |name: &str| common::number_arg(&mut args, name, USAGE);
             match arg.as_str() {
                 "--rows" => options.rows = number("--rows")?,
                 "--live-rate" => options.live_rate = number("--live-rate")?,
@@ -147,31 +117,14 @@ struct Run {
 }
 
 fn main() {
-    if let Err(error) = Options::parse().and_then(|options| run(&options)) {
-        eprintln!("\nbackfill benchmark FAILED: {error:?}");
-        std::process::exit(1);
-    }
+    common::exit_on_error(
+        "backfill",
+        Options::parse().and_then(|options| run(&options)),
+    );
 }
 
 fn run(options: &Options) -> Result<()> {
-    eprintln!("starting a throwaway Postgres ...");
-    let cluster = LocalPostgres::start(LocalPostgresOptions {
-        // Commits flushed at once, as on a production server: the
-        // walsender sends only flushed WAL (the throwaway server's default
-        // would hold it up to wal_writer_delay, 200 ms).
-        extra_settings: [
-            ("max_wal_size", "4GB"),
-            ("checkpoint_timeout", "30min"),
-            ("synchronous_commit", "on"),
-        ]
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .to_vec(),
-        ..Default::default()
-    })?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
+    let (cluster, runtime) = common::postgres_and_runtime()?;
     runtime.block_on(bench(&cluster, options))
 }
 
@@ -299,12 +252,6 @@ async fn time_copy(client: &Client) -> Result<(f64, u64)> {
         bytes += piece?.len() as u64;
     }
     Ok((started.elapsed().as_secs_f64(), bytes))
-}
-
-/// Parses `X/Y` into a number.
-fn parse_lsn(text: &str) -> Option<u64> {
-    let (hi, lo) = text.split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
 }
 
 /// Live changes waiting to be seen committed: (WAL position after the

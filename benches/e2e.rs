@@ -35,7 +35,7 @@ mod fakes;
 use tokio_postgres::Client;
 
 mod common;
-use common::{proc_status_kb, tail, Guard};
+use common::{proc_status_kb, tail, Guard, CREATE_TABLE, INSERT_ROWS};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -85,29 +85,6 @@ const USAGE: &str =
   --dead-sink      also time the null sink alone and next to a dead Elasticsearch sink
   --lua-transform  also time the null sink with a Lua transform function making each document";
 
-const CREATE_TABLE: &str = "
-CREATE TABLE public.bench (
-    id bigint PRIMARY KEY,
-    name text NOT NULL,
-    description text NOT NULL,
-    price numeric(10, 2) NOT NULL,
-    active boolean NOT NULL,
-    updated_at timestamptz NOT NULL
-);
-CREATE PUBLICATION bench FOR TABLE public.bench";
-
-/// About 220 bytes per row (`pg_column_size(t.*)`).
-const INSERT_ROWS: &str = "
-INSERT INTO public.bench
-SELECT i,
-       'Stainless steel kettle, 1.7 l, model ' || i,
-       'Fast-boil electric kettle with a concealed element, limescale filter, '
-           || '360 degree base and auto shut-off. Production batch ' || (i % 1000),
-       round((5 + (i % 10000) * 0.01)::numeric, 2),
-       i % 3 <> 0,
-       timestamptz '2024-05-01 10:20:30.123456+00' + i * interval '1 second'
-FROM generate_series($1::int8, $2::int8) AS i";
-
 struct Options {
     rows: u64,
     txn_rows: u64,
@@ -131,15 +108,7 @@ impl Options {
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
-            let mut number = |name: &str| -> Result<u64> {
-                let value = args
-                    .next()
-                    .ok_or(format!("{name} needs a value\n{USAGE}"))?;
-                Ok(value
-                    .replace('_', "")
-                    .parse()
-                    .map_err(|_| format!("{name}: `{value}` is not a number\n{USAGE}"))?)
-            };
+            let mut number = |name: &str| common::number_arg(&mut args, name, USAGE);
             match arg.as_str() {
                 "--rows" => options.rows = number("--rows")?,
                 "--txn-rows" => options.txn_rows = number("--txn-rows")?,
@@ -212,6 +181,9 @@ async fn bench(cluster: &LocalPostgres, options: &Options) -> Result<()> {
 
     // Schema, publication and every slot before the backlog: all decode the same WAL.
     client.batch_execute(CREATE_TABLE).await?;
+    client
+        .batch_execute("CREATE PUBLICATION bench FOR TABLE public.bench")
+        .await?;
     let mut slots = vec![SLOT_NULL];
     if !options.only_rss {
         slots.push(SLOT_RECV);

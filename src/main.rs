@@ -3,6 +3,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use sluice::cli::{self, Cli, Command};
 
+/// jemalloc hands memory freed after a burst (a large transaction, a
+/// backfill) back to the system within seconds; glibc's per-thread arenas
+/// kept about twice the live heap (`cargo bench --bench memory`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::init_logging(&cli);

@@ -81,6 +81,9 @@ pub struct FailedStore {
     /// (index, id) of every parked message and every message waiting for
     /// its retry.
     blocked: HashSet<(String, String)>,
+    /// `written_hash` of every parked message (not of those waiting for
+    /// their retry, which may be parked again).
+    parked: HashSet<u64>,
     /// Messages waiting for their retry (in the journal).
     retrying: usize,
     /// The sink's name, for metrics.
@@ -99,6 +102,7 @@ impl FailedStore {
         let mut store = FailedStore {
             path: store_path(data_dir, sink),
             blocked: HashSet::new(),
+            parked: HashSet::new(),
             retrying: 0,
             sink: sink.to_owned(),
             count: 0,
@@ -133,6 +137,7 @@ impl FailedStore {
         // From the start, also after a restart.
         metrics::gauge!("sluice_sink_parked_messages", "sink" => self.sink.clone())
             .set(self.count as f64);
+        self.parked = messages.iter().map(FailedMessage::written_hash).collect();
         self.blocked = messages
             .into_iter()
             .chain(retrying)
@@ -179,11 +184,18 @@ impl FailedStore {
         self.count == 0
     }
 
-    /// Parks a message durably.
+    /// Parks a message durably. A write parked already, as it was (read
+    /// again after a restart, refused again), is not parked twice.
     pub fn park(&mut self, message: &FailedMessage) -> Result<()> {
         let mut message = message.clone();
         if message.key.is_empty() {
             message.key = message.derived_key();
+        }
+        let written = message.written_hash();
+        // Taken out since (a retry, a discard): parked again.
+        self.refresh();
+        if self.parked.contains(&written) {
+            return Ok(());
         }
         let mut line = serde_json::to_vec(&message).expect("failed messages serialize");
         line.push(b'\n');
@@ -200,6 +212,7 @@ impl FailedStore {
         })?;
         self.seen = self.file_state();
         self.count += 1;
+        self.parked.insert(written);
         self.blocked
             .insert((message.index.clone(), message.id.clone()));
         metrics::counter!("sluice_sink_failed_messages_total", "sink" => message.sink.clone())
@@ -292,6 +305,26 @@ impl FailedStore {
 }
 
 impl FailedMessage {
+    /// A hash of the write itself: its key and its document. Two writes of
+    /// one transaction to one document share a key but not a document.
+    fn written_hash(&self) -> u64 {
+        let key = if self.key.is_empty() {
+            self.derived_key()
+        } else {
+            self.key.clone()
+        };
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        hasher.update(key.as_bytes());
+        match &self.document {
+            Some(document) => {
+                hasher.update(b"\x01");
+                hasher.update(document.as_bytes());
+            }
+            None => hasher.update(b"\x00"),
+        }
+        hasher.digest()
+    }
+
     /// The key of the write this message stands for: the same whenever the
     /// same write is parked (retried and parked again, too).
     pub fn derived_key(&self) -> String {
@@ -691,8 +724,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = FailedStore::new(dir.path(), "es");
         assert!(list(dir.path(), "es").unwrap().is_empty());
-        for id in ["1", "2", "1"] {
-            store.park(&message(id)).unwrap();
+        for (id, lsn) in [("1", 5), ("2", 5), ("1", 6)] {
+            store
+                .park(&FailedMessage {
+                    lsn: Lsn(lsn).to_string(),
+                    ..message(id)
+                })
+                .unwrap();
         }
         assert!(store.is_blocked("items", "1"));
         assert!(!store.is_blocked("items", "3"));
@@ -750,6 +788,33 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["es.jsonl", "es.jsonl.lock"]);
+    }
+
+    #[test]
+    fn a_write_read_again_after_a_restart_is_not_parked_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        FailedStore::new(dir.path(), "es")
+            .park(&message("1"))
+            .unwrap();
+        // After a restart the stream sends the write again.
+        let mut store = FailedStore::new(dir.path(), "es");
+        store.park(&message("1")).unwrap();
+        store
+            .park(&FailedMessage {
+                error: WAITING_BEHIND.into(),
+                ..message("1")
+            })
+            .unwrap();
+        assert_eq!(list(dir.path(), "es").unwrap().len(), 1);
+        assert_eq!(store.len(), 1);
+        // A later write of the same transaction to the document is another write.
+        store
+            .park(&FailedMessage {
+                document: Some(r#"{"v":2}"#.into()),
+                ..message("1")
+            })
+            .unwrap();
+        assert_eq!(list(dir.path(), "es").unwrap().len(), 2);
     }
 
     #[test]

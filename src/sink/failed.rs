@@ -308,10 +308,9 @@ impl FailedMessage {
     /// A hash of the write itself: its key and its document. Two writes of
     /// one transaction to one document share a key but not a document.
     fn written_hash(&self) -> u64 {
-        let key = if self.key.is_empty() {
-            self.derived_key()
-        } else {
-            self.key.clone()
+        let key = match self.key.is_empty() {
+            true => std::borrow::Cow::Owned(self.derived_key()),
+            false => std::borrow::Cow::Borrowed(&self.key),
         };
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         hasher.update(key.as_bytes());

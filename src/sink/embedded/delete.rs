@@ -5,10 +5,11 @@
 //! `IndexWriter::delete_term` queues a term query's weight, which carries a
 //! scoring table of 256 floats even with scoring off: over 1 kB a delete, so
 //! the 50,000 deletes of one large update held 44 MB until the commit. An
-//! [`IdDelete`] queues its term alone (under 100 bytes) and builds the term
-//! query's weight for one segment at a time when the commit applies it.
+//! [`IdDelete`] queues its term alone (under 100 bytes) and, when the commit
+//! applies it, reads the term's postings in each segment: no weight is built
+//! per delete or per segment.
 
-use tantivy::query::{EnableScoring, Explanation, Query, Scorer, TermQuery, Weight};
+use tantivy::query::{ConstScorer, EmptyScorer, EnableScoring, Explanation, Query, Scorer, Weight};
 use tantivy::schema::IndexRecordOption;
 use tantivy::{DocId, IndexWriter, Opstamp, Score, SegmentReader, Term};
 
@@ -31,20 +32,25 @@ impl Query for IdDelete {
 
 struct IdWeight(Term);
 
-impl IdWeight {
-    fn term_weight(&self, reader: &SegmentReader) -> tantivy::Result<impl Weight> {
-        TermQuery::new(self.0.clone(), IndexRecordOption::Basic)
-            .specialized_weight(EnableScoring::disabled_from_schema(reader.schema()))
-    }
-}
-
 impl Weight for IdWeight {
     fn scorer(&self, reader: &SegmentReader, boost: Score) -> tantivy::Result<Box<dyn Scorer>> {
-        self.term_weight(reader)?.scorer(reader, boost)
+        let postings = reader
+            .inverted_index(self.0.field())?
+            .read_postings(&self.0, IndexRecordOption::Basic)?;
+        Ok(match postings {
+            Some(postings) => Box::new(ConstScorer::new(postings, boost)),
+            None => Box::new(EmptyScorer),
+        })
     }
 
     fn explain(&self, reader: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {
-        self.term_weight(reader)?.explain(reader, doc)
+        let mut scorer = self.scorer(reader, 1.0)?;
+        if scorer.seek(doc) != doc {
+            return Err(tantivy::TantivyError::InvalidArgument(format!(
+                "document {doc} does not hold the term"
+            )));
+        }
+        Ok(Explanation::new("id delete", scorer.score()))
     }
 }
 
@@ -52,7 +58,7 @@ impl Weight for IdWeight {
 mod tests {
     use super::*;
     use tantivy::collector::Count;
-    use tantivy::query::AllQuery;
+    use tantivy::query::{AllQuery, TermQuery};
     use tantivy::schema::{Schema, STRING};
     use tantivy::{doc, Index, TantivyDocument};
 

@@ -105,6 +105,7 @@ fn change() -> Change {
         seq: 3,
         xid: 0,
         fill_unchanged: false,
+        retry: false,
         annotations: None,
     }
 }

@@ -511,3 +511,109 @@ async fn a_failed_call_holds_back_its_rows_changes_pauses_past_the_maximum_and_i
     );
     assert!(sluice.stop().success());
 }
+
+const FAILING_ROUTE: &str = r#"
+[[tables]]
+name = "things"
+route = "by_tenant"
+
+[functions.by_tenant]
+kind = "route"
+code = '''
+function route(action, record)
+  if record.name == "boom" then error("cannot route boom") end
+  return "things_" .. record.tenant
+end
+'''
+
+[api]
+listen = "127.0.0.1:0"
+"#;
+
+/// The ids in each of the indexes `things_x` and `things_y`, with names.
+fn things(db: &TestDb) -> [Vec<(String, Value)>; 2] {
+    ["things_x", "things_y"].map(|index| {
+        documents(&db.data_dir(), index, "id")
+            .into_iter()
+            .map(|(id, doc)| (id, doc["name"].clone()))
+            .collect()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_call_of_a_row_deleted_or_moved_since_leaves_no_document_behind() {
+    let db = TestDb::new("functions_retry_gone").await;
+    db.exec(
+        "CREATE TABLE things (id int PRIMARY KEY, name text NOT NULL, tenant text NOT NULL);
+         ALTER TABLE things REPLICA IDENTITY FULL;
+         INSERT INTO things VALUES (1, 'a', 'x'), (2, 'b', 'y'), (3, 'c', 'x'), (4, 'd', 'y');",
+    )
+    .await;
+    let config = db.config(FAILING_ROUTE, "");
+    let config_arg = config.to_str().unwrap().to_owned();
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    let ids =
+        |db: &TestDb| things(db).map(|docs| docs.into_iter().map(|(id, _)| id).collect::<Vec<_>>());
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            ids(&db) == [vec!["1", "3"], vec!["2", "4"]]
+        })
+        .await,
+        "{:?}\n{}",
+        things(&db),
+        sluice.log_text()
+    );
+
+    // The route fails on three rows; while their calls are parked, one row
+    // is deleted and one moves to the other index (both wait behind).
+    db.exec("UPDATE things SET name = 'boom' WHERE id IN (1, 2, 3)")
+        .await;
+    db.exec("DELETE FROM things WHERE id = 1").await;
+    db.exec("UPDATE things SET tenant = 'y', name = 'moved' WHERE id = 3")
+        .await;
+    assert!(
+        wait_until(Duration::from_secs(30), || async { failed(&db).len() == 5 }).await,
+        "{:?}\n{}",
+        failed(&db),
+        sluice.log_text()
+    );
+    assert!(sluice.stop().success());
+
+    // Fixed and retried: every index ends as the route says for the rows now.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("record.name == \"boom\"", "false")).unwrap();
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    let (code, out, err) = cli(&[
+        "failed",
+        "retry",
+        "--config",
+        &config_arg,
+        "--sink",
+        "@functions",
+        "--all",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let expected = [
+        vec![],
+        vec![
+            ("2".to_owned(), json!("boom")),
+            ("3".to_owned(), json!("moved")),
+            ("4".to_owned(), json!("d")),
+        ],
+    ];
+    let retried = wait_until(Duration::from_secs(30), || async {
+        things(&db) == expected && failed(&db).is_empty()
+    })
+    .await;
+    assert!(
+        retried,
+        "{:?} {:?}\n{}",
+        things(&db),
+        failed(&db),
+        sluice.log_text()
+    );
+    assert!(sluice.stop().success());
+}

@@ -383,8 +383,9 @@ async fn retry_failed(
 /// Retries parked function calls by backfilling their rows into every
 /// sink: the current functions run on each row as it is now, in order with
 /// its live changes (a backfill's windows), and a call that fails again is
-/// parked again. The calls of each chosen row, and the changes parked behind
-/// them, leave the store once the backfills are started. Returns how many.
+/// parked again; a row no longer in the table has its document deleted.
+/// The calls of each chosen row, and the changes parked behind them, leave
+/// the store once the backfills are started. Returns how many.
 async fn retry_function_calls(
     state: &AppState,
     select: impl Fn(&crate::sink::failed::FailedMessage) -> bool,
@@ -412,9 +413,9 @@ async fn retry_function_calls(
     {
         ids.entry(m.table.clone()).or_default().insert(m.id.clone());
     }
-    let conditions = ids
+    let requests = ids
         .iter()
-        .map(|(table, ids)| Ok((table, rows_condition(state, table, ids)?)))
+        .map(|(table, ids)| Ok((table, exact_rows(state, table, ids)?)))
         .collect::<Result<Vec<_>, ApiError>>()?;
     // Out of the store first: the rows' backfilled changes must not wait
     // behind the calls they retry.
@@ -422,11 +423,11 @@ async fn retry_function_calls(
         rows.contains(&(m.index.clone(), m.id.clone()))
     })
     .map_err(unavailable)?;
-    for (table, condition) in &conditions {
+    for (table, rows) in &requests {
         for sink in &state.plan.sinks {
             if let Err(e) = state
                 .backfills
-                .create(&sink.name, table, Some(condition))
+                .create_rows(&sink.name, table, rows.clone())
                 .await
             {
                 // Kept as they were, to be retried again.
@@ -441,13 +442,13 @@ async fn retry_function_calls(
     Ok(taken.len())
 }
 
-/// A backfill condition matching the rows of `table` with document `ids`
-/// (key values joined by `pipeline.key_separator`).
-fn rows_condition(
+/// The rows of `table` with document `ids` (key values joined by
+/// `pipeline.key_separator`), by key.
+fn exact_rows(
     state: &AppState,
     table: &str,
     ids: &std::collections::BTreeSet<String>,
-) -> Result<String, ApiError> {
+) -> Result<crate::backfill::ExactRows, ApiError> {
     let invalid = |message: String| ApiError::new(StatusCode::CONFLICT, "conflict", message);
     let key = state
         .plan
@@ -459,30 +460,27 @@ fn rows_condition(
                 "table {table} is not streamed, or has no key: backfill its rows instead"
             ))
         })?;
-    let literal = |value: &str| format!("'{}'", value.replace('\'', "''"));
-    let column = |name: &str| crate::config::quote_ident(name);
-    if let [only] = key.as_slice() {
-        let values: Vec<String> = ids.iter().map(|id| literal(id)).collect();
-        return Ok(format!("{} in ({})", column(only), values.join(", ")));
-    }
     let separator = &state.plan.key_separator;
-    let mut alternatives = Vec::with_capacity(ids.len());
+    let mut keys = Vec::with_capacity(ids.len());
     for id in ids {
-        let values: Vec<&str> = id.split(separator.as_str()).collect();
+        let values: Vec<String> = if let [_] = key.as_slice() {
+            vec![id.clone()]
+        } else {
+            id.split(separator.as_str()).map(str::to_owned).collect()
+        };
         if values.len() != key.len() {
             return Err(invalid(format!(
                 "the document id {id:?} of table {table} does not split into its key ({}): backfill the row instead",
                 key.join(", ")
             )));
         }
-        let terms: Vec<String> = key
-            .iter()
-            .zip(values)
-            .map(|(k, v)| format!("{} = {}", column(k), literal(v)))
-            .collect();
-        alternatives.push(format!("({})", terms.join(" and ")));
+        keys.push(values);
     }
-    Ok(alternatives.join(" or "))
+    Ok(crate::backfill::ExactRows {
+        columns: key,
+        keys,
+        done: 0,
+    })
 }
 
 async fn backfills(State(state): State<AppState>) -> Json<Vec<View>> {

@@ -26,8 +26,8 @@ pub struct TableShape {
     /// Positions of the key columns (primary key or replica identity index)
     /// in `rel.columns`: the pagination order.
     pub key_columns: Vec<usize>,
-    /// SQL types of the key columns, for the cursor's literals.
-    key_types: Vec<String>,
+    /// SQL types of the columns in `rel.columns`' order, for literals.
+    types: Vec<String>,
 }
 
 impl TableShape {
@@ -40,11 +40,66 @@ impl TableShape {
 
     /// The key values of `row` as text, to resume after it.
     pub fn cursor_of(&self, row: &Tuple) -> Vec<String> {
-        self.key_columns
+        values_of(row, &self.key_columns)
+    }
+
+    /// The positions of the columns `names`.
+    pub fn positions(&self, names: &[String]) -> Result<Vec<usize>, BackfillError> {
+        names
             .iter()
-            .map(|&i| String::from_utf8_lossy(row.value(i).unwrap_or_default()).into_owned())
+            .map(|name| {
+                self.rel.column_index(name).ok_or_else(|| {
+                    BackfillError::Invalid(format!("table {} has no column {name}", self.rel.name))
+                })
+            })
             .collect()
     }
+
+    /// The value `text` as a literal of column `column`'s type.
+    fn literal_of(&self, column: usize, text: &str) -> String {
+        format!("{}::{}", literal(text), self.types[column])
+    }
+
+    /// A condition matching the rows whose `columns` hold one of `keys`.
+    pub fn rows_condition(&self, columns: &[usize], keys: &[Vec<String>]) -> String {
+        let row = |key: &Vec<String>| -> String {
+            let values: Vec<String> = columns
+                .iter()
+                .zip(key)
+                .map(|(&column, value)| self.literal_of(column, value))
+                .collect();
+            format!("({})", values.join(", "))
+        };
+        let names: Vec<String> = columns
+            .iter()
+            .map(|&i| quote_ident(&self.rel.columns[i].name))
+            .collect();
+        let rows: Vec<String> = keys.iter().map(row).collect();
+        format!("({}) IN ({})", names.join(", "), rows.join(", "))
+    }
+
+    /// A row of the table holding only `values` in `columns`, NULL in the
+    /// others: a row that is gone, as a delete carries its key.
+    pub fn key_row(&self, columns: &[usize], values: &[String]) -> Tuple {
+        let mut data = BytesMut::new();
+        let mut cells = vec![column(true, 0, 0); self.rel.columns.len()];
+        for (&at, value) in columns.iter().zip(values) {
+            cells[at] = column(false, data.len(), value.len());
+            data.extend_from_slice(value.as_bytes());
+        }
+        Tuple {
+            data: data.freeze(),
+            columns: cells,
+        }
+    }
+}
+
+/// The values of `columns` of `row` as text.
+pub fn values_of(row: &Tuple, columns: &[usize]) -> Vec<String> {
+    columns
+        .iter()
+        .map(|&i| String::from_utf8_lossy(row.value(i).unwrap_or_default()).into_owned())
+        .collect()
 }
 
 /// The table's OID and replica identity, its columns (name, type OID and
@@ -109,7 +164,6 @@ async fn shape_of(
     };
     let mut infos = Vec::with_capacity(names.len());
     let mut key_columns = Vec::new();
-    let mut key_types = Vec::new();
     for name in &key {
         let Some(at) = names.iter().position(|n| n == name) else {
             return Err(BackfillError::Invalid(format!(
@@ -117,7 +171,6 @@ async fn shape_of(
             )));
         };
         key_columns.push(at);
-        key_types.push(type_names[at].clone());
     }
     for (i, (name, type_oid)) in names.into_iter().zip(oids).enumerate() {
         infos.push(ColumnInfo {
@@ -144,7 +197,7 @@ async fn shape_of(
             replica_identity,
         }),
         key_columns,
-        key_types,
+        types: type_names,
     })
 }
 
@@ -176,8 +229,8 @@ pub fn select(
     if let Some(cursor) = cursor {
         let values: Vec<String> = cursor
             .iter()
-            .zip(&shape.key_types)
-            .map(|(value, ty)| format!("{}::{ty}", literal(value)))
+            .zip(&shape.key_columns)
+            .map(|(value, &column)| shape.literal_of(column, value))
             .collect();
         conditions.push(format!("({}) > ({})", keys.join(", "), values.join(", ")));
     }
@@ -665,7 +718,7 @@ mod tests {
                 replica_identity: ReplicaIdentity::Default,
             }),
             key_columns: vec![0, 1],
-            key_types: vec!["text".into(), "bigint".into()],
+            types: vec!["text".into(), "bigint".into(), "text".into()],
         };
         assert_eq!(
             select(&shape, None, None, 10),
@@ -680,5 +733,13 @@ mod tests {
             ),
             r#"SELECT "tenant", "id", "note" FROM "public"."Order Lines" WHERE ("tenant", "id") > ('o''k'::text, '7'::bigint) AND (note <> '') ORDER BY "tenant", "id" LIMIT 5"#
         );
+        let keys = [vec!["a".into(), "7".into()], vec!["o'k".into(), "8".into()]];
+        assert_eq!(
+            shape.rows_condition(&[0, 1], &keys),
+            r#"("tenant", "id") IN (('a'::text, '7'::bigint), ('o''k'::text, '8'::bigint))"#
+        );
+        let gone = shape.key_row(&[1, 0], &keys[1]);
+        assert_eq!(values_of(&gone, &[1, 0]), keys[1]);
+        assert_eq!(gone.kind(2), ColumnKind::Null);
     }
 }

@@ -13,7 +13,9 @@ use tokio::task::AbortHandle;
 
 use super::progress::Progress;
 use super::store::Store;
-use super::{chunk, condition, now_ms, Backfill, BackfillError, Settings, State, TableProgress};
+use super::{
+    chunk, condition, now_ms, Backfill, BackfillError, ExactRows, Settings, State, TableProgress,
+};
 use crate::config::TableName;
 use crate::error::Result;
 use crate::lsn::Lsn;
@@ -186,6 +188,7 @@ impl Manager {
                         rows_done: 0,
                         rows_estimated: None,
                         cursor: None,
+                        rows: None,
                         done: false,
                     })
                     .collect();
@@ -242,6 +245,27 @@ impl Manager {
         table: &str,
         condition: Option<&str>,
     ) -> Result<View, BackfillError> {
+        self.start(sink, table, condition, None).await
+    }
+
+    /// Starts a backfill of exactly `rows` of `table` into `sink`: those in
+    /// the table are written, those no longer in it are deleted.
+    pub async fn create_rows(
+        self: &Arc<Self>,
+        sink: &str,
+        table: &str,
+        rows: ExactRows,
+    ) -> Result<View, BackfillError> {
+        self.start(sink, table, None, Some(rows)).await
+    }
+
+    async fn start(
+        self: &Arc<Self>,
+        sink: &str,
+        table: &str,
+        condition: Option<&str>,
+        rows: Option<ExactRows>,
+    ) -> Result<View, BackfillError> {
         if !self.sinks.iter().any(|s| s == sink) {
             return Err(BackfillError::NotFound(format!(
                 "there is no sink named `{sink}` (sinks: {})",
@@ -269,7 +293,19 @@ impl Manager {
         let sql = condition
             .map(|c| condition::for_table(c, &shape))
             .transpose()?;
-        let estimate = estimate(&client, &name, sql.as_deref()).await?;
+        let estimate = match &rows {
+            Some(rows) => {
+                let columns = shape.positions(&rows.columns)?;
+                if let Some(key) = rows.keys.iter().find(|k| k.len() != columns.len()) {
+                    return Err(BackfillError::Invalid(format!(
+                        "the key {key:?} of table {name} does not have a value for each of its columns ({})",
+                        rows.columns.join(", ")
+                    )));
+                }
+                rows.keys.len() as u64
+            }
+            None => estimate(&client, &name, sql.as_deref()).await?,
+        };
         let mut inner = self.lock();
         // Checked again: another request may have taken the table meanwhile.
         self.conflict_in(&inner, sink, &name)?;
@@ -280,6 +316,7 @@ impl Manager {
             rows_estimated: Some(estimate),
             cursor: None,
             done: false,
+            rows,
         }];
         let backfill = self
             .insert(&mut inner, sink, tables, false)
@@ -478,19 +515,20 @@ impl Manager {
         Ok(next)
     }
 
-    /// Records a chunk committed by the sink: its rows and the cursor after it.
+    /// Records a chunk committed by the sink: its rows, and where the next
+    /// one starts (`advance` moves the table's cursor past the chunk).
     pub(super) fn chunk_done(
         &self,
         id: u64,
         table: usize,
-        cursor: Vec<String>,
         rows: u64,
+        advance: impl FnOnce(&mut TableProgress),
     ) -> Result<()> {
         let backfill = self.update(id, |b| {
             b.chunks += 1;
             let t = &mut b.tables[table];
             t.rows_done += rows;
-            t.cursor = Some(cursor);
+            advance(t);
         })?;
         let rows_done = backfill.rows_done();
         let table_name = &backfill.tables[table].table;

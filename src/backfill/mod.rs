@@ -186,6 +186,24 @@ pub struct TableProgress {
     #[serde(default)]
     pub cursor: Option<Vec<String>>,
     pub done: bool,
+    /// Only these rows, each by its key, when the backfill retries rows
+    /// (parked function calls) rather than reading the table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<ExactRows>,
+}
+
+/// The rows a backfill of exact rows asks for. A row asked for that is not
+/// in the table is gone: its document is removed, in the window of the
+/// chunk that did not find it (so a change of the key in the window wins).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExactRows {
+    /// The columns whose values identify a row: the table's `key`.
+    pub columns: Vec<String>,
+    /// Each row's values of `columns`, as text.
+    pub keys: Vec<Vec<String>>,
+    /// How many of `keys`, from the first, are done.
+    #[serde(default)]
+    pub done: usize,
 }
 
 /// A backfill, as stored and as the API shows it.
@@ -295,6 +313,9 @@ pub struct Chunk {
     pub copy: bytes::Bytes,
     pub snapshot: crate::postgres::snapshot::Snapshot,
     pub credit: Option<Credit>,
+    /// For a backfill of exact rows: the rows it asked for and did not
+    /// find, each with only its key (their documents are deleted).
+    pub gone: Option<Vec<crate::postgres::pgoutput::Tuple>>,
     pub reply: oneshot::Sender<ChunkOutcome>,
 }
 

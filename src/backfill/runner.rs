@@ -7,23 +7,27 @@
 //! at most those again. Chunks grow or shrink so that their SELECT takes
 //! about the configured time, up to the configured most rows.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::chunk::{ChunkReader, TableShape};
+use super::chunk::{parse_copy, values_of, ChunkReader, ReadChunk, TableShape};
 use super::manager::{estimate, Manager, RunContext};
 use super::window::{Mark, Marker};
-use super::{condition, BackfillError, Chunk, ChunkOutcome, State};
+use super::{condition, BackfillError, Chunk, ChunkOutcome, ExactRows, State};
 use crate::config::TableName;
 use crate::lsn::Lsn;
 use crate::pipeline::decoder::DecoderMsg;
+use crate::postgres::pgoutput::Tuple;
 
 /// The first wait after a failed attempt; doubles up to `MAX_BACKOFF`.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The keys a chunk of a backfill of exact rows asks for.
+const KEYS_PER_CHUNK: usize = 1_000;
 
 /// A chunk handed to the decoder, waiting for its high watermark and for the
 /// sink to commit it.
@@ -199,6 +203,9 @@ impl Reader<'_> {
         let target = &backfill.tables[i];
         let name = TableName::parse(&target.table).map_err(BackfillError::Invalid)?;
         let shape = self.chunks.describe(&name).await?;
+        if let Some(rows) = &target.rows {
+            return self.exact(i, &shape, rows).await;
+        }
         let condition = target
             .condition
             .as_deref()
@@ -210,7 +217,7 @@ impl Reader<'_> {
         let mut exhausted = false;
         let mut stopping = false;
         tracing::info!(backfill = self.id, sink = %backfill.sink, table = %name, resumed = next.is_some(), "backfilling table");
-        self.mark(Mark::Start, Some(&shape)).await?;
+        self.mark_start(&shape, &shape.key_columns).await?;
         loop {
             while !exhausted
                 && !stopping
@@ -237,12 +244,12 @@ impl Reader<'_> {
                 break;
             };
             match self.settle(&mut head).await {
-                Settled::Committed => {
-                    store(
-                        self.manager
-                            .chunk_done(self.id, i, head.last, head.rows as u64),
-                    )?
-                }
+                Settled::Committed => store(self.manager.chunk_done(
+                    self.id,
+                    i,
+                    head.rows as u64,
+                    |t| t.cursor = Some(head.last),
+                ))?,
                 Settled::Retry => {
                     // Not vouched for: let the chunks after it go (their rows
                     // are harmless, but the cursor cannot pass this one), and
@@ -255,18 +262,81 @@ impl Reader<'_> {
                         .current(self.id)
                         .and_then(|b| b.tables[i].cursor.clone());
                     exhausted = false;
-                    self.mark(Mark::Start, Some(&shape)).await?;
+                    self.mark_start(&shape, &shape.key_columns).await?;
                 }
                 Settled::Unreadable(reason) => return Err(BackfillError::Database(reason)),
                 Settled::Stopped => return Ok(Ended::Stopped),
             }
         }
-        self.mark(Mark::End, None).await?;
+        self.mark_chunk(Mark::End, self.chunk_number).await?;
         Ok(if stopping {
             Ended::Stopped
         } else {
             Ended::Completed
         })
+    }
+
+    /// Reads the rows of table number `i` that a backfill of exact rows asks
+    /// for, `KEYS_PER_CHUNK` keys a chunk, one chunk at a time (such a
+    /// backfill retries a few rows). A key whose row the chunk's snapshot
+    /// does not hold is handed over as gone: its document is deleted in the
+    /// chunk's window, unless a change of that key in the window wins.
+    async fn exact(
+        &mut self,
+        i: usize,
+        shape: &TableShape,
+        rows: &ExactRows,
+    ) -> Result<Ended, BackfillError> {
+        let columns = shape.positions(&rows.columns)?;
+        let mut done = rows.done;
+        tracing::info!(backfill = self.id, table = %shape.rel.name, rows = rows.keys.len() - done.min(rows.keys.len()), "backfilling rows by key");
+        // The window tells changes apart by the columns the keys are of.
+        self.mark_start(shape, &columns).await?;
+        while done < rows.keys.len() {
+            if self.manager.current(self.id).map(|b| b.state) != Some(State::Running) {
+                self.mark_chunk(Mark::End, self.chunk_number).await?;
+                return Ok(Ended::Stopped);
+            }
+            let keys = &rows.keys[done..(done + KEYS_PER_CHUNK).min(rows.keys.len())];
+            self.chunk_number += 1;
+            let number = self.chunk_number;
+            let started = Instant::now();
+            let condition = shape.rows_condition(&columns, keys);
+            let read = self
+                .chunks
+                .read(&shape.rel.name, None, Some(&condition), keys.len())
+                .await?;
+            let at = read.shape.positions(&rows.columns)?;
+            let found: HashSet<Vec<String>> = parse_copy(&read.copy, read.shape.rel.columns.len())?
+                .iter()
+                .map(|row| values_of(row, &at))
+                .collect();
+            let gone: Vec<Tuple> = keys
+                .iter()
+                .filter(|key| !found.contains(*key))
+                .map(|key| read.shape.key_row(&at, key))
+                .collect();
+            let handed = self.hand_over(number, read, at, Some(gone), started);
+            let Some(mut chunk) = handed.await? else {
+                return Ok(Ended::Stopped);
+            };
+            match self.settle(&mut chunk).await {
+                Settled::Committed => {
+                    done += keys.len();
+                    store(self.manager.chunk_done(self.id, i, keys.len() as u64, |t| {
+                        if let Some(rows) = t.rows.as_mut() {
+                            rows.done = done;
+                        }
+                    }))?;
+                }
+                // Read again, after a fresh start mark.
+                Settled::Retry => self.mark_start(shape, &columns).await?,
+                Settled::Unreadable(reason) => return Err(BackfillError::Database(reason)),
+                Settled::Stopped => return Ok(Ended::Stopped),
+            }
+        }
+        self.mark_chunk(Mark::End, self.chunk_number).await?;
+        Ok(Ended::Completed)
     }
 
     /// Reads the chunk after `cursor` and hands it to the decoder between its
@@ -297,10 +367,39 @@ impl Reader<'_> {
             )));
         }
         let rows = read.rows;
-        let Some(last) = read.last else {
+        if read.last.is_none() {
             return Ok(Read::Empty);
-        };
+        }
         self.adapt(select, rows == limit);
+        let key_columns = read.shape.key_columns.clone();
+        Ok(
+            match self
+                .hand_over(number, read, key_columns, None, started)
+                .await?
+            {
+                Some(chunk) => Read::Sent {
+                    chunk,
+                    full: rows == limit,
+                },
+                None => Read::Stopped,
+            },
+        )
+    }
+
+    /// Hands chunk `number` (its rows as read, and for a backfill of exact
+    /// rows those asked for that are `gone`) to the decoder and writes its
+    /// high watermark. The window tells the chunk's rows apart by
+    /// `key_columns`. `None` when the pipeline stopped.
+    async fn hand_over(
+        &mut self,
+        number: u64,
+        read: ReadChunk,
+        key_columns: Vec<usize>,
+        gone: Option<Vec<Tuple>>,
+        started: Instant,
+    ) -> Result<Option<InFlight>, BackfillError> {
+        let rows = read.rows + gone.as_ref().map_or(0, Vec::len);
+        let last = read.last.unwrap_or_default();
         let (credit, _) = self.context.flow.acquire(read.copy.len() as u64).await;
         let (reply, outcome) = oneshot::channel();
         let chunk = Chunk {
@@ -308,33 +407,31 @@ impl Reader<'_> {
             number,
             sink: self.sink,
             rel: read.shape.rel.clone(),
-            key_columns: read.shape.key_columns.clone(),
+            key_columns,
             copy: read.copy,
             snapshot: read.snapshot,
             credit: Some(credit),
+            gone,
             reply,
         };
         if self.context.decoder.cast(DecoderMsg::Chunk(chunk)).is_err() {
-            return Ok(Read::Stopped);
+            return Ok(None);
         }
         self.mark_chunk(Mark::High, number).await?;
         tracing::debug!(
             backfill = self.id,
             chunk = number,
             rows,
-            select_ms = select.as_millis() as u64,
+            select_ms = started.elapsed().as_millis() as u64,
             "chunk read"
         );
-        Ok(Read::Sent {
-            chunk: InFlight {
-                number,
-                rows,
-                last,
-                outcome,
-                sent: started,
-            },
-            full: rows == limit,
-        })
+        Ok(Some(InFlight {
+            number,
+            rows,
+            last,
+            outcome,
+            sent: started,
+        }))
     }
 
     /// Waits for a chunk in flight to meet its high watermark and for the
@@ -394,13 +491,22 @@ impl Reader<'_> {
             .clamp(settings.min_chunk_rows, settings.max_chunk_rows);
     }
 
-    async fn mark(&mut self, mark: Mark, shape: Option<&TableShape>) -> Result<(), BackfillError> {
+    /// Opens the window over `shape`'s table, which tells rows apart by
+    /// the columns `key_columns`.
+    async fn mark_start(
+        &mut self,
+        shape: &TableShape,
+        key_columns: &[usize],
+    ) -> Result<(), BackfillError> {
         let marker = Marker {
             backfill: self.id,
             chunk: self.chunk_number,
-            mark,
-            table: shape.map(|s| s.rel.id),
-            key: shape.map(TableShape::key_names).unwrap_or_default(),
+            mark: Mark::Start,
+            table: Some(shape.rel.id),
+            key: key_columns
+                .iter()
+                .map(|&i| shape.rel.columns[i].name.clone())
+                .collect(),
         };
         self.emit(&marker).await
     }

@@ -152,6 +152,7 @@ mod tests {
                 rows_estimated: Some(10_000),
                 cursor: Some(vec!["1510".into()]),
                 done: false,
+                rows: None,
             }],
             chunks: 3,
             created_at_ms: 1,

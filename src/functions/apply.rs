@@ -61,6 +61,15 @@ impl ShardFunctions {
         self.plan.sinks.get(sink).map(String::as_str)
     }
 
+    /// The indexes the route of `table` sent its documents to; `None` when
+    /// the table has no route (its documents are in its own index).
+    pub fn routed_indexes(&self, table: &str) -> Option<Vec<String>> {
+        self.plan
+            .routes
+            .is_routed(table)
+            .then(|| self.plan.routes.indexes(table))
+    }
+
     /// How many sinks there are.
     pub fn sinks(&self) -> usize {
         self.plan.sinks.len()
@@ -295,6 +304,7 @@ fn old_row(change: &Change) -> Option<Change> {
         seq: change.seq,
         xid: change.xid,
         fill_unchanged: false,
+        retry: change.retry,
         annotations: change.annotations.clone(),
     })
 }

@@ -298,6 +298,7 @@ fn typed_change(op: crate::pipeline::change::Op) -> crate::pipeline::change::Cha
         seq: 7,
         xid: 0,
         fill_unchanged: false,
+        retry: false,
         annotations: Some(std::sync::Arc::from(r#"{"user":"ana"}"#)),
     }
 }

@@ -112,6 +112,10 @@ pub struct Change {
     /// table: the backfill may leave the row's document to this change, so
     /// the missing columns are read from the table (see the router).
     pub fill_unchanged: bool,
+    /// A row a backfill of exact rows read, or found gone (a retry of
+    /// parked function calls): the functions decide afresh where its
+    /// document goes, and it leaves every other index it may be in.
+    pub retry: bool,
     /// Annotations the application set on the change's transaction (a JSON
     /// object, see `ANNOTATIONS_PREFIX`), for functions' metadata.
     pub annotations: Option<Arc<str>>,

@@ -129,6 +129,7 @@ impl Actor for Decoder {
                     Ok(rows) => {
                         let keys = rows
                             .iter()
+                            .chain(chunk.gone.iter().flatten())
                             .map(|row| window::key_hash(row, &chunk.key_columns))
                             .collect();
                         state.chunks.insert(
@@ -317,8 +318,11 @@ impl DecoderState {
     fn high(&mut self, marker: &Marker, out: &mut Vec<Change>) {
         // Earlier chunks of the backfill never met their high watermark.
         self.retry_chunks((marker.backfill, 0)..(marker.backfill, marker.chunk));
-        let Some(Waiting { chunk, rows, keys }) =
-            self.chunks.remove(&(marker.backfill, marker.chunk))
+        let Some(Waiting {
+            mut chunk,
+            rows,
+            keys,
+        }) = self.chunks.remove(&(marker.backfill, marker.chunk))
         else {
             // Its chunk is gone (the backfill stopped), or the watermark is
             // an earlier run's, read again after a restart: close the window.
@@ -353,7 +357,12 @@ impl DecoderState {
         // In pieces, so the stages after work on a chunk at the same time.
         let mut kept = 0;
         let mut changes = Vec::with_capacity(CHUNK_PIECE);
-        for (row, keep) in rows.into_iter().zip(keep) {
+        // The rows as read, then the rows asked for that are gone (deleted).
+        let retry = chunk.gone.is_some();
+        let gone = chunk.gone.take().unwrap_or_default();
+        let rows = (rows.into_iter().map(|row| (Some(row), None)))
+            .chain(gone.into_iter().map(|key| (None, Some(key))));
+        for ((row, gone), keep) in rows.zip(keep) {
             if !keep {
                 continue;
             }
@@ -367,7 +376,10 @@ impl DecoderState {
                     scope,
                 });
             }
-            changes.push(self.change(Op::Read, rel.clone(), Some(row), None));
+            let op = if gone.is_some() { Op::Delete } else { Op::Read };
+            let mut change = self.change(op, rel.clone(), row, gone);
+            change.retry = retry;
+            changes.push(change);
         }
         kept += changes.len();
         self.pieces.push(ChangeBatch {
@@ -452,6 +464,7 @@ impl DecoderState {
             seq,
             xid: self.xid,
             fill_unchanged: false,
+            retry: false,
             annotations: self.annotations.clone(),
         }
     }

@@ -9,7 +9,8 @@ use bytes::BytesMut;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::change::{
-    doc_hash, RouteAction, Routed, Scope, ShardBatch, ShardItem, WriteAction, WriteBatch, WriteOp,
+    doc_hash, Op, RouteAction, Routed, Scope, ShardBatch, ShardItem, WriteAction, WriteBatch,
+    WriteOp,
 };
 use super::lane::{batch_bytes, Lane};
 use super::stats::StageStats;
@@ -260,19 +261,16 @@ impl ShardState {
                     ops.push(encode(routed, None));
                     continue;
                 }
+                if routed.change.retry {
+                    retried(functions, routed, sink.as_deref(), &mut ops)?;
+                    continue;
+                }
                 match functions.apply(routed, sink.as_deref())? {
                     Outcome::Write { routed, doc, left } => {
                         if let Some(left) = left {
                             // The route sends the row elsewhere now: its
                             // document leaves the index it was in first.
-                            ops.push(WriteOp {
-                                index: left,
-                                table: routed.change.rel.qualified.clone(),
-                                id: routed.id.clone(),
-                                lsn: routed.change.commit_lsn,
-                                action: WriteAction::Delete,
-                                routing: routed.routing.clone(),
-                            });
+                            ops.push(delete_from(left, &routed));
                         }
                         ops.push(encode(routed, doc));
                     }
@@ -351,6 +349,59 @@ impl ShardState {
             last.send(batch).await?;
         }
         Ok(())
+    }
+}
+
+/// The writes of a row a retry of parked function calls backfilled, or
+/// found gone: what the functions say for the row now, and the document
+/// leaves every other index it may be in (while its calls were parked, the
+/// row may have moved to another route, been filtered out, or deleted).
+fn retried(
+    functions: &mut ShardFunctions,
+    routed: Routed,
+    sink: Option<&str>,
+    ops: &mut Vec<WriteOp>,
+) -> Result<(), ActorProcessingErr> {
+    let table = routed.change.rel.qualified.clone();
+    let everywhere = functions
+        .routed_indexes(&table)
+        .unwrap_or_else(|| vec![routed.index.to_string()]);
+    let delete = delete_from(routed.index.clone(), &routed);
+    let written = if routed.change.op == Op::Delete {
+        // Gone: there is no row to run the functions on.
+        None
+    } else {
+        match functions.apply(routed, sink)? {
+            Outcome::Write { routed, doc, .. } if routed.action == RouteAction::Upsert => {
+                let index = routed.index.clone();
+                ops.push(encode(routed, doc));
+                Some(index)
+            }
+            Outcome::Write { .. } | Outcome::Filtered => None,
+            // Parked again: its documents stay as they are until then.
+            Outcome::Failed => return Ok(()),
+        }
+    };
+    for index in everywhere {
+        if written.as_deref() != Some(index.as_str()) {
+            ops.push(WriteOp {
+                index: index.into(),
+                ..delete.clone()
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A delete of `routed`'s document from `index`.
+fn delete_from(index: Arc<str>, routed: &Routed) -> WriteOp {
+    WriteOp {
+        index,
+        table: routed.change.rel.qualified.clone(),
+        id: routed.id.clone(),
+        lsn: routed.change.commit_lsn,
+        action: WriteAction::Delete,
+        routing: routed.routing.clone(),
     }
 }
 

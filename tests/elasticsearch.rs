@@ -614,3 +614,50 @@ async fn a_table_created_again_is_emptied_once_the_cluster_answers_again() {
     assert_engine_equals_table(&db, &es, "products", "products").await;
     assert!(sluice.stop().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_beside_an_engine_that_stopped_answering_exits_within_the_drain_timeout() {
+    let es = FakeElasticsearch::start(FakeOptions::default()).await;
+    let db = TestDb::new("es_drain_timeout").await;
+    db.exec(PRODUCTS).await;
+    db.exec("INSERT INTO products (id, name) SELECT i, 'p' || i FROM generate_series(1, 100) i")
+        .await;
+    let config = db.config_with_sinks(
+        "[[tables]]\nname = \"products\"",
+        "drain_timeout_ms = 2000",
+        &sink(&es.url(), ""),
+    );
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    assert_engine_equals_table(&db, &es, "products", "products").await;
+
+    // The cluster black-holes requests: a write is in flight, unanswered.
+    es.update_faults(|f| {
+        f.dead = true;
+        f.hang_when_dead = true;
+    });
+    db.exec("UPDATE products SET name = 'late' WHERE id <= 10")
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = std::time::Instant::now();
+    let log = sluice.log.clone();
+    let status = sluice.stop();
+    let took = asked.elapsed();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        took < Duration::from_secs(6),
+        "stopping took {took:?}, pipeline.drain_timeout_ms is 2000; log:\n{text}"
+    );
+    assert!(status.success(), "{status:?}; log:\n{text}");
+    assert!(
+        text.contains("did not drain within pipeline.drain_timeout_ms"),
+        "{text}"
+    );
+
+    // What was not acknowledged is read again at the next start.
+    es.update_faults(|f| f.dead = false);
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    assert_engine_equals_table(&db, &es, "products", "products").await;
+    assert!(sluice.stop().success());
+}

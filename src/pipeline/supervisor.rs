@@ -41,6 +41,11 @@ const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 /// killed, and the next generation starts only once it is gone, so no
 /// write of an old generation can land after one of the new.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// At shutdown the drain is over (`pipeline.drain_timeout_ms` bounds it) and
+/// what the stages still hold is unacknowledged, read again at the next
+/// start: together they get this long to stop before they are killed, so a
+/// stop takes no longer than the drain timeout and this.
+const SHUTDOWN_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub enum SupervisorMsg {
     Start,
@@ -264,14 +269,21 @@ impl SupervisorState {
             backfills.detach();
         }
         self.reader = None;
+        let grace = if self.shutting_down {
+            SHUTDOWN_STOP_TIMEOUT
+        } else {
+            STOP_TIMEOUT
+        };
+        let deadline = Instant::now() + grace;
         for child in self.children.drain(..).rev() {
             child.unlink(child.clone());
-            if child.stop_and_wait(None, Some(STOP_TIMEOUT)).await.is_err() {
+            if child.get_status() == ractor::ActorStatus::Stopped {
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if child.stop_and_wait(None, Some(left)).await.is_err() {
                 let stage = child.get_name().unwrap_or_default();
-                tracing::warn!(
-                    stage,
-                    "a stage did not stop within {STOP_TIMEOUT:?}: killing it"
-                );
+                tracing::warn!(stage, "a stage did not stop within {grace:?}: killing it");
                 // Without a timeout: the next generation waits until it is gone.
                 if let Err(e) = child.kill_and_wait(None).await {
                     tracing::warn!(stage, error = %e, "a stage could not be killed");

@@ -1,0 +1,139 @@
+//! What a run found: a table for people, a JSON file with every figure.
+
+use std::path::Path;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::tracker::Window;
+use crate::workload::{Kept, Scenario};
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Serialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    pub fn of(histogram: &Histogram<u64>) -> Percentiles {
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Percentiles {
+            count: histogram.len(),
+            p50: ms(histogram.value_at_quantile(0.5)),
+            p90: ms(histogram.value_at_quantile(0.9)),
+            p99: ms(histogram.value_at_quantile(0.99)),
+            p999: ms(histogram.value_at_quantile(0.999)),
+            max: ms(histogram.max()),
+        }
+    }
+}
+
+/// One second of the run, by commit time.
+#[derive(Debug, Serialize)]
+pub struct Second {
+    pub second: usize,
+    pub committed: u64,
+    pub latency_ms: Percentiles,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub scenario: Scenario,
+    pub sink: String,
+    pub target_rate: f64,
+    pub rows_per_txn: usize,
+    pub row_bytes: usize,
+    pub connections: usize,
+    pub duration_s: f64,
+    /// Changes committed per second over the run.
+    pub achieved_rate: f64,
+    pub schedule: Kept,
+    /// From the COMMIT returning to the document arriving.
+    pub latency_ms: Percentiles,
+    /// Writes committed whose document never arrived (within the drain timeout).
+    pub not_arrived: usize,
+    /// The most WAL the slot had not confirmed, in bytes.
+    pub max_replication_lag_bytes: i64,
+    pub sluice_peak_rss_mb: f64,
+    /// sluice's CPU time over the run, as a share of one core.
+    pub sluice_cpu_percent: f64,
+    pub seconds: Vec<Second>,
+}
+
+impl Report {
+    pub fn seconds(windows: Vec<Window>) -> Vec<Second> {
+        windows
+            .into_iter()
+            .enumerate()
+            .map(|(second, w)| Second {
+                second,
+                committed: w.committed,
+                latency_ms: Percentiles::of(&w.latency),
+            })
+            .collect()
+    }
+
+    pub fn print(&self) {
+        let l = &self.latency_ms;
+        println!(
+            "scenario {:?} into {}: {:.0} changes/s asked, {:.0} achieved ({} rows a transaction, {} bytes a row, {} connections, {:.0} s)",
+            self.scenario,
+            self.sink,
+            self.target_rate,
+            self.achieved_rate,
+            self.rows_per_txn,
+            self.row_bytes,
+            self.connections,
+            self.duration_s
+        );
+        println!(
+            "{:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>12} {:>10} {:>8}",
+            "changes",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms",
+            "max lag KB",
+            "peak RSS",
+            "CPU"
+        );
+        println!(
+            "{:>10} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>12.0} {:>7.0} MB {:>7.0}%",
+            l.count,
+            l.p50,
+            l.p90,
+            l.p99,
+            l.p999,
+            l.max,
+            self.max_replication_lag_bytes as f64 / 1024.0,
+            self.sluice_peak_rss_mb,
+            self.sluice_cpu_percent
+        );
+        if self.schedule.max_behind_ms > 100.0 {
+            println!(
+                "the load fell behind its schedule by up to {:.0} ms: the database could not take the rate asked for",
+                self.schedule.max_behind_ms
+            );
+        }
+        if self.not_arrived > 0 {
+            println!(
+                "{} committed writes never arrived: see sluice's log",
+                self.not_arrived
+            );
+        }
+    }
+
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, serde_json::to_vec_pretty(self)?)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,333 @@
+//! The writes: transactions on a schedule fixed in advance (open loop), so a
+//! slow commit delays only itself and never hides the latency of the ones
+//! due after it, each noted with the moment its COMMIT returned.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use tokio_postgres::Client;
+
+use crate::tracker::Tracker;
+
+/// What the transactions do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Inserts of new rows.
+    Steady,
+    /// Updates of rows loaded before, keys drawn from a Zipf distribution
+    /// (a few rows take most updates).
+    Updates,
+    /// Inserts, updates and deletes (50 / 35 / 15 %).
+    Mixed,
+}
+
+impl Scenario {
+    /// Whether the table is loaded with `keys` rows before the run.
+    pub fn loads_rows(self) -> bool {
+        self != Scenario::Steady
+    }
+}
+
+/// The shape of the load.
+#[derive(Debug, Clone)]
+pub struct Load {
+    pub scenario: Scenario,
+    /// Changes per second.
+    pub rate: f64,
+    pub duration: Duration,
+    pub rows_per_txn: usize,
+    pub row_bytes: usize,
+    /// Rows loaded before the run (`updates`, `mixed`).
+    pub keys: i64,
+    pub seed: u64,
+}
+
+/// How the schedule was kept.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Kept {
+    pub transactions: u64,
+    pub changes: u64,
+    /// The longest a transaction started after its scheduled time, in ms.
+    pub max_behind_ms: f64,
+    /// Seconds from the first scheduled transaction to the last commit.
+    pub seconds: f64,
+}
+
+/// The table's SQL, in `schema`.
+pub fn create_table(schema: &str) -> String {
+    format!(
+        "CREATE TABLE {schema}.items (
+            id bigint PRIMARY KEY,
+            seq bigint NOT NULL,
+            n integer NOT NULL DEFAULT 0,
+            body text NOT NULL,
+            updated_at timestamptz NOT NULL DEFAULT now()
+        )"
+    )
+}
+
+/// Loads rows 1..=`keys` (with `seq` 0: no write of the run).
+pub async fn load_rows(
+    client: &Client,
+    schema: &str,
+    keys: i64,
+    row_bytes: usize,
+) -> anyhow::Result<()> {
+    if keys > 0 {
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {schema}.items (id, seq, body)
+                     SELECT g, 0, repeat('x', $2::int) FROM generate_series(1, $1::int8) g"
+                ),
+                &[&keys, &(row_bytes as i32)],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Shared between the connections.
+struct Shared {
+    load: Load,
+    schema: String,
+    body: String,
+    next_id: AtomicI64,
+    next_seq: AtomicI64,
+    /// Rows that exist and no connection is changing (`mixed`).
+    idle: Mutex<Vec<i64>>,
+    zipf: Vec<f64>,
+    behind_us: AtomicU64,
+    tracker: Arc<Tracker>,
+}
+
+/// Runs the load through `clients` (one per connection); returns how the
+/// schedule was kept.
+pub async fn run(
+    load: Load,
+    schema: &str,
+    clients: Vec<Client>,
+    tracker: Arc<Tracker>,
+) -> anyhow::Result<Kept> {
+    let per_txn = load.rows_per_txn.max(1);
+    let transactions = ((load.rate * load.duration.as_secs_f64()) / per_txn as f64).ceil() as u64;
+    let interval = Duration::from_secs_f64(per_txn as f64 / load.rate);
+    let shared = Arc::new(Shared {
+        schema: schema.to_owned(),
+        body: "x".repeat(load.row_bytes),
+        next_id: AtomicI64::new(load.keys + 1),
+        next_seq: AtomicI64::new(1),
+        idle: Mutex::new((1..=load.keys).collect()),
+        zipf: zipf_cdf(load.keys.max(1) as usize, 1.1),
+        behind_us: AtomicU64::new(0),
+        tracker,
+        load,
+    });
+    let start = Instant::now();
+    let connections = clients.len() as u64;
+    let mut tasks = Vec::new();
+    for (worker, client) in clients.into_iter().enumerate() {
+        let shared = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(shared.load.seed ^ worker as u64);
+            let statements = Statements::prepare(&client, &shared.schema).await?;
+            let mut k = worker as u64;
+            let mut changes = 0u64;
+            while k < transactions {
+                let due = start + interval.mul_f64(k as f64);
+                let now = Instant::now();
+                if due > now {
+                    tokio::time::sleep_until(due.into()).await;
+                } else {
+                    let behind = (now - due).as_micros() as u64;
+                    shared.behind_us.fetch_max(behind, Ordering::Relaxed);
+                }
+                changes += shared.transaction(&client, &statements, &mut rng).await? as u64;
+                k += connections;
+            }
+            anyhow::Ok(changes)
+        }));
+    }
+    let mut kept = Kept {
+        transactions,
+        ..Kept::default()
+    };
+    for task in tasks {
+        kept.changes += task.await??;
+    }
+    kept.seconds = start.elapsed().as_secs_f64();
+    kept.max_behind_ms = shared.behind_us.load(Ordering::Relaxed) as f64 / 1000.0;
+    Ok(kept)
+}
+
+struct Statements {
+    insert: tokio_postgres::Statement,
+    update: tokio_postgres::Statement,
+    delete: tokio_postgres::Statement,
+}
+
+impl Statements {
+    async fn prepare(client: &Client, schema: &str) -> anyhow::Result<Statements> {
+        Ok(Statements {
+            insert: client
+                .prepare(&format!(
+                    "INSERT INTO {schema}.items (id, seq, body)
+                     SELECT unnest($1::int8[]), unnest($2::int8[]), $3::text"
+                ))
+                .await?,
+            update: client
+                .prepare(&format!(
+                    "UPDATE {schema}.items AS t SET seq = v.seq, n = t.n + 1, updated_at = now()
+                     FROM unnest($1::int8[], $2::int8[]) AS v(id, seq) WHERE t.id = v.id"
+                ))
+                .await?,
+            delete: client
+                .prepare(&format!(
+                    "DELETE FROM {schema}.items WHERE id = ANY($1::int8[])"
+                ))
+                .await?,
+        })
+    }
+}
+
+/// What one transaction does to the rows.
+#[derive(Default)]
+struct Plan {
+    inserts: Vec<i64>,
+    updates: Vec<i64>,
+    deletes: Vec<i64>,
+}
+
+impl Shared {
+    fn seqs(&self, n: usize) -> Vec<i64> {
+        let first = self.next_seq.fetch_add(n as i64, Ordering::Relaxed);
+        (first..first + n as i64).collect()
+    }
+
+    fn plan(&self, rng: &mut impl Rng) -> Plan {
+        let n = self.load.rows_per_txn.max(1);
+        let mut plan = Plan::default();
+        match self.load.scenario {
+            Scenario::Steady => {
+                let first = self.next_id.fetch_add(n as i64, Ordering::Relaxed);
+                plan.inserts = (first..first + n as i64).collect();
+            }
+            Scenario::Updates => {
+                // Distinct rows: one update of each per transaction.
+                let mut chosen = HashSet::with_capacity(n);
+                while chosen.len() < n.min(self.zipf.len()) {
+                    let u: f64 = rng.random();
+                    let at = self.zipf.partition_point(|&c| c < u);
+                    chosen.insert(at.min(self.zipf.len() - 1) as i64 + 1);
+                }
+                plan.updates = chosen.into_iter().collect();
+            }
+            Scenario::Mixed => {
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                for _ in 0..n {
+                    let roll: f64 = rng.random();
+                    if roll < 0.5 || idle.is_empty() {
+                        plan.inserts
+                            .push(self.next_id.fetch_add(1, Ordering::Relaxed));
+                    } else {
+                        // Taken out while this transaction changes it.
+                        let at = rng.random_range(0..idle.len());
+                        let id = idle.swap_remove(at);
+                        if roll < 0.85 {
+                            plan.updates.push(id);
+                        } else {
+                            plan.deletes.push(id);
+                        }
+                    }
+                }
+            }
+        }
+        plan
+    }
+
+    /// Runs one transaction; the number of changes it made.
+    async fn transaction(
+        &self,
+        client: &Client,
+        statements: &Statements,
+        rng: &mut impl Rng,
+    ) -> anyhow::Result<usize> {
+        let plan = self.plan(rng);
+        let inserted = self.seqs(plan.inserts.len());
+        let updated = self.seqs(plan.updates.len());
+        let deleted = self.seqs(plan.deletes.len());
+        let parts = [
+            !plan.inserts.is_empty(),
+            !plan.updates.is_empty(),
+            !plan.deletes.is_empty(),
+        ];
+        let single = parts.iter().filter(|p| **p).count() == 1;
+        if !single {
+            client.batch_execute("BEGIN").await?;
+        }
+        if !plan.inserts.is_empty() {
+            client
+                .execute(&statements.insert, &[&plan.inserts, &inserted, &self.body])
+                .await?;
+        }
+        if !plan.updates.is_empty() {
+            client
+                .execute(&statements.update, &[&plan.updates, &updated])
+                .await?;
+        }
+        if !plan.deletes.is_empty() {
+            client.execute(&statements.delete, &[&plan.deletes]).await?;
+        }
+        if !single {
+            client.batch_execute("COMMIT").await?;
+        }
+        let at = Instant::now();
+        let writes: Vec<(i64, i64)> = plan
+            .inserts
+            .iter()
+            .copied()
+            .zip(inserted)
+            .chain(plan.updates.iter().copied().zip(updated))
+            .chain(plan.deletes.iter().copied().zip(deleted))
+            .collect();
+        self.tracker.committed(&writes, at);
+        if self.load.scenario == Scenario::Mixed {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.extend(plan.inserts.iter().chain(&plan.updates));
+        }
+        Ok(writes.len())
+    }
+}
+
+/// The cumulative distribution of a Zipf distribution over `n` ranks with
+/// exponent `s`.
+fn zipf_cdf(n: usize, s: f64) -> Vec<f64> {
+    let weights: Vec<f64> = (1..=n).map(|k| 1.0 / (k as f64).powf(s)).collect();
+    let total: f64 = weights.iter().sum();
+    let mut sum = 0.0;
+    weights
+        .iter()
+        .map(|w| {
+            sum += w / total;
+            sum
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zipf_ranks_the_first_keys_highest() {
+        let cdf = zipf_cdf(1000, 1.1);
+        assert!((cdf[999] - 1.0).abs() < 1e-9);
+        // The first key takes more than a tenth of the draws.
+        assert!(cdf[0] > 0.1, "{}", cdf[0]);
+        assert!(cdf.windows(2).all(|w| w[0] < w[1]));
+    }
+}

@@ -27,8 +27,9 @@ pub const DEFAULT_MAX_BYTES_IN_FLIGHT: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_BATCH_MAX_CHANGES: usize = 4096;
 /// Default maximum bytes in one batch read from the WAL.
 pub const DEFAULT_BATCH_MAX_BYTES: u64 = 4 * 1024 * 1024;
-/// Default time a partly filled batch waits for more changes.
-pub const DEFAULT_BATCH_MAX_AGE_MS: u64 = 5;
+/// Default time a partly filled batch waits for more changes (0: it takes
+/// what the connection holds already and goes).
+pub const DEFAULT_BATCH_MAX_AGE_MS: u64 = 0;
 /// Default index name template.
 pub const DEFAULT_INDEX_TEMPLATE: &str = "{table}";
 /// Default separator between the values of a composite key in a document id.
@@ -160,7 +161,8 @@ pub struct PipelineConfig {
     /// ... or at this many bytes ...
     #[serde(default = "default_batch_max_bytes")]
     pub batch_max_bytes: u64,
-    /// ... or when no more changes arrive within this many milliseconds.
+    /// ... or once nothing more has arrived, after waiting this many
+    /// milliseconds for more (0: no wait).
     #[serde(default = "default_batch_max_age_ms")]
     pub batch_max_age_ms: u64,
     /// Index name for tables without an explicit `index`. `{schema}` and `{table}`
@@ -441,8 +443,8 @@ impl SinkKind {
     }
 }
 
-/// The null sink "commits" this often: it only reports positions.
-const NULL_COMMIT_INTERVAL_MS: u64 = 100;
+/// The null sink "commits" (reports positions) whenever nothing more is ready.
+const NULL_COMMIT_INTERVAL_MS: u64 = 0;
 
 /// A sink as written in the file: `type` selects the engine, the other keys
 /// are the engine's settings.

@@ -96,9 +96,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (url, _local) = match &args.database_url {
         Some(url) => (url.clone(), None),
         None => {
-            let local = tokio::task::spawn_blocking(|| {
-                sluice::local_pg::LocalPostgres::start(Default::default())
-            })
+            // Commits wait for their WAL flush, as on a production server:
+            // the walsender sends only flushed WAL.
+            let options = sluice::local_pg::LocalPostgresOptions {
+                extra_settings: vec![("synchronous_commit".into(), "on".into())],
+                ..Default::default()
+            };
+            let local =
+                tokio::task::spawn_blocking(|| sluice::local_pg::LocalPostgres::start(options))
             .await?
             .map_err(|e| anyhow::anyhow!("cannot start a throwaway Postgres: {e}"))?;
             (local.url("postgres"), Some(local))

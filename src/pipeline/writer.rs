@@ -1,7 +1,15 @@
 //! The writer of one sink: takes the shards' writes from the sink's lane and
 //! applies them in order per shard, holds truncates as barriers until every
-//! shard reached them, commits on age or held bytes, and reports the
-//! committed position to the acknowledger.
+//! shard reached them, commits, and reports the committed position to the
+//! acknowledger.
+//!
+//! It commits as soon as nothing more is ready in the lane: no timer holds a
+//! change back. While a commit (an engine's answer) is awaited, the lane
+//! fills, so the next commit carries more: batches grow with the load, up to
+//! the sink's batch limits and `commit_bytes`. A sink may ask for a spacing
+//! between commits (`commit_interval`: the embedded index, whose commits
+//! cost segments and merges, or a linger the user chose); a commit then waits
+//! until that long after the last one started.
 //!
 //! The committed position is the lowest position every shard has delivered:
 //! all changes below it are durable in this sink. Live writes may go before
@@ -24,7 +32,8 @@ use crate::sink::Sink;
 pub enum WriterMsg {
     /// The lane has batches.
     Ready,
-    /// Commit if anything is pending.
+    /// Commit if anything is pending and the spacing passed; send parked
+    /// writes queued for a retry.
     Tick,
 }
 
@@ -34,6 +43,8 @@ pub struct WriterArgs {
     pub lane: Arc<Lane>,
     pub shards: usize,
     pub ack: ActorRef<AckMsg>,
+    /// The least time from the start of one commit to the start of the next
+    /// (zero: commit whenever nothing more is ready).
     pub commit_interval: Duration,
     /// Commit early when the batches held since the last commit reach this many bytes.
     pub commit_bytes: u64,
@@ -60,13 +71,19 @@ pub struct WriterState {
     /// A backfill waits for this position: commit as soon as it is passed.
     commit_above: Lsn,
     last_commit: Instant,
+    /// A tick is set for when the spacing between commits passed.
+    tick_set: bool,
     finished: bool,
 }
 
 pub struct Writer;
 
-/// Batches a writer takes from its lane before it lets other messages in.
+/// Batches a writer takes from its lane before it lets other messages in
+/// (and commits, when the spacing allows).
 const BATCHES_PER_TURN: usize = 64;
+
+/// How often parked writes queued for a retry are looked for.
+const REPLAY_EVERY: Duration = Duration::from_millis(100);
 
 impl Actor for Writer {
     type Msg = WriterMsg;
@@ -78,8 +95,7 @@ impl Actor for Writer {
         myself: ActorRef<WriterMsg>,
         args: WriterArgs,
     ) -> Result<WriterState, ActorProcessingErr> {
-        let tick = (args.commit_interval / 4).max(Duration::from_millis(5));
-        myself.send_interval(tick, || WriterMsg::Tick);
+        myself.send_interval(REPLAY_EVERY, || WriterMsg::Tick);
         let shards = args.shards;
         Ok(WriterState {
             args,
@@ -94,6 +110,7 @@ impl Actor for Writer {
             backfilled: Lsn::ZERO,
             commit_above: Lsn::ZERO,
             last_commit: Instant::now(),
+            tick_set: false,
             finished: false,
         })
     }
@@ -109,13 +126,16 @@ impl Actor for Writer {
                 // A bounded turn, so commits on age and stop requests get in.
                 for _ in 0..BATCHES_PER_TURN {
                     let Some(batch) = state.args.lane.next()? else {
-                        return Ok(());
+                        // Nothing more is ready: what is pending goes now.
+                        return state.commit_when_due(&myself).await;
                     };
                     state.receive(batch).await?;
                 }
+                state.commit_when_due(&myself).await?;
                 myself.cast(WriterMsg::Ready)?;
             }
             WriterMsg::Tick => {
+                state.tick_set = false;
                 // Parked writes queued for a retry go between batches, in
                 // order with the rest (not across a truncate barrier).
                 if !state.finished && !state.blocked.iter().any(|b| *b) {
@@ -124,9 +144,7 @@ impl Actor for Writer {
                         state.dirty = true;
                     }
                 }
-                if !state.finished && state.last_commit.elapsed() >= state.args.commit_interval {
-                    state.commit(false).await?;
-                }
+                state.commit_when_due(&myself).await?;
             }
         }
         Ok(())
@@ -151,11 +169,32 @@ impl WriterState {
         if !self.finished && self.shard_last.iter().all(|l| *l) {
             self.commit(true).await?;
             self.finished = true;
-        } else if wanted
-            || self.held_bytes() >= self.args.commit_bytes
-            || self.last_commit.elapsed() >= self.args.commit_interval
-        {
+        } else if wanted || self.held_bytes() >= self.args.commit_bytes {
             self.commit(false).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether a commit would make anything durable or acknowledge anything.
+    fn pending(&self) -> bool {
+        self.dirty || self.upto() > self.committed || self.backfill_upto() > self.backfilled
+    }
+
+    /// Commits what is pending, at once or, with a spacing between commits,
+    /// once it passed (a tick is set for then).
+    async fn commit_when_due(
+        &mut self,
+        myself: &ActorRef<WriterMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        if self.finished || !self.pending() {
+            return Ok(());
+        }
+        let since = self.last_commit.elapsed();
+        if since >= self.args.commit_interval {
+            self.commit(false).await?;
+        } else if !self.tick_set {
+            self.tick_set = true;
+            myself.send_after(self.args.commit_interval - since, || WriterMsg::Tick);
         }
         Ok(())
     }

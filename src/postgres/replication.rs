@@ -406,29 +406,26 @@ impl ReplicationConnection {
                 None => idle_deadline,
             };
             let now = Instant::now();
-            if now >= deadline {
-                return Ok(bytes);
-            }
             if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
                 self.read_buf.reserve(READ_CHUNK);
+            }
+            if now >= deadline {
+                // What the socket holds already joins the batch; nothing
+                // waits for more.
+                use futures_util::FutureExt;
+                match self.stream.read_buf(&mut self.read_buf).now_or_never() {
+                    Some(read) if first_at.is_some() => {
+                        received(read)?;
+                        continue;
+                    }
+                    _ => return Ok(bytes),
+                }
             }
             match tokio::time::timeout(deadline - now, self.stream.read_buf(&mut self.read_buf))
                 .await
             {
                 Err(_) => return Ok(bytes),
-                Ok(Ok(0)) => {
-                    return Err(Error::new(
-                        ErrorKind::Connection,
-                        "the server closed the replication connection",
-                    ))
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    return Err(Error::new(
-                        ErrorKind::Connection,
-                        format!("reading the replication stream failed: {e}"),
-                    ))
-                }
+                Ok(read) => received(read)?,
             }
         }
     }
@@ -630,4 +627,20 @@ fn server_error(body: backend::ErrorResponseBody) -> Error {
         error = error.hint(h);
     }
     error
+}
+
+/// The outcome of a read of the replication stream: an error when the
+/// connection failed or the server closed it.
+fn received(read: std::io::Result<usize>) -> Result<()> {
+    match read {
+        Ok(0) => Err(Error::new(
+            ErrorKind::Connection,
+            "the server closed the replication connection",
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(Error::new(
+            ErrorKind::Connection,
+            format!("reading the replication stream failed: {e}"),
+        )),
+    }
 }

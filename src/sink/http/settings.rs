@@ -6,8 +6,10 @@ use crate::config::ConfigProblem;
 pub const DEFAULT_BATCH_MAX_DOCS: usize = 1000;
 /// Default bytes per request body (before compression).
 pub const DEFAULT_BATCH_MAX_BYTES: u64 = 5 * 1024 * 1024;
-/// Default time a write may wait in the buffer.
-pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 1000;
+/// Default least time between two flushes (0: a write goes as soon as the
+/// sink is free and nothing more is ready; batches grow while requests are
+/// in flight).
+pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 0;
 /// Default timeout of one request.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// Default retries of a write that keeps failing with a retryable error
@@ -98,7 +100,6 @@ impl HttpSettings<'_> {
             Some(_) => {}
         }
         for (field, value) in [
-            ("flush_interval_ms", self.flush_interval_ms),
             ("request_timeout_ms", self.request_timeout_ms),
             ("retry_initial_backoff_ms", self.retry_initial_backoff_ms),
         ] {
@@ -189,7 +190,6 @@ mod tests {
                 "sinks[1].max_parked",
                 "sinks[1].concurrency",
                 "sinks[1].batch_max_bytes",
-                "sinks[1].flush_interval_ms",
                 "sinks[1].request_timeout_ms",
                 "sinks[1].retry_max_backoff_ms",
             ]

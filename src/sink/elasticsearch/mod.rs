@@ -8,7 +8,7 @@ mod config;
 pub mod request;
 mod response;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -30,6 +30,9 @@ pub struct ElasticsearchSink {
     client: Arc<Client>,
     body: Vec<u8>,
     pending: Vec<Pending>,
+    /// The documents `pending` writes (by `doc_hash`), and whether one of
+    /// their writes is a partial update.
+    pending_docs: HashMap<u64, bool>,
     in_flight: VecDeque<JoinHandle<Result<Vec<Parked>>>>,
     created: HashSet<Arc<str>>,
     failed: FailedStore,
@@ -51,6 +54,7 @@ impl ElasticsearchSink {
             client: Arc::new(Client::new(config)?),
             body: Vec::new(),
             pending: Vec::new(),
+            pending_docs: HashMap::new(),
             in_flight: VecDeque::new(),
             created: HashSet::new(),
             failed: FailedStore::new(data_dir, &config.name),
@@ -158,6 +162,7 @@ impl ElasticsearchSink {
         if self.pending.is_empty() {
             return Ok(());
         }
+        self.pending_docs.clear();
         let job = Job {
             body: Bytes::from(std::mem::take(&mut self.body)),
             items: std::mem::take(&mut self.pending),
@@ -256,6 +261,21 @@ impl super::Sink for ElasticsearchSink {
                 continue;
             }
             self.ensure_index(&op.index).await?;
+            // A partial update is unversioned and bumps the document's
+            // version: it never shares a request with another write of its
+            // document. A retry inside the request would put the two out of
+            // order, and the versioned one, sent again after the update,
+            // would be refused as stale.
+            let partial = matches!(op.action, WriteAction::Upsert { partial: true, .. });
+            let doc = crate::pipeline::change::doc_hash(&op.index, &op.id);
+            if self
+                .pending_docs
+                .get(&doc)
+                .is_some_and(|&updated| updated || partial)
+            {
+                self.flush().await?;
+            }
+            *self.pending_docs.entry(doc).or_default() |= partial;
             let start = self.body.len();
             if let Some(action) = request::encode(op, &mut self.body) {
                 self.pending.push(Pending {

@@ -104,8 +104,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             };
             let local =
                 tokio::task::spawn_blocking(|| sluice::local_pg::LocalPostgres::start(options))
-            .await?
-            .map_err(|e| anyhow::anyhow!("cannot start a throwaway Postgres: {e}"))?;
+                    .await?
+                    .map_err(|e| anyhow::anyhow!("cannot start a throwaway Postgres: {e}"))?;
             (local.url("postgres"), Some(local))
         }
     };

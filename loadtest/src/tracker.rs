@@ -123,11 +123,11 @@ impl Tracker {
                 }
             });
             let Some((writes, at_write)) = found else {
-                if upto != i64::MAX {
-                    let newest = inner.early.entry(id).or_insert((upto, at));
-                    if newest.0 < upto {
-                        *newest = (upto, at);
-                    }
+                // Before its commit was noted (a delete, as `i64::MAX`: it
+                // settles every write of the row).
+                let newest = inner.early.entry(id).or_insert((upto, at));
+                if newest.0 < upto {
+                    *newest = (upto, at);
                 }
                 continue;
             };
@@ -236,6 +236,9 @@ mod tests {
         tracker.arrived(&[Arrival::Write { id: 7, seq: 4 }], t0);
         tracker.arrived(&[Arrival::Write { id: 8, seq: 0 }], t0);
         tracker.committed(&[(7, 4)], t0 + Duration::from_millis(1));
+        assert_eq!(tracker.outstanding(), 0);
+        tracker.arrived(&[Arrival::Delete { id: 9 }], t0);
+        tracker.committed(&[(9, 5), (9, 6)], t0 + Duration::from_millis(1));
         assert_eq!(tracker.outstanding(), 0);
         assert_eq!(tracker.untracked(), 1);
         assert_eq!(tracker.take().0.max(), 1);

@@ -224,7 +224,9 @@ impl Shared {
                     let at = self.zipf.partition_point(|&c| c < u);
                     chosen.insert(at.min(self.zipf.len() - 1) as i64 + 1);
                 }
+                // In key order, as every transaction locks them.
                 plan.updates = chosen.into_iter().collect();
+                plan.updates.sort_unstable();
             }
             Scenario::Mixed => {
                 let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -249,7 +251,9 @@ impl Shared {
         plan
     }
 
-    /// Runs one transaction; the number of changes it made.
+    /// Runs one transaction; the number of changes it made. One that
+    /// Postgres rolled back for a deadlock or a serialization failure
+    /// (concurrent updates of hot keys) is run again.
     async fn transaction(
         &self,
         client: &Client,
@@ -257,6 +261,25 @@ impl Shared {
         rng: &mut impl Rng,
     ) -> anyhow::Result<usize> {
         let plan = self.plan(rng);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.attempt(client, statements, &plan).await {
+                Err(e) if attempt < 10 && retryable(&e) => {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                }
+                Err(e) => return Err(e.into()),
+                Ok(n) => return Ok(n),
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        client: &Client,
+        statements: &Statements,
+        plan: &Plan,
+    ) -> Result<usize, tokio_postgres::Error> {
         let inserted = self.seqs(plan.inserts.len());
         let updated = self.seqs(plan.updates.len());
         let deleted = self.seqs(plan.deletes.len());
@@ -301,6 +324,14 @@ impl Shared {
         }
         Ok(writes.len())
     }
+}
+
+/// A deadlock or a serialization failure: the transaction can run again.
+fn retryable(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|c| {
+        *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    })
 }
 
 /// The cumulative distribution of a Zipf distribution over `n` ranks with

@@ -9,6 +9,7 @@
 //! latency of a change runs from the moment its COMMIT returned to the
 //! client to the moment its document arrived at the endpoint.
 
+mod embedded;
 mod endpoint;
 mod process;
 mod report;
@@ -39,6 +40,12 @@ struct Args {
     /// (Zipf), or `mixed` inserts, updates and deletes.
     #[arg(value_enum)]
     scenario: Scenario,
+    /// Where sluice writes: `bulk`, an Elasticsearch-compatible endpoint the
+    /// harness serves, answering at once (latency to the document's
+    /// arrival); or `embedded`, sluice's own index (latency until a search
+    /// from another process finds the document; `steady` and `updates`).
+    #[arg(long, value_enum, default_value_t = Target::Bulk)]
+    sink: Target,
     /// Changes per second to commit.
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
@@ -77,6 +84,13 @@ struct Args {
     seed: u64,
 }
 
+/// Where sluice writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Target {
+    Bulk,
+    Embedded,
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -91,6 +105,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.duration > 0.0, "--duration must be above 0");
     anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
     anyhow::ensure!(args.rows_per_txn > 0, "--rows-per-txn must be at least 1");
+    anyhow::ensure!(
+        !(args.sink == Target::Embedded && args.scenario == Scenario::Mixed),
+        "--sink embedded measures when documents become searchable, which deletes are not: use steady or updates"
+    );
     let binary = process::find_sluice(args.sluice.as_deref())?;
     // A throwaway Postgres lives as long as this value.
     let (url, _local) = match &args.database_url {
@@ -174,9 +192,29 @@ async fn measure(
     };
     workload::load_rows(admin, schema, keys, args.row_bytes).await?;
     let tracker = Arc::new(Tracker::new());
-    let address = endpoint::serve(tracker.clone()).await?;
     std::fs::create_dir_all(&args.out)?;
     let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().join("data");
+    let watching = Arc::new(AtomicBool::new(false));
+    let (sink, index_watch) = match args.sink {
+        Target::Bulk => {
+            let address = endpoint::serve(tracker.clone()).await?;
+            (
+                format!("name = \"bulk\"\ntype = \"elasticsearch\"\nurl = \"http://{address}\""),
+                None,
+            )
+        }
+        Target::Embedded => {
+            let index = sluice::sink::embedded::index_dir(&data_dir, "items");
+            let (tracker, stop) = (tracker.clone(), watching.clone());
+            (
+                "name = \"search\"\ntype = \"embedded\"".to_owned(),
+                Some(std::thread::spawn(move || {
+                    embedded::watch(index, tracker, stop)
+                })),
+            )
+        }
+    };
     let config = dir.path().join("sluice.toml");
     std::fs::write(
         &config,
@@ -184,9 +222,9 @@ async fn measure(
             "[source]\ndatabase_url = {url}\nslot = \"{schema}\"\npublication = \"{schema}\"\n\n\
              [pipeline]\ndata_dir = {data}\n\n\
              [[tables]]\nname = \"{schema}.items\"\n\n\
-             [[sinks]]\nname = \"bulk\"\ntype = \"elasticsearch\"\nurl = \"http://{address}\"\n",
+             [[sinks]]\n{sink}\n",
             url = toml_string(url),
-            data = toml_string(&dir.path().join("data").to_string_lossy()),
+            data = toml_string(&data_dir.to_string_lossy()),
         ),
     )?;
     let mut sluice = Sluice::start(binary, &config, &args.out.join("sluice.log"))?;
@@ -245,12 +283,22 @@ async fn measure(
     let cpu = process::cpu_time(sluice.pid()).unwrap_or_default() - cpu_before;
     stop.store(true, Ordering::Relaxed);
     let (max_lag, peak_rss) = watcher.await??;
+    watching.store(true, Ordering::Relaxed);
+    if let Some(index_watch) = index_watch {
+        index_watch
+            .join()
+            .map_err(|_| anyhow::anyhow!("the index watcher panicked"))??;
+    }
     let status = sluice.stop()?;
     anyhow::ensure!(status.success(), "sluice exited with {status} on SIGTERM");
     let (latency, windows) = tracker.take();
     Ok(Report {
         scenario: args.scenario,
-        sink: "bulk endpoint (answers at once)".to_owned(),
+        sink: match args.sink {
+            Target::Bulk => "bulk endpoint (answers at once)",
+            Target::Embedded => "embedded index (found by a search)",
+        }
+        .to_owned(),
         target_rate: args.rate,
         rows_per_txn: args.rows_per_txn,
         row_bytes: args.row_bytes,

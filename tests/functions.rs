@@ -394,6 +394,24 @@ end
 listen = "127.0.0.1:0"
 "#;
 
+/// Starts sluice on `config` and retries every parked function call.
+async fn restart_and_retry_every_call(db: &TestDb, config: &std::path::Path) -> Sluice {
+    let mut sluice = Sluice::run_config(config);
+    db.wait_streaming(&mut sluice).await;
+    let (code, out, err) = cli(&[
+        "failed",
+        "retry",
+        "--config",
+        config.to_str().unwrap(),
+        "--sink",
+        "@functions",
+        "--all",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    sluice
+}
+
 fn titles(db: &TestDb) -> Vec<(String, Value)> {
     documents(&db.data_dir(), "items", "id")
         .into_iter()
@@ -482,19 +500,7 @@ async fn a_failed_call_holds_back_its_rows_changes_pauses_past_the_maximum_and_i
         text.replace("string.find(record.name, \"boom\")", "false"),
     )
     .unwrap();
-    let mut sluice = Sluice::run_config(&config);
-    db.wait_streaming(&mut sluice).await;
-    let (code, out, err) = cli(&[
-        "failed",
-        "retry",
-        "--config",
-        &config_arg,
-        "--sink",
-        "@functions",
-        "--all",
-    ])
-    .await;
-    assert_eq!(code, 0, "{out}{err}");
+    let sluice = restart_and_retry_every_call(&db, &config).await;
     let retried = wait_until(Duration::from_secs(30), || async {
         titles(&db)
             .iter()
@@ -550,7 +556,6 @@ async fn a_retried_call_of_a_row_deleted_or_moved_since_leaves_no_document_behin
     )
     .await;
     let config = db.config(FAILING_ROUTE, "");
-    let config_arg = config.to_str().unwrap().to_owned();
     let mut sluice = Sluice::run_config(&config);
     db.wait_streaming(&mut sluice).await;
     let ids =
@@ -583,19 +588,7 @@ async fn a_retried_call_of_a_row_deleted_or_moved_since_leaves_no_document_behin
     // Fixed and retried: every index ends as the route says for the rows now.
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace("record.name == \"boom\"", "false")).unwrap();
-    let mut sluice = Sluice::run_config(&config);
-    db.wait_streaming(&mut sluice).await;
-    let (code, out, err) = cli(&[
-        "failed",
-        "retry",
-        "--config",
-        &config_arg,
-        "--sink",
-        "@functions",
-        "--all",
-    ])
-    .await;
-    assert_eq!(code, 0, "{out}{err}");
+    let sluice = restart_and_retry_every_call(&db, &config).await;
     let expected = [
         vec![],
         vec![

@@ -9,25 +9,21 @@
 //! latency of a change runs from the moment its COMMIT returned to the
 //! client to the moment its document arrived at the endpoint.
 
+mod chart;
 mod embedded;
 mod endpoint;
+mod measure;
 mod process;
 mod report;
 mod tracker;
 mod workload;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use clap::Parser;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
-use process::Sluice;
-use report::{Percentiles, Report};
-use tracker::Tracker;
-use workload::{Load, Scenario};
+use workload::{Scenario, Tables};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -36,50 +32,58 @@ use workload::{Load, Scenario};
     about = "Measures how long a committed change takes to reach the index through sluice, under a load you choose"
 )]
 struct Args {
-    /// What the transactions do: `steady` inserts, `updates` of hot keys
-    /// (Zipf), or `mixed` inserts, updates and deletes.
+    /// What the transactions do: `steady` inserts; `updates` of hot keys
+    /// (Zipf); `mixed` inserts, updates and deletes; `toast` rows stored out
+    /// of line, updated leaving them unchanged; `huge`, one transaction;
+    /// `backlog`, drained from a standing start beside `pg_recvlogical`;
+    /// `backfill`, the initial backfill under a `mixed` load.
     #[arg(value_enum)]
     scenario: Scenario,
     /// Where sluice writes: `bulk`, an Elasticsearch-compatible endpoint the
     /// harness serves, answering at once (latency to the document's
     /// arrival); or `embedded`, sluice's own index (latency until a search
-    /// from another process finds the document; `steady` and `updates`).
+    /// from another process finds the document; not with deletes).
     #[arg(long, value_enum, default_value_t = Target::Bulk)]
     sink: Target,
-    /// Changes per second to commit.
+    /// Changes per second to commit (`backlog`: as fast as the database
+    /// takes them, `--rate` × `--duration` in all).
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
     /// Seconds of load.
     #[arg(long, default_value_t = 30.0)]
     duration: f64,
-    /// Rows each transaction changes.
-    #[arg(long, default_value_t = 1)]
-    rows_per_txn: usize,
-    /// Bytes of text in each row.
-    #[arg(long, default_value_t = 200)]
-    row_bytes: usize,
+    /// Rows each transaction changes [default: 1; `huge`: 200000].
+    #[arg(long)]
+    rows_per_txn: Option<usize>,
+    /// Bytes of text in each row [default: 200; `toast`: 8000].
+    #[arg(long)]
+    row_bytes: Option<usize>,
     /// Database connections writing at once.
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Rows loaded before the run, for `updates` and `mixed`.
+    /// Rows loaded before the run, for `updates`, `mixed`, `toast` and
+    /// `backfill`.
     #[arg(long, default_value_t = 10_000)]
     keys: i64,
+    /// Tables the rows are spread over (`items`, or `items_1` to `items_N`).
+    #[arg(long, default_value_t = 1)]
+    tables: usize,
     /// The database to load (a schema of the harness's own is created and
-    /// dropped; the role needs CREATE and REPLICATION). Default: a
-    /// throwaway Postgres the harness starts.
+    /// dropped; the role needs CREATE and REPLICATION; `sslmode` as sluice
+    /// takes it). Default: a throwaway Postgres the harness starts.
     #[arg(long)]
     database_url: Option<String>,
     /// The sluice binary. Default: the one beside this program, then `sluice`
     /// on the PATH.
     #[arg(long)]
     sluice: Option<PathBuf>,
-    /// Where the JSON report and sluice's log go.
+    /// Where the JSON report, the SVG chart and sluice's log go.
     #[arg(long, default_value = "loadtest-results")]
     out: PathBuf,
     /// Seconds to wait, after the load, for the last documents.
     #[arg(long, default_value_t = 60.0)]
     drain_timeout: f64,
-    /// Seed of the random choices (keys, operations).
+    /// Seed of the random choices (keys, operations, row text).
     #[arg(long, default_value_t = 1)]
     seed: u64,
 }
@@ -104,14 +108,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.rate > 0.0, "--rate must be above 0");
     anyhow::ensure!(args.duration > 0.0, "--duration must be above 0");
     anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
-    anyhow::ensure!(args.rows_per_txn > 0, "--rows-per-txn must be at least 1");
     anyhow::ensure!(
-        !(args.sink == Target::Embedded && args.scenario == Scenario::Mixed),
-        "--sink embedded measures when documents become searchable, which deletes are not: use steady or updates"
+        args.rows_per_txn != Some(0),
+        "--rows-per-txn must be at least 1"
+    );
+    anyhow::ensure!(
+        (1..=100).contains(&args.tables),
+        "--tables must be from 1 to 100"
+    );
+    anyhow::ensure!(
+        !(args.sink == Target::Embedded
+            && matches!(args.scenario, Scenario::Mixed | Scenario::Backfill)),
+        "--sink embedded measures when documents become searchable, which deletes are not: use steady, updates, toast, huge or backlog"
     );
     let binary = process::find_sluice(args.sluice.as_deref())?;
     // A throwaway Postgres lives as long as this value.
-    let (url, _local) = match &args.database_url {
+    let (url, local) = match &args.database_url {
         Some(url) => (url.clone(), None),
         None => {
             // Commits wait for their WAL flush, as on a production server:
@@ -133,233 +145,52 @@ async fn run(args: Args) -> anyhow::Result<()> {
         std::process::id(),
         rand::random::<u16>()
     );
+    let tables = Tables::new(&schema, args.tables);
     admin
-        .batch_execute(&format!(
-            "CREATE SCHEMA {schema}; {}",
-            workload::create_table(&schema)
-        ))
+        .batch_execute(&format!("CREATE SCHEMA {schema}; {}", tables.create()))
         .await?;
-    let outcome = measure(&args, &binary, &url, &admin, &schema).await;
+    let bin_dir = local.as_ref().map(|l| l.bin_dir().to_owned());
+    let outcome = measure::measure(&args, &binary, &url, bin_dir.as_deref(), &admin, &tables).await;
     // Whatever happened, the database is left as it was.
     let cleaned = admin
         .batch_execute(&format!(
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
-             WHERE slot_name = '{schema}' AND NOT active;
+             WHERE slot_name IN ('{schema}', '{raw}') AND NOT active;
              DROP PUBLICATION IF EXISTS {schema};
-             DROP SCHEMA {schema} CASCADE;"
+             DROP SCHEMA {schema} CASCADE;",
+            raw = measure::raw_slot(&schema),
         ))
         .await;
     let report = outcome?;
     cleaned.map_err(|e| anyhow::anyhow!("cleaning up schema {schema} failed: {e}"))?;
     report.print();
-    let path = args.out.join(format!(
-        "{}.json",
-        serde_json::to_value(args.scenario)?
-            .as_str()
-            .unwrap_or("run")
-    ));
+    let name = serde_json::to_value(args.scenario)?
+        .as_str()
+        .unwrap_or("run")
+        .to_owned();
+    let path = args.out.join(format!("{name}.json"));
     report.write(&path)?;
     println!("report: {}", path.display());
+    if report.seconds.len() > 1 {
+        let chart = args.out.join(format!("{name}.svg"));
+        chart::draw(&report, &chart)?;
+        println!("chart: {}", chart.display());
+    }
     Ok(())
 }
 
+/// A connection as sluice makes it, TLS as the URL's `sslmode` says.
 async fn connect(url: &str) -> anyhow::Result<Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
+    let password = std::env::var("PGPASSWORD").ok();
+    let mut info = sluice::postgres::conninfo::ConnInfo::parse(url, password.as_deref(), None)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    info.config.application_name("sluice-loadtest");
+    info.connect_sql()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to the database: {e}"))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
+        .map_err(|e| anyhow::anyhow!("cannot connect to the database: {e}"))
 }
 
 /// A TOML string.
 fn toml_string(text: &str) -> String {
     serde_json::to_string(text).expect("strings serialize")
-}
-
-async fn measure(
-    args: &Args,
-    binary: &std::path::Path,
-    url: &str,
-    admin: &Client,
-    schema: &str,
-) -> anyhow::Result<Report> {
-    let keys = if args.scenario.loads_rows() {
-        args.keys.max(1)
-    } else {
-        0
-    };
-    workload::load_rows(admin, schema, keys, args.row_bytes).await?;
-    let tracker = Arc::new(Tracker::new());
-    std::fs::create_dir_all(&args.out)?;
-    let dir = tempfile::tempdir()?;
-    let data_dir = dir.path().join("data");
-    let watching = Arc::new(AtomicBool::new(false));
-    let (sink, index_watch) = match args.sink {
-        Target::Bulk => {
-            let address = endpoint::serve(tracker.clone()).await?;
-            (
-                format!("name = \"bulk\"\ntype = \"elasticsearch\"\nurl = \"http://{address}\""),
-                None,
-            )
-        }
-        Target::Embedded => {
-            let index = sluice::sink::embedded::index_dir(&data_dir, "items");
-            let (tracker, stop) = (tracker.clone(), watching.clone());
-            (
-                "name = \"search\"\ntype = \"embedded\"".to_owned(),
-                Some(std::thread::spawn(move || {
-                    embedded::watch(index, tracker, stop)
-                })),
-            )
-        }
-    };
-    let config = dir.path().join("sluice.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[source]\ndatabase_url = {url}\nslot = \"{schema}\"\npublication = \"{schema}\"\n\n\
-             [pipeline]\ndata_dir = {data}\n\n\
-             [[tables]]\nname = \"{schema}.items\"\n\n\
-             [[sinks]]\n{sink}\n",
-            url = toml_string(url),
-            data = toml_string(&data_dir.to_string_lossy()),
-        ),
-    )?;
-    let mut sluice = Sluice::start(binary, &config, &args.out.join("sluice.log"))?;
-    wait_streaming(admin, schema, &mut sluice).await?;
-    // A row of no write of the run: once it arrived, with the rows loaded
-    // before, the run starts.
-    admin
-        .execute(
-            &format!("INSERT INTO {schema}.items (id, seq, body) VALUES (0, 0, '')"),
-            &[],
-        )
-        .await?;
-    let ready = keys as u64 + 1;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while tracker.untracked() < ready {
-        sluice.check_running()?;
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {} of the {ready} rows loaded before the run reached the endpoint within 5 minutes; sluice's log ends:\n{}",
-            tracker.untracked(),
-            sluice.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let watcher = tokio::spawn(watch(
-        connect(url).await?,
-        schema.to_owned(),
-        sluice.pid(),
-        stop.clone(),
-    ));
-    let cpu_before = process::cpu_time(sluice.pid()).unwrap_or_default();
-    let mut clients = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections {
-        clients.push(connect(url).await?);
-    }
-    let load = Load {
-        scenario: args.scenario,
-        rate: args.rate,
-        duration: Duration::from_secs_f64(args.duration),
-        rows_per_txn: args.rows_per_txn,
-        row_bytes: args.row_bytes,
-        keys,
-        seed: args.seed,
-    };
-    let started = Instant::now();
-    tracker.restart_clock();
-    let kept = workload::run(load, schema, clients, tracker.clone()).await?;
-    let deadline = Instant::now() + Duration::from_secs_f64(args.drain_timeout);
-    while tracker.outstanding() > 0 && Instant::now() < deadline {
-        sluice.check_running()?;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let wall = started.elapsed();
-    let cpu = process::cpu_time(sluice.pid()).unwrap_or_default() - cpu_before;
-    stop.store(true, Ordering::Relaxed);
-    let (max_lag, peak_rss) = watcher.await??;
-    watching.store(true, Ordering::Relaxed);
-    if let Some(index_watch) = index_watch {
-        index_watch
-            .join()
-            .map_err(|_| anyhow::anyhow!("the index watcher panicked"))??;
-    }
-    let status = sluice.stop()?;
-    anyhow::ensure!(status.success(), "sluice exited with {status} on SIGTERM");
-    let (latency, windows) = tracker.take();
-    Ok(Report {
-        scenario: args.scenario,
-        sink: match args.sink {
-            Target::Bulk => "bulk endpoint (answers at once)",
-            Target::Embedded => "embedded index (found by a search)",
-        }
-        .to_owned(),
-        target_rate: args.rate,
-        rows_per_txn: args.rows_per_txn,
-        row_bytes: args.row_bytes,
-        connections: args.connections,
-        duration_s: args.duration,
-        achieved_rate: kept.changes as f64 / kept.seconds.max(1e-9),
-        schedule: kept,
-        latency_ms: Percentiles::of(&latency),
-        not_arrived: tracker.outstanding(),
-        max_replication_lag_bytes: max_lag,
-        sluice_peak_rss_mb: peak_rss as f64 / (1024.0 * 1024.0),
-        sluice_cpu_percent: 100.0 * cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9),
-        seconds: Report::seconds(windows),
-    })
-}
-
-/// Waits until sluice streams from its slot.
-async fn wait_streaming(admin: &Client, slot: &str, sluice: &mut Sluice) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        sluice.check_running()?;
-        let active = admin
-            .query_opt(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await?
-            .is_some_and(|row| row.get::<_, bool>(0));
-        if active {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "sluice did not start streaming within a minute; its log ends:\n{}",
-            sluice.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Samples the slot's unconfirmed WAL and sluice's memory until `stop`:
-/// the most of each.
-async fn watch(
-    client: Client,
-    slot: String,
-    pid: u32,
-    stop: Arc<AtomicBool>,
-) -> anyhow::Result<(i64, u64)> {
-    let lag = client
-        .prepare(
-            "SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::int8
-             FROM pg_replication_slots WHERE slot_name = $1",
-        )
-        .await?;
-    let (mut max_lag, mut peak_rss) = (0i64, 0u64);
-    while !stop.load(Ordering::Relaxed) {
-        if let Some(row) = client.query_opt(&lag, &[&slot]).await? {
-            max_lag = max_lag.max(row.get(0));
-        }
-        peak_rss = peak_rss.max(process::rss_bytes(pid).unwrap_or(0));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok((max_lag, peak_rss))
 }

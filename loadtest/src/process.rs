@@ -42,7 +42,11 @@ pub struct Sluice {
 
 impl Sluice {
     pub fn start(binary: &Path, config: &Path, log: &Path) -> anyhow::Result<Sluice> {
-        let file = std::fs::File::create(log)?;
+        // A second start (after a backlog was committed) adds to the log.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
         let child = Command::new(binary)
             .args(["run", "--config"])
             .arg(config)
@@ -110,6 +114,22 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// A Postgres client program: from `bin_dir` (the throwaway server's),
+/// else from `pg_config --bindir`, else from the `PATH`.
+pub fn pg_program(name: &str, bin_dir: Option<&Path>) -> PathBuf {
+    if let Some(path) = bin_dir.map(|dir| dir.join(name)).filter(|p| p.is_file()) {
+        return path;
+    }
+    let configured = Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join(name))
+        .filter(|p| p.is_file());
+    configured.unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// CPU time the process used so far (user and system).

@@ -49,6 +49,7 @@ pub struct Report {
     pub rows_per_txn: usize,
     pub row_bytes: usize,
     pub connections: usize,
+    pub tables: usize,
     pub duration_s: f64,
     /// Changes committed per second over the run.
     pub achieved_rate: f64,
@@ -62,7 +63,59 @@ pub struct Report {
     pub sluice_peak_rss_mb: f64,
     /// sluice's CPU time over the run, as a share of one core.
     pub sluice_cpu_percent: f64,
+    /// `backfill`: the initial backfill that ran under the load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<BackfillFigures>,
+    /// `backlog`: the drain from a standing start, beside `pg_recvlogical`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainFigures>,
     pub seconds: Vec<Second>,
+}
+
+/// The initial backfill of a `backfill` run.
+#[derive(Debug, Serialize)]
+pub struct BackfillFigures {
+    pub rows: u64,
+    pub seconds: f64,
+    pub rows_per_second: f64,
+}
+
+impl BackfillFigures {
+    pub fn new(rows: u64, seconds: f64) -> BackfillFigures {
+        BackfillFigures {
+            rows,
+            seconds,
+            rows_per_second: rows as f64 / seconds.max(1e-3),
+        }
+    }
+}
+
+/// A backlog drained by sluice (to the last document at the index, from
+/// the moment it started) and read by `pg_recvlogical` (to the end of the
+/// backlog, discarding what it reads).
+#[derive(Debug, Serialize)]
+pub struct DrainFigures {
+    pub changes: u64,
+    pub pg_recvlogical_seconds: f64,
+    pub pg_recvlogical_changes_per_second: f64,
+    pub sluice_seconds: f64,
+    pub sluice_changes_per_second: f64,
+    /// sluice's rate over `pg_recvlogical`'s.
+    pub ratio: f64,
+}
+
+impl DrainFigures {
+    pub fn new(changes: u64, raw_seconds: f64, sluice_seconds: f64) -> DrainFigures {
+        let rate = |seconds: f64| changes as f64 / seconds.max(1e-3);
+        DrainFigures {
+            changes,
+            pg_recvlogical_seconds: raw_seconds,
+            pg_recvlogical_changes_per_second: rate(raw_seconds),
+            sluice_seconds,
+            sluice_changes_per_second: rate(sluice_seconds),
+            ratio: rate(sluice_seconds) / rate(raw_seconds),
+        }
+    }
 }
 
 impl Report {
@@ -81,7 +134,7 @@ impl Report {
     pub fn print(&self) {
         let l = &self.latency_ms;
         println!(
-            "scenario {:?} into {}: {:.0} changes/s asked, {:.0} achieved ({} rows a transaction, {} bytes a row, {} connections, {:.0} s)",
+            "scenario {:?} into {}: {:.0} changes/s asked, {:.0} achieved ({} rows a transaction, {} bytes a row, {} connections, {} tables, {:.0} s)",
             self.scenario,
             self.sink,
             self.target_rate,
@@ -89,6 +142,7 @@ impl Report {
             self.rows_per_txn,
             self.row_bytes,
             self.connections,
+            self.tables,
             self.duration_s
         );
         println!(
@@ -115,7 +169,24 @@ impl Report {
             self.sluice_peak_rss_mb,
             self.sluice_cpu_percent
         );
-        if self.schedule.max_behind_ms > 100.0 {
+        if let Some(b) = &self.backfill {
+            println!(
+                "initial backfill under the load: {} rows in {:.1} s, {:.0} rows/s",
+                b.rows, b.seconds, b.rows_per_second
+            );
+        }
+        if let Some(d) = &self.drain {
+            println!(
+                "backlog of {} changes: pg_recvlogical {:.2} s ({:.0}/s), sluice {:.2} s ({:.0}/s): {:.2}x",
+                d.changes,
+                d.pg_recvlogical_seconds,
+                d.pg_recvlogical_changes_per_second,
+                d.sluice_seconds,
+                d.sluice_changes_per_second,
+                d.ratio
+            );
+        }
+        if self.schedule.max_behind_ms > 100.0 && self.drain.is_none() {
             println!(
                 "the load fell behind its schedule by up to {:.0} ms: the database could not take the rate asked for",
                 self.schedule.max_behind_ms

@@ -23,12 +23,59 @@ pub enum Scenario {
     Updates,
     /// Inserts, updates and deletes (50 / 35 / 15 %).
     Mixed,
+    /// Rows of `--row-bytes` (8,000 by default) that Postgres stores out of
+    /// line (TOAST): updates that leave the large column unchanged (80 %)
+    /// and inserts (20 %).
+    Toast,
+    /// One transaction of `--rows-per-txn` inserts (200,000 by default).
+    Huge,
+    /// `--rate` × `--duration` changes committed while sluice is stopped,
+    /// then drained from a standing start, beside `pg_recvlogical` reading
+    /// the same backlog.
+    Backlog,
+    /// The initial backfill of `--keys` rows with `mixed` changes at
+    /// `--rate` from its first moment.
+    Backfill,
 }
 
 impl Scenario {
     /// Whether the table is loaded with `keys` rows before the run.
     pub fn loads_rows(self) -> bool {
-        self != Scenario::Steady
+        matches!(
+            self,
+            Scenario::Updates | Scenario::Mixed | Scenario::Toast | Scenario::Backfill
+        )
+    }
+
+    /// Rows in a transaction unless `--rows-per-txn` says.
+    pub fn default_rows_per_txn(self) -> usize {
+        match self {
+            Scenario::Huge => 200_000,
+            _ => 1,
+        }
+    }
+
+    /// Bytes of text in a row unless `--row-bytes` says.
+    pub fn default_row_bytes(self) -> usize {
+        match self {
+            Scenario::Toast => 8_000,
+            _ => 200,
+        }
+    }
+
+    /// Whether the operations are drawn at random from rows no connection
+    /// is changing.
+    fn mix_of_operations(self) -> bool {
+        matches!(self, Scenario::Mixed | Scenario::Toast | Scenario::Backfill)
+    }
+
+    /// Where the draw of an operation turns from insert to update, and from
+    /// update to delete.
+    fn mix(self) -> (f64, f64) {
+        match self {
+            Scenario::Toast => (0.2, 1.0),
+            _ => (0.5, 0.85),
+        }
     }
 }
 
@@ -40,10 +87,12 @@ pub struct Load {
     pub rate: f64,
     pub duration: Duration,
     pub rows_per_txn: usize,
-    pub row_bytes: usize,
     /// Rows loaded before the run (`updates`, `mixed`).
     pub keys: i64,
     pub seed: u64,
+    /// Transactions go on their schedule; without it, as fast as the
+    /// connections can (a backlog).
+    pub paced: bool,
 }
 
 /// How the schedule was kept.
@@ -57,34 +106,85 @@ pub struct Kept {
     pub seconds: f64,
 }
 
-/// The table's SQL, in `schema`.
-pub fn create_table(schema: &str) -> String {
-    format!(
-        "CREATE TABLE {schema}.items (
-            id bigint PRIMARY KEY,
-            seq bigint NOT NULL,
-            n integer NOT NULL DEFAULT 0,
-            body text NOT NULL,
-            updated_at timestamptz NOT NULL DEFAULT now()
-        )"
-    )
+/// The tables of the run, in a schema of their own: `items`, or with
+/// `--tables N`, `items_1` to `items_N`. Row `id` lives in table
+/// `id mod N`, so ids are unique across them.
+#[derive(Debug, Clone)]
+pub struct Tables {
+    pub schema: String,
+    pub names: Vec<String>,
+}
+
+impl Tables {
+    pub fn new(schema: &str, count: usize) -> Tables {
+        let names = match count {
+            0 | 1 => vec!["items".to_owned()],
+            n => (1..=n).map(|i| format!("items_{i}")).collect(),
+        };
+        Tables {
+            schema: schema.to_owned(),
+            names,
+        }
+    }
+
+    /// The table of row `id`, as an index into `names`.
+    pub fn of(&self, id: i64) -> usize {
+        id.rem_euclid(self.names.len() as i64) as usize
+    }
+
+    /// `schema.name` of each table.
+    pub fn qualified(&self) -> impl Iterator<Item = String> + '_ {
+        self.names.iter().map(|n| format!("{}.{n}", self.schema))
+    }
+
+    /// The SQL that creates them.
+    pub fn create(&self) -> String {
+        self.qualified()
+            .map(|table| {
+                format!(
+                    "CREATE TABLE {table} (
+                        id bigint PRIMARY KEY,
+                        seq bigint NOT NULL,
+                        n integer NOT NULL DEFAULT 0,
+                        body text NOT NULL,
+                        updated_at timestamptz NOT NULL DEFAULT now()
+                    );"
+                )
+            })
+            .collect()
+    }
+}
+
+/// Text of `bytes` random hexadecimal digits: Postgres cannot compress it,
+/// so a row holds all of it (out of line past about 2 kB).
+pub fn body(bytes: usize, seed: u64) -> String {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    (0..bytes)
+        .map(|_| DIGITS[rng.random_range(0..16)] as char)
+        .collect()
 }
 
 /// Loads rows 1..=`keys` (with `seq` 0: no write of the run).
 pub async fn load_rows(
     client: &Client,
-    schema: &str,
+    tables: &Tables,
     keys: i64,
-    row_bytes: usize,
+    body: &str,
 ) -> anyhow::Result<()> {
-    if keys > 0 {
+    if keys <= 0 {
+        return Ok(());
+    }
+    let count = tables.names.len() as i64;
+    for (at, table) in tables.qualified().enumerate() {
         client
             .execute(
                 &format!(
-                    "INSERT INTO {schema}.items (id, seq, body)
-                     SELECT g, 0, repeat('x', $2::int) FROM generate_series(1, $1::int8) g"
+                    "INSERT INTO {table} (id, seq, body)
+                     SELECT g, 0, $2::text FROM generate_series(1, $1::int8) g
+                     WHERE g % $3::int8 = $4::int8"
                 ),
-                &[&keys, &(row_bytes as i32)],
+                &[&keys, &body, &count, &(at as i64)],
             )
             .await?;
     }
@@ -94,7 +194,7 @@ pub async fn load_rows(
 /// Shared between the connections.
 struct Shared {
     load: Load,
-    schema: String,
+    tables: Tables,
     body: String,
     next_id: AtomicI64,
     next_seq: AtomicI64,
@@ -109,16 +209,20 @@ struct Shared {
 /// schedule was kept.
 pub async fn run(
     load: Load,
-    schema: &str,
+    tables: Tables,
+    body: String,
     clients: Vec<Client>,
     tracker: Arc<Tracker>,
 ) -> anyhow::Result<Kept> {
     let per_txn = load.rows_per_txn.max(1);
-    let transactions = ((load.rate * load.duration.as_secs_f64()) / per_txn as f64).ceil() as u64;
+    let transactions = match load.scenario {
+        Scenario::Huge => 1,
+        _ => ((load.rate * load.duration.as_secs_f64()) / per_txn as f64).ceil() as u64,
+    };
     let interval = Duration::from_secs_f64(per_txn as f64 / load.rate);
     let shared = Arc::new(Shared {
-        schema: schema.to_owned(),
-        body: "x".repeat(load.row_bytes),
+        tables,
+        body,
         next_id: AtomicI64::new(load.keys + 1),
         next_seq: AtomicI64::new(1),
         idle: Mutex::new((1..=load.keys).collect()),
@@ -134,13 +238,18 @@ pub async fn run(
         let shared = shared.clone();
         tasks.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(shared.load.seed ^ worker as u64);
-            let statements = Statements::prepare(&client, &shared.schema).await?;
+            let mut statements = Vec::with_capacity(shared.tables.names.len());
+            for table in shared.tables.qualified() {
+                statements.push(Statements::prepare(&client, &table).await?);
+            }
             let mut k = worker as u64;
             let mut changes = 0u64;
             while k < transactions {
                 let due = start + interval.mul_f64(k as f64);
                 let now = Instant::now();
-                if due > now {
+                if !shared.load.paced {
+                    // A backlog: as fast as the database takes it.
+                } else if due > now {
                     tokio::time::sleep_until(due.into()).await;
                 } else {
                     let behind = (now - due).as_micros() as u64;
@@ -171,24 +280,24 @@ struct Statements {
 }
 
 impl Statements {
-    async fn prepare(client: &Client, schema: &str) -> anyhow::Result<Statements> {
+    /// The statements on `table` (`schema.name`).
+    async fn prepare(client: &Client, table: &str) -> anyhow::Result<Statements> {
         Ok(Statements {
             insert: client
                 .prepare(&format!(
-                    "INSERT INTO {schema}.items (id, seq, body)
+                    "INSERT INTO {table} (id, seq, body)
                      SELECT unnest($1::int8[]), unnest($2::int8[]), $3::text"
                 ))
                 .await?,
+            // The body is left as it is: a large one stays unchanged TOAST.
             update: client
                 .prepare(&format!(
-                    "UPDATE {schema}.items AS t SET seq = v.seq, n = t.n + 1, updated_at = now()
+                    "UPDATE {table} AS t SET seq = v.seq, n = t.n + 1, updated_at = now()
                      FROM unnest($1::int8[], $2::int8[]) AS v(id, seq) WHERE t.id = v.id"
                 ))
                 .await?,
             delete: client
-                .prepare(&format!(
-                    "DELETE FROM {schema}.items WHERE id = ANY($1::int8[])"
-                ))
+                .prepare(&format!("DELETE FROM {table} WHERE id = ANY($1::int8[])"))
                 .await?,
         })
     }
@@ -212,7 +321,7 @@ impl Shared {
         let n = self.load.rows_per_txn.max(1);
         let mut plan = Plan::default();
         match self.load.scenario {
-            Scenario::Steady => {
+            Scenario::Steady | Scenario::Huge | Scenario::Backlog => {
                 let first = self.next_id.fetch_add(n as i64, Ordering::Relaxed);
                 plan.inserts = (first..first + n as i64).collect();
             }
@@ -228,18 +337,19 @@ impl Shared {
                 plan.updates = chosen.into_iter().collect();
                 plan.updates.sort_unstable();
             }
-            Scenario::Mixed => {
+            Scenario::Mixed | Scenario::Toast | Scenario::Backfill => {
+                let (inserts, updates) = self.load.scenario.mix();
                 let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
                 for _ in 0..n {
                     let roll: f64 = rng.random();
-                    if roll < 0.5 || idle.is_empty() {
+                    if roll < inserts || idle.is_empty() {
                         plan.inserts
                             .push(self.next_id.fetch_add(1, Ordering::Relaxed));
                     } else {
                         // Taken out while this transaction changes it.
                         let at = rng.random_range(0..idle.len());
                         let id = idle.swap_remove(at);
-                        if roll < 0.85 {
+                        if roll < updates {
                             plan.updates.push(id);
                         } else {
                             plan.deletes.push(id);
@@ -257,7 +367,7 @@ impl Shared {
     async fn transaction(
         &self,
         client: &Client,
-        statements: &Statements,
+        statements: &[Statements],
         rng: &mut impl Rng,
     ) -> anyhow::Result<usize> {
         let plan = self.plan(rng);
@@ -277,33 +387,31 @@ impl Shared {
     async fn attempt(
         &self,
         client: &Client,
-        statements: &Statements,
+        statements: &[Statements],
         plan: &Plan,
     ) -> Result<usize, tokio_postgres::Error> {
         let inserted = self.seqs(plan.inserts.len());
         let updated = self.seqs(plan.updates.len());
         let deleted = self.seqs(plan.deletes.len());
-        let parts = [
-            !plan.inserts.is_empty(),
-            !plan.updates.is_empty(),
-            !plan.deletes.is_empty(),
-        ];
-        let single = parts.iter().filter(|p| **p).count() == 1;
+        let inserts = self.by_table(&plan.inserts, &inserted);
+        let updates = self.by_table(&plan.updates, &updated);
+        let deletes = self.by_table(&plan.deletes, &deleted);
+        let single = inserts.len() + updates.len() + deletes.len() == 1;
         if !single {
             client.batch_execute("BEGIN").await?;
         }
-        if !plan.inserts.is_empty() {
+        for (table, ids, seqs) in &inserts {
             client
-                .execute(&statements.insert, &[&plan.inserts, &inserted, &self.body])
+                .execute(&statements[*table].insert, &[ids, seqs, &self.body])
                 .await?;
         }
-        if !plan.updates.is_empty() {
+        for (table, ids, seqs) in &updates {
             client
-                .execute(&statements.update, &[&plan.updates, &updated])
+                .execute(&statements[*table].update, &[ids, seqs])
                 .await?;
         }
-        if !plan.deletes.is_empty() {
-            client.execute(&statements.delete, &[&plan.deletes]).await?;
+        for (table, ids, _) in &deletes {
+            client.execute(&statements[*table].delete, &[ids]).await?;
         }
         if !single {
             client.batch_execute("COMMIT").await?;
@@ -318,11 +426,29 @@ impl Shared {
             .chain(plan.deletes.iter().copied().zip(deleted))
             .collect();
         self.tracker.committed(&writes, at);
-        if self.load.scenario == Scenario::Mixed {
+        if self.load.scenario.mix_of_operations() {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             idle.extend(plan.inserts.iter().chain(&plan.updates));
         }
         Ok(writes.len())
+    }
+
+    /// `ids` and their `seqs` split by table, in table order (as every
+    /// transaction locks them); only tables with rows.
+    fn by_table(&self, ids: &[i64], seqs: &[i64]) -> Vec<(usize, Vec<i64>, Vec<i64>)> {
+        let mut split: Vec<(usize, Vec<i64>, Vec<i64>)> = Vec::new();
+        for (&id, &seq) in ids.iter().zip(seqs) {
+            let table = self.tables.of(id);
+            match split.iter_mut().find(|(t, _, _)| *t == table) {
+                Some((_, ids, seqs)) => {
+                    ids.push(id);
+                    seqs.push(seq);
+                }
+                None => split.push((table, vec![id], vec![seq])),
+            }
+        }
+        split.sort_unstable_by_key(|(table, _, _)| *table);
+        split
     }
 }
 

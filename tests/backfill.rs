@@ -767,3 +767,75 @@ async fn with_a_token_every_request_needs_it_and_other_machines_need_a_token() {
     assert!(String::from_utf8_lossy(&without.stderr).contains("Authorization: Bearer"));
     assert_eq!(sluice.stop().code(), Some(0));
 }
+
+/// Meilisearch charges per batch of tasks: a backfill must keep it busy
+/// with large tasks, enqueued while it works, so its auto-batcher merges
+/// them; and live changes during it still arrive at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backfill_into_meilisearch_goes_in_few_large_batches() {
+    use fakes::meilisearch::{FakeMeilisearch, FakeOptions};
+    let db = TestDb::new("bfmeili").await;
+    db.exec(ITEMS).await;
+    db.exec(&insert_items(1, 60_000)).await;
+    // A batch costs 300 ms however many documents it holds.
+    let ms = FakeMeilisearch::start(FakeOptions {
+        processing_delay: Duration::from_millis(300),
+        ..FakeOptions::default()
+    })
+    .await;
+    let sinks = format!(
+        "[[sinks]]\nname = \"meili\"\ntype = \"meilisearch\"\nurl = \"{}\"\n",
+        ms.url()
+    );
+    let tables = format!("[[tables]]\nname = \"public.items\"\n\n{API}");
+    let config = db.config_with_sinks(&tables, "", &sinks);
+    let started = std::time::Instant::now();
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    let api = api_address(&db, &mut sluice).await;
+    let backfill = wait_state(&api, 1, "completed", &mut sluice).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let tasks = ms.tasks();
+    let additions = tasks
+        .iter()
+        .filter(|t| t.kind == "documentAdditionOrUpdate")
+        .count();
+    println!(
+        "60,000 rows in {seconds:.1} s: {additions} addition tasks in {} batches",
+        ms.batches()
+    );
+    assert_eq!(backfill["rows_done"], 60_000, "{backfill:#}");
+    // One batch per 1,000-document task would take 60 × 300 ms = 18 s.
+    assert!(
+        ms.batches() <= 12,
+        "{} batches for 60,000 rows: the backfill did not let Meilisearch merge its tasks",
+        ms.batches()
+    );
+
+    // A live change goes at once, not behind a timer or the backfill.
+    db.exec("UPDATE items SET name = 'live' WHERE id = 7").await;
+    let arrived = wait_until(Duration::from_secs(10), || async {
+        ms.documents("items")
+            .get("7")
+            .is_some_and(|doc| doc["name"] == "live")
+    })
+    .await;
+    assert!(arrived, "the live change did not arrive");
+    let rows: std::collections::BTreeMap<String, Value> = db
+        .rows("items", "id")
+        .await
+        .into_iter()
+        .map(|(id, mut row)| {
+            row["id"] = Value::String(id.clone());
+            (id, row)
+        })
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            ms.documents("items") == rows
+        })
+        .await,
+        "the index differs from the table"
+    );
+    assert_eq!(sluice.stop().code(), Some(0));
+}

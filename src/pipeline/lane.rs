@@ -110,6 +110,10 @@ struct LaneState {
     unapplied: BTreeMap<Lsn, usize>,
     /// Credits of batches the writer applied but has not committed.
     held: Vec<Arc<Credit>>,
+    /// The credits of commits a sink has not confirmed yet, oldest first
+    /// (sinks that confirm their commits later).
+    /// By the commit's number.
+    sealed: VecDeque<(u64, Vec<Arc<Credit>>)>,
     spool: Option<Spool>,
     /// The writer was told there is work and has not found the lane empty since.
     woken: bool,
@@ -135,6 +139,7 @@ impl Lane {
                 superseded: HashMap::new(),
                 unapplied: BTreeMap::new(),
                 held: Vec::new(),
+                sealed: VecDeque::new(),
                 spool: None,
                 woken: false,
             }),
@@ -241,6 +246,7 @@ impl Lane {
         metrics::counter!("sluice_sink_spills_total", "sink" => self.sink.clone()).increment(1);
         state.queued_bytes = 0;
         state.held.clear();
+        state.sealed.clear();
         state.spool = Some(spool);
         Ok(())
     }
@@ -294,6 +300,25 @@ impl Lane {
     pub fn release(&self) {
         let held = std::mem::take(&mut self.lock().held);
         drop(held);
+    }
+
+    /// Keeps the credits held so far for commit `commit`, which the sink
+    /// confirms later.
+    pub fn seal(&self, commit: u64) {
+        let mut state = self.lock();
+        let held = std::mem::take(&mut state.held);
+        state.sealed.push_back((commit, held));
+    }
+
+    /// Returns the credits of the commits up to `commit`, now confirmed.
+    pub fn release_sealed(&self, commit: u64) {
+        let mut released = Vec::new();
+        let mut state = self.lock();
+        while state.sealed.front().is_some_and(|(n, _)| *n <= commit) {
+            released.extend(state.sealed.pop_front().map(|(_, held)| held));
+        }
+        drop(state);
+        drop(released);
     }
 
     /// Spills when the oldest batch waited longer than the policy allows.

@@ -11,6 +11,11 @@
 //! cost segments and merges, or a linger the user chose); a commit then waits
 //! until that long after the last one started.
 //!
+//! A sink whose engine applies writes on its own time (Meilisearch's tasks)
+//! confirms its commits later: the writer hands a commit over, goes on with
+//! the next writes while the engine works, and acknowledges each commit, and
+//! returns its credits, once the sink reports it durable.
+//!
 //! The committed position is the lowest position every shard has delivered:
 //! all changes below it are durable in this sink. Live writes may go before
 //! a backfill's rows (see the lane), so the position below which the
@@ -35,6 +40,8 @@ pub enum WriterMsg {
     /// Commit if anything is pending and the spacing passed; send parked
     /// writes queued for a retry.
     Tick,
+    /// Ask the sink which of the commits it confirms later are durable.
+    Confirm,
 }
 
 pub struct WriterArgs {
@@ -74,6 +81,21 @@ pub struct WriterState {
     /// A tick is set for when the spacing between commits passed.
     tick_set: bool,
     finished: bool,
+    /// Commits the sink confirms later, oldest first.
+    unconfirmed: VecDeque<Unconfirmed>,
+    /// How many commits the sink was asked to confirm later.
+    commits_later: u64,
+    /// A `Confirm` is set for when the sink asked to be looked at again.
+    confirm_set: bool,
+}
+
+/// A commit the sink confirms later, and what it acknowledges then.
+struct Unconfirmed {
+    /// Its number among the commits confirmed later, from 1.
+    number: u64,
+    upto: Lsn,
+    backfilled: Lsn,
+    last: bool,
 }
 
 pub struct Writer;
@@ -112,6 +134,9 @@ impl Actor for Writer {
             last_commit: Instant::now(),
             tick_set: false,
             finished: false,
+            unconfirmed: VecDeque::new(),
+            commits_later: 0,
+            confirm_set: false,
         })
     }
 
@@ -122,18 +147,7 @@ impl Actor for Writer {
         state: &mut WriterState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            WriterMsg::Ready => {
-                // A bounded turn, so commits on age and stop requests get in.
-                for _ in 0..BATCHES_PER_TURN {
-                    let Some(batch) = state.args.lane.next()? else {
-                        // Nothing more is ready: what is pending goes now.
-                        return state.commit_when_due(&myself).await;
-                    };
-                    state.receive(batch).await?;
-                }
-                state.commit_when_due(&myself).await?;
-                myself.cast(WriterMsg::Ready)?;
-            }
+            WriterMsg::Ready => state.take_ready(&myself).await?,
             WriterMsg::Tick => {
                 state.tick_set = false;
                 // Parked writes queued for a retry go between batches, in
@@ -146,12 +160,75 @@ impl Actor for Writer {
                 }
                 state.commit_when_due(&myself).await?;
             }
+            WriterMsg::Confirm => state.confirm_set = false,
         }
-        Ok(())
+        state.follow_confirmations(&myself).await
     }
 }
 
 impl WriterState {
+    /// Takes a bounded turn of batches from the lane, so commits on age and
+    /// stop requests get in.
+    async fn take_ready(&mut self, myself: &ActorRef<WriterMsg>) -> Result<(), ActorProcessingErr> {
+        for _ in 0..BATCHES_PER_TURN {
+            let Some(batch) = self.args.lane.next()? else {
+                // Nothing more is ready: what is pending goes now.
+                return self.commit_when_due(myself).await;
+            };
+            self.receive(batch).await?;
+        }
+        self.commit_when_due(myself).await?;
+        myself.cast(WriterMsg::Ready)?;
+        Ok(())
+    }
+
+    /// Acknowledges the commits the sink confirmed since it was last asked,
+    /// and sets a `Confirm` for when it wants to be asked again.
+    async fn follow_confirmations(
+        &mut self,
+        myself: &ActorRef<WriterMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        if self.unconfirmed.is_empty() || self.confirm_set {
+            return Ok(());
+        }
+        let confirmed = self.args.sink.confirmed().await?;
+        while let Some(commit) = self
+            .unconfirmed
+            .front()
+            .filter(|c| c.number <= confirmed.commits)
+        {
+            let (upto, backfilled, last) = (commit.upto, commit.backfilled, commit.last);
+            self.args.lane.release_sealed(commit.number);
+            self.unconfirmed.pop_front();
+            self.acknowledge(upto, backfilled, last)?;
+        }
+        if !self.unconfirmed.is_empty() {
+            let again = confirmed.look_again.unwrap_or(Duration::from_millis(10));
+            self.confirm_set = true;
+            myself.send_after(again, || WriterMsg::Confirm);
+        }
+        Ok(())
+    }
+
+    /// Tells the acknowledger that this sink holds everything below `upto`
+    /// (and backfill rows below `backfilled`).
+    fn acknowledge(
+        &self,
+        upto: Lsn,
+        backfilled: Lsn,
+        last: bool,
+    ) -> Result<(), ActorProcessingErr> {
+        metrics::gauge!("sluice_sink_committed_lsn", "sink" => self.args.sink.name().to_owned())
+            .set(upto.0 as f64);
+        self.args.ack.cast(AckMsg::Committed {
+            sink: self.args.sink_index,
+            upto,
+            backfilled,
+            last,
+        })?;
+        Ok(())
+    }
+
     fn held_bytes(&self) -> u64 {
         self.held_bytes
     }
@@ -295,20 +372,28 @@ impl WriterState {
             let start = Instant::now();
             // The sink's own record of its position must not pass backfill
             // rows it has not written: it takes writes below it for replays.
-            self.args.sink.commit(backfilled).await?;
+            let later = self.args.sink.commit_later(backfilled).await?;
+            if !later {
+                self.args.sink.commit(backfilled).await?;
+            }
             metrics::histogram!("sluice_sink_commit_seconds", "sink" => self.args.sink.name().to_owned())
                 .record(start.elapsed().as_secs_f64());
             self.dirty = false;
             self.committed = self.committed.max(upto);
             self.backfilled = self.backfilled.max(backfilled);
-            metrics::gauge!("sluice_sink_committed_lsn", "sink" => self.args.sink.name().to_owned())
-                .set(self.committed.0 as f64);
-            self.args.ack.cast(AckMsg::Committed {
-                sink: self.args.sink_index,
-                upto: self.committed,
-                backfilled: self.backfilled,
-                last,
-            })?;
+            if later {
+                // Acknowledged, and its credits returned, once confirmed.
+                self.commits_later += 1;
+                self.args.lane.seal(self.commits_later);
+                self.unconfirmed.push_back(Unconfirmed {
+                    number: self.commits_later,
+                    upto: self.committed,
+                    backfilled: self.backfilled,
+                    last,
+                });
+            } else {
+                self.acknowledge(self.committed, self.backfilled, last)?;
+            }
         }
         self.args.lane.release();
         self.held_seen.clear();

@@ -38,6 +38,32 @@ pub trait Sink: Send + 'static {
     /// commit can still have positions below the last `upto`; those are
     /// never ones written before.
     async fn commit(&mut self, upto: Lsn) -> Result<()>;
+
+    /// Like `commit`, but returns once the writes are handed to the engine,
+    /// before they are durable: `confirmed` tells later which commits became
+    /// durable, so the writer goes on with the next writes meanwhile (an
+    /// engine that applies writes on its own time, as Meilisearch's tasks,
+    /// merges what arrives while it works). `false`: this sink does not, and
+    /// the writer calls `commit` instead.
+    async fn commit_later(&mut self, _upto: Lsn) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// For a sink whose `commit_later` returned true: how many of those
+    /// commits, counted from the first, are durable, without waiting; and
+    /// when to ask again while some are not.
+    async fn confirmed(&mut self) -> Result<Confirmed> {
+        Ok(Confirmed::default())
+    }
+}
+
+/// What `Sink::confirmed` found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Confirmed {
+    /// Commits made with `commit_later` whose writes are all durable.
+    pub commits: u64,
+    /// When to look again, while some are not.
+    pub look_again: Option<std::time::Duration>,
 }
 
 /// Whether the engine behind a sink answers and takes its credentials,

@@ -221,58 +221,80 @@ impl Client {
     /// resumes from its last acknowledged position).
     pub async fn wait_task(&self, uid: u64) -> Result<Task> {
         let start = Instant::now();
-        let timeout = Duration::from_millis(self.config.task_timeout_ms);
         let mut looks = 0;
         loop {
             looks += 1;
-            let status = match self
-                .send(self.request(reqwest::Method::GET, &format!("tasks/{uid}")))
-                .await
-            {
-                Ok((status, answer)) if status.is_success() => {
-                    match serde_json::from_slice::<Task>(&answer) {
-                        Ok(task) if task.status.is_finished() => return Ok(task),
-                        Ok(task) => format!("{:?}", task.status).to_lowercase(),
-                        Err(e) => format!("unreadable ({e})"),
-                    }
-                }
-                Ok((status, answer)) => {
-                    return Err(Error::new(
-                        ErrorKind::Sink,
-                        format!(
-                            "sink {}: looking at task {uid} failed: {status}: {}",
-                            self.name,
-                            body_text(&answer)
-                        ),
-                    ));
-                }
-                Err(SendError::Fatal(e)) => return Err(e),
-                Err(SendError::Refused(problem)) => {
-                    return Err(Error::new(
-                        ErrorKind::Sink,
-                        format!("sink {}: {problem}", self.name),
-                    ))
-                }
-                Err(SendError::Retryable(problem)) => format!("unknown ({problem})"),
+            let status = match self.look_task(uid).await? {
+                Ok(task) => return Ok(task),
+                Err(status) => status,
             };
-            if start.elapsed() >= timeout {
+            self.check_task_age(uid, &status, start)?;
+            let timeout = Duration::from_millis(self.config.task_timeout_ms);
+            let delay = self.poll_delay(looks);
+            tokio::time::sleep(delay.min(timeout.saturating_sub(start.elapsed()))).await;
+        }
+    }
+
+    /// Looks at a task once: the task when it finished, else where it is
+    /// (`enqueued`, `processing`, or why the look got no answer).
+    pub async fn look_task(&self, uid: u64) -> Result<std::result::Result<Task, String>> {
+        let status = match self
+            .send(self.request(reqwest::Method::GET, &format!("tasks/{uid}")))
+            .await
+        {
+            Ok((status, answer)) if status.is_success() => {
+                match serde_json::from_slice::<Task>(&answer) {
+                    Ok(task) if task.status.is_finished() => return Ok(Ok(task)),
+                    Ok(task) => format!("{:?}", task.status).to_lowercase(),
+                    Err(e) => format!("unreadable ({e})"),
+                }
+            }
+            Ok((status, answer)) => {
                 return Err(Error::new(
                     ErrorKind::Sink,
                     format!(
-                        "sink {}: task {uid} is still {status} after {} ms",
+                        "sink {}: looking at task {uid} failed: {status}: {}",
                         self.name,
-                        start.elapsed().as_millis()
+                        body_text(&answer)
                     ),
-                )
-                .hint("Meilisearch is behind: raise the sink's task_timeout_ms, or look at its task queue (GET /tasks?statuses=enqueued,processing)"));
+                ));
             }
-            let delay = backoff(
-                Duration::from_millis(self.config.task_poll_initial_ms),
-                Duration::from_millis(self.config.task_poll_max_ms),
-                looks,
-            );
-            tokio::time::sleep(delay.min(timeout.saturating_sub(start.elapsed()))).await;
+            Err(SendError::Fatal(e)) => return Err(e),
+            Err(SendError::Refused(problem)) => {
+                return Err(Error::new(
+                    ErrorKind::Sink,
+                    format!("sink {}: {problem}", self.name),
+                ))
+            }
+            Err(SendError::Retryable(problem)) => format!("unknown ({problem})"),
+        };
+        Ok(Err(status))
+    }
+
+    /// The error once a task followed since `since` is still `status` after
+    /// `task_timeout_ms`.
+    pub fn check_task_age(&self, uid: u64, status: &str, since: Instant) -> Result<()> {
+        if since.elapsed() < Duration::from_millis(self.config.task_timeout_ms) {
+            return Ok(());
         }
+        Err(Error::new(
+            ErrorKind::Sink,
+            format!(
+                "sink {}: task {uid} is still {status} after {} ms",
+                self.name,
+                since.elapsed().as_millis()
+            ),
+        )
+        .hint("Meilisearch is behind: raise the sink's task_timeout_ms, or look at its task queue (GET /tasks?statuses=enqueued,processing)"))
+    }
+
+    /// The wait before the next look at a task looked at `looks` times.
+    pub fn poll_delay(&self, looks: u32) -> Duration {
+        backoff(
+            Duration::from_millis(self.config.task_poll_initial_ms),
+            Duration::from_millis(self.config.task_poll_max_ms),
+            looks,
+        )
     }
 }
 

@@ -5,11 +5,19 @@ use serde::Deserialize;
 use crate::config::ConfigProblem;
 use crate::sink::http::{self, HttpSettings, Problems};
 use crate::sink::http::{
-    DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_DOCS, DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_MAX_PARKED,
-    DEFAULT_MAX_RETRIES, DEFAULT_REQUEST_TIMEOUT_MS, DEFAULT_RETRY_INITIAL_BACKOFF_MS,
-    DEFAULT_RETRY_MAX_BACKOFF_MS,
+    DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_MAX_PARKED, DEFAULT_MAX_RETRIES, DEFAULT_REQUEST_TIMEOUT_MS,
+    DEFAULT_RETRY_INITIAL_BACKOFF_MS, DEFAULT_RETRY_MAX_BACKOFF_MS,
 };
 
+/// Default documents in one request (one task). Meilisearch's cost is per
+/// batch of tasks, not per document: large tasks, several enqueued while it
+/// works, let its auto-batcher merge tens of thousands of documents at once.
+/// Live changes are not held back by it: a request closes as soon as
+/// nothing more is ready.
+pub const DEFAULT_BATCH_MAX_DOCS: usize = 20_000;
+/// Default bytes of JSON in one request: well within Meilisearch's payload
+/// limit (100 MB by default).
+pub const DEFAULT_BATCH_MAX_BYTES: u64 = 20 * 1024 * 1024;
 /// Default primary key field of the indexes.
 pub const DEFAULT_PRIMARY_KEY: &str = "id";
 /// Default tasks enqueued and not yet finished at once.
@@ -37,13 +45,14 @@ pub struct MeilisearchConfig {
     #[serde(default = "default_primary_key")]
     pub primary_key: String,
     /// A request closes at this many documents ...
-    #[serde(default = "http::default_batch_max_docs")]
+    #[serde(default = "default_batch_max_docs")]
     pub batch_max_docs: usize,
     /// ... or this many bytes of JSON ...
-    #[serde(default = "http::default_batch_max_bytes")]
+    #[serde(default = "default_batch_max_bytes")]
     pub batch_max_bytes: u64,
     /// ... or when its oldest write waited this many milliseconds (the
-    /// writer then commits: sends everything and waits for its tasks).
+    /// writer then commits: enqueues everything; the tasks are followed
+    /// while the next writes go).
     #[serde(default = "http::default_flush_interval_ms")]
     pub flush_interval_ms: u64,
     /// Timeout of one HTTP request, in milliseconds.
@@ -84,6 +93,12 @@ pub struct MeilisearchConfig {
     pub task_poll_max_ms: u64,
 }
 
+fn default_batch_max_docs() -> usize {
+    DEFAULT_BATCH_MAX_DOCS
+}
+fn default_batch_max_bytes() -> u64 {
+    DEFAULT_BATCH_MAX_BYTES
+}
 fn default_primary_key() -> String {
     DEFAULT_PRIMARY_KEY.into()
 }

@@ -17,6 +17,13 @@
 //! Writes within one request touch distinct ids: a second write to an id
 //! closes the open requests of its index first.
 //!
+//! Meilisearch's cost is per batch of tasks (its auto-batcher merges the
+//! enqueued tasks of an index), so a commit does not wait for its tasks: the
+//! writer goes on sending while Meilisearch works, and `confirmed` reports a
+//! commit once every task before it finished. Requests hold up to 20,000
+//! documents (20 MiB) while writes are ready, as a backfill's are; a live
+//! change goes as soon as nothing more is ready.
+//!
 //! A task still enqueued or processing is never a failure and never resent;
 //! only `task_timeout_ms` ends the wait, with an error (nothing acknowledged).
 //! A request that got no answer (429, 5xx, a timeout, a dropped connection)
@@ -73,6 +80,15 @@ enum State {
 struct Entry {
     batch: Batch,
     state: State,
+    /// The commit that makes it durable (counted from 1).
+    commit: u64,
+}
+
+/// The task at the front of the queue, as the last looks at it found it.
+struct FrontLook {
+    uid: u64,
+    looks: u32,
+    since: std::time::Instant,
 }
 
 pub struct MeilisearchSink {
@@ -81,6 +97,9 @@ pub struct MeilisearchSink {
     /// Closed batches in write order, until they and all before them are done.
     queue: VecDeque<Entry>,
     failed: FailedStore,
+    /// Commits made so far (`commit` and `commit_later`).
+    commits: u64,
+    front: Option<FrontLook>,
 }
 
 impl MeilisearchSink {
@@ -90,6 +109,8 @@ impl MeilisearchSink {
             open: HashMap::new(),
             queue: VecDeque::new(),
             failed: FailedStore::new(data_dir, &config.name),
+            commits: 0,
+            front: None,
         })
     }
 
@@ -140,10 +161,12 @@ impl MeilisearchSink {
     /// Moves the open requests of `index` to the queue, in write order.
     fn queue_open(&mut self, index: &str) {
         if let Some(open) = self.open.remove(index) {
+            let commit = self.commits + 1;
             self.queue
                 .extend(open.batches.into_iter().map(|batch| Entry {
                     batch,
                     state: State::Unsent,
+                    commit,
                 }));
         }
     }
@@ -253,6 +276,7 @@ impl super::Sink for MeilisearchSink {
                 self.queue.push_back(Entry {
                     batch,
                     state: State::Unsent,
+                    commit: self.commits + 1,
                 });
                 self.send_unsent().await?;
                 continue;
@@ -272,8 +296,8 @@ impl super::Sink for MeilisearchSink {
 
     /// Returns once every task of the writes so far succeeded, or their bad
     /// documents are parked.
-    async fn commit(&mut self, _upto: Lsn) -> Result<()> {
-        self.close_all().await?;
+    async fn commit(&mut self, upto: Lsn) -> Result<()> {
+        self.commit_later(upto).await?;
         loop {
             self.send_unsent().await?;
             if !self.settle_oldest().await? {
@@ -282,8 +306,74 @@ impl super::Sink for MeilisearchSink {
         }
         debug_assert!(self.queue.iter().all(|e| matches!(e.state, State::Done)));
         self.queue.clear();
+        Ok(())
+    }
+
+    /// Enqueues every write so far and returns: Meilisearch merges the tasks
+    /// enqueued while it works into its next batch, so the next writes go
+    /// while these are processed. `confirmed` follows their tasks.
+    async fn commit_later(&mut self, _upto: Lsn) -> Result<bool> {
+        self.close_all().await?;
+        self.commits += 1;
         let max = self.config().max_parked;
         self.failed.wait_below(&self.client.name, max).await;
-        Ok(())
+        Ok(true)
+    }
+
+    /// Looks at the oldest task out (once): every commit before the first
+    /// with a task not finished is confirmed.
+    async fn confirmed(&mut self) -> Result<super::Confirmed> {
+        loop {
+            // Batches a failed task put back are enqueued again first.
+            self.send_unsent().await?;
+            while self
+                .queue
+                .front()
+                .is_some_and(|e| matches!(e.state, State::Done))
+            {
+                self.queue.pop_front();
+            }
+            let Some(front) = self.queue.front() else {
+                self.front = None;
+                return Ok(super::Confirmed {
+                    commits: self.commits,
+                    look_again: None,
+                });
+            };
+            let waiting = super::Confirmed {
+                commits: front.commit - 1,
+                look_again: None,
+            };
+            if let State::Enqueued(uid) = front.state {
+                let status = match self.client.look_task(uid).await? {
+                    Ok(task) => {
+                        self.front = None;
+                        self.settle_with(0, Some(task)).await?;
+                        continue;
+                    }
+                    Err(status) => status,
+                };
+                let look = match self.front.take() {
+                    Some(look) if look.uid == uid => FrontLook {
+                        looks: look.looks + 1,
+                        ..look
+                    },
+                    _ => FrontLook {
+                        uid,
+                        looks: 1,
+                        since: std::time::Instant::now(),
+                    },
+                };
+                self.client.check_task_age(uid, &status, look.since)?;
+                let again = self.client.poll_delay(look.looks);
+                self.front = Some(look);
+                return Ok(super::Confirmed {
+                    look_again: Some(again),
+                    ..waiting
+                });
+            }
+            // Refused without a task: acted on at once.
+            self.settle_with(0, None).await?;
+        }
     }
 }

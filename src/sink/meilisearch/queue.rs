@@ -71,10 +71,19 @@ impl MeilisearchSink {
 
     /// Waits for the task of entry `i` and acts on its outcome.
     async fn settle(&mut self, i: usize) -> Result<()> {
+        self.settle_with(i, None).await
+    }
+
+    /// Acts on the outcome of entry `i`: `task`, its finished task when it
+    /// was looked at already, else waited for.
+    pub(super) async fn settle_with(&mut self, i: usize, task: Option<tasks::Task>) -> Result<()> {
         let kind = self.queue[i].batch.kind;
         let outcome = match &self.queue[i].state {
             State::Enqueued(uid) => {
-                let task = self.client.wait_task(*uid).await?;
+                let task = match task {
+                    Some(task) => task,
+                    None => self.client.wait_task(*uid).await?,
+                };
                 tasks::classify(kind, task.status, task.error.as_ref())
             }
             State::Rejected(error) => tasks::classify_error(kind, error),
@@ -179,13 +188,14 @@ impl MeilisearchSink {
                 "sending {again} later request(s) again after the failed one, to keep the order of writes"
             );
         }
-        self.queue.remove(i);
+        let commit = self.queue.remove(i).map_or(self.commits + 1, |e| e.commit);
         for (n, batch) in replacements.into_iter().enumerate() {
             self.queue.insert(
                 i + n,
                 Entry {
                     batch,
                     state: State::Unsent,
+                    commit,
                 },
             );
         }

@@ -47,7 +47,11 @@ pub struct FakeOptions {
     pub api_key: Option<String>,
     /// Seed of the generator that draws the injected failures.
     pub seed: u64,
-    /// How long each task is `processing`; tasks behind it stay `enqueued`.
+    /// How long each batch of tasks is `processing`: as Meilisearch's, the
+    /// cost is per batch (tasks behind it stay `enqueued`). A batch is the
+    /// next task and every enqueued task after it that Meilisearch's
+    /// auto-batcher merges with it: the same index and kind (document
+    /// additions of one method, or deletions by id).
     pub processing_delay: Duration,
     /// Failures to inject from the start (see `set_faults`).
     pub faults: Faults,
@@ -223,6 +227,11 @@ impl FakeMeilisearch {
         change(&mut lock(&self.shared.faults));
     }
 
+    /// Batches of tasks processed so far.
+    pub fn batches(&self) -> usize {
+        lock(&self.shared.store).batches
+    }
+
     pub fn set_processing_delay(&self, delay: Duration) {
         *lock(&self.shared.processing_delay) = delay;
     }
@@ -235,38 +244,38 @@ impl Drop for FakeMeilisearch {
     }
 }
 
-/// The task worker: one task at a time, in enqueue order.
+/// The task worker: one batch at a time, in enqueue order.
 async fn process_tasks(shared: Arc<Shared>) {
     loop {
-        let next = {
+        let batch = {
             let mut store = lock(&shared.store);
-            let next = store.next;
-            match store.tasks.get_mut(next) {
-                Some(task) => {
-                    task.status = "processing";
-                    task.started_at = Some(store::now());
-                    Some(next)
-                }
-                None => None,
+            let batch = store.next_batch();
+            for &uid in &batch {
+                store.tasks[uid].status = "processing";
+                store.tasks[uid].started_at = Some(store::now());
             }
+            batch
         };
-        let Some(uid) = next else {
+        if batch.is_empty() {
             shared.work.notified().await;
             continue;
-        };
+        }
         let delay = *lock(&shared.processing_delay);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let forced = shared.draw(shared.faults().task_internal_error).then(|| {
-            error(
-                "internal",
-                "internal",
-                "An internal error has occurred. `Corrupted task queue.`.",
-            )
-        });
         let mut store = lock(&shared.store);
-        store.process(uid, forced);
-        store.next += 1;
+        store.batches += 1;
+        for uid in batch {
+            let forced = shared.draw(shared.faults().task_internal_error).then(|| {
+                error(
+                    "internal",
+                    "internal",
+                    "An internal error has occurred. `Corrupted task queue.`.",
+                )
+            });
+            store.process(uid, forced);
+            store.next += 1;
+        }
     }
 }

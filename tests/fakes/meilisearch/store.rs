@@ -105,6 +105,8 @@ pub(super) struct Store {
     pub tasks: Vec<Task>,
     /// The next task to process.
     pub next: usize,
+    /// Batches processed.
+    pub batches: usize,
 }
 
 impl Store {
@@ -145,6 +147,30 @@ impl Store {
             op: Some(op),
         });
         self.tasks.last().expect("pushed")
+    }
+
+    /// The tasks of the next batch: the next task and the enqueued ones
+    /// right after it that Meilisearch's auto-batcher merges with it (same
+    /// index; document additions of the same method, or deletions by id).
+    pub fn next_batch(&self) -> Vec<usize> {
+        let Some(first) = self.tasks.get(self.next) else {
+            return Vec::new();
+        };
+        let mergeable = |task: &Task| {
+            task.index_uid == first.index_uid
+                && match (&task.op, &first.op) {
+                    (Some(TaskOp::Add { update: a, .. }), Some(TaskOp::Add { update: b, .. })) => {
+                        a == b
+                    }
+                    (Some(TaskOp::DeleteIds(_)), Some(TaskOp::DeleteIds(_))) => true,
+                    _ => false,
+                }
+        };
+        let mut batch = vec![self.next];
+        batch.extend(
+            (self.next + 1..self.tasks.len()).take_while(|&uid| mergeable(&self.tasks[uid])),
+        );
+        batch
     }
 
     /// Applies task `uid` (all or nothing), or fails it with `forced_error`.

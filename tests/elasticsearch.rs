@@ -661,3 +661,62 @@ async fn sigterm_beside_an_engine_that_stopped_answering_exits_within_the_drain_
     assert_engine_equals_table(&db, &es, "products", "products").await;
     assert!(sluice.stop().success());
 }
+
+/// With the defaults nothing waits on a timer: a change goes as soon as a
+/// request slot is free, and while a cluster that charges per request is
+/// busy, the changes behind it gather into larger requests (up to
+/// `batch_max_docs`).
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_grow_while_a_cluster_that_charges_per_request_works() {
+    let es = FakeElasticsearch::start(FakeOptions {
+        record_requests: false,
+        write_cost: fakes::cost::WriteCost {
+            per_request: Duration::from_millis(25),
+            per_document: Duration::from_micros(20),
+            writers: 1,
+        },
+        ..FakeOptions::default()
+    })
+    .await;
+    let db = TestDb::new("es_grow").await;
+    db.exec(PRODUCTS).await;
+    let sink = format!(
+        "[[sinks]]\nname = \"search\"\ntype = \"elasticsearch\"\nurl = \"{}\"\n",
+        es.url()
+    );
+    let config = db.config_with_sinks("[[tables]]\nname = \"products\"", "", &sink);
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    // One change alone goes in a request of its own.
+    db.exec("INSERT INTO products (id, name) VALUES (0, 'first')")
+        .await;
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            es.doc_count("products") == 1
+        })
+        .await
+    );
+    assert_eq!(es.bulk_requests_count(), 1);
+    // 5,000 transactions of one row each, committed as fast as Postgres can.
+    db.exec(
+        "DO $$ BEGIN FOR i IN 1..5000 LOOP
+             INSERT INTO products (id, name) VALUES (i, 'p' || i); COMMIT;
+         END LOOP; END $$",
+    )
+    .await;
+    assert!(
+        wait_until(Duration::from_secs(120), || async {
+            es.doc_count("products") == 5001
+        })
+        .await,
+        "{} of 5001 documents",
+        es.doc_count("products")
+    );
+    let requests = es.bulk_requests_count() - 1;
+    println!("5,000 changes went in {requests} bulk requests");
+    assert!(
+        requests <= 500,
+        "5,000 changes took {requests} bulk requests: they did not gather while the cluster worked"
+    );
+    assert!(sluice.stop().success());
+}

@@ -128,6 +128,7 @@ async fn typesense() {
             dropped_after_apply: true,
             ..Faults::default()
         },
+        ..FakeOptions::default()
     })
     .await;
     let sinks = format!(
@@ -375,5 +376,58 @@ async fn a_truncate_of_a_table_sharing_an_index_removes_only_its_documents() {
             "{docs:?}"
         );
     }
+    assert!(sluice.stop().success());
+}
+
+/// As with Elasticsearch (elasticsearch.rs), with the defaults the imports
+/// into a Typesense node that charges per request grow while it works,
+/// rather than going one change at a time.
+#[tokio::test(flavor = "multi_thread")]
+async fn typesense_imports_grow_while_the_node_works() {
+    use fakes::typesense::{FakeOptions, FakeTypesense};
+    let ts = FakeTypesense::start(FakeOptions {
+        write_cost: fakes::cost::WriteCost {
+            per_request: Duration::from_millis(25),
+            per_document: Duration::from_micros(20),
+            writers: 1,
+        },
+        ..FakeOptions::default()
+    })
+    .await;
+    let db = TestDb::new("ts_grow").await;
+    db.exec("CREATE TABLE items (id bigint PRIMARY KEY, name text NOT NULL)")
+        .await;
+    let sinks = format!(
+        "[[sinks]]\nname = \"typesense\"\ntype = \"typesense\"\nurl = \"{}\"\n\
+         schema = {{ fields = [{{ name = \".*\", type = \"auto\" }}] }}\n",
+        ts.url()
+    );
+    let config = db.config_with_sinks("[[tables]]\nname = \"items\"", "", &sinks);
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    db.exec(
+        "DO $$ BEGIN FOR i IN 1..5000 LOOP
+             INSERT INTO items (id, name) VALUES (i, 'n' || i); COMMIT;
+         END LOOP; END $$",
+    )
+    .await;
+    assert!(
+        wait_until(Duration::from_secs(120), || async {
+            ts.documents("items").len() == 5000
+        })
+        .await,
+        "{} of 5000 documents",
+        ts.documents("items").len()
+    );
+    let imports = ts
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/documents/import"))
+        .count();
+    println!("5,000 changes went in {imports} imports");
+    assert!(
+        imports <= 500,
+        "5,000 changes took {imports} imports: they did not gather while the node worked"
+    );
     assert!(sluice.stop().success());
 }

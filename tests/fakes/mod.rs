@@ -9,6 +9,7 @@
 // Every test binary uses only part of the fakes.
 #![allow(dead_code)]
 
+pub mod cost;
 pub mod elasticsearch;
 pub mod meilisearch;
 pub mod turbopuffer;

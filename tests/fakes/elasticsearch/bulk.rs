@@ -90,7 +90,7 @@ pub(super) fn run(
     rng: &mut StdRng,
     path_index: Option<&str>,
     body: &[u8],
-) -> Result<Vec<u8>, EsError> {
+) -> Result<(Vec<u8>, usize), EsError> {
     let started = Instant::now();
     let actions = parse(body, path_index)?;
     let items: Vec<Item> = actions
@@ -111,7 +111,7 @@ pub(super) fn run(
         answer.push(b'}');
     }
     answer.extend_from_slice(b"]}");
-    Ok(answer)
+    Ok((answer, items.len()))
 }
 
 /// Parses and validates a whole bulk body; any problem fails the whole request

@@ -37,6 +37,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
                 .delete(delete_index),
         )
         .route("/{index}/_doc/{id}", get(get_document))
+        .route("/{index}/_search", post(search).get(search))
         .route("/{index}/_refresh", post(refresh).get(refresh))
         .route("/{index}/_delete_by_query", post(delete_by_query))
         .fallback(no_handler)
@@ -216,15 +217,19 @@ async fn run_bulk(
     if let Some(failure) = request_failure(&shared, &faults, &conn) {
         return failure;
     }
+    let applying = shared.clone();
     let outcome = tokio::task::spawn_blocking(move || {
-        let mut store = lock(&shared.store);
-        let mut rng = lock(&shared.rng);
+        let mut store = lock(&applying.store);
+        let mut rng = lock(&applying.rng);
         bulk::run(&mut store, &faults, &mut rng, path_index.as_deref(), &body)
     })
     .await
     .expect("the bulk task");
     match outcome {
-        Ok(answer) => ([(header::CONTENT_TYPE, "application/json")], answer).into_response(),
+        Ok((answer, items)) => {
+            shared.writers.charge(items).await;
+            ([(header::CONTENT_TYPE, "application/json")], answer).into_response()
+        }
         Err(error) => error.into_response(),
     }
 }
@@ -366,6 +371,79 @@ async fn get_document(
         )
             .into_response(),
     }
+}
+
+/// `{"query": {"ids": {"values": [...]}}, "size": n, "_source": [...]}`:
+/// the documents of those ids, with the fields `_source` names (all of them
+/// when it is absent or `true`). Searches see every write at once, as with
+/// a refresh after each bulk request.
+async fn search(State(shared): AppState, Path(index): Path<String>, body: Bytes) -> Response {
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return EsError::new(StatusCode::BAD_REQUEST, "parse_exception", e.to_string())
+                .into_response()
+        }
+    };
+    let Some(ids) = request["query"]["ids"]["values"].as_array() else {
+        return EsError::illegal_argument("this fake supports only an ids query").into_response();
+    };
+    let size = request.get("size").map_or(Some(10), Value::as_u64);
+    let Some(size) = size.filter(|&n| n <= 10_000) else {
+        return EsError::illegal_argument(
+            "Result window is too large, from + size must be less than or equal to: [10000]",
+        )
+        .into_response();
+    };
+    let fields: Option<Vec<&str>> = match &request["_source"] {
+        Value::Null | Value::Bool(true) => None,
+        Value::Array(fields) => Some(fields.iter().filter_map(Value::as_str).collect()),
+        _ => {
+            return EsError::illegal_argument("this fake takes _source as a list of fields")
+                .into_response()
+        }
+    };
+    let started = Instant::now();
+    let store = lock(&shared.store);
+    let Some(stored) = store.indexes.get(&index) else {
+        return EsError::index_not_found(&index).into_response();
+    };
+    let hits: Vec<Value> = ids
+        .iter()
+        .filter_map(|id| {
+            let id = match id {
+                Value::String(id) => id.clone(),
+                other => other.to_string(),
+            };
+            match stored.slots.get(&id) {
+                Some(Slot::Live { source, .. }) => Some((id, super::parse_source(source))),
+                _ => None,
+            }
+        })
+        .take(size as usize)
+        .map(|(id, source)| {
+            let source = match (&fields, source) {
+                (Some(fields), Value::Object(all)) => Value::Object(
+                    all.into_iter()
+                        .filter(|(k, _)| fields.contains(&k.as_str()))
+                        .collect(),
+                ),
+                (_, source) => source,
+            };
+            json!({ "_index": index, "_id": id, "_score": 1.0, "_source": source })
+        })
+        .collect();
+    Json(json!({
+        "took": started.elapsed().as_millis() as u64,
+        "timed_out": false,
+        "_shards": { "total": 1, "successful": 1, "skipped": 0, "failed": 0 },
+        "hits": {
+            "total": { "value": hits.len(), "relation": "eq" },
+            "max_score": if hits.is_empty() { Value::Null } else { json!(1.0) },
+            "hits": hits,
+        }
+    }))
+    .into_response()
 }
 
 async fn refresh(State(shared): AppState, Path(index): Path<String>) -> Response {

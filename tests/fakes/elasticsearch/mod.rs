@@ -37,6 +37,7 @@ use tokio::task::JoinHandle;
 
 pub use options::{FakeOptions, Faults, Flavor};
 
+use super::cost::Writers;
 use store::{Slot, Store};
 
 /// A running fake cluster on `127.0.0.1`. Dropping it stops the server and
@@ -87,6 +88,8 @@ struct Shared {
     log: Mutex<Vec<RecordedRequest>>,
     requests: AtomicU64,
     bulk_requests: AtomicU64,
+    /// The node's write threads, charging `options.write_cost`.
+    writers: Writers,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -117,6 +120,7 @@ impl FakeElasticsearch {
             log: Mutex::new(Vec::new()),
             requests: AtomicU64::new(0),
             bulk_requests: AtomicU64::new(0),
+            writers: Writers::new(options.write_cost),
             shutdown: shutdown_rx.clone(),
             options,
         });

@@ -4,6 +4,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use super::super::cost::WriteCost;
+
 /// The engine the fake says it is (`GET /`, the product header).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Flavor {
@@ -35,6 +37,8 @@ pub struct FakeOptions {
     /// Failures to inject from the start; change them later with
     /// `set_faults` / `update_faults`.
     pub faults: Faults,
+    /// What a bulk request costs the node (nothing by default).
+    pub write_cost: WriteCost,
 }
 
 impl Default for FakeOptions {
@@ -47,6 +51,7 @@ impl Default for FakeOptions {
             flavor: Flavor::Elasticsearch,
             max_body_bytes: 100 * 1024 * 1024,
             faults: Faults::default(),
+            write_cost: WriteCost::default(),
         }
     }
 }

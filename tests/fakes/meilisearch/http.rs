@@ -36,6 +36,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
             post(delete_batch),
         )
         .route("/indexes/{index}/documents/delete", post(delete_by_filter))
+        .route("/indexes/{index}/documents/fetch", post(fetch))
         .route(
             "/indexes/{index}/settings/filterable-attributes",
             get(get_filterable).put(set_filterable),
@@ -336,6 +337,118 @@ async fn delete_by_filter(
         );
     }
     enqueue(&shared, &index, TaskOp::DeleteWhere { field, value })
+}
+
+/// `POST documents/fetch` by `ids` (strings or integers), with `fields`,
+/// `offset` and `limit` (20 unless given): the documents the processed
+/// tasks left, in the order of their ids. A `filter` is refused.
+async fn fetch(
+    State(shared): AppState,
+    Path(index): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refused) = check_index(&index).or_else(|| check_json(&headers)) {
+        return refused;
+    }
+    let request: Map<String, Value> = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => return malformed(format!("The `json` payload provided is malformed. `{e}`.")),
+    };
+    let bad = |code: &str, message: &str| {
+        answer(
+            StatusCode::BAD_REQUEST,
+            error(code, "invalid_request", message.to_owned()),
+        )
+    };
+    if request.contains_key("filter") {
+        return bad(
+            "invalid_document_filter",
+            "This fake fetches documents by ids only.",
+        );
+    }
+    let number = |key: &str, default: u64| match request.get(key) {
+        None => Some(default),
+        Some(v) => v.as_u64(),
+    };
+    let (Some(offset), Some(limit)) = (number("offset", 0), number("limit", 20)) else {
+        return bad(
+            "invalid_document_limit",
+            "Invalid value type at `.limit` or `.offset`: expected a positive integer.",
+        );
+    };
+    let ids: Option<Vec<String>> = match request.get("ids") {
+        None => None,
+        Some(Value::Array(ids)) => {
+            let ids: Option<Vec<String>> = ids
+                .iter()
+                .map(|id| match id {
+                    Value::String(s) => Some(s.clone()),
+                    Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+                    _ => None,
+                })
+                .collect();
+            let Some(ids) = ids else {
+                return bad(
+                    "invalid_document_ids",
+                    "Invalid value at `.ids`: an id must be an integer or a string.",
+                );
+            };
+            Some(ids)
+        }
+        Some(_) => {
+            return bad(
+                "invalid_document_ids",
+                "Invalid value type at `.ids`: expected an array.",
+            )
+        }
+    };
+    let fields: Option<Vec<String>> = request.get("fields").and_then(|f| {
+        f.as_array().map(|f| {
+            f.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+    });
+    let store = lock(&shared.store);
+    let Some(stored) = store.indexes.get(&index) else {
+        return answer(
+            StatusCode::NOT_FOUND,
+            error(
+                "index_not_found",
+                "invalid_request",
+                format!("Index `{index}` not found."),
+            ),
+        );
+    };
+    let matching: Vec<&Map<String, Value>> = match ids {
+        None => stored.docs.values().collect(),
+        Some(ids) => ids
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .iter()
+            .filter_map(|id| stored.docs.get(id))
+            .collect(),
+    };
+    let total = matching.len();
+    let results: Vec<Value> = matching
+        .into_iter()
+        .skip(offset as usize)
+        .take(limit as usize)
+        .map(|doc| match &fields {
+            Some(fields) if !fields.iter().any(|f| f == "*") => Value::Object(
+                doc.iter()
+                    .filter(|(k, _)| fields.contains(k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+            _ => Value::Object(doc.clone()),
+        })
+        .collect();
+    answer(
+        StatusCode::OK,
+        json!({ "results": results, "offset": offset, "limit": limit, "total": total }),
+    )
 }
 
 async fn get_filterable(State(shared): AppState, Path(index): Path<String>) -> Response {

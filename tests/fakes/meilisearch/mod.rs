@@ -53,6 +53,9 @@ pub struct FakeOptions {
     /// auto-batcher merges with it: the same index and kind (document
     /// additions of one method, or deletions by id).
     pub processing_delay: Duration,
+    /// What each document of a batch adds to its processing time (its
+    /// indexing; nothing by default).
+    pub processing_per_document: Duration,
     /// Failures to inject from the start (see `set_faults`).
     pub faults: Faults,
     /// `--http-payload-size-limit` in bytes (Meilisearch's default, 100 MB,
@@ -113,6 +116,7 @@ struct Shared {
     store: Mutex<Store>,
     faults: Mutex<Faults>,
     processing_delay: Mutex<Duration>,
+    processing_per_document: Duration,
     rng: Mutex<StdRng>,
     log: Mutex<Vec<RecordedRequest>>,
     /// Wakes the worker when a task is enqueued.
@@ -156,6 +160,7 @@ impl FakeMeilisearch {
             store: Mutex::new(Store::default()),
             faults: Mutex::new(options.faults),
             processing_delay: Mutex::new(options.processing_delay),
+            processing_per_document: options.processing_per_document,
             rng: Mutex::new(StdRng::seed_from_u64(options.seed)),
             log: Mutex::new(Vec::new()),
             work: Notify::new(),
@@ -260,7 +265,12 @@ async fn process_tasks(shared: Arc<Shared>) {
             shared.work.notified().await;
             continue;
         }
-        let delay = *lock(&shared.processing_delay);
+        let documents: usize = {
+            let store = lock(&shared.store);
+            batch.iter().map(|&uid| store.tasks[uid].documents()).sum()
+        };
+        let delay =
+            *lock(&shared.processing_delay) + shared.processing_per_document * documents as u32;
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }

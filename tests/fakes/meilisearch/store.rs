@@ -54,6 +54,15 @@ pub struct Task {
 }
 
 impl Task {
+    /// The documents it adds, or the ids it deletes.
+    pub fn documents(&self) -> usize {
+        match &self.op {
+            Some(TaskOp::Add { docs, .. }) => docs.len(),
+            Some(TaskOp::DeleteIds(ids)) => ids.len(),
+            _ => 0,
+        }
+    }
+
     /// The error code of a failed task.
     pub fn error_code(&self) -> Option<&str> {
         self.error.as_ref()?.get("code")?.as_str()

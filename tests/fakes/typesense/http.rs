@@ -204,17 +204,21 @@ async fn import(
         return not_found();
     }
     let body = String::from_utf8_lossy(&body).into_owned();
-    with_faults(&shared, &conn, || {
+    let mut imported = 0;
+    let answer = with_faults(&shared, &conn, || {
         let faults = shared.faults();
         let mut rng = lock(&shared.rng);
         let answers = lock(&shared.store).import(&c, action, &body, &faults, &mut rng);
+        imported = answers.len();
         let text: Vec<String> = answers.iter().map(Value::to_string).collect();
         (
             [(header::CONTENT_TYPE, "application/json")],
             text.join("\n"),
         )
             .into_response()
-    })
+    });
+    shared.writers.charge(imported).await;
+    answer
 }
 
 async fn delete_documents(

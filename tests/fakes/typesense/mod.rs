@@ -37,6 +37,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::cost::{WriteCost, Writers};
 use store::Store;
 
 /// How a [`FakeTypesense`] behaves.
@@ -51,6 +52,8 @@ pub struct FakeOptions {
     pub record_requests: bool,
     /// Failures to inject from the start.
     pub faults: Faults,
+    /// What an import costs the node (nothing by default).
+    pub write_cost: WriteCost,
 }
 
 impl Default for FakeOptions {
@@ -60,6 +63,7 @@ impl Default for FakeOptions {
             seed: 0,
             record_requests: true,
             faults: Faults::default(),
+            write_cost: WriteCost::default(),
         }
     }
 }
@@ -135,6 +139,8 @@ struct Shared {
     /// Requests being handled now, and the most there ever were at once.
     in_flight: std::sync::atomic::AtomicUsize,
     max_in_flight: std::sync::atomic::AtomicUsize,
+    /// The node's write threads, charging `options.write_cost`.
+    writers: Writers,
 }
 
 impl Shared {
@@ -171,6 +177,7 @@ impl FakeTypesense {
             log: Mutex::new(Vec::new()),
             in_flight: Default::default(),
             max_in_flight: Default::default(),
+            writers: Writers::new(options.write_cost),
             options,
         });
         let listener = conn::CuttableListener {

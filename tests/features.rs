@@ -146,6 +146,11 @@ async fn prometheus_metrics_are_served() {
         "sluice_sink_writes_total{sink=\"embedded\"} 50",
         "sluice_confirmed_lsn",
         "sluice_pipeline_up 1",
+        // Durations are histograms, which Prometheus can take percentiles of.
+        "sluice_change_age_seconds_bucket{stage=\"decoder\",le=\"0.001\"}",
+        "sluice_change_age_seconds_bucket{stage=\"shard\",le=\"60\"}",
+        "sluice_end_to_end_latency_seconds_bucket{sink=\"embedded\",le=\"+Inf\"}",
+        "sluice_sink_commit_seconds_bucket{sink=\"embedded\",le=\"0.1\"}",
     ];
     // The confirmed position reaches Postgres (and its gauge) just after the
     // documents become searchable.

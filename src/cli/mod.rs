@@ -257,6 +257,11 @@ pub fn start_metrics(config: &Config) -> Result<(), Error> {
         })?;
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+                &crate::pipeline::stats::SECONDS_BUCKETS,
+            )
+            .map_err(|e| Error::new(ErrorKind::Config, format!("metrics buckets: {e}")))?
             .install()
             .map_err(|e| {
                 Error::new(

@@ -242,6 +242,10 @@ pub struct WriteBatch {
     /// The bytes `ops` take in memory, roughly (see `lane::batch_bytes`).
     pub bytes: u64,
     pub scope: Scope,
+    /// The commit time of its oldest change (as `Change::commit_time`), for
+    /// the latency metrics; 0 when not known (a backfill's rows, writes
+    /// read back from the spool).
+    pub commit_time: i64,
 }
 
 /// Relations and rows for unit tests.

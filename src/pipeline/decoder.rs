@@ -185,6 +185,9 @@ impl DecoderState {
         });
         let out = batches.iter().map(|b| b.changes.len()).sum();
         self.args.stats.batch(n, out);
+        if let Some(oldest) = batches.iter().find_map(|b| b.changes.first()) {
+            self.args.stats.left(oldest.commit_time);
+        }
         Ok(batches)
     }
 

@@ -755,6 +755,8 @@ fn decode(frame: &[u8], names: &mut HashMap<Box<str>, Arc<str>>) -> Option<Write
         last,
         bytes,
         scope,
+        // Not kept in the spool: a write read back is not timed.
+        commit_time: 0,
     })
 }
 
@@ -832,6 +834,7 @@ mod tests {
             upto: Lsn(upto),
             credits: Vec::new(),
             last: upto.is_multiple_of(2),
+            commit_time: 0,
             scope: if upto.is_multiple_of(3) {
                 Scope::Backfill {
                     sink: shard,
@@ -980,6 +983,7 @@ mod tests {
             upto: Lsn(upto),
             credits: Vec::new(),
             last: false,
+            commit_time: 0,
             scope: if backfill {
                 Scope::Backfill {
                     sink: 0,

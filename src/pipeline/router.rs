@@ -105,6 +105,7 @@ impl Actor for Router {
     ) -> Result<(), ActorProcessingErr> {
         let RouterMsg::Batch(batch) = msg;
         let n = batch.items.len();
+        let oldest = batch.items.first().map_or(0, |s| s.change.commit_time);
         let shards = state.args.shards.len();
         let mut out: Vec<ShardBatch> = (0..shards)
             .map(|_| ShardBatch {
@@ -237,6 +238,7 @@ impl Actor for Router {
             routed += 1;
         }
         state.args.stats.batch(n, routed);
+        state.args.stats.left(oldest);
         for (shard, sub) in state.args.shards.iter().zip(out) {
             shard.cast(ShardMsg::Batch(sub))?;
         }

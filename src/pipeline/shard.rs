@@ -129,6 +129,7 @@ impl Actor for Shard {
                             credits: batch.credits.clone(),
                             last: false,
                             scope: batch.scope,
+                            commit_time: 0,
                         })
                         .await?;
                 }
@@ -198,6 +199,14 @@ impl ShardState {
             Scope::Backfill { .. } => BACKFILL_PIECE,
         };
         let mut pending = std::mem::take(&mut self.pending);
+        let oldest = pending
+            .iter()
+            .flatten()
+            .map(|r| r.change.commit_time)
+            .filter(|&t| t > 0)
+            .min()
+            .unwrap_or(0);
+        self.args.stats.left(oldest);
         let targets = self.targets(scope, &pending);
         let mut n = 0;
         let count = targets.len();
@@ -212,10 +221,14 @@ impl ShardState {
             if let Some(functions) = self.functions.as_mut() {
                 functions.wait_below_max_parked().await;
             }
-            n = n.max(
-                self.send_pieces(ops, piece, upto, credits, last, scope, target)
-                    .await?,
-            );
+            let envelope = Envelope {
+                upto,
+                credits,
+                last,
+                scope,
+                commit_time: oldest,
+            };
+            n = n.max(self.send_pieces(ops, piece, &envelope, target).await?);
         }
         pending.clear();
         self.pending = pending;
@@ -288,15 +301,11 @@ impl ShardState {
 
     /// Sends `ops` to `target` in pieces of at most `piece` writes; only the
     /// last piece carries the position.
-    #[allow(clippy::too_many_arguments)]
     async fn send_pieces(
         &self,
         ops: Vec<WriteOp>,
         piece: usize,
-        upto: crate::lsn::Lsn,
-        credits: &[Arc<super::flow::Credit>],
-        last: bool,
-        scope: Scope,
+        envelope: &Envelope<'_>,
         target: Target,
     ) -> Result<usize, ActorProcessingErr> {
         let n = ops.len();
@@ -305,10 +314,12 @@ impl ShardState {
             bytes: batch_bytes(&ops),
             ops: Arc::new(ops),
             upto,
-            credits: credits.to_vec(),
+            credits: envelope.credits.to_vec(),
             last,
-            scope,
+            scope: envelope.scope,
+            commit_time: envelope.commit_time,
         };
+        let (upto, last) = (envelope.upto, envelope.last);
         // Pieces taken off the front, each write moved once.
         let mut ops = ops.into_iter();
         while ops.len() > piece {
@@ -403,6 +414,16 @@ fn delete_from(index: Arc<str>, routed: &Routed) -> WriteOp {
         action: WriteAction::Delete,
         routing: routed.routing.clone(),
     }
+}
+
+/// What every piece of one flush carries besides its writes.
+struct Envelope<'a> {
+    upto: crate::lsn::Lsn,
+    credits: &'a [Arc<super::flow::Credit>],
+    last: bool,
+    scope: Scope,
+    /// The commit time of the flush's oldest change.
+    commit_time: i64,
 }
 
 /// Where a shard's writes go.

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Counters of one stage.
 #[derive(Debug)]
@@ -28,6 +28,33 @@ pub struct StageSnapshot {
     pub errors: u64,
     pub blocked_ms: u64,
 }
+
+/// Microseconds from 1970-01-01 to 2000-01-01, where Postgres's timestamps
+/// count from.
+const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// Seconds since a change committed, from its commit time as Postgres gives
+/// it (microseconds since 2000-01-01 on the server's clock); `None` when it
+/// is not known (0: a backfill's row, a write read back from the spool).
+/// A server clock ahead of this one counts as no time.
+pub fn since_commit(commit_time: i64) -> Option<f64> {
+    if commit_time <= 0 {
+        return None;
+    }
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()?
+        .as_micros() as i64
+        - POSTGRES_EPOCH_MICROS;
+    Some((now - commit_time).max(0) as f64 / 1e6)
+}
+
+/// The upper bounds of the buckets of every `_seconds` histogram: from a
+/// tenth of a millisecond (a change's way through one stage) to a minute.
+pub const SECONDS_BUCKETS: [f64; 18] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
 
 /// Warnings about bad records are logged at most this often per stage.
 const WARN_EVERY: Duration = Duration::from_secs(5);
@@ -60,6 +87,15 @@ impl StageStats {
         metrics::counter!("sluice_stage_changes_total", "stage" => self.stage, "direction" => "in")
             .increment(changes_in as u64);
         metrics::counter!("sluice_stage_changes_total", "stage" => self.stage, "direction" => "out").increment(changes_out as u64);
+    }
+
+    /// Notes how long ago the oldest change of a batch leaving this stage
+    /// committed (`commit_time` as [`since_commit`] takes it): the stages'
+    /// histograms side by side say where a change's time goes.
+    pub fn left(&self, commit_time: i64) {
+        if let Some(age) = since_commit(commit_time) {
+            metrics::histogram!("sluice_change_age_seconds", "stage" => self.stage).record(age);
+        }
     }
 
     /// Counts changes filtered out on purpose.

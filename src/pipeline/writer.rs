@@ -87,6 +87,9 @@ pub struct WriterState {
     commits_later: u64,
     /// A `Confirm` is set for when the sink asked to be looked at again.
     confirm_set: bool,
+    /// The commit time of the oldest change written since the last commit
+    /// (0: none known).
+    oldest: i64,
 }
 
 /// A commit the sink confirms later, and what it acknowledges then.
@@ -96,6 +99,8 @@ struct Unconfirmed {
     upto: Lsn,
     backfilled: Lsn,
     last: bool,
+    /// The commit time of its oldest change.
+    oldest: i64,
 }
 
 pub struct Writer;
@@ -137,6 +142,7 @@ impl Actor for Writer {
             unconfirmed: VecDeque::new(),
             commits_later: 0,
             confirm_set: false,
+            oldest: 0,
         })
     }
 
@@ -199,6 +205,7 @@ impl WriterState {
         {
             let (upto, backfilled, last) = (commit.upto, commit.backfilled, commit.last);
             self.args.lane.release_sealed(commit.number);
+            self.durable(commit.oldest);
             self.unconfirmed.pop_front();
             self.acknowledge(upto, backfilled, last)?;
         }
@@ -227,6 +234,15 @@ impl WriterState {
             last,
         })?;
         Ok(())
+    }
+
+    /// Notes the time from the commit of the oldest change of a commit of
+    /// this sink to the moment the engine holds it.
+    fn durable(&self, oldest: i64) {
+        if let Some(age) = super::stats::since_commit(oldest) {
+            metrics::histogram!("sluice_end_to_end_latency_seconds", "sink" => self.args.sink.name().to_owned())
+                .record(age);
+        }
     }
 
     fn held_bytes(&self) -> u64 {
@@ -315,6 +331,9 @@ impl WriterState {
             }
         }
         if !batch.ops.is_empty() {
+            if batch.commit_time > 0 && (self.oldest == 0 || batch.commit_time < self.oldest) {
+                self.oldest = batch.commit_time;
+            }
             let start = Instant::now();
             self.args.sink.write(&batch.ops).await?;
             self.dirty = true;
@@ -390,10 +409,13 @@ impl WriterState {
                     upto: self.committed,
                     backfilled: self.backfilled,
                     last,
+                    oldest: self.oldest,
                 });
             } else {
+                self.durable(self.oldest);
                 self.acknowledge(self.committed, self.backfilled, last)?;
             }
+            self.oldest = 0;
         }
         self.args.lane.release();
         self.held_seen.clear();

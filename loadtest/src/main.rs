@@ -12,9 +12,11 @@
 mod chart;
 mod embedded;
 mod endpoint;
+mod engine;
 mod measure;
 mod process;
 mod report;
+mod stages;
 mod tracker;
 mod workload;
 
@@ -41,10 +43,25 @@ struct Args {
     scenario: Scenario,
     /// Where sluice writes: `bulk`, an Elasticsearch-compatible endpoint the
     /// harness serves, answering at once (latency to the document's
-    /// arrival); or `embedded`, sluice's own index (latency until a search
-    /// from another process finds the document; not with deletes).
+    /// arrival); `embedded`, sluice's own index (latency until a search
+    /// from another process finds the document); or `elasticsearch` or
+    /// `meilisearch` at `--engine-url` (latency until a search by id finds
+    /// it). A search cannot see deletes: not with `mixed`.
     #[arg(long, value_enum, default_value_t = Target::Bulk)]
     sink: Target,
+    /// The engine's URL, for `--sink elasticsearch` or `meilisearch`. The
+    /// harness creates indexes named after its schema and removes them.
+    #[arg(long)]
+    engine_url: Option<String>,
+    /// The environment variable holding the engine's API key (Elasticsearch:
+    /// `ApiKey`; Meilisearch: bearer), read by the harness and by sluice.
+    #[arg(long)]
+    engine_api_key_env: Option<String>,
+    /// A setting of sluice's sink, `KEY=VALUE` with VALUE as TOML writes it
+    /// (`commit_interval_ms=50`, `batch_max_docs=5000`); may be repeated.
+    /// Without it, sluice runs on its defaults.
+    #[arg(long = "sink-option", value_name = "KEY=VALUE")]
+    sink_options: Vec<String>,
     /// Changes per second to commit (`backlog`: as fast as the database
     /// takes them, `--rate` × `--duration` in all).
     #[arg(long, default_value_t = 1000.0)]
@@ -93,6 +110,34 @@ struct Args {
 enum Target {
     Bulk,
     Embedded,
+    Elasticsearch,
+    Meilisearch,
+}
+
+impl Target {
+    /// Whether documents are seen by a search, which cannot see deletes.
+    fn searched(self) -> bool {
+        self != Target::Bulk
+    }
+
+    /// As the command line says it.
+    fn name(self) -> &'static str {
+        match self {
+            Target::Bulk => "bulk",
+            Target::Embedded => "embedded",
+            Target::Elasticsearch => "elasticsearch",
+            Target::Meilisearch => "meilisearch",
+        }
+    }
+
+    /// The engine, for targets that are one.
+    fn engine(self) -> Option<engine::Kind> {
+        match self {
+            Target::Elasticsearch => Some(engine::Kind::Elasticsearch),
+            Target::Meilisearch => Some(engine::Kind::Meilisearch),
+            Target::Bulk | Target::Embedded => None,
+        }
+    }
 }
 
 #[tokio::main]
@@ -117,10 +162,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "--tables must be from 1 to 100"
     );
     anyhow::ensure!(
-        !(args.sink == Target::Embedded
-            && matches!(args.scenario, Scenario::Mixed | Scenario::Backfill)),
-        "--sink embedded measures when documents become searchable, which deletes are not: use steady, updates, toast, huge or backlog"
+        !(args.sink.searched() && args.scenario == Scenario::Mixed),
+        "--sink {} measures when a search finds a document, which a delete is not: use steady, updates, toast, huge, backlog or backfill",
+        args.sink.name()
     );
+    anyhow::ensure!(
+        args.sink.engine().is_some() == args.engine_url.is_some(),
+        "--engine-url goes with --sink elasticsearch or meilisearch, and they need it"
+    );
+    for option in &args.sink_options {
+        anyhow::ensure!(
+            option
+                .split_once('=')
+                .is_some_and(|(k, v)| !k.trim().is_empty() && !v.trim().is_empty()),
+            "--sink-option {option:?} is not KEY=VALUE"
+        );
+    }
     let binary = process::find_sluice(args.sluice.as_deref())?;
     // A throwaway Postgres lives as long as this value.
     let (url, local) = match &args.database_url {

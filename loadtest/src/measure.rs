@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
+use crate::engine::{self, Engine};
 use crate::process::{self, Sluice};
-use crate::report::{BackfillFigures, DrainFigures, Percentiles, Report};
+use crate::report::{BackfillFigures, DirectFigures, DrainFigures, Percentiles, Report};
+use crate::stages;
 use crate::tracker::Tracker;
 use crate::workload::{self, Load, Scenario, Tables};
 use crate::{connect, embedded, endpoint, toml_string, Args, Target};
@@ -30,6 +32,55 @@ pub async fn measure(
     admin: &Client,
     tables: &Tables,
 ) -> anyhow::Result<Report> {
+    let engine = match (args.sink.engine(), &args.engine_url) {
+        (Some(kind), Some(url)) => Some(Arc::new(Engine::new(
+            kind,
+            url,
+            args.engine_api_key_env.clone(),
+        )?)),
+        _ => None,
+    };
+    // The engine's indexes, table by table, named after the schema.
+    let indexes: Vec<String> = tables
+        .names
+        .iter()
+        .map(|name| format!("{}_{name}", tables.schema))
+        .collect();
+    let at = Far {
+        engine: engine.clone(),
+        indexes: indexes.clone(),
+    };
+    let outcome = measure_at(args, binary, url, bin_dir, admin, tables, at).await;
+    // Whatever happened, the engine is left as it was.
+    if let Some(engine) = engine {
+        for index in indexes.iter().chain([&direct_index(&tables.schema)]) {
+            engine.drop_index(index).await;
+        }
+    }
+    outcome
+}
+
+/// A real engine the run writes into, and its indexes table by table.
+struct Far {
+    engine: Option<Arc<Engine>>,
+    indexes: Vec<String>,
+}
+
+/// The index the direct load goes into.
+fn direct_index(schema: &str) -> String {
+    format!("{schema}_direct")
+}
+
+async fn measure_at(
+    args: &Args,
+    binary: &Path,
+    url: &str,
+    bin_dir: Option<&Path>,
+    admin: &Client,
+    tables: &Tables,
+    far: Far,
+) -> anyhow::Result<Report> {
+    let Far { engine, indexes } = far;
     let scenario = args.scenario;
     let schema = tables.schema.as_str();
     let keys = if scenario.loads_rows() {
@@ -51,12 +102,12 @@ pub async fn measure(
     let data_dir = dir.path().join("data");
     let watching = Arc::new(AtomicBool::new(false));
     let mut index_watches = Vec::new();
-    let sink = match args.sink {
-        Target::Bulk => {
+    let mut sink = match (args.sink, &engine) {
+        (Target::Bulk, _) => {
             let address = endpoint::serve(tracker.clone()).await?;
             format!("name = \"bulk\"\ntype = \"elasticsearch\"\nurl = \"http://{address}\"")
         }
-        Target::Embedded => {
+        (Target::Embedded, _) => {
             for name in &tables.names {
                 let index = sluice::sink::embedded::index_dir(&data_dir, name);
                 let (tracker, stop) = (tracker.clone(), watching.clone());
@@ -66,17 +117,35 @@ pub async fn measure(
             }
             "name = \"search\"\ntype = \"embedded\"".to_owned()
         }
+        (_, Some(engine)) => engine.sink_config(),
+        (_, None) => anyhow::bail!("--sink {} needs --engine-url", args.sink.name()),
     };
+    for option in &args.sink_options {
+        sink.push('\n');
+        sink.push_str(option);
+    }
     let table_entries: String = tables
         .qualified()
-        .map(|table| format!("[[tables]]\nname = {}\n\n", toml_string(&table)))
+        .zip(&indexes)
+        .map(|(table, index)| {
+            let index = match engine {
+                Some(_) => format!("index = {}\n", toml_string(index)),
+                None => String::new(),
+            };
+            format!("[[tables]]\nname = {}\n{index}\n", toml_string(&table))
+        })
         .collect();
+    // sluice's metrics, for the breakdown by stage.
+    let metrics = {
+        let free = std::net::TcpListener::bind("127.0.0.1:0")?;
+        free.local_addr()?.to_string()
+    };
     let config = dir.path().join("sluice.toml");
     std::fs::write(
         &config,
         format!(
             "[source]\ndatabase_url = {url}\nslot = \"{schema}\"\npublication = \"{schema}\"\n\n\
-             [pipeline]\ndata_dir = {data}\n\n\
+             [pipeline]\ndata_dir = {data}\nmetrics_listen = \"{metrics}\"\n\n\
              [api]\nlisten = \"127.0.0.1:0\"\n\n\
              {table_entries}\
              [[sinks]]\n{sink}\n",
@@ -89,8 +158,20 @@ pub async fn measure(
     let mut sluice = Sluice::start(binary, &config, &log)?;
     wait_streaming(admin, schema, &mut sluice).await?;
     if scenario != Scenario::Backfill {
-        wait_loaded(admin, tables, &tracker, keys, &mut sluice).await?;
+        let at = engine
+            .as_deref()
+            .map(|e| (e, indexes[tables.of(0)].as_str()));
+        wait_loaded(admin, tables, &tracker, keys, &mut sluice, at, &data_dir).await?;
     }
+    let engine_watch = engine.clone().map(|engine| {
+        let of = tables.clone();
+        tokio::spawn(engine.watch(
+            indexes.clone(),
+            move |id| of.of(id),
+            tracker.clone(),
+            watching.clone(),
+        ))
+    });
     let mut clients = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
         clients.push(connect(url).await?);
@@ -103,6 +184,7 @@ pub async fn measure(
         keys,
         seed: args.seed,
         paced: scenario != Scenario::Backlog,
+        deletes: !args.sink.searched(),
     };
 
     let mut backfill = None;
@@ -178,17 +260,45 @@ pub async fn measure(
             .join()
             .map_err(|_| anyhow::anyhow!("the index watcher panicked"))??;
     }
+    if let Some(watch) = engine_watch {
+        watch.await??;
+    }
+    let stages = stages::read(&metrics).await.unwrap_or_else(|e| {
+        eprintln!("could not read sluice's metrics for the breakdown by stage: {e}");
+        Vec::new()
+    });
     let status = sluice.stop()?;
     anyhow::ensure!(status.success(), "sluice exited with {status} on SIGTERM");
+    let direct_load = match (&engine, &backfill) {
+        (Some(engine), Some(backfill)) if args.sink == Target::Meilisearch => {
+            let docs = documents(admin, tables).await?;
+            println!(
+                "loading the same {} documents straight into Meilisearch ...",
+                docs.len()
+            );
+            let seconds = engine.direct_load(&direct_index(schema), &docs).await?;
+            Some(DirectFigures::new(
+                docs.len() as u64,
+                engine::DIRECT_TASK_DOCS,
+                seconds,
+                backfill,
+            ))
+        }
+        _ => None,
+    };
     let (latency, windows) = tracker.take();
     let (max_lag, peak_rss) = watched;
     Ok(Report {
         scenario,
-        sink: match args.sink {
-            Target::Bulk => "bulk endpoint (answers at once)",
-            Target::Embedded => "embedded index (found by a search)",
-        }
-        .to_owned(),
+        sink: match (args.sink, &args.engine_url) {
+            (Target::Bulk, _) => "bulk endpoint (answers at once)".to_owned(),
+            (Target::Embedded, _) => "embedded index (found by a search)".to_owned(),
+            (engine, url) => format!(
+                "{} at {} (found by a search by id)",
+                engine.name(),
+                url.as_deref().unwrap_or_default()
+            ),
+        },
         target_rate: args.rate,
         rows_per_txn,
         row_bytes,
@@ -204,6 +314,8 @@ pub async fn measure(
         sluice_cpu_percent: 100.0 * cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9),
         backfill,
         drain,
+        direct_load,
+        stages,
         seconds: Report::seconds(windows),
     })
 }
@@ -233,13 +345,17 @@ async fn wait_streaming(admin: &Client, slot: &str, sluice: &mut Sluice) -> anyh
 }
 
 /// Waits until the rows loaded before the run and one more, committed after
-/// sluice streams, reached the index: then the run starts.
+/// sluice streams, reached the index: then the run starts. In an engine
+/// (`at`, with the index of row 0), the initial backfill completed and a
+/// search finds row 0.
 async fn wait_loaded(
     admin: &Client,
     tables: &Tables,
     tracker: &Tracker,
     keys: i64,
     sluice: &mut Sluice,
+    at: Option<(&Engine, &str)>,
+    data_dir: &Path,
 ) -> anyhow::Result<()> {
     // Row 0 carries no write of the run.
     let table = format!("{}.{}", tables.schema, tables.names[tables.of(0)]);
@@ -249,8 +365,23 @@ async fn wait_loaded(
             &[],
         )
         .await?;
-    let ready = keys as u64 + 1;
     let deadline = Instant::now() + Duration::from_secs(300);
+    if let Some((engine, index)) = at {
+        if keys > 0 {
+            wait_backfill(data_dir, sluice).await?;
+        }
+        while !engine.has(index, 0, 0).await? {
+            sluice.check_running()?;
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "row 0, written after the rows loaded before the run, was not found in {index} within 5 minutes; sluice's log ends:\n{}",
+                sluice.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        return Ok(());
+    }
+    let ready = keys as u64 + 1;
     while tracker.untracked() < ready {
         sluice.check_running()?;
         anyhow::ensure!(
@@ -402,4 +533,16 @@ impl Watcher {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await?
     }
+}
+
+/// Every row of `tables` as the JSON document sluice makes of it.
+async fn documents(admin: &Client, tables: &Tables) -> anyhow::Result<Vec<String>> {
+    let mut docs = Vec::new();
+    for table in tables.qualified() {
+        let rows = admin
+            .query(&format!("SELECT row_to_json(t)::text FROM {table} t"), &[])
+            .await?;
+        docs.extend(rows.iter().map(|row| row.get::<_, String>(0)));
+    }
+    Ok(docs)
 }

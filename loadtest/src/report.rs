@@ -5,6 +5,7 @@ use std::path::Path;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::stages::StageAge;
 use crate::tracker::Window;
 use crate::workload::{Kept, Scenario};
 
@@ -69,6 +70,11 @@ pub struct Report {
     /// `backlog`: the drain from a standing start, beside `pg_recvlogical`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain: Option<DrainFigures>,
+    /// `backfill` into Meilisearch: the same documents loaded straight in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direct_load: Option<DirectFigures>,
+    /// Where the time goes inside sluice, by its own metrics.
+    pub stages: Vec<StageAge>,
     pub seconds: Vec<Second>,
 }
 
@@ -114,6 +120,36 @@ impl DrainFigures {
             sluice_seconds,
             sluice_changes_per_second: rate(sluice_seconds),
             ratio: rate(sluice_seconds) / rate(raw_seconds),
+        }
+    }
+}
+
+/// The documents of a `backfill` run loaded straight into the engine, in
+/// large tasks all sent at once, beside sluice's backfill of them.
+#[derive(Debug, Serialize)]
+pub struct DirectFigures {
+    pub documents: u64,
+    pub documents_per_task: usize,
+    pub seconds: f64,
+    pub documents_per_second: f64,
+    /// sluice's backfill rate over the direct load's.
+    pub ratio: f64,
+}
+
+impl DirectFigures {
+    pub fn new(
+        documents: u64,
+        documents_per_task: usize,
+        seconds: f64,
+        backfill: &BackfillFigures,
+    ) -> DirectFigures {
+        let rate = documents as f64 / seconds.max(1e-3);
+        DirectFigures {
+            documents,
+            documents_per_task,
+            seconds,
+            documents_per_second: rate,
+            ratio: backfill.rows_per_second / rate,
         }
     }
 }
@@ -169,6 +205,15 @@ impl Report {
             self.sluice_peak_rss_mb,
             self.sluice_cpu_percent
         );
+        if !self.stages.is_empty() {
+            println!("time since the commit as batches leave each stage (sluice's metrics; the oldest change of each batch):");
+            for s in &self.stages {
+                println!(
+                    "  {:<20} {:>8.2} ms p50 {:>8.2} ms p99  ({} batches)",
+                    s.stage, s.p50_ms, s.p99_ms, s.batches
+                );
+            }
+        }
         if let Some(b) = &self.backfill {
             println!(
                 "initial backfill under the load: {} rows in {:.1} s, {:.0} rows/s",
@@ -184,6 +229,12 @@ impl Report {
                 d.sluice_seconds,
                 d.sluice_changes_per_second,
                 d.ratio
+            );
+        }
+        if let Some(d) = &self.direct_load {
+            println!(
+                "the same {} documents loaded straight in ({} a task, all sent at once): {:.2} s ({:.0}/s); sluice's backfill: {:.2}x",
+                d.documents, d.documents_per_task, d.seconds, d.documents_per_second, d.ratio
             );
         }
         if self.schedule.max_behind_ms > 100.0 && self.drain.is_none() {

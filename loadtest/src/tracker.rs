@@ -150,6 +150,18 @@ impl Tracker {
         }
     }
 
+    /// Up to `limit` rows with writes committed and not delivered, each with
+    /// the oldest of those writes: what a search by id looks for.
+    pub fn waiting(&self, limit: usize) -> Vec<(i64, i64)> {
+        let inner = self.lock();
+        inner
+            .pending
+            .iter()
+            .filter_map(|(&id, writes)| Some((id, writes.front()?.0)))
+            .take(limit)
+            .collect()
+    }
+
     /// Writes committed and not delivered yet.
     pub fn outstanding(&self) -> usize {
         self.lock().pending_count

@@ -34,7 +34,8 @@ pub enum Scenario {
     /// the same backlog.
     Backlog,
     /// The initial backfill of `--keys` rows with `mixed` changes at
-    /// `--rate` from its first moment.
+    /// `--rate` from its first moment (updates in place of deletes when
+    /// the far end is found by a search).
     Backfill,
 }
 
@@ -93,6 +94,9 @@ pub struct Load {
     /// Transactions go on their schedule; without it, as fast as the
     /// connections can (a backlog).
     pub paced: bool,
+    /// Whether rows are deleted (a search cannot tell a deleted document
+    /// from one not written yet: the share of deletes goes to updates).
+    pub deletes: bool,
 }
 
 /// How the schedule was kept.
@@ -338,7 +342,10 @@ impl Shared {
                 plan.updates.sort_unstable();
             }
             Scenario::Mixed | Scenario::Toast | Scenario::Backfill => {
-                let (inserts, updates) = self.load.scenario.mix();
+                let (inserts, mut updates) = self.load.scenario.mix();
+                if !self.load.deletes {
+                    updates = 1.0;
+                }
                 let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
                 for _ in 0..n {
                     let roll: f64 = rng.random();

@@ -42,8 +42,8 @@ const USAGE: &str = "usage: cargo bench --bench backfill -- [--rows N] [--live-r
   --skip-embedded skip the run into the embedded (tantivy) sink
   --backfill K=V  a [backfill] setting for sluice (repeatable), e.g. max_chunk_rows=5000
   --pipeline K=V  a [pipeline] setting for sluice (repeatable), e.g. max_bytes_in_flight=67108864
-  --sink K=V      a setting of the benchmarked sink (repeatable), e.g. commit_interval_ms=50
-                  (the embedded sink runs with commit_interval_ms=100 unless given)";
+  --sink K=V      a setting of the benchmarked sink (repeatable), e.g. commit_interval_ms=100
+                  (without it, the sink's defaults)";
 
 /// Live changes alone before the backfill starts, for the baseline latency.
 const WARM_UP: Duration = Duration::from_secs(5);
@@ -269,10 +269,7 @@ async fn run_sluice(
     let slot = format!("bench_{kind}");
     let config = dir.join("sluice.toml");
     let quote = |s: &str| toml::Value::from(s).to_string();
-    let mut sink = options.sink.clone();
-    if kind == "embedded" && !sink.iter().any(|s| s.starts_with("commit_interval_ms")) {
-        sink.push("commit_interval_ms = 100".to_owned());
-    }
+    let sink = options.sink.clone();
     let text = format!(
         "[source]\ndatabase_url = {}\nslot = \"{slot}\"\npublication = \"{slot}\"\nstatus_interval_ms = 1000\n\n\
          [pipeline]\ndata_dir = {}\n{}\n\n[backfill]\ninitial = false\n{}\n\n[api]\nlisten = \"127.0.0.1:0\"\n\n\

@@ -3,7 +3,7 @@
 //! Prints documents per second and commit times.
 //!
 //! ```text
-//! cargo bench --bench embedded                       # 300,000 rows, commit every 100 ms
+//! cargo bench --bench embedded                       # 300,000 rows, commit every 50 ms (the default)
 //! cargo bench --bench embedded -- --rows 1000000 --commit-ms 250
 //! ```
 
@@ -18,7 +18,7 @@ use sluice::sink::Sink;
 
 const USAGE: &str = "usage: cargo bench --bench embedded -- [--rows N] [--commit-ms N]
   --rows N       rows to write (default 300000)
-  --commit-ms N  time between commits, as the writer's commit_interval_ms (default 100)";
+  --commit-ms N  time between commits, as the writer's commit_interval_ms (default 50, sluice's)";
 
 /// Rows per `write`, as the shards cut backfill chunks.
 const BATCH: usize = 512;
@@ -49,7 +49,7 @@ fn op(i: u64) -> WriteOp {
 
 fn main() {
     let mut rows = 300_000u64;
-    let mut commit_ms = 100u64;
+    let mut commit_ms = sluice::config::DEFAULT_COMMIT_INTERVAL_MS;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| -> u64 {

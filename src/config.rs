@@ -34,11 +34,15 @@ pub const DEFAULT_BATCH_MAX_AGE_MS: u64 = 0;
 pub const DEFAULT_INDEX_TEMPLATE: &str = "{table}";
 /// Default separator between the values of a composite key in a document id.
 pub const DEFAULT_KEY_SEPARATOR: &str = "|";
-/// Default least time between commits of the embedded index: a commit costs
-/// a segment, its merges and a sync (35-37 ms at p50 on a 2-core machine,
-/// `cargo bench --bench embedded`), and backlog drain at 100 ms kept its
-/// rate (91.2k changes/s against 89.4k at 1 s, `cargo bench --bench e2e`).
-pub const DEFAULT_COMMIT_INTERVAL_MS: u64 = 100;
+/// Default least time between commits of the embedded index, from
+/// `sluice-loadtest --sink embedded --sink-option commit_interval_ms=N` on a
+/// 2-core machine. A commit costs a segment, its merges and a sync: back to
+/// back (1 ms) they took 65-86 % of a core and p99 562 ms at 1,000
+/// changes/s. 25 ms gave p99 41-78 ms but up to 70 % of a core; 50 ms p99
+/// 59-63 ms at 10,000/s and 36-47 %; 100 ms p99 109-125 ms, backlog drain
+/// 155k-184k/s (50 ms: 148k-174k) and a backfill under load 145k-171k
+/// rows/s (50 ms: 101k-143k). Half the latency is worth the slower backfill.
+pub const DEFAULT_COMMIT_INTERVAL_MS: u64 = 50;
 /// Default interval between standby status updates sent to Postgres.
 pub const DEFAULT_STATUS_INTERVAL_MS: u64 = 10_000;
 /// `source.retained_wal_warn_bytes`: 4 GiB.
@@ -1321,7 +1325,7 @@ mod tests {
         assert!(matches!(
             config.sinks[0].kind,
             SinkKind::Embedded {
-                commit_interval_ms: 100,
+                commit_interval_ms: DEFAULT_COMMIT_INTERVAL_MS,
                 max_document_bytes: crate::sink::http::DEFAULT_MAX_DOCUMENT_BYTES
             }
         ));

@@ -42,7 +42,7 @@ const MAX_PENDING_DELETES: usize = 50_000;
 const WRITER_MEMORY_BYTES: usize = 32 * 1024 * 1024;
 
 /// Segments of about one size that tantivy merges into one. Every commit
-/// makes a segment, so a backfill committed every 100 ms makes thousands of
+/// makes a segment, so a backfill committed every 50 ms makes thousands of
 /// small ones; with tantivy's default of 8, merging them again and again
 /// took more CPU than indexing the rows. With 16 a document goes through
 /// fewer merges, and a search reads at most twice as many segments.

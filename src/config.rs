@@ -433,6 +433,12 @@ impl SinkKind {
         }
     }
 
+    /// Whether the engine queues writes and merges what waits in its queue
+    /// (Meilisearch's tasks), so a backfill reads further ahead of it.
+    pub fn queues_writes(&self) -> bool {
+        matches!(self, SinkKind::Meilisearch(_))
+    }
+
     /// How often the writer of this sink commits (makes writes durable and
     /// reports their position).
     pub fn commit_interval(&self) -> std::time::Duration {
@@ -1031,6 +1037,15 @@ impl Config {
         self.tables
             .iter()
             .filter_map(|t| TableName::parse(&t.name).ok())
+            .collect()
+    }
+
+    /// The sinks whose engines merge the writes waiting in their queue.
+    pub fn queued_sinks(&self) -> Vec<String> {
+        self.sinks
+            .iter()
+            .filter(|s| s.kind.queues_writes())
+            .map(|s| s.name.clone())
             .collect()
     }
 

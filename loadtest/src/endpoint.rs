@@ -24,6 +24,8 @@ pub async fn serve(tracker: Arc<Tracker>) -> anyhow::Result<SocketAddr> {
         .route("/{index}/_bulk", post(bulk))
         .route("/{index}/_refresh", post(ok))
         .route("/{index}/_delete_by_query", post(deleted_by_query))
+        // As Elasticsearch's, up to 100 MB (axum's default stops at 2 MB).
+        .layer(axum::extract::DefaultBodyLimit::max(100 * 1024 * 1024))
         .with_state(tracker);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;

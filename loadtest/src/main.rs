@@ -62,6 +62,10 @@ struct Args {
     /// Without it, sluice runs on its defaults.
     #[arg(long = "sink-option", value_name = "KEY=VALUE")]
     sink_options: Vec<String>,
+    /// A `[backfill]` setting of sluice, as `--sink-option` takes one
+    /// (`chunks_in_flight=8`); may be repeated.
+    #[arg(long = "backfill-option", value_name = "KEY=VALUE")]
+    backfill_options: Vec<String>,
     /// Changes per second to commit (`backlog`: as fast as the database
     /// takes them, `--rate` × `--duration` in all).
     #[arg(long, default_value_t = 1000.0)]
@@ -170,13 +174,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.sink.engine().is_some() == args.engine_url.is_some(),
         "--engine-url goes with --sink elasticsearch or meilisearch, and they need it"
     );
-    for option in &args.sink_options {
-        anyhow::ensure!(
-            option
-                .split_once('=')
-                .is_some_and(|(k, v)| !k.trim().is_empty() && !v.trim().is_empty()),
-            "--sink-option {option:?} is not KEY=VALUE"
-        );
+    for (flag, options) in [
+        ("--sink-option", &args.sink_options),
+        ("--backfill-option", &args.backfill_options),
+    ] {
+        for option in options {
+            anyhow::ensure!(
+                option
+                    .split_once('=')
+                    .is_some_and(|(k, v)| !k.trim().is_empty() && !v.trim().is_empty()),
+                "{flag} {option:?} is not KEY=VALUE"
+            );
+        }
     }
     let binary = process::find_sluice(args.sluice.as_deref())?;
     // A throwaway Postgres lives as long as this value.

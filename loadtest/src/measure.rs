@@ -146,11 +146,13 @@ async fn measure_at(
         format!(
             "[source]\ndatabase_url = {url}\nslot = \"{schema}\"\npublication = \"{schema}\"\n\n\
              [pipeline]\ndata_dir = {data}\nmetrics_listen = \"{metrics}\"\n\n\
+             [backfill]\n{backfill}\n\n\
              [api]\nlisten = \"127.0.0.1:0\"\n\n\
              {table_entries}\
              [[sinks]]\n{sink}\n",
             url = toml_string(url),
             data = toml_string(&data_dir.to_string_lossy()),
+            backfill = args.backfill_options.join("\n"),
         ),
     )?;
     let log = args.out.join("sluice.log");

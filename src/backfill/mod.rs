@@ -17,6 +17,7 @@ mod runner;
 pub mod store;
 pub mod window;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +40,10 @@ pub const DEFAULT_MIN_CHUNK_ROWS: usize = 1000;
 pub const DEFAULT_MAX_CHUNK_ROWS: usize = 10_000;
 /// Default number of chunks read ahead of the sink.
 pub const DEFAULT_CHUNKS_IN_FLIGHT: usize = 4;
+/// Default number of chunks read ahead of a sink whose engine merges the
+/// writes waiting in its queue (Meilisearch's auto-batcher): its cost is per
+/// batch, so enough must wait for each batch to be large.
+pub const DEFAULT_QUEUED_CHUNKS_IN_FLIGHT: usize = 16;
 
 /// `[backfill]`: whether new sinks get a backfill, and how backfills read.
 #[derive(Debug, Clone, Deserialize)]
@@ -62,9 +67,9 @@ pub struct BackfillConfig {
     pub max_chunk_rows: usize,
     /// Chunks read ahead of the sink: the next chunk is read while the sink
     /// takes the last. A restart reads the chunks in flight again, and live
-    /// changes wait behind them.
-    #[serde(default = "default_chunks_in_flight")]
-    pub chunks_in_flight: usize,
+    /// changes wait behind them. Unset: 4, and 16 into Meilisearch.
+    #[serde(default)]
+    pub chunks_in_flight: Option<usize>,
 }
 
 fn default_initial() -> bool {
@@ -79,9 +84,6 @@ fn default_min_chunk_rows() -> usize {
 fn default_max_chunk_rows() -> usize {
     DEFAULT_MAX_CHUNK_ROWS
 }
-fn default_chunks_in_flight() -> usize {
-    DEFAULT_CHUNKS_IN_FLIGHT
-}
 
 impl Default for BackfillConfig {
     fn default() -> BackfillConfig {
@@ -90,7 +92,7 @@ impl Default for BackfillConfig {
             chunk_select_ms: DEFAULT_CHUNK_SELECT_MS,
             min_chunk_rows: DEFAULT_MIN_CHUNK_ROWS,
             max_chunk_rows: DEFAULT_MAX_CHUNK_ROWS,
-            chunks_in_flight: DEFAULT_CHUNKS_IN_FLIGHT,
+            chunks_in_flight: None,
         }
     }
 }
@@ -115,28 +117,54 @@ impl BackfillConfig {
                 "must be at least min_chunk_rows and at most 1000000",
             );
         }
-        if !(1..=16).contains(&self.chunks_in_flight) {
+        if self
+            .chunks_in_flight
+            .is_some_and(|n| !(1..=16).contains(&n))
+        {
             problem("chunks_in_flight", "must be between 1 and 16");
         }
     }
 
-    pub fn settings(&self) -> Settings {
+    /// The settings, with the chunks read ahead of each sink: those of
+    /// `queued_sinks` (engines that merge what waits in their queue) read
+    /// further ahead unless `chunks_in_flight` is set.
+    pub fn settings(&self, queued_sinks: &[String]) -> Settings {
+        let queued = match self.chunks_in_flight {
+            Some(_) => HashMap::new(),
+            None => queued_sinks
+                .iter()
+                .map(|sink| (sink.clone(), DEFAULT_QUEUED_CHUNKS_IN_FLIGHT))
+                .collect(),
+        };
         Settings {
             chunk_select: Duration::from_millis(self.chunk_select_ms),
             min_chunk_rows: self.min_chunk_rows,
             max_chunk_rows: self.max_chunk_rows,
-            chunks_in_flight: self.chunks_in_flight,
+            chunks_in_flight: self.chunks_in_flight.unwrap_or(DEFAULT_CHUNKS_IN_FLIGHT),
+            chunks_in_flight_by_sink: queued,
         }
     }
 }
 
 /// How backfills read, from `[backfill]`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     pub chunk_select: Duration,
     pub min_chunk_rows: usize,
     pub max_chunk_rows: usize,
     pub chunks_in_flight: usize,
+    /// Sinks that read another number of chunks ahead.
+    pub chunks_in_flight_by_sink: HashMap<String, usize>,
+}
+
+impl Settings {
+    /// Chunks read ahead of `sink`.
+    pub fn chunks_in_flight(&self, sink: &str) -> usize {
+        self.chunks_in_flight_by_sink
+            .get(sink)
+            .copied()
+            .unwrap_or(self.chunks_in_flight)
+    }
 }
 
 impl Default for Settings {
@@ -146,6 +174,7 @@ impl Default for Settings {
             min_chunk_rows: DEFAULT_MIN_CHUNK_ROWS,
             max_chunk_rows: DEFAULT_MAX_CHUNK_ROWS,
             chunks_in_flight: DEFAULT_CHUNKS_IN_FLIGHT,
+            chunks_in_flight_by_sink: HashMap::new(),
         }
     }
 }

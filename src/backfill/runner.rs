@@ -221,7 +221,7 @@ impl Reader<'_> {
         loop {
             while !exhausted
                 && !stopping
-                && in_flight.len() < self.manager.settings.chunks_in_flight
+                && in_flight.len() < self.manager.settings.chunks_in_flight(&backfill.sink)
             {
                 if self.manager.current(self.id).map(|b| b.state) != Some(State::Running) {
                     stopping = true;

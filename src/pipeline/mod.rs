@@ -534,7 +534,7 @@ async fn run_once(
     let plan = Arc::new(plan);
     let backfills = crate::backfill::Manager::open(
         crate::backfill::store::Store::open(&plan.data_dir)?,
-        config.backfill.settings(),
+        config.backfill.settings(&config.queued_sinks()),
         plan.conninfo.clone(),
         config.sinks.iter().map(|s| s.name.clone()).collect(),
         config.table_names(),

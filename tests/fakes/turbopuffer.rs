@@ -169,6 +169,9 @@ impl FakeTurbopuffer {
         let app = Router::new()
             .route("/v2/namespaces/{namespace}", post(write).delete(delete))
             .route("/v1/namespaces", get(list_namespaces))
+            // Turbopuffer takes write requests up to 256 MB (axum's default
+            // would refuse them past 2 MB).
+            .layer(axum::extract::DefaultBodyLimit::max(256 * 1024 * 1024))
             .with_state(shared.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;

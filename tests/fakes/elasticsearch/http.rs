@@ -41,6 +41,9 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/{index}/_refresh", post(refresh).get(refresh))
         .route("/{index}/_delete_by_query", post(delete_by_query))
         .fallback(no_handler)
+        // The front door holds bodies to the engine's own limit; axum's
+        // default of 2 MB would refuse larger ones as the engine does not.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(shared.clone(), front_door))
         .with_state(shared)
 }

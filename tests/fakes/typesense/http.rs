@@ -36,6 +36,9 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
             get(get_document).delete(delete_document),
         )
         .fallback(|| async { message(StatusCode::NOT_FOUND, "Not Found") })
+        // The front door holds bodies to the engine's own limit; axum's
+        // default of 2 MB would refuse larger ones as the engine does not.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(shared.clone(), front_door))
         .with_state(shared)
 }

@@ -27,6 +27,7 @@ use crate::tracker::{Arrival, Tracker};
 pub enum Kind {
     Elasticsearch,
     Meilisearch,
+    Typesense,
 }
 
 /// Rows asked for in one search.
@@ -73,11 +74,17 @@ impl Engine {
         let kind = match self.kind {
             Kind::Elasticsearch => "elasticsearch",
             Kind::Meilisearch => "meilisearch",
+            Kind::Typesense => "typesense",
         };
         let mut entry = format!(
             "name = \"engine\"\ntype = \"{kind}\"\nurl = {}",
             toml_string(&self.url)
         );
+        if self.kind == Kind::Typesense {
+            // Collections created as sluice writes them, every field typed
+            // by its first value.
+            entry.push_str("\nschema = { fields = [{ name = \".*\", type = \"auto\" }] }");
+        }
         if let Some(var) = &self.key_env {
             entry.push_str(&format!("\napi_key_env = {}", toml_string(var)));
         }
@@ -91,12 +98,16 @@ impl Engine {
                 request.header("authorization", format!("ApiKey {key}"))
             }
             (Some(key), Kind::Meilisearch) => request.bearer_auth(key),
+            (Some(key), Kind::Typesense) => request.header("x-typesense-api-key", key),
             (None, _) => request,
         }
     }
 
     /// The documents of `ids` that `index` finds now: `(id, seq)` of each.
     async fn find(&self, index: &str, ids: &[i64]) -> anyhow::Result<Vec<(i64, i64)>> {
+        if self.kind == Kind::Typesense {
+            return self.export(index, ids).await;
+        }
         let (path, body) = match self.kind {
             Kind::Elasticsearch => (
                 format!("/{index}/_search"),
@@ -114,6 +125,7 @@ impl Engine {
                     "limit": ids.len(),
                 }),
             ),
+            Kind::Typesense => unreachable!("Typesense documents are exported"),
         };
         let answer = self
             .request(reqwest::Method::POST, &path)
@@ -139,6 +151,7 @@ impl Engine {
                     ))
                 })
                 .collect(),
+            Kind::Typesense => unreachable!("Typesense documents are exported"),
             Kind::Meilisearch => answer["results"]
                 .as_array()
                 .into_iter()
@@ -155,6 +168,36 @@ impl Engine {
                 .collect(),
         };
         Ok(found)
+    }
+
+    /// The documents of `ids` a Typesense collection holds, by its export
+    /// of those ids (JSONL).
+    async fn export(&self, collection: &str, ids: &[i64]) -> anyhow::Result<Vec<(i64, i64)>> {
+        let filter = format!(
+            "id:[{}]",
+            ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+        );
+        let answer = self
+            .request(
+                reqwest::Method::GET,
+                &format!("/collections/{collection}/documents/export"),
+            )
+            .query(&[("filter_by", filter.as_str()), ("include_fields", "id,seq")])
+            .send()
+            .await?;
+        if answer.status() == StatusCode::NOT_FOUND {
+            return Ok(Vec::new());
+        }
+        let status = answer.status();
+        let text = answer.text().await?;
+        anyhow::ensure!(status.is_success(), "an export answered {status}: {text}");
+        Ok(text
+            .lines()
+            .filter_map(|line| {
+                let doc: Value = serde_json::from_str(line).ok()?;
+                Some((doc["id"].as_str()?.parse().ok()?, doc["seq"].as_i64()?))
+            })
+            .collect())
     }
 
     /// Whether row `id` is found in `index` with write `seq` or a newer one.
@@ -223,6 +266,7 @@ impl Engine {
         let path = match self.kind {
             Kind::Elasticsearch => format!("/{index}"),
             Kind::Meilisearch => format!("/indexes/{index}"),
+            Kind::Typesense => format!("/collections/{index}"),
         };
         let answer = self.request(reqwest::Method::DELETE, &path).send().await;
         match answer {

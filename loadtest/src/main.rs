@@ -44,17 +44,19 @@ struct Args {
     /// Where sluice writes: `bulk`, an Elasticsearch-compatible endpoint the
     /// harness serves, answering at once (latency to the document's
     /// arrival); `embedded`, sluice's own index (latency until a search
-    /// from another process finds the document); or `elasticsearch` or
-    /// `meilisearch` at `--engine-url` (latency until a search by id finds
-    /// it). A search cannot see deletes: not with `mixed`.
+    /// from another process finds the document); or `elasticsearch`,
+    /// `meilisearch` or `typesense` at `--engine-url` (latency until a
+    /// search by id finds it). A search cannot see deletes: not with `mixed`.
     #[arg(long, value_enum, default_value_t = Target::Bulk)]
     sink: Target,
-    /// The engine's URL, for `--sink elasticsearch` or `meilisearch`. The
+    /// The engine's URL, for `--sink elasticsearch`, `meilisearch` or
+    /// `typesense`. The
     /// harness creates indexes named after its schema and removes them.
     #[arg(long)]
     engine_url: Option<String>,
     /// The environment variable holding the engine's API key (Elasticsearch:
-    /// `ApiKey`; Meilisearch: bearer), read by the harness and by sluice.
+    /// `ApiKey`; Meilisearch: bearer; Typesense: `X-TYPESENSE-API-KEY`),
+    /// read by the harness and by sluice.
     #[arg(long)]
     engine_api_key_env: Option<String>,
     /// A setting of sluice's sink, `KEY=VALUE` with VALUE as TOML writes it
@@ -116,6 +118,7 @@ enum Target {
     Embedded,
     Elasticsearch,
     Meilisearch,
+    Typesense,
 }
 
 impl Target {
@@ -131,6 +134,7 @@ impl Target {
             Target::Embedded => "embedded",
             Target::Elasticsearch => "elasticsearch",
             Target::Meilisearch => "meilisearch",
+            Target::Typesense => "typesense",
         }
     }
 
@@ -139,6 +143,7 @@ impl Target {
         match self {
             Target::Elasticsearch => Some(engine::Kind::Elasticsearch),
             Target::Meilisearch => Some(engine::Kind::Meilisearch),
+            Target::Typesense => Some(engine::Kind::Typesense),
             Target::Bulk | Target::Embedded => None,
         }
     }
@@ -172,7 +177,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     anyhow::ensure!(
         args.sink.engine().is_some() == args.engine_url.is_some(),
-        "--engine-url goes with --sink elasticsearch or meilisearch, and they need it"
+        "--engine-url goes with --sink elasticsearch, meilisearch or typesense, and they need it"
     );
     for (flag, options) in [
         ("--sink-option", &args.sink_options),

@@ -97,6 +97,25 @@ async fn runs_into_an_engine_are_measured_by_searches() {
     .unwrap();
     assert!(es.indexes().is_empty(), "left behind: {:?}", es.indexes());
 
+    let ts = fakes::typesense::FakeTypesense::start(Default::default()).await;
+    let url = ts.url();
+    let out = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        run(
+            &out,
+            "steady",
+            "typesense",
+            &["--engine-url", &url, "--rows-per-txn", "3"],
+        );
+    })
+    .await
+    .unwrap();
+    assert!(
+        ts.collections().is_empty(),
+        "left behind: {:?}",
+        ts.collections()
+    );
+
     // Meilisearch charges per batch of tasks: the direct load of 20,000
     // documents a task pays once for the 500 rows, sluice's backfill about
     // as few times.

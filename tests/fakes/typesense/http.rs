@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rand::Rng;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::conn::ConnHandle;
 use super::store::{filter_ids, Action};
@@ -25,8 +25,12 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/collections", post(create_collection))
-        .route("/collections/{c}", get(get_collection))
+        .route(
+            "/collections/{c}",
+            get(get_collection).delete(drop_collection),
+        )
         .route("/collections/{c}/documents/import", post(import))
+        .route("/collections/{c}/documents/export", get(export))
         .route(
             "/collections/{c}/documents",
             axum::routing::delete(delete_documents),
@@ -189,6 +193,17 @@ async fn get_collection(State(shared): AppState, Path(c): Path<String>) -> Respo
     Json(schema).into_response()
 }
 
+/// `DELETE /collections/{c}`: the collection and its documents go; the
+/// answer is its schema, as Typesense gives it.
+async fn drop_collection(State(shared): AppState, Path(c): Path<String>) -> Response {
+    let Some(collection) = lock(&shared.store).collections.remove(&c) else {
+        return not_found();
+    };
+    let mut schema = collection.schema;
+    schema["num_documents"] = json!(collection.documents.len());
+    Json(schema).into_response()
+}
+
 async fn import(
     State(shared): AppState,
     ConnectInfo(conn): ConnectInfo<ConnHandle>,
@@ -277,6 +292,51 @@ async fn delete_documents(
         };
         Json(json!({ "num_deleted": deleted })).into_response()
     })
+}
+
+/// `GET documents/export`, every document as a line of JSONL, or those a
+/// `filter_by=id:[…]` names, with only the fields `include_fields` lists.
+async fn export(State(shared): AppState, Path(c): Path<String>, Query(params): Params) -> Response {
+    let ids = match params.get("filter_by") {
+        None => None,
+        Some(filter) => match filter_ids(filter) {
+            Some(ids) => Some(ids),
+            None => return message(StatusCode::BAD_REQUEST, "Could not parse the filter query."),
+        },
+    };
+    let fields: Option<Vec<&str>> = params
+        .get("include_fields")
+        .map(|f| f.split(',').map(str::trim).collect());
+    let store = lock(&shared.store);
+    let Some(collection) = store.collections.get(&c) else {
+        return not_found();
+    };
+    let docs: Vec<&Map<String, Value>> = match ids {
+        None => collection.documents.values().collect(),
+        Some(ids) => ids
+            .iter()
+            .filter_map(|id| collection.documents.get(id))
+            .collect(),
+    };
+    let lines: Vec<String> = docs
+        .into_iter()
+        .map(|doc| {
+            let doc: Map<String, Value> = match &fields {
+                Some(fields) => doc
+                    .iter()
+                    .filter(|(k, _)| fields.contains(&k.as_str()))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                None => doc.clone(),
+            };
+            Value::Object(doc).to_string()
+        })
+        .collect();
+    (
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        lines.join("\n"),
+    )
+        .into_response()
 }
 
 async fn get_document(State(shared): AppState, Path((c, id)): Path<(String, String)>) -> Response {

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use sluice::config::TableName;
 use sluice::config::TransformConfig;
 use sluice::functions::message::{ChangeInput, MessageBuilder};
 use sluice::functions::{FunctionKind, Limits, Runtime};
 use sluice::lsn::Lsn;
+use sluice::model::ident::TableName;
 use sluice::pipeline::change::{Change, ColumnInfo, Op, RelationInfo};
 use sluice::pipeline::predicate::{Predicate, Verdict};
 use sluice::pipeline::transform::DocShape;

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::functions::FunctionKind;
+use crate::model::ident::TableName;
 
 /// Default replication slot name.
 pub const DEFAULT_SLOT: &str = "sluice";
@@ -617,47 +618,10 @@ pub enum ConfigError {
     Invalid(Vec<ConfigProblem>),
 }
 
-/// A table name split into schema and table.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TableName {
-    pub schema: String,
-    pub table: String,
-}
-
-impl TableName {
-    /// Parses `schema.table` (or a bare `table` in schema `public`).
-    pub fn parse(text: &str) -> Result<TableName, String> {
-        let valid = |part: &str| !part.is_empty() && !part.contains(['"', '.', ' ']);
-        let (schema, table) = match text.split_once('.') {
-            Some((schema, table)) => (schema, table),
-            None => ("public", text),
-        };
-        if !valid(schema) || !valid(table) {
-            return Err(format!(
-                "`{text}` is not a table name; expected SCHEMA.TABLE such as public.products"
-            ));
-        }
-        Ok(TableName {
-            schema: schema.to_owned(),
-            table: table.to_owned(),
-        })
+impl From<ConfigError> for crate::error::Error {
+    fn from(e: ConfigError) -> crate::error::Error {
+        crate::error::Error::new(crate::error::ErrorKind::Config, e.to_string())
     }
-
-    /// The name quoted for SQL: `"schema"."table"`.
-    pub fn quoted(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
-    }
-}
-
-impl fmt::Display for TableName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.schema, self.table)
-    }
-}
-
-/// Quotes an SQL identifier.
-pub fn quote_ident(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
 impl Config {
@@ -1410,20 +1374,6 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("bulk_size"), "{err}");
-    }
-
-    #[test]
-    fn table_names() {
-        assert_eq!(
-            TableName::parse("products").unwrap(),
-            TableName {
-                schema: "public".into(),
-                table: "products".into()
-            }
-        );
-        assert!(TableName::parse("").is_err());
-        assert!(TableName::parse("a.").is_err());
-        assert_eq!(TableName::parse("s.t").unwrap().quoted(), "\"s\".\"t\"");
     }
 
     #[test]

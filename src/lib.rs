@@ -14,6 +14,7 @@ pub mod error;
 pub mod functions;
 pub mod local_pg;
 pub mod lsn;
+pub mod model;
 pub mod pipeline;
 pub mod postgres;
 pub mod sink;

@@ -15,7 +15,7 @@ use std::fmt::Write;
 
 use super::chunk::TableShape;
 use super::BackfillError;
-use crate::config::quote_ident;
+use crate::model::ident::quote_ident;
 
 /// A parsed condition.
 #[derive(Debug, Clone, PartialEq)]

@@ -16,9 +16,9 @@ use super::store::Store;
 use super::{
     chunk, condition, now_ms, Backfill, BackfillError, ExactRows, Settings, State, TableProgress,
 };
-use crate::config::TableName;
 use crate::error::Result;
 use crate::lsn::Lsn;
+use crate::model::ident::TableName;
 use crate::pipeline::decoder::DecoderMsg;
 use crate::pipeline::flow::FlowControl;
 use crate::postgres::conninfo::ConnInfo;

@@ -17,8 +17,8 @@ use super::chunk::{parse_copy, values_of, ChunkReader, ReadChunk, TableShape};
 use super::manager::{estimate, Manager, RunContext};
 use super::window::{Mark, Marker};
 use super::{condition, BackfillError, Chunk, ChunkOutcome, ExactRows, State};
-use crate::config::TableName;
 use crate::lsn::Lsn;
+use crate::model::ident::TableName;
 use crate::pipeline::decoder::DecoderMsg;
 use crate::postgres::pgoutput::Tuple;
 

@@ -291,7 +291,7 @@ impl Window {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TableName;
+    use crate::model::ident::TableName;
     use crate::pipeline::change::ColumnInfo;
     use crate::postgres::pgoutput::{ColumnValue, ReplicaIdentity};
     use crate::postgres::types::TypeKind;

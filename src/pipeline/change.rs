@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use crate::config::TableName;
 use crate::lsn::Lsn;
+use crate::model::ident::TableName;
 use crate::pipeline::flow::Credit;
 use crate::postgres::pgoutput::{Oid, ReplicaIdentity, Tuple};
 use crate::postgres::types::TypeKind;

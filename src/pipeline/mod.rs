@@ -318,7 +318,7 @@ pub async fn check_sinks(config: &Config, checked: &mut Checked) {
 /// document was in.
 fn check_identity(
     config: &Config,
-    tables: &HashMap<crate::config::TableName, catalog::TableMeta>,
+    tables: &HashMap<crate::model::ident::TableName, catalog::TableMeta>,
 ) -> Vec<catalog::Problem> {
     let mut problems = Vec::new();
     for (table, name) in config.tables.iter().zip(config.table_names()) {
@@ -356,7 +356,7 @@ fn check_identity(
 /// `where` every row.
 fn check_columns(
     config: &Config,
-    tables: &HashMap<crate::config::TableName, catalog::TableMeta>,
+    tables: &HashMap<crate::model::ident::TableName, catalog::TableMeta>,
 ) -> Vec<catalog::Problem> {
     let mut problems = Vec::new();
     for (i, (table, name)) in config.tables.iter().zip(config.table_names()).enumerate() {
@@ -422,7 +422,10 @@ impl PipelinePlan {
     /// Tables without a configured key are keyed by their primary key (or
     /// replica identity index), as the catalog says: with REPLICA IDENTITY FULL
     /// the stream flags every column as part of the identity.
-    pub fn resolve_keys(&mut self, tables: &HashMap<crate::config::TableName, catalog::TableMeta>) {
+    pub fn resolve_keys(
+        &mut self,
+        tables: &HashMap<crate::model::ident::TableName, catalog::TableMeta>,
+    ) {
         for (name, meta) in tables {
             if let Some(route) = self.routes.get_mut(&name.to_string()) {
                 if route.key.is_none() && !meta.identity_columns.is_empty() {
@@ -439,7 +442,7 @@ impl PipelinePlan {
 pub async fn prepare(
     config: &Config,
 ) -> Result<(
-    HashMap<crate::config::TableName, catalog::TableMeta>,
+    HashMap<crate::model::ident::TableName, catalog::TableMeta>,
     slot::SlotOutcome,
 )> {
     if let Some(e) = check(config)

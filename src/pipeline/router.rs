@@ -269,7 +269,7 @@ async fn refetch_unchanged(
     change: &Change,
     key_columns: &[usize],
 ) -> Result<Option<Tuple>, tokio_postgres::Error> {
-    use crate::config::quote_ident;
+    use crate::model::ident::quote_ident;
     let (rel, new) = (
         &change.rel,
         change.new.as_ref().expect("an update has a new row"),

@@ -8,8 +8,8 @@ use tokio_postgres::Client;
 
 use super::pgoutput::Oid;
 use super::types::TypeKind;
-use crate::config::{quote_ident, TableName};
 use crate::error::{Error, ErrorKind, Result};
+use crate::model::ident::{quote_ident, TableName};
 
 /// A problem found in the source database, with what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -353,9 +353,9 @@ impl ReplicationConnection {
     ) -> Result<()> {
         let sql = format!(
             "START_REPLICATION SLOT {} LOGICAL {} (\"proto_version\" '1', \"publication_names\" {}, \"messages\" 'true')",
-            crate::config::quote_ident(slot),
+            crate::model::ident::quote_ident(slot),
             start,
-            quote_literal(&crate::config::quote_ident(publication)),
+            quote_literal(&crate::model::ident::quote_ident(publication)),
         );
         frontend::query(&sql, &mut self.write_buf).map_err(|e| Error::protocol(e.to_string()))?;
         self.flush().await?;

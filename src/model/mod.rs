@@ -1,0 +1,4 @@
+//! The data every layer shares, at the bottom: it uses nothing of sluice
+//! above it.
+
+pub mod ident;

@@ -2,3 +2,4 @@
 //! above it.
 
 pub mod ident;
+pub mod write;

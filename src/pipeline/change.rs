@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::lsn::Lsn;
 use crate::model::ident::TableName;
+pub use crate::model::write::{doc_hash, WriteAction, WriteOp};
 use crate::pipeline::flow::Credit;
 use crate::postgres::pgoutput::{Oid, ReplicaIdentity, Tuple};
 use crate::postgres::types::TypeKind;
@@ -154,13 +155,6 @@ pub struct Routed {
     pub fresh: bool,
 }
 
-/// A hash of a document's index and id, for sets of documents that copy
-/// neither (a collision between two documents is possible, if rare).
-pub fn doc_hash(index: &str, id: &str) -> u64 {
-    let seed = xxhash_rust::xxh3::xxh3_64(index.as_bytes());
-    xxhash_rust::xxh3::xxh3_64_with_seed(id.as_bytes(), seed)
-}
-
 /// Whether a routed change writes or removes its document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteAction {
@@ -192,43 +186,6 @@ pub struct ShardBatch {
     pub credits: Vec<Arc<Credit>>,
     pub last: bool,
     pub scope: Scope,
-}
-
-/// A write for a sink.
-#[derive(Debug, Clone)]
-pub struct WriteOp {
-    pub index: Arc<str>,
-    /// `schema.table` the document comes from.
-    pub table: Arc<str>,
-    pub id: String,
-    /// Commit LSN of the change (a version for engines that take one).
-    pub lsn: Lsn,
-    pub action: WriteAction,
-    /// Routing value (Elasticsearch/OpenSearch), from a key column.
-    pub routing: Option<Box<str>>,
-}
-
-/// What a write does.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WriteAction {
-    /// Insert or replace the document. `partial`: some fields were unchanged
-    /// TOAST values and are absent; the sink merges into the stored document.
-    /// `fresh`: the row was inserted, so the index holds no earlier version of
-    /// it unless this change is read again after a restart (sinks that skip
-    /// what they already committed can then add without replacing).
-    Upsert {
-        doc: Vec<u8>,
-        partial: bool,
-        fresh: bool,
-    },
-    Delete,
-    /// Remove every document of `table` from `index`. `scoped`: the index
-    /// holds other tables' documents too (`shared_index`): only those whose
-    /// `sluice_table` field names `table` go.
-    Truncate {
-        barrier: u64,
-        scoped: bool,
-    },
 }
 
 /// A shard's output for the writers of every sink.

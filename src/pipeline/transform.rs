@@ -114,8 +114,7 @@ pub struct DocShape {
     pub table_tag: Option<Box<[u8]>>,
 }
 
-/// The field that names a document's table in an index tables share.
-pub const TABLE_FIELD: &str = "sluice_table";
+pub use crate::model::write::TABLE_FIELD;
 
 impl DocShape {
     /// Marks every document of this shape with its table `qualified`.

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::lsn::Lsn;
-use crate::pipeline::change::{WriteAction, WriteOp};
+use crate::model::write::{WriteAction, WriteOp};
 
 /// The error given to writes parked behind an earlier failed write.
 pub const WAITING_BEHIND: &str = "waiting behind an earlier failed write to the same document";

@@ -15,7 +15,7 @@ use std::path::Path;
 use crate::config::{SinkConfig, SinkKind};
 use crate::error::Result;
 use crate::lsn::Lsn;
-use crate::pipeline::change::WriteOp;
+use crate::model::write::WriteOp;
 
 /// A destination for writes. Calls come from one writer actor, in order.
 #[async_trait::async_trait]

@@ -2,7 +2,7 @@
 
 use crate::error::Result;
 use crate::lsn::Lsn;
-use crate::pipeline::change::WriteOp;
+use crate::model::write::WriteOp;
 
 pub struct NullSink {
     name: String,

@@ -22,7 +22,7 @@ use request::BulkAction;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::lsn::Lsn;
-use crate::pipeline::change::{WriteAction, WriteOp};
+use crate::model::write::{WriteAction, WriteOp};
 use crate::sink::failed::{FailedMessage, FailedStore};
 use crate::sink::http::path_segment;
 
@@ -120,7 +120,7 @@ impl ElasticsearchSink {
                 let value = serde_json::Value::String(table.to_owned());
                 format!(
                     r#"{{"query":{{"bool":{{"should":[{{"term":{{"{field}":{value}}}}},{{"term":{{"{field}.keyword":{value}}}}}],"minimum_should_match":1}}}}}}"#,
-                    field = crate::pipeline::transform::TABLE_FIELD
+                    field = crate::model::write::TABLE_FIELD
                 )
             }
             None => r#"{"query":{"match_all":{}}}"#.to_owned(),
@@ -267,7 +267,7 @@ impl super::Sink for ElasticsearchSink {
             // order, and the versioned one, sent again after the update,
             // would be refused as stale.
             let partial = matches!(op.action, WriteAction::Upsert { partial: true, .. });
-            let doc = crate::pipeline::change::doc_hash(&op.index, &op.id);
+            let doc = crate::model::write::doc_hash(&op.index, &op.id);
             if self
                 .pending_docs
                 .get(&doc)

@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use crate::pipeline::change::{WriteAction, WriteOp};
+use crate::model::write::{WriteAction, WriteOp};
 use crate::postgres::types::write_json_string;
 
 /// The bulk action of an item, for reading its response.

@@ -14,7 +14,7 @@ use tantivy::time::{OffsetDateTime, UtcOffset};
 use tantivy::TantivyDocument;
 
 use super::schema::Fields;
-use crate::pipeline::change::WriteOp;
+use crate::model::write::WriteOp;
 
 /// Parses rows' JSON, keeping its buffers from one row to the next.
 #[derive(Default)]
@@ -330,7 +330,7 @@ mod tests {
 
     use super::*;
     use crate::lsn::Lsn;
-    use crate::pipeline::change::WriteAction;
+    use crate::model::write::WriteAction;
     use crate::sink::embedded::schema;
 
     /// `value` with the entries of every object in key order.

@@ -30,7 +30,7 @@ pub use schema::Fields;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::lsn::Lsn;
-use crate::pipeline::change::{WriteAction, WriteOp};
+use crate::model::write::{WriteAction, WriteOp};
 use crate::sink::failed::{FailedMessage, FailedStore};
 use crate::sink::http::DEFAULT_MAX_PARKED;
 

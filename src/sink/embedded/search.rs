@@ -453,7 +453,7 @@ mod tests {
 
     use super::*;
     use crate::lsn::Lsn;
-    use crate::pipeline::change::{WriteAction, WriteOp};
+    use crate::model::write::{WriteAction, WriteOp};
     use crate::sink::embedded::EmbeddedSink;
     use crate::sink::http::DEFAULT_MAX_DOCUMENT_BYTES;
     use crate::sink::Sink;

@@ -54,7 +54,7 @@ use tasks::ApiError;
 
 use crate::error::Result;
 use crate::lsn::Lsn;
-use crate::pipeline::change::{WriteAction, WriteOp};
+use crate::model::write::{WriteAction, WriteOp};
 use crate::sink::failed::{FailedMessage, FailedStore, WAITING_BEHIND};
 
 /// Requests of one index being filled; their ids are distinct, so they
@@ -267,7 +267,7 @@ impl super::Sink for MeilisearchSink {
                 let batch = if scoped {
                     // Only this table's documents, by their table field.
                     self.client
-                        .ensure_filterable(&op.index, crate::pipeline::transform::TABLE_FIELD)
+                        .ensure_filterable(&op.index, crate::model::write::TABLE_FIELD)
                         .await?;
                     request::clear_table(op.index.clone(), op.table.clone(), op.lsn)
                 } else {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::lsn::Lsn;
-use crate::pipeline::change::{WriteAction, WriteOp};
+use crate::model::write::{WriteAction, WriteOp};
 use crate::postgres::types::write_json_string;
 
 /// Longest document id Meilisearch accepts, in bytes.
@@ -149,7 +149,7 @@ pub fn check_id(id: &str) -> Result<(), String> {
 pub fn clear_table(index: Arc<str>, table: Arc<str>, lsn: Lsn) -> Batch {
     let filter = format!(
         "{} = {}",
-        crate::pipeline::transform::TABLE_FIELD,
+        crate::model::write::TABLE_FIELD,
         serde_json::Value::String(table.to_string())
     );
     let body = serde_json::to_vec(&serde_json::json!({ "filter": filter }))

@@ -50,7 +50,7 @@ use request::{Batch, Encoder, Entry, RowWrite};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::lsn::Lsn;
-use crate::pipeline::change::{WriteAction, WriteOp};
+use crate::model::write::{WriteAction, WriteOp};
 use crate::sink::failed::{FailedMessage, FailedStore, WAITING_BEHIND};
 
 pub struct TurbopufferSink {
@@ -254,7 +254,7 @@ impl TurbopufferSink {
         let outcome = match table {
             Some(table) => {
                 let body = serde_json::json!({
-                    "delete_by_filter": [crate::pipeline::transform::TABLE_FIELD, "Eq", table],
+                    "delete_by_filter": [crate::model::write::TABLE_FIELD, "Eq", table],
                 });
                 let body = serde_json::to_vec(&body).expect("JSON values serialize");
                 self.client.write(namespace, body.into()).await?

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 use super::config::IdType;
 use crate::lsn::Lsn;
-use crate::pipeline::change::{WriteAction, WriteOp};
+use crate::model::write::{WriteAction, WriteOp};
 
 /// The buffered state of one document.
 #[derive(Debug, Clone, PartialEq)]

@@ -158,7 +158,7 @@ impl Client {
             Some(table) => {
                 let filter = format!(
                     "{}:=`{}`",
-                    crate::pipeline::transform::TABLE_FIELD,
+                    crate::model::write::TABLE_FIELD,
                     table.replace('`', "")
                 );
                 url.query_pairs_mut().append_pair("filter_by", &filter);

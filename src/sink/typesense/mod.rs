@@ -32,7 +32,7 @@ use response::Outcome;
 
 use crate::error::Result;
 use crate::lsn::Lsn;
-use crate::pipeline::change::{WriteAction, WriteOp};
+use crate::model::write::{WriteAction, WriteOp};
 use crate::sink::failed::{FailedMessage, FailedStore, WAITING_BEHIND};
 
 pub struct TypesenseSink {

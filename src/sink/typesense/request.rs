@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::pipeline::change::{WriteAction, WriteOp};
+use crate::model::write::{WriteAction, WriteOp};
 
 /// The kind of request a write travels in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

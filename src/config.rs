@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::functions::FunctionKind;
+pub use crate::model::ident::check_index_name;
 use crate::model::ident::TableName;
+pub use crate::model::problem::ConfigProblem;
 
 /// Default replication slot name.
 pub const DEFAULT_SLOT: &str = "sluice";
@@ -591,19 +593,6 @@ fn default_operations() -> Vec<Operation> {
     Operation::ALL.to_vec()
 }
 
-/// One configuration problem: the field path and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblem {
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
-
 /// The configuration could not be used; every problem found is listed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -1115,23 +1104,6 @@ fn is_pg_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-}
-
-/// Index names are used as directory names: keep them portable.
-pub fn check_index_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 200
-        && !name.starts_with(['.', '-', '_'])
-        && name.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{name}` is not a valid index name: use lowercase letters, digits, `_`, `-` or `.`, not starting with `.`, `-` or `_`"
-        ))
-    }
 }
 
 fn check_index_template(template: &str) -> Result<(), String> {

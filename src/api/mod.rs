@@ -12,8 +12,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::backfill::Manager;
-use crate::config::ConfigProblem;
 use crate::error::{Error, ErrorKind, Result};
+use crate::model::problem::ConfigProblem;
 use crate::pipeline::PipelinePlan;
 
 /// Default address of the management API: this machine only.

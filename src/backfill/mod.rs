@@ -27,8 +27,8 @@ use tokio::sync::oneshot;
 pub use manager::{state_name, Manager, RunContext, View};
 pub use progress::Progress;
 
-use crate::config::ConfigProblem;
 use crate::lsn::Lsn;
+use crate::model::problem::ConfigProblem;
 use crate::pipeline::change::RelationInfo;
 use crate::pipeline::flow::Credit;
 

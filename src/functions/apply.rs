@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::message::{ChangeInput, MessageBuilder};
 use super::{compile, FunctionError, FunctionPlan, Runtime, TableFunctions, FAILED_STORE};
-use crate::config::check_index_name;
 use crate::error::{Error, ErrorKind, Result};
+use crate::model::ident::check_index_name;
 use crate::pipeline::change::{Change, Op, RouteAction, Routed};
 use crate::postgres::pgoutput::ReplicaIdentity;
 use crate::sink::failed::{FailedMessage, FailedStore, WAITING_BEHIND};

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::ConfigProblem;
+use crate::model::problem::ConfigProblem;
 use crate::pipeline::change::RouteAction;
 
 pub use lua::{Args, CompileError, Failure, FunctionError, Input, Limits, Runtime};

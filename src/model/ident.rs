@@ -45,6 +45,23 @@ pub fn quote_ident(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
+/// Index names are used as directory names: keep them portable.
+pub fn check_index_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with(['.', '-', '_'])
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a valid index name: use lowercase letters, digits, `_`, `-` or `.`, not starting with `.`, `-` or `_`"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,4 +2,5 @@
 //! above it.
 
 pub mod ident;
+pub mod problem;
 pub mod write;

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::config::ConfigProblem;
+use crate::model::problem::ConfigProblem;
 use crate::sink::http::{self, HttpSettings, Problems};
 
 /// `[[sinks]]` with `type = "elasticsearch"` (or `"opensearch"`).

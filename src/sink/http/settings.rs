@@ -1,6 +1,6 @@
 //! The settings every HTTP sink has: their defaults and their checks.
 
-use crate::config::ConfigProblem;
+use crate::model::problem::ConfigProblem;
 
 /// Default documents per request.
 pub const DEFAULT_BATCH_MAX_DOCS: usize = 1000;

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::config::ConfigProblem;
+use crate::model::problem::ConfigProblem;
 use crate::sink::http::{self, HttpSettings, Problems};
 use crate::sink::http::{
     DEFAULT_CONCURRENCY, DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_MAX_PARKED, DEFAULT_MAX_RETRIES,

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::config::ConfigProblem;
+use crate::model::problem::ConfigProblem;
 use crate::sink::http::{self, HttpSettings, Problems};
 use crate::sink::http::{
     DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_DOCS, DEFAULT_CONCURRENCY,

@@ -15,6 +15,8 @@ use crate::functions::FunctionKind;
 pub use crate::model::ident::check_index_name;
 use crate::model::ident::TableName;
 pub use crate::model::problem::ConfigProblem;
+pub use crate::pipeline::filter::Operation;
+pub use crate::pipeline::slot::OnSlotLost;
 
 /// Default replication slot name.
 pub const DEFAULT_SLOT: &str = "sluice";
@@ -124,17 +126,6 @@ pub struct SourceConfig {
     pub retained_wal_warn_bytes: u64,
 }
 
-/// `source.on_slot_lost`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnSlotLost {
-    /// Refuse to stream, saying what happened and what to do.
-    #[default]
-    Fail,
-    /// Create a new slot, empty every table's documents and backfill them again.
-    Resync,
-}
-
 impl fmt::Debug for SourceConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SourceConfig")
@@ -235,25 +226,6 @@ impl Default for PipelineConfig {
             function_max_parked: default_function_max_parked(),
         }
     }
-}
-
-/// Operations a table can emit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Operation {
-    Insert,
-    Update,
-    Delete,
-    Truncate,
-}
-
-impl Operation {
-    pub const ALL: [Operation; 4] = [
-        Operation::Insert,
-        Operation::Update,
-        Operation::Delete,
-        Operation::Truncate,
-    ];
 }
 
 /// One streamed table.

@@ -11,7 +11,6 @@ use super::change::{Change, ChangeBatch, Op, RelationInfo};
 use super::predicate::{Predicate, Verdict};
 use super::stats::StageStats;
 use super::transform::TransformMsg;
-use crate::config::Operation;
 use crate::postgres::pgoutput::Oid;
 
 pub enum FilterMsg {
@@ -180,4 +179,23 @@ fn matches(compiled: &Compiled, change: &mut Change) -> bool {
         return true;
     }
     false
+}
+
+/// Operations a table can emit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Operation {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+}
+
+impl Operation {
+    pub const ALL: [Operation; 4] = [
+        Operation::Insert,
+        Operation::Update,
+        Operation::Delete,
+        Operation::Truncate,
+    ];
 }

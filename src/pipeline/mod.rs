@@ -31,10 +31,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, Operation, SinkConfig, TransformConfig};
+use crate::config::{Config, SinkConfig, TransformConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::postgres::catalog;
 use crate::postgres::conninfo::ConnInfo;
+use filter::Operation;
 
 use flow::FlowControl;
 use router::TableRoute;

@@ -8,7 +8,6 @@ use std::path::Path;
 
 use tokio_postgres::Client;
 
-use crate::config::OnSlotLost;
 use crate::data_dir::SlotRecord;
 use crate::error::{Error, ErrorKind, Result};
 use crate::postgres::catalog;
@@ -275,4 +274,15 @@ pub async fn watch_retained_wal(
             Err(_) => client = None,
         }
     }
+}
+
+/// `source.on_slot_lost`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnSlotLost {
+    /// Refuse to stream, saying what happened and what to do.
+    #[default]
+    Fail,
+    /// Create a new slot, empty every table's documents and backfill them again.
+    Resync,
 }

@@ -5,7 +5,8 @@
 
 use serde::de::DeserializeOwned;
 
-use super::{default_sinks, Config, ConfigProblem, RawSink, SinkConfig};
+use super::{default_sinks, Config, ConfigProblem, SinkConfig};
+use crate::sink::settings::RawSink;
 
 /// The top-level sections a configuration may have.
 const SECTIONS: [&str; 7] = [

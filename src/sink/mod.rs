@@ -7,15 +7,16 @@ pub mod http;
 pub mod meilisearch;
 pub mod null;
 pub mod retry;
+pub mod settings;
 pub mod turbopuffer;
 pub mod typesense;
 
 use std::path::Path;
 
-use crate::config::{SinkConfig, SinkKind};
 use crate::error::Result;
 use crate::lsn::Lsn;
 use crate::model::write::WriteOp;
+use settings::{SinkConfig, SinkKind};
 
 /// A destination for writes. Calls come from one writer actor, in order.
 #[async_trait::async_trait]

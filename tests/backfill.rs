@@ -164,7 +164,9 @@ async fn post(api: &str, path: &str, body: Option<&str>) -> (u16, Value) {
 async fn wait_state(api: &str, id: u64, state: &str, sluice: &mut Sluice) -> Value {
     for _ in 0..1200 {
         let b = get(api, &format!("/api/backfills/{id}")).await;
-        if b["state"] == state {
+        // A paused or cancelled backfill is still writing what it read
+        // before while it is settling.
+        if b["state"] == state && b["settling"] != true {
             return b;
         }
         sluice.assert_running();

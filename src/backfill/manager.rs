@@ -69,6 +69,9 @@ pub struct View {
     pub percent: Option<f64>,
     pub rows_per_second: f64,
     pub eta_seconds: Option<u64>,
+    /// Paused or cancelled, but chunks read before that are still being
+    /// written: `rows_done` is final once this is false.
+    pub settling: bool,
 }
 
 impl Manager {
@@ -390,6 +393,11 @@ impl Manager {
                 .zip(rows_estimated)
                 .and_then(|(p, total)| p.eta(total.saturating_sub(rows_done)))
                 .map(|eta| eta.as_secs()),
+            settling: !running
+                && inner
+                    .runners
+                    .get(&backfill.id)
+                    .is_some_and(|(_, runner)| !runner.is_finished()),
         }
     }
 

@@ -380,6 +380,9 @@ fn describe(b: &Value) -> String {
             line.push_str(&format!(", ETA {eta}s"));
         }
     }
+    if b["settling"] == true {
+        line.push_str(", writing the chunks read before");
+    }
     if let Some(reason) = b["reason"].as_str() {
         line.push_str(&format!(": {reason}"));
     }

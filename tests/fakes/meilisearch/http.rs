@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 
-use super::store::{error, TaskOp};
+use super::store::{error, not_found, TaskOp};
 use super::{lock, RecordedRequest, Shared};
 
 /// Meilisearch's default `--http-payload-size-limit`.
@@ -415,14 +415,7 @@ async fn fetch(
     });
     let store = lock(&shared.store);
     let Some(stored) = store.indexes.get(&index) else {
-        return answer(
-            StatusCode::NOT_FOUND,
-            error(
-                "index_not_found",
-                "invalid_request",
-                format!("Index `{index}` not found."),
-            ),
-        );
+        return answer(StatusCode::NOT_FOUND, not_found(&index));
     };
     let matching: Vec<&Map<String, Value>> = match ids {
         None => stored.docs.values().collect(),
@@ -457,14 +450,7 @@ async fn fetch(
 async fn get_filterable(State(shared): AppState, Path(index): Path<String>) -> Response {
     match lock(&shared.store).indexes.get(&index) {
         Some(i) => answer(StatusCode::OK, json!(i.filterable)),
-        None => answer(
-            StatusCode::NOT_FOUND,
-            error(
-                "index_not_found",
-                "invalid_request",
-                format!("Index `{index}` not found."),
-            ),
-        ),
+        None => answer(StatusCode::NOT_FOUND, not_found(&index)),
     }
 }
 

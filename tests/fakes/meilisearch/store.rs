@@ -298,7 +298,7 @@ impl Store {
     }
 }
 
-fn not_found(index_uid: &str) -> Value {
+pub(super) fn not_found(index_uid: &str) -> Value {
     error(
         "index_not_found",
         "invalid_request",

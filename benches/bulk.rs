@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sluice::lsn::Lsn;
-use sluice::pipeline::change::{WriteAction, WriteOp};
+use sluice::model::write::{WriteAction, WriteOp};
 use sluice::sink::elasticsearch::request::encode;
 
 /// 1000 writes like a bulk request's: mostly upserts of ~220-byte documents, some deletes.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use sluice::lsn::Lsn;
-use sluice::pipeline::change::{WriteAction, WriteOp};
+use sluice::model::write::{WriteAction, WriteOp};
 use sluice::sink::embedded::EmbeddedSink;
 use sluice::sink::Sink;
 
@@ -49,7 +49,7 @@ fn op(i: u64) -> WriteOp {
 
 fn main() {
     let mut rows = 300_000u64;
-    let mut commit_ms = sluice::config::DEFAULT_COMMIT_INTERVAL_MS;
+    let mut commit_ms = sluice::sink::settings::DEFAULT_COMMIT_INTERVAL_MS;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| -> u64 {

@@ -10,16 +10,16 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use sluice::config::TransformConfig;
 use sluice::functions::message::{ChangeInput, MessageBuilder};
 use sluice::functions::{FunctionKind, Limits, Runtime};
 use sluice::lsn::Lsn;
+use sluice::model::change::{Change, ColumnInfo, Op, RelationInfo};
 use sluice::model::ident::TableName;
-use sluice::pipeline::change::{Change, ColumnInfo, Op, RelationInfo};
+use sluice::model::row::TypeKind;
+use sluice::model::row::{ColumnKind, ColumnValue, ReplicaIdentity, Tuple};
 use sluice::pipeline::predicate::{Predicate, Verdict};
 use sluice::pipeline::transform::DocShape;
-use sluice::postgres::pgoutput::{ColumnKind, ColumnValue, ReplicaIdentity, Tuple};
-use sluice::postgres::types::TypeKind;
+use sluice::pipeline::transform::TransformConfig;
 
 /// name, type OID, value.
 const COLUMNS: [(&str, u32, &str); 10] = [

@@ -3,7 +3,9 @@
 //! Every knob has a doc comment and a named default. Unknown keys are errors.
 //! Semantic validation reports every problem at once, each naming its field path.
 
+pub mod check;
 mod parse;
+mod plan;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -17,6 +19,7 @@ use crate::model::ident::TableName;
 pub use crate::model::problem::ConfigProblem;
 pub use crate::pipeline::filter::Operation;
 pub use crate::pipeline::slot::OnSlotLost;
+pub use crate::pipeline::transform::TransformConfig;
 pub use crate::sink::settings::{SinkConfig, SinkKind, DEFAULT_COMMIT_INTERVAL_MS};
 
 /// Default replication slot name.
@@ -287,72 +290,6 @@ impl TableConfig {
         named.extend(self.transform.named_columns());
         named
     }
-}
-
-impl TransformConfig {
-    /// Every column the transform names, with the setting that names it.
-    pub fn named_columns(&self) -> Vec<(String, String)> {
-        let mut named = Vec::new();
-        for (j, column) in self.keep.iter().flatten().enumerate() {
-            named.push((format!("transform.keep[{j}]"), column.clone()));
-        }
-        for (j, column) in self.drop.iter().enumerate() {
-            named.push((format!("transform.drop[{j}]"), column.clone()));
-        }
-        for column in self.rename.keys() {
-            named.push((format!("transform.rename.{column}"), column.clone()));
-        }
-        for (field, value) in &self.fields {
-            if let toml::Value::String(text) = value {
-                for piece in crate::pipeline::template::parse(text).unwrap_or_default() {
-                    if let crate::pipeline::template::Piece::Column(column) = piece {
-                        named.push((format!("transform.fields.{field}"), column));
-                    }
-                }
-            }
-        }
-        if let Some(Ok(path)) = self
-            .path
-            .as_deref()
-            .map(crate::pipeline::transform::PathShape::parse)
-        {
-            named.push(("transform.path".into(), path.column));
-        }
-        named
-    }
-}
-
-/// Keep, drop and rename columns. `keep` and `drop` are exclusive.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TransformConfig {
-    /// Only these columns become fields (default: all).
-    #[serde(default)]
-    pub keep: Option<Vec<String>>,
-    /// These columns are left out.
-    #[serde(default)]
-    pub drop: Vec<String>,
-    /// Column name -> field name.
-    #[serde(default)]
-    pub rename: BTreeMap<String, String>,
-    /// A transform function (see `functions`) that makes the document from
-    /// the change. Exclusive with the other settings.
-    #[serde(default)]
-    pub function: Option<String>,
-    /// Fields added to every document, by name. A string is a template:
-    /// `"{name} ({sku})"` is the text with `{column}` replaced by the
-    /// column's value (NULL as nothing), `{{` and `}}` for braces. Other
-    /// values (numbers, booleans, arrays, tables) are written as they are.
-    /// A field named like a column replaces it.
-    #[serde(default)]
-    pub fields: BTreeMap<String, toml::Value>,
-    /// The document is the value at this path of the change instead of the
-    /// row: `record.payload` takes a json or jsonb column as the document,
-    /// `record.payload.product` a key inside it. A value that is not an
-    /// object becomes a document of one field, named by the last part of the
-    /// path (`record.id` gives `{"id": 7}`). Exclusive with the other settings.
-    #[serde(default)]
-    pub path: Option<String>,
 }
 
 fn default_sinks() -> Vec<SinkConfig> {

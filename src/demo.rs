@@ -89,12 +89,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         *commit_interval_ms = 200;
     }
     config.validate()?;
-    crate::pipeline::prepare(&config).await?;
+    crate::service::prepare(&config).await?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let pipeline_config = config.clone();
     let pipeline = tokio::spawn(async move {
-        crate::pipeline::run(&pipeline_config, async {
+        crate::service::run(&pipeline_config, async {
             let _ = stop_rx.await;
         })
         .await

@@ -19,7 +19,7 @@ pub enum ErrorKind {
     Sink,
     /// Local files (data directory, index) could not be used. Retried with backoff.
     Io,
-    /// A streamed table was dropped and created again: `pipeline::run` sets
+    /// A streamed table was dropped and created again: `service::run` sets
     /// the pipeline up again (empties the table's documents, backfills it).
     /// Never an exit.
     TableRecreated,

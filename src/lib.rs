@@ -17,4 +17,5 @@ pub mod lsn;
 pub mod model;
 pub mod pipeline;
 pub mod postgres;
+pub mod service;
 pub mod sink;

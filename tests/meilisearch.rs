@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
 use sluice::lsn::Lsn;
-use sluice::pipeline::change::{WriteAction, WriteOp};
+use sluice::model::write::{WriteAction, WriteOp};
 use sluice::sink::failed::{self, WAITING_BEHIND};
 use sluice::sink::meilisearch::{MeilisearchConfig, MeilisearchSink};
 use sluice::sink::Sink;

@@ -10,8 +10,8 @@ use futures_util::StreamExt;
 use tokio_postgres::{Client, Row, SimpleQueryMessage, Statement};
 
 use super::BackfillError;
+use crate::model::change::{ColumnInfo, RelationInfo};
 use crate::model::ident::{quote_ident, TableName};
-use crate::pipeline::change::{ColumnInfo, RelationInfo};
 use crate::postgres::catalog;
 use crate::postgres::pgoutput::{ColumnKind, ColumnValue, Oid, ReplicaIdentity, Tuple};
 use crate::postgres::snapshot::Snapshot;

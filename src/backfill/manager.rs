@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use ractor::ActorRef;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
@@ -18,9 +17,8 @@ use super::{
 };
 use crate::error::Result;
 use crate::lsn::Lsn;
+use crate::model::flow::FlowControl;
 use crate::model::ident::TableName;
-use crate::pipeline::decoder::DecoderMsg;
-use crate::pipeline::flow::FlowControl;
 use crate::postgres::conninfo::ConnInfo;
 
 /// How often a running backfill logs its progress.
@@ -30,7 +28,8 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct RunContext {
     pub generation: u64,
-    pub decoder: ActorRef<DecoderMsg>,
+    /// Where chunks enter the pipeline.
+    pub chunks: super::ChunkInlet,
     /// The position each sink committed backfill rows below, by sink number.
     pub positions: watch::Receiver<Vec<Lsn>>,
     /// The backfills' own in-flight budget (not the reader's).

@@ -28,9 +28,9 @@ pub use manager::{state_name, Manager, RunContext, View};
 pub use progress::Progress;
 
 use crate::lsn::Lsn;
+use crate::model::change::RelationInfo;
+use crate::model::flow::Credit;
 use crate::model::problem::ConfigProblem;
-use crate::pipeline::change::RelationInfo;
-use crate::pipeline::flow::Credit;
 
 /// Default target time of the SELECT of one chunk.
 pub const DEFAULT_CHUNK_SELECT_MS: u64 = 100;
@@ -326,6 +326,11 @@ impl BackfillError {
         }
     }
 }
+
+/// Where a backfill's chunks enter the pipeline (the pipeline sets it: its
+/// decoder inserts each chunk at its high watermark); `false` when the
+/// pipeline is gone.
+pub type ChunkInlet = std::sync::Arc<dyn Fn(Chunk) -> bool + Send + Sync>;
 
 /// A chunk on its way from a runner to the decoder, which inserts it at its
 /// high watermark.

@@ -19,7 +19,6 @@ use super::window::{Mark, Marker};
 use super::{condition, BackfillError, Chunk, ChunkOutcome, ExactRows, State};
 use crate::lsn::Lsn;
 use crate::model::ident::TableName;
-use crate::pipeline::decoder::DecoderMsg;
 use crate::postgres::pgoutput::Tuple;
 
 /// The first wait after a failed attempt; doubles up to `MAX_BACKOFF`.
@@ -414,7 +413,7 @@ impl Reader<'_> {
             gone,
             reply,
         };
-        if self.context.decoder.cast(DecoderMsg::Chunk(chunk)).is_err() {
+        if !(self.context.chunks)(chunk) {
             return Ok(None);
         }
         self.mark_chunk(Mark::High, number).await?;

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::postgres::snapshot::Snapshot;
 
-use crate::pipeline::change::RelationInfo;
+use crate::model::change::RelationInfo;
 use crate::postgres::pgoutput::{ColumnKind, Oid, Tuple};
 
 /// The start of the prefix of the logical decoding messages that carry
@@ -291,8 +291,8 @@ impl Window {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::change::ColumnInfo;
     use crate::model::ident::TableName;
-    use crate::pipeline::change::ColumnInfo;
     use crate::postgres::pgoutput::{ColumnValue, ReplicaIdentity};
     use crate::postgres::types::TypeKind;
 

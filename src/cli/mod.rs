@@ -277,7 +277,7 @@ pub fn start_metrics(config: &Config) -> Result<(), Error> {
 pub async fn run(args: SourceArgs) -> Result<(), Error> {
     let config = args.config()?;
     start_metrics(&config)?;
-    let plan = crate::pipeline::run(&config, shutdown_signal()).await?;
+    let plan = crate::service::run(&config, shutdown_signal()).await?;
     let s = &plan.stats;
     tracing::info!(
         read = s.reader.snapshot().changes_out,
@@ -290,8 +290,8 @@ pub async fn run(args: SourceArgs) -> Result<(), Error> {
 
 pub async fn check(args: SourceArgs) -> Result<(), Error> {
     let config = args.config()?;
-    let mut problems = crate::pipeline::check(&config).await?;
-    crate::pipeline::check_sinks(&config, &mut problems).await;
+    let mut problems = crate::config::check::check(&config).await?;
+    crate::config::check::check_sinks(&config, &mut problems).await;
     if problems.is_empty() {
         println!(
             "ok: the configuration is valid, the source database is ready and every sink answers"

@@ -7,19 +7,19 @@ use std::sync::Arc;
 use super::message::{ChangeInput, MessageBuilder};
 use super::{compile, FunctionError, FunctionPlan, Runtime, TableFunctions, FAILED_STORE};
 use crate::error::{Error, ErrorKind, Result};
+use crate::model::change::{Change, Op, RouteAction, Routed};
 use crate::model::ident::check_index_name;
-use crate::pipeline::change::{Change, Op, RouteAction, Routed};
 use crate::postgres::pgoutput::ReplicaIdentity;
 use crate::sink::failed::{FailedMessage, FailedStore, WAITING_BEHIND};
 
 /// What became of a change (returned, never stored: its size does not matter).
 #[allow(clippy::large_enum_variant)]
-pub enum Outcome {
+pub enum Outcome<S> {
     /// Write it (its index or action may have changed), with the document a
     /// transform function made, if any; `left` is the index the route sent
     /// the row's document to before this update, when it is another one.
     Write {
-        routed: Routed,
+        routed: Routed<S>,
         doc: Option<Vec<u8>>,
         left: Option<Arc<str>>,
     },
@@ -98,7 +98,7 @@ impl ShardFunctions {
     /// a filter or route), a delete is routed by the row it removes, and an
     /// update the route sends elsewhere removes the document from the index
     /// the old row was routed to.
-    pub fn apply(&mut self, mut routed: Routed, sink: Option<&str>) -> Result<Outcome> {
+    pub fn apply<S>(&mut self, mut routed: Routed<S>, sink: Option<&str>) -> Result<Outcome<S>> {
         // The plan, not the table's function names, is copied: a reference
         // count, where the names would be three strings per change.
         let plan = self.plan.clone();
@@ -219,13 +219,13 @@ impl ShardFunctions {
     /// the function got (as `sluice fn test` takes it).
     /// `error`: `None` for a change parked behind an earlier failed call
     /// of its row.
-    fn park(
+    fn park<S>(
         &mut self,
-        routed: &Routed,
+        routed: &Routed<S>,
         index: &str,
         sink: Option<&str>,
         error: Option<&FunctionError>,
-    ) -> Result<Outcome> {
+    ) -> Result<Outcome<S>> {
         let args = self
             .builder
             .args(self.runtime.lua(), &routed.change, sink)

@@ -22,7 +22,7 @@ use mlua::{Function, Lua, LuaOptions, StdLib, Table, Value, VmState};
 
 use super::json::write_table_fast;
 use super::{FunctionKind, RouteDecision};
-use crate::pipeline::change::RouteAction;
+use crate::model::change::RouteAction;
 
 /// Globals a function has no use for and could look past its sandbox with.
 const REMOVED_GLOBALS: [&str; 5] = ["require", "debug", "getfenv", "setfenv", "loadstring"];

@@ -19,7 +19,7 @@ use mlua::{Either, Function, Lua, Table, Value, Variadic};
 
 use super::json::{to_lua, MAX_EXACT_INTEGER};
 use super::{Args, Input};
-use crate::pipeline::change::{Change, Op, RelationInfo};
+use crate::model::change::{Change, Op, RelationInfo};
 use crate::postgres::pgoutput::{format_commit_time, ColumnKind, ReplicaIdentity, Tuple};
 use crate::postgres::types::{write_json, TypeKind};
 

@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::model::change::RouteAction;
 use crate::model::problem::ConfigProblem;
-use crate::pipeline::change::RouteAction;
 
 pub use lua::{Args, CompileError, Failure, FunctionError, Input, Limits, Runtime};
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 use crate::error::{Error, Result};
-use crate::pipeline::change::WriteOp;
+use crate::model::write::WriteOp;
 
 /// The file in the data directory.
 pub const ROUTES_FILE: &str = "routes.json";

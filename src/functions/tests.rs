@@ -259,12 +259,12 @@ fn messages_written_as_json_are_checked() {
 }
 
 /// A change to a table of many types, as the decoder makes it.
-fn typed_change(op: crate::pipeline::change::Op) -> crate::pipeline::change::Change {
+fn typed_change(op: crate::model::change::Op) -> crate::model::change::Change {
     use std::sync::Arc;
 
     use crate::lsn::Lsn;
-    use crate::pipeline::change::testing::{relation, tuple};
-    use crate::pipeline::change::Change;
+    use crate::model::change::testing::{relation, tuple};
+    use crate::model::change::Change;
     use crate::postgres::pgoutput::ReplicaIdentity;
 
     let columns: [(&str, u32, Option<&str>); 13] = [
@@ -306,7 +306,7 @@ fn typed_change(op: crate::pipeline::change::Op) -> crate::pipeline::change::Cha
 #[test]
 fn the_fast_message_equals_the_general_one() {
     use crate::functions::message::{ChangeInput, MessageBuilder};
-    use crate::pipeline::change::Op;
+    use crate::model::change::Op;
 
     let runtime = runtime_with(
         FunctionKind::Transform,
@@ -365,7 +365,7 @@ fn the_fast_message_equals_the_general_one() {
 #[test]
 fn the_memory_cap_holds_from_the_first_line_on_both_message_paths() {
     use crate::functions::message::{ChangeInput, MessageBuilder};
-    use crate::pipeline::change::Op;
+    use crate::model::change::Op;
 
     // One allocation of twice the cap, before any loop or call of the
     // function's own.

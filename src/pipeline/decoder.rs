@@ -8,13 +8,13 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::change::{Change, ChangeBatch, ColumnInfo, Op, RelationInfo, Scope, ANNOTATIONS_PREFIX};
 use super::filter::FilterMsg;
-use super::flow::Credit;
 use super::reader::RawBatch;
 use super::stats::StageStats;
 use crate::backfill::chunk::parse_copy;
 use crate::backfill::window::{self, Mark, Marker, Verdict, Windows};
 use crate::backfill::{Chunk, ChunkOutcome};
 use crate::lsn::Lsn;
+use crate::model::flow::Credit;
 use crate::model::ident::TableName;
 use crate::postgres::catalog;
 use crate::postgres::pgoutput::{self, ColumnKind, Message, Oid, OldTuple, Tuple};

@@ -37,10 +37,10 @@ use std::time::{Duration, Instant};
 use ractor::ActorRef;
 
 use super::change::{doc_hash, Scope, WriteAction, WriteBatch, WriteOp};
-use super::flow::Credit;
 use super::writer::WriterMsg;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
+use crate::model::flow::Credit;
 
 /// A spool file is closed at this many bytes and a new one begun, so that
 /// what was read back can be deleted while the sink catches up.
@@ -912,7 +912,7 @@ mod tests {
                 spool_max_bytes: 1 << 30,
             },
         );
-        let flow = super::super::flow::FlowControl::new(1 << 20);
+        let flow = crate::model::flow::FlowControl::new(1 << 20);
         let mut sent = Vec::new();
         for i in 0..20 {
             let plain = batch(0, i, 5);

@@ -10,10 +10,10 @@ use tokio::sync::watch;
 
 use super::ack::AckState;
 use super::decoder::DecoderMsg;
-use super::flow::{Credit, FlowControl};
 use super::slot::ConfirmLedger;
 use super::stats::StageStats;
 use crate::lsn::Lsn;
+use crate::model::flow::{Credit, FlowControl};
 use crate::postgres::conninfo::ConnInfo;
 use crate::postgres::replication::{ReplicationConnection, ReplicationEvent};
 

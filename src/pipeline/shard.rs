@@ -184,7 +184,7 @@ impl ShardState {
     async fn flush(
         &mut self,
         upto: crate::lsn::Lsn,
-        credits: &[Arc<super::flow::Credit>],
+        credits: &[Arc<crate::model::flow::Credit>],
         last: bool,
         only_if_any: bool,
         scope: Scope,
@@ -419,7 +419,7 @@ fn delete_from(index: Arc<str>, routed: &Routed) -> WriteOp {
 /// What every piece of one flush carries besides its writes.
 struct Envelope<'a> {
     upto: crate::lsn::Lsn,
-    credits: &'a [Arc<super::flow::Credit>],
+    credits: &'a [Arc<crate::model::flow::Credit>],
     last: bool,
     scope: Scope,
     /// The commit time of the flush's oldest change.

@@ -419,7 +419,14 @@ impl SupervisorState {
         if let Some(backfills) = &self.backfills {
             backfills.attach(RunContext {
                 generation: self.generation,
-                decoder: decoder.clone(),
+                chunks: {
+                    let decoder = decoder.clone();
+                    Arc::new(move |chunk| {
+                        decoder
+                            .cast(super::decoder::DecoderMsg::Chunk(chunk))
+                            .is_ok()
+                    })
+                },
                 positions: positions_rx,
                 flow: plan.backfill_flow.clone(),
             });

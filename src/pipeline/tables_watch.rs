@@ -1,7 +1,7 @@
 //! Watches the streamed tables in the catalog while the pipeline runs. A
 //! table dropped is logged and shown in the status (its documents stay until
 //! it is created again: a migration may drop and create it in one go); a
-//! table created again ends the watch, and `pipeline::run` sets the pipeline
+//! table created again ends the watch, and `service::run` sets the pipeline
 //! up again: its old documents removed, the new table backfilled.
 
 use std::sync::Arc;

@@ -3,18 +3,80 @@
 //! attaches that shape to changes.
 //! Values are encoded later, by the shards, straight from the WAL bytes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::Deserialize;
 
 use super::change::{Change, ChangeBatch, RelationInfo};
 use super::router::RouterMsg;
 use super::stats::StageStats;
 use super::template;
-use crate::config::TransformConfig;
 use crate::postgres::pgoutput::{ColumnKind, Oid, Tuple};
 use crate::postgres::types::{write_json, write_json_string, write_json_string_content, TypeKind};
+
+/// Keep, drop and rename columns. `keep` and `drop` are exclusive.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformConfig {
+    /// Only these columns become fields (default: all).
+    #[serde(default)]
+    pub keep: Option<Vec<String>>,
+    /// These columns are left out.
+    #[serde(default)]
+    pub drop: Vec<String>,
+    /// Column name -> field name.
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
+    /// A transform function (see `functions`) that makes the document from
+    /// the change. Exclusive with the other settings.
+    #[serde(default)]
+    pub function: Option<String>,
+    /// Fields added to every document, by name. A string is a template:
+    /// `"{name} ({sku})"` is the text with `{column}` replaced by the
+    /// column's value (NULL as nothing), `{{` and `}}` for braces. Other
+    /// values (numbers, booleans, arrays, tables) are written as they are.
+    /// A field named like a column replaces it.
+    #[serde(default)]
+    pub fields: BTreeMap<String, toml::Value>,
+    /// The document is the value at this path of the change instead of the
+    /// row: `record.payload` takes a json or jsonb column as the document,
+    /// `record.payload.product` a key inside it. A value that is not an
+    /// object becomes a document of one field, named by the last part of the
+    /// path (`record.id` gives `{"id": 7}`). Exclusive with the other settings.
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+impl TransformConfig {
+    /// Every column the transform names, with the setting that names it.
+    pub fn named_columns(&self) -> Vec<(String, String)> {
+        let mut named = Vec::new();
+        for (j, column) in self.keep.iter().flatten().enumerate() {
+            named.push((format!("transform.keep[{j}]"), column.clone()));
+        }
+        for (j, column) in self.drop.iter().enumerate() {
+            named.push((format!("transform.drop[{j}]"), column.clone()));
+        }
+        for column in self.rename.keys() {
+            named.push((format!("transform.rename.{column}"), column.clone()));
+        }
+        for (field, value) in &self.fields {
+            if let toml::Value::String(text) = value {
+                for piece in template::parse(text).unwrap_or_default() {
+                    if let template::Piece::Column(column) = piece {
+                        named.push((format!("transform.fields.{field}"), column));
+                    }
+                }
+            }
+        }
+        if let Some(Ok(path)) = self.path.as_deref().map(PathShape::parse) {
+            named.push(("transform.path".into(), path.column));
+        }
+        named
+    }
+}
 
 /// One output field.
 #[derive(Debug, Clone)]
@@ -444,7 +506,7 @@ pub struct Shaped {
 pub struct ShapedBatch {
     pub items: Vec<Shaped>,
     pub upto: crate::lsn::Lsn,
-    pub credits: Vec<Arc<super::flow::Credit>>,
+    pub credits: Vec<Arc<crate::model::flow::Credit>>,
     pub last: bool,
     pub scope: super::change::Scope,
 }
@@ -541,7 +603,7 @@ impl TransformState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::change::testing::{relation, tuple, UNCHANGED};
+    use crate::model::change::testing::{relation, tuple, UNCHANGED};
 
     fn transform(text: &str) -> TransformConfig {
         toml::from_str(text).unwrap()

@@ -34,11 +34,8 @@ use crate::lsn::Lsn;
 pub use self::commit_time::{format_commit_time, POSTGRES_EPOCH_UNIX_MICROS};
 pub use self::error::{Byte, DecodeError, Tag};
 use self::reader::Reader;
-pub use self::relation::{Relation, RelationColumn, ReplicaIdentity};
-pub use self::tuple::{ColumnKind, ColumnValue, OldTuple, Tuple};
-
-/// A Postgres object identifier (relation or type id).
-pub type Oid = u32;
+pub use self::relation::{Relation, RelationColumn};
+pub use crate::model::row::{ColumnKind, ColumnValue, Oid, OldTuple, ReplicaIdentity, Tuple};
 
 /// One decoded pgoutput message.
 #[derive(Debug, Clone)]

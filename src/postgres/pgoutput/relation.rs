@@ -2,21 +2,7 @@
 
 use super::error::DecodeError;
 use super::reader::Reader;
-use super::Oid;
-
-/// A relation's replica identity (`relreplident`): which old values Update and
-/// Delete messages carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplicaIdentity {
-    /// `'d'`: the primary key.
-    Default,
-    /// `'n'`: nothing.
-    Nothing,
-    /// `'f'`: all columns.
-    Full,
-    /// `'i'`: the columns of a chosen unique index.
-    Index,
-}
+use crate::model::row::{Oid, ReplicaIdentity};
 
 /// One column of a [`Relation`], in tuple order.
 #[derive(Debug, Clone, PartialEq, Eq)]

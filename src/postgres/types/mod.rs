@@ -23,7 +23,8 @@ mod oids;
 #[cfg(test)]
 mod tests;
 
-use crate::postgres::pgoutput::Oid;
+use crate::model::row::Oid;
+pub use crate::model::row::TypeKind;
 
 use self::array::write_array;
 use self::bytea::write_bytea;
@@ -33,40 +34,7 @@ use self::json::write_embedded_json;
 use self::number::{write_float, write_number};
 use self::oids::{builtin_array_element, builtin_scalar, BOX_OID};
 
-/// How a column's text value becomes JSON.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TypeKind {
-    /// `t`/`f` → `true`/`false`.
-    Bool,
-    /// int2, int4, int8, oid, xid, cid, xid8 → number as is.
-    Integer,
-    /// float4, float8 → number; `NaN`, `Infinity`, `-Infinity` → strings.
-    Float,
-    /// numeric → number with every digit kept; `NaN`, `±Infinity` → strings.
-    Numeric,
-    /// Anything shown as its text: text, varchar, uuid, enums, inet, money …
-    Text,
-    /// json, jsonb → embedded JSON (whitespace removed).
-    Json,
-    Date,
-    Time,
-    /// `03:04:05+02` → `"03:04:05+02:00"`.
-    TimeTz,
-    /// `2024-01-02 03:04:05` → `"2024-01-02T03:04:05"`.
-    Timestamp,
-    /// `2024-01-02 03:04:05+00` → `"2024-01-02T03:04:05+00:00"` (RFC 3339).
-    TimestampTz,
-    /// ISO 8601 duration text, e.g. `"P1Y2M3DT4H5M6S"`.
-    Interval,
-    /// `\x0102ff` → base64 `"AQL/"`.
-    Bytea,
-    /// An array literal → JSON array (nested for several dimensions).
-    Array {
-        element: Box<TypeKind>,
-        delimiter: u8,
-    },
-}
-
+/// The mapping from type OIDs, which only the source knows.
 impl TypeKind {
     /// The mapping of a built-in type OID, including the built-in array
     /// types; `None` when unknown (enums, domains, extension types: look them
@@ -85,15 +53,6 @@ impl TypeKind {
     /// [`TypeKind::builtin`], or `Text` for any other type.
     pub fn builtin_or_text(oid: Oid) -> TypeKind {
         Self::builtin(oid).unwrap_or(TypeKind::Text)
-    }
-
-    /// An array of `element` values separated by `delimiter` (`,` for every
-    /// type but `box`, whose arrays use `;`).
-    pub fn array_of(element: TypeKind, delimiter: u8) -> TypeKind {
-        TypeKind::Array {
-            element: Box::new(element),
-            delimiter,
-        }
     }
 }
 

@@ -1,0 +1,238 @@
+//! Runs sluice: prepares the source, serves the management API and
+//! supervises the pipeline, until a stop request. The one place that puts
+//! the layers together.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backfill::store::Store;
+use crate::backfill::{window, Manager};
+use crate::config::{self, Config};
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::ident::TableName;
+use crate::pipeline::slot::{ConfirmLedger, SlotOutcome};
+use crate::pipeline::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::pipeline::{self, tables_watch, PipelinePlan};
+use crate::postgres::catalog;
+use crate::{api, data_dir};
+
+/// Checks the source, then creates the publication and slot when missing
+/// (see `slot`). Nothing is created when a check fails. Returns the
+/// streamed tables' metadata, and whether the slot was lost and replaced.
+pub async fn prepare(
+    config: &Config,
+) -> Result<(HashMap<TableName, catalog::TableMeta>, SlotOutcome)> {
+    if let Some(e) = config::check::check(config)
+        .await?
+        .error("the configuration or the source database is not ready for sluice")
+    {
+        return Err(e);
+    }
+    let plan = config.pipeline_plan()?;
+    let client = plan.conninfo.connect_sql().await?;
+    catalog::ensure_publication(&client, &plan.publication, &config.table_names()).await?;
+    std::fs::create_dir_all(&plan.data_dir).map_err(|e| {
+        Error::io(
+            format!("cannot create data directory {}", plan.data_dir.display()),
+            e,
+        )
+    })?;
+    let streamed_before = !Store::open(&plan.data_dir)?.known_sinks()?.is_empty();
+    let outcome = pipeline::slot::ensure(
+        &client,
+        &plan.slot,
+        config.source.on_slot_lost,
+        &plan.data_dir,
+        streamed_before,
+    )
+    .await?;
+    let tables = catalog::load_tables(&client, &config.table_names()).await?;
+    Ok((tables, outcome))
+}
+
+/// Runs the pipeline until `shutdown` resolves, then drains it. A streamed
+/// table dropped and created again sets the pipeline up again (its old
+/// documents removed, the new table backfilled), without a manual step.
+pub async fn run(
+    config: &Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<Arc<PipelinePlan>> {
+    tokio::pin!(shutdown);
+    loop {
+        match run_once(config, &mut shutdown).await {
+            Err(e) if e.kind() == ErrorKind::TableRecreated => {
+                tracing::warn!("{e}: setting the pipeline up again");
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn run_once(
+    config: &Config,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Result<Arc<PipelinePlan>> {
+    std::fs::create_dir_all(&config.pipeline.data_dir).map_err(|e| {
+        Error::io(
+            format!(
+                "cannot create data directory {}",
+                config.pipeline.data_dir.display()
+            ),
+            e,
+        )
+    })?;
+    let _lock = data_dir::DataDirLock::acquire(&config.pipeline.data_dir)?;
+    let mut plan = config.pipeline_plan()?;
+    let deployment = data_dir::deployment_id(&plan.data_dir)?;
+    plan.watermark_prefix = window::prefix(&plan.slot, &deployment).into();
+    // A stop request during setup (slot creation waits for running
+    // transactions) ends it cleanly too.
+    let (tables, outcome) = tokio::select! {
+        prepared = prepare(config) => prepared?,
+        _ = shutdown.as_mut() => {
+            tracing::info!("stopped before streaming started");
+            return Ok(Arc::new(plan));
+        }
+    };
+    plan.resolve_keys(&tables);
+    let oids: BTreeMap<String, u32> = tables
+        .iter()
+        .map(|(name, meta)| (name.to_string(), meta.oid))
+        .collect();
+    plan.table_oids = Arc::new(oids.clone());
+    let plan = Arc::new(plan);
+    let backfills = Manager::open(
+        Store::open(&plan.data_dir)?,
+        config.backfill.settings(&config.queued_sinks()),
+        plan.conninfo.clone(),
+        config.sinks.iter().map(|s| s.name.clone()).collect(),
+        config.table_names(),
+        plan.watermark_prefix.clone(),
+    )?;
+    let state = api::AppState {
+        plan: plan.clone(),
+        backfills: backfills.clone(),
+    };
+    // Served before the sinks are emptied: a sink paused by its parked
+    // writes can be seen and retried meanwhile.
+    let api = api::serve(&config.api, &plan.data_dir, state).await?;
+    let resync = match outcome {
+        SlotOutcome::Resync(at) => {
+            let all: Vec<String> = oids.keys().cloned().collect();
+            for sink in &config.sinks {
+                let emptied = || pipeline::empty_tables(&plan, sink, &all, at, at);
+                if !retrying(emptied, shutdown).await? {
+                    return Ok(plan);
+                }
+            }
+            true
+        }
+        SlotOutcome::Ready => {
+            let recreated = backfills.recreated_tables(&oids)?;
+            if !recreated.is_empty() {
+                // Above every position a sink holds, so no sink takes the
+                // truncate for one it already applied; the sinks' positions
+                // stay where they are.
+                let now = catalog::current_wal_lsn(&plan.conninfo.connect_sql().await?).await?;
+                for (sink, tables) in recreated {
+                    if let Some(sink) = config.sinks.iter().find(|s| s.name == sink) {
+                        let zero = crate::lsn::Lsn::ZERO;
+                        let emptied = || pipeline::empty_tables(&plan, sink, &tables, now, zero);
+                        if !retrying(emptied, shutdown).await? {
+                            return Ok(plan);
+                        }
+                    }
+                }
+            }
+            false
+        }
+    };
+    backfills.set_up_sinks(config.backfill.initial, &oids, resync)?;
+    let _wal_watch = AbortOnDrop(tokio::spawn(pipeline::slot::watch_retained_wal(
+        plan.conninfo.clone(),
+        plan.slot.clone(),
+        config.source.retained_wal_warn_bytes,
+    )));
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (supervisor, handle) = ractor::Actor::spawn(
+        Some(format!("{}-supervisor", plan.name)),
+        Supervisor,
+        SupervisorArgs {
+            plan: plan.clone(),
+            backfills: Some(backfills),
+            done: Some(done_tx),
+            ledger: Some(ConfirmLedger::open(&plan.data_dir)?),
+        },
+    )
+    .await
+    .map_err(|e| {
+        Error::new(
+            ErrorKind::Protocol,
+            format!("cannot start the pipeline: {e}"),
+        )
+    })?;
+    tokio::pin!(done_rx);
+    let watch = tables_watch::recreated(plan.clone());
+    tokio::pin!(watch);
+    let fatal = tokio::select! {
+        _ = shutdown.as_mut() => {
+            let _ = supervisor.cast(SupervisorMsg::Shutdown);
+            (&mut done_rx).await.ok().flatten()
+        }
+        recreated = &mut watch => {
+            // Drained first: everything read so far is confirmed.
+            let _ = supervisor.cast(SupervisorMsg::Shutdown);
+            (&mut done_rx).await.ok().flatten().or(Some(recreated))
+        }
+        fatal = &mut done_rx => fatal.ok().flatten(),
+    };
+    let _ = handle.await;
+    if let Some(api) = api {
+        api.stop().await;
+    }
+    match fatal {
+        Some(e) => Err(e),
+        None => Ok(plan),
+    }
+}
+
+/// Runs `attempt` until it succeeds, waiting out the errors a retry may fix
+/// (an engine that is down) with a growing pause; `false` when a stop
+/// request came first.
+async fn retrying<F, Fut>(
+    mut attempt: F,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Result<bool>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut pause = Duration::from_secs(1);
+    loop {
+        match attempt().await {
+            Ok(()) => return Ok(true),
+            Err(e) if e.kind().is_retryable() => {
+                tracing::error!(
+                    retry_in_ms = pause.as_millis() as u64,
+                    "setting the sinks up failed: {e}"
+                );
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.as_mut() => return Ok(false),
+        }
+        pause = (pause * 2).min(Duration::from_secs(30));
+    }
+}

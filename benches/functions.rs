@@ -17,9 +17,9 @@ use sluice::model::change::{Change, ColumnInfo, Op, RelationInfo};
 use sluice::model::ident::TableName;
 use sluice::model::row::TypeKind;
 use sluice::model::row::{ColumnKind, ColumnValue, ReplicaIdentity, Tuple};
+use sluice::pipeline::document::DocShape;
+use sluice::pipeline::document::TransformConfig;
 use sluice::pipeline::predicate::{Predicate, Verdict};
-use sluice::pipeline::transform::DocShape;
-use sluice::pipeline::transform::TransformConfig;
 
 /// name, type OID, value.
 const COLUMNS: [(&str, u32, &str); 10] = [

@@ -17,9 +17,9 @@ use crate::functions::FunctionKind;
 pub use crate::model::ident::check_index_name;
 use crate::model::ident::TableName;
 pub use crate::model::problem::ConfigProblem;
+pub use crate::pipeline::document::TransformConfig;
 pub use crate::pipeline::filter::Operation;
 pub use crate::pipeline::slot::OnSlotLost;
-pub use crate::pipeline::transform::TransformConfig;
 pub use crate::sink::settings::{SinkConfig, SinkKind, DEFAULT_COMMIT_INTERVAL_MS};
 
 /// Default replication slot name.
@@ -567,7 +567,7 @@ impl Config {
                 );
             }
             if let Some(at) = &transform.path {
-                if let Err(message) = crate::pipeline::transform::PathShape::parse(at) {
+                if let Err(message) = crate::pipeline::document::PathShape::parse(at) {
                     problem(path("transform.path"), message);
                 }
                 if shaped {

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+use super::change::RawBatch;
 use super::change::{Change, ChangeBatch, ColumnInfo, Op, RelationInfo, Scope, ANNOTATIONS_PREFIX};
 use super::filter::FilterMsg;
-use super::reader::RawBatch;
 use super::stats::StageStats;
 use crate::backfill::chunk::parse_copy;
 use crate::backfill::window::{self, Mark, Marker, Verdict, Windows};
@@ -177,15 +177,15 @@ impl DecoderState {
         }
         let mut batches = std::mem::take(&mut self.pieces);
         batches.push(ChangeBatch {
-            changes,
+            items: changes,
             upto: self.upto,
             credits: std::mem::take(&mut self.credits),
             last: raw.last,
             scope: Scope::All,
         });
-        let out = batches.iter().map(|b| b.changes.len()).sum();
+        let out = batches.iter().map(|b| b.items.len()).sum();
         self.args.stats.batch(n, out);
-        if let Some(oldest) = batches.iter().find_map(|b| b.changes.first()) {
+        if let Some(oldest) = batches.iter().find_map(|b| b.items.first()) {
             self.args.stats.left(oldest.commit_time);
         }
         Ok(batches)
@@ -345,7 +345,7 @@ impl DecoderState {
         };
         // Everything before the watermark goes first, for every sink.
         self.pieces.push(ChangeBatch {
-            changes: std::mem::take(out),
+            items: std::mem::take(out),
             upto: self.upto,
             credits: self.credits.clone(),
             last: false,
@@ -372,7 +372,7 @@ impl DecoderState {
             if changes.len() == CHUNK_PIECE {
                 kept += changes.len();
                 self.pieces.push(ChangeBatch {
-                    changes: std::mem::replace(&mut changes, Vec::with_capacity(CHUNK_PIECE)),
+                    items: std::mem::replace(&mut changes, Vec::with_capacity(CHUNK_PIECE)),
                     upto: self.upto,
                     credits: credits.clone(),
                     last: false,
@@ -386,7 +386,7 @@ impl DecoderState {
         }
         kept += changes.len();
         self.pieces.push(ChangeBatch {
-            changes,
+            items: changes,
             upto: self.upto,
             credits,
             last: false,

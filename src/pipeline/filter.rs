@@ -77,13 +77,13 @@ impl Actor for Filter {
         state: &mut FilterState,
     ) -> Result<(), ActorProcessingErr> {
         let FilterMsg::Batch(mut batch) = msg;
-        let before = batch.changes.len();
+        let before = batch.items.len();
         let FilterState {
             args,
             allowed,
             compiled,
         } = state;
-        batch.changes.retain(|change| {
+        batch.items.retain(|change| {
             let mask = *allowed.entry(change.rel.id).or_insert_with(|| {
                 args.tables
                     .get(&*change.rel.qualified)
@@ -103,7 +103,7 @@ impl Actor for Filter {
         });
         if !args.predicates.is_empty() {
             let mut failed = None;
-            batch.changes.retain_mut(|change| {
+            batch.items.retain_mut(|change| {
                 if failed.is_some() {
                     return true;
                 }
@@ -119,7 +119,7 @@ impl Actor for Filter {
                 return Err(e.into());
             }
         }
-        let after = batch.changes.len();
+        let after = batch.items.len();
         args.stats.batch(before, after);
         if before > after {
             args.stats.dropped(before - after);

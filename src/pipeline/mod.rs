@@ -10,6 +10,7 @@
 pub mod ack;
 pub mod change;
 pub mod decoder;
+pub mod document;
 pub mod filter;
 pub mod lane;
 pub mod predicate;
@@ -17,6 +18,7 @@ pub mod reader;
 pub mod router;
 pub mod shard;
 pub mod slot;
+pub mod spool;
 pub mod stats;
 pub mod status;
 pub mod supervisor;
@@ -35,10 +37,10 @@ use crate::model::flow::FlowControl;
 use crate::postgres::catalog;
 use crate::postgres::conninfo::ConnInfo;
 use crate::sink::settings::SinkConfig;
+use document::TransformConfig;
 use filter::Operation;
 use router::TableRoute;
 use supervisor::PipelineStats;
-use transform::TransformConfig;
 
 /// Everything the stages need, resolved from the configuration.
 #[derive(Debug)]

@@ -9,22 +9,14 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::watch;
 
 use super::ack::AckState;
+use super::change::RawBatch;
 use super::decoder::DecoderMsg;
 use super::slot::ConfirmLedger;
 use super::stats::StageStats;
 use crate::lsn::Lsn;
-use crate::model::flow::{Credit, FlowControl};
+use crate::model::flow::FlowControl;
 use crate::postgres::conninfo::ConnInfo;
 use crate::postgres::replication::{ReplicationConnection, ReplicationEvent};
-
-/// WAL events read together, with the credits for their bytes.
-#[derive(Debug)]
-pub struct RawBatch {
-    pub events: Vec<ReplicationEvent>,
-    pub credit: Option<Credit>,
-    /// The last batch before shutdown.
-    pub last: bool,
-}
 
 pub struct ReaderArgs {
     /// How long a drain may take before shutdown gives up waiting

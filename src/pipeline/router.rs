@@ -8,9 +8,9 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::change::{Change, Op, RelationInfo, RouteAction, Routed, ShardBatch, ShardItem};
+use super::change::{Shaped, ShapedBatch};
 use super::shard::ShardMsg;
 use super::stats::StageStats;
-use super::transform::{Shaped, ShapedBatch};
 use crate::postgres::pgoutput::{ColumnKind, ColumnValue, Oid, Tuple};
 use crate::postgres::snapshot::Snapshot;
 

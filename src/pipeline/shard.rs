@@ -10,9 +10,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::change::{
     doc_hash, Op, RouteAction, Routed, Scope, ShardBatch, ShardItem, WriteAction, WriteBatch,
-    WriteOp,
+    WriteOp, Writes,
 };
-use super::lane::{batch_bytes, Lane};
+use super::lane::Lane;
 use super::stats::StageStats;
 use crate::functions::apply::{Outcome, ShardFunctions};
 use crate::functions::FunctionPlan;
@@ -122,14 +122,11 @@ impl Actor for Shard {
                     let ops = vec![op];
                     state
                         .send(WriteBatch {
-                            shard: state.args.shard,
-                            bytes: batch_bytes(&ops),
-                            ops: Arc::new(ops),
+                            items: Writes::new(state.args.shard, ops, 0),
                             upto: delivered,
                             credits: batch.credits.clone(),
                             last: false,
                             scope: batch.scope,
-                            commit_time: 0,
                         })
                         .await?;
                 }
@@ -310,14 +307,11 @@ impl ShardState {
     ) -> Result<usize, ActorProcessingErr> {
         let n = ops.len();
         let batch = |ops: Vec<WriteOp>, upto, last| WriteBatch {
-            shard: self.args.shard,
-            bytes: batch_bytes(&ops),
-            ops: Arc::new(ops),
+            items: Writes::new(self.args.shard, ops, envelope.commit_time),
             upto,
             credits: envelope.credits.to_vec(),
             last,
             scope: envelope.scope,
-            commit_time: envelope.commit_time,
         };
         let (upto, last) = (envelope.upto, envelope.last);
         // Pieces taken off the front, each write moved once.

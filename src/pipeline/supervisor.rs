@@ -19,7 +19,7 @@ use super::shard::{Shard, ShardArgs};
 use super::slot::ConfirmLedger;
 use super::stats::StageStats;
 use super::transform::{TransformArgs, Transformer};
-use super::writer::{Writer, WriterArgs};
+use super::writer::{Writer, WriterArgs, WriterMsg};
 use super::PipelinePlan;
 use crate::backfill::{Manager, RunContext};
 use crate::error::{Error, ErrorKind};
@@ -363,7 +363,9 @@ impl SupervisorState {
                     args,
                 )
                 .await?;
-            lane.attach(writer);
+            lane.attach(Box::new(move || {
+                let _ = writer.cast(WriterMsg::Ready);
+            }));
             lanes.push(lane);
         }
 

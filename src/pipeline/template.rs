@@ -2,7 +2,7 @@
 //! the text with each `{column}` replaced by that column's value; `{{` and
 //! `}}` stand for braces. Checked when the configuration loads and parsed
 //! again into each relation's shape; the shards render them straight from
-//! the WAL's text (see `transform::DocShape`).
+//! the WAL's text (see `document::DocShape`).
 
 /// One piece of a template.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -250,7 +250,7 @@ impl WriterState {
     }
 
     async fn receive(&mut self, batch: WriteBatch) -> Result<(), ActorProcessingErr> {
-        let shard = batch.shard;
+        let shard = batch.items.shard;
         if self.blocked[shard] {
             self.queues[shard].push_back(batch);
         } else {
@@ -293,7 +293,7 @@ impl WriterState {
     }
 
     async fn apply(&mut self, mut batch: WriteBatch) -> Result<(), ActorProcessingErr> {
-        let shard = batch.shard;
+        let shard = batch.items.shard;
         if let Scope::Backfill { commit_above, .. } = batch.scope {
             self.commit_above = self.commit_above.max(commit_above);
         }
@@ -307,10 +307,10 @@ impl WriterState {
         }
         if credits.is_empty() {
             // Read back from the spool: count what it holds instead.
-            self.held_bytes += batch.bytes;
+            self.held_bytes += batch.items.bytes;
         }
         self.args.lane.hold(credits);
-        if let [op] = batch.ops.as_slice() {
+        if let [op] = batch.items.ops.as_slice() {
             if let WriteAction::Truncate { .. } = op.action {
                 self.blocked[shard] = true;
                 if self.blocked.iter().all(|b| *b) {
@@ -318,7 +318,7 @@ impl WriterState {
                     // wrote to before it is in the record.
                     let ops = match &self.args.routes {
                         Some(routes) => routes.truncates(op),
-                        None => batch.ops.to_vec(),
+                        None => batch.items.ops.to_vec(),
                     };
                     if let Some(failed) = self.args.sink.failed() {
                         failed.discard_table(&op.table, op.lsn)?;
@@ -330,17 +330,21 @@ impl WriterState {
                 return Ok(());
             }
         }
-        if !batch.ops.is_empty() {
-            if batch.commit_time > 0 && (self.oldest == 0 || batch.commit_time < self.oldest) {
-                self.oldest = batch.commit_time;
+        if !batch.items.ops.is_empty() {
+            if batch.items.commit_time > 0
+                && (self.oldest == 0 || batch.items.commit_time < self.oldest)
+            {
+                self.oldest = batch.items.commit_time;
             }
             let start = Instant::now();
-            self.args.sink.write(&batch.ops).await?;
+            self.args.sink.write(&batch.items.ops).await?;
             self.dirty = true;
             metrics::histogram!("sluice_sink_write_seconds", "sink" => self.args.sink.name().to_owned())
                 .record(start.elapsed().as_secs_f64());
         }
-        self.args.stats.batch(batch.ops.len(), batch.ops.len());
+        self.args
+            .stats
+            .batch(batch.items.ops.len(), batch.items.ops.len());
         self.shard_upto[shard] = self.shard_upto[shard].max(batch.upto);
         self.shard_last[shard] |= batch.last;
         Ok(())

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backfill::store::Store;
-use crate::backfill::{window, Manager};
+use crate::backfill::{self, window};
 use crate::config::{self, Config};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::ident::TableName;
@@ -111,7 +111,7 @@ async fn run_once(
         .collect();
     plan.table_oids = Arc::new(oids.clone());
     let plan = Arc::new(plan);
-    let backfills = Manager::open(
+    let backfills = backfill::open(
         Store::open(&plan.data_dir)?,
         config.backfill.settings(&config.queued_sinks()),
         plan.conninfo.clone(),

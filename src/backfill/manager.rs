@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::watch;
-use tokio::task::AbortHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 
 use super::progress::Progress;
 use super::store::Store;
@@ -36,8 +36,13 @@ pub struct RunContext {
     pub flow: FlowControl,
 }
 
+/// Starts the task that runs backfill `id` in the pipeline generation
+/// `context` (`runner::start`), and returns it.
+pub(super) type Start = fn(Arc<Manager>, u64, RunContext) -> JoinHandle<()>;
+
 pub struct Manager {
     store: Store,
+    start: Start,
     /// The prefix of this deployment's watermarks (`window::prefix`).
     pub(super) watermark_prefix: Arc<str>,
     pub(super) settings: Settings,
@@ -74,17 +79,20 @@ pub struct View {
 }
 
 impl Manager {
-    pub fn open(
+    /// The backfills stored in `store`; `start` starts a task that runs one.
+    pub(super) fn open(
         store: Store,
         settings: Settings,
         conninfo: ConnInfo,
         sinks: Vec<String>,
         tables: Vec<TableName>,
         watermark_prefix: Arc<str>,
+        start: Start,
     ) -> Result<Arc<Manager>> {
         let backfills = store.load()?;
         Ok(Arc::new(Manager {
             store,
+            start,
             watermark_prefix,
             settings,
             conninfo,
@@ -489,7 +497,7 @@ impl Manager {
             return;
         }
         let generation = context.generation;
-        let runner = tokio::spawn(super::runner::run(self.clone(), id, context));
+        let runner = (self.start)(self.clone(), id, context);
         inner
             .runners
             .insert(id, (generation, runner.abort_handle()));

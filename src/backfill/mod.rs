@@ -27,10 +27,36 @@ use tokio::sync::oneshot;
 pub use manager::{state_name, Manager, RunContext, View};
 pub use progress::Progress;
 
+use crate::error::Result;
+use crate::model::ident::TableName;
+use crate::postgres::conninfo::ConnInfo;
+use store::Store;
+
 use crate::lsn::Lsn;
 use crate::model::change::RelationInfo;
 use crate::model::flow::Credit;
 use crate::model::problem::ConfigProblem;
+
+/// The backfills stored in `store`, run by `runner` once a pipeline
+/// generation attaches (`Manager::attach`).
+pub fn open(
+    store: Store,
+    settings: Settings,
+    conninfo: ConnInfo,
+    sinks: Vec<String>,
+    tables: Vec<TableName>,
+    watermark_prefix: Arc<str>,
+) -> Result<Arc<Manager>> {
+    Manager::open(
+        store,
+        settings,
+        conninfo,
+        sinks,
+        tables,
+        watermark_prefix,
+        runner::start,
+    )
+}
 
 /// Default target time of the SELECT of one chunk.
 pub const DEFAULT_CHUNK_SELECT_MS: u64 = 100;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 use super::chunk::{parse_copy, values_of, ChunkReader, ReadChunk, TableShape};
 use super::manager::{estimate, Manager, RunContext};
@@ -69,9 +70,14 @@ enum Ended {
     Stopped,
 }
 
+/// Starts the task that runs backfill `id` (see `run`).
+pub(super) fn start(manager: Arc<Manager>, id: u64, context: RunContext) -> JoinHandle<()> {
+    tokio::spawn(run(manager, id, context))
+}
+
 /// Runs backfill `id` until it completes, fails, is paused or cancelled, or
 /// the pipeline generation ends (the task is then aborted).
-pub(super) async fn run(manager: Arc<Manager>, id: u64, context: RunContext) {
+async fn run(manager: Arc<Manager>, id: u64, context: RunContext) {
     let mut backoff = INITIAL_BACKOFF;
     loop {
         let started = Instant::now();

@@ -11,35 +11,13 @@ use std::time::Duration;
 
 use tokio_postgres::config::{Host, SslMode as PgSslMode};
 
+pub use super::tls::SslMode;
 use crate::error::{Error, ErrorKind};
 
-/// libpq's `sslmode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SslMode {
-    Disable,
-    Prefer,
-    Require,
-    VerifyCa,
-    VerifyFull,
-}
-
-impl SslMode {
-    fn parse(text: &str) -> Result<SslMode, Error> {
-        Ok(match text {
-            "disable" => SslMode::Disable,
-            "allow" | "prefer" => SslMode::Prefer,
-            "require" => SslMode::Require,
-            "verify-ca" => SslMode::VerifyCa,
-            "verify-full" => SslMode::VerifyFull,
-            other => {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!("sslmode `{other}` is not one of disable, prefer, require, verify-ca, verify-full"),
-                ))
-            }
-        })
-    }
-}
+/// Session settings that make the text output of values predictable for the
+/// type mapping (see `postgres::types`); both connections set them.
+pub const SESSION_OPTIONS: &str =
+    "-c datestyle=ISO -c intervalstyle=iso_8601 -c timezone=UTC -c extra_float_digits=3 -c bytea_output=hex";
 
 /// Where and how to connect. The password is never printed.
 #[derive(Clone)]
@@ -106,8 +84,8 @@ impl ConnInfo {
         // Values read over SQL (refetched TOAST columns) must look like the
         // replication stream's: the same output settings.
         let options = match config.get_options() {
-            Some(theirs) => format!("{theirs} {}", crate::postgres::replication::SESSION_OPTIONS),
-            None => crate::postgres::replication::SESSION_OPTIONS.to_owned(),
+            Some(theirs) => format!("{theirs} {}", SESSION_OPTIONS),
+            None => SESSION_OPTIONS.to_owned(),
         };
         config.options(&options);
         if config.get_connect_timeout().is_none() {

@@ -18,14 +18,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_postgres::config::Host;
 
-use super::conninfo::{ConnInfo, SslMode};
+use super::conninfo::{ConnInfo, SESSION_OPTIONS};
+use super::tls::SslMode;
 use crate::error::{Error, ErrorKind, Result};
 use crate::lsn::Lsn;
-
-/// Session settings that make the text output of values predictable for the
-/// type mapping (see `postgres::types`).
-pub const SESSION_OPTIONS: &str =
-    "-c datestyle=ISO -c intervalstyle=iso_8601 -c timezone=UTC -c extra_float_digits=3 -c bytea_output=hex";
 
 /// Microseconds between the Unix epoch and the Postgres epoch (2000-01-01).
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;

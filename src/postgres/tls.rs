@@ -10,8 +10,35 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use super::conninfo::SslMode;
 use crate::error::{Error, ErrorKind};
+
+/// libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    pub(super) fn parse(text: &str) -> Result<SslMode, Error> {
+        Ok(match text {
+            "disable" => SslMode::Disable,
+            "allow" | "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!("sslmode `{other}` is not one of disable, prefer, require, verify-ca, verify-full"),
+                ))
+            }
+        })
+    }
+}
 
 /// Builds the client configuration for an `sslmode`.
 pub fn client_config(

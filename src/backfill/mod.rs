@@ -14,6 +14,7 @@ pub mod condition;
 mod manager;
 mod progress;
 mod runner;
+pub mod seam;
 pub mod store;
 pub mod window;
 

@@ -48,6 +48,12 @@ impl Tuple {
         self.columns.is_empty()
     }
 
+    /// Whether a column is an unchanged TOASTed value whose content was not
+    /// sent (an update that left it alone).
+    pub fn has_unchanged(&self) -> bool {
+        self.columns.iter().any(|c| c.kind == ColumnKind::Unchanged)
+    }
+
     /// Kind of column `i`; `Null` when `i` is out of range.
     pub fn kind(&self, i: usize) -> ColumnKind {
         self.columns.get(i).map_or(ColumnKind::Null, |c| c.kind)

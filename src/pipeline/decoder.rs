@@ -10,19 +10,15 @@ use super::change::RawBatch;
 use super::change::{Change, ChangeBatch, ColumnInfo, Op, RelationInfo, Scope, ANNOTATIONS_PREFIX};
 use super::filter::FilterMsg;
 use super::stats::StageStats;
-use crate::backfill::chunk::parse_copy;
-use crate::backfill::window::{self, Mark, Marker, Verdict, Windows};
-use crate::backfill::{Chunk, ChunkOutcome};
+use crate::backfill::seam::{self, Released, Seam, BACKFILL_PIECE};
+use crate::backfill::Chunk;
 use crate::lsn::Lsn;
 use crate::model::flow::Credit;
 use crate::model::ident::TableName;
 use crate::postgres::catalog;
-use crate::postgres::pgoutput::{self, ColumnKind, Message, Oid, OldTuple, Tuple};
+use crate::postgres::pgoutput::{self, Message, Oid, OldTuple};
 use crate::postgres::replication::ReplicationEvent;
 use crate::postgres::types::TypeKind;
-
-/// The most rows of a backfill's chunk in one batch.
-const CHUNK_PIECE: usize = 1024;
 
 pub enum DecoderMsg {
     Raw(RawBatch),
@@ -35,8 +31,8 @@ pub struct DecoderArgs {
     pub sql: Arc<tokio_postgres::Client>,
     pub downstream: ActorRef<FilterMsg>,
     pub stats: Arc<StageStats>,
-    /// The prefix of this deployment's watermarks (`window::prefix`);
-    /// others' are ignored.
+    /// The prefix of this deployment's backfill watermarks
+    /// (`backfill::window::prefix`); others' are ignored.
     pub watermark_prefix: Arc<str>,
     /// The streamed tables' oids when the pipeline was set up.
     pub table_oids: Arc<BTreeMap<String, Oid>>,
@@ -58,10 +54,8 @@ pub struct DecoderState {
     upto: Lsn,
     /// The transaction being decoded.
     xid: u32,
-    /// Backfill windows, and the chunks waiting for their high watermark,
-    /// by backfill and chunk number (a backfill has a few chunks in flight).
-    windows: Windows,
-    chunks: BTreeMap<(u64, u64), Waiting>,
+    /// Where backfill chunks enter the stream.
+    backfills: Seam,
     /// Batches closed early in the current raw batch (at a chunk), and the
     /// credits of that raw batch, which every piece of it shares.
     pieces: Vec<ChangeBatch>,
@@ -69,14 +63,6 @@ pub struct DecoderState {
 }
 
 pub struct Decoder;
-
-/// A backfill chunk waiting for its high watermark, split into rows, with
-/// the hashes of their keys.
-struct Waiting {
-    chunk: Chunk,
-    rows: Vec<Tuple>,
-    keys: Vec<Option<u64>>,
-}
 
 impl Actor for Decoder {
     type Msg = DecoderMsg;
@@ -89,6 +75,7 @@ impl Actor for Decoder {
         args: DecoderArgs,
     ) -> Result<DecoderState, ActorProcessingErr> {
         Ok(DecoderState {
+            backfills: Seam::new(args.watermark_prefix.clone()),
             args,
             relations: HashMap::new(),
             dropped: HashSet::new(),
@@ -100,8 +87,6 @@ impl Actor for Decoder {
             annotations: None,
             upto: Lsn::ZERO,
             xid: 0,
-            windows: Windows::default(),
-            chunks: BTreeMap::new(),
             pieces: Vec::new(),
             credits: Vec::new(),
         })
@@ -119,29 +104,7 @@ impl Actor for Decoder {
                     state.args.downstream.cast(FilterMsg::Batch(batch))?;
                 }
             }
-            DecoderMsg::Chunk(chunk) => {
-                // Attempts number their chunks upwards, so chunks of the
-                // backfill numbered as high or higher are an earlier
-                // attempt's from before a clock step back: they never met
-                // their high watermark.
-                state.retry_chunks((chunk.backfill, chunk.number)..=(chunk.backfill, u64::MAX));
-                match parse_copy(&chunk.copy, chunk.rel.columns.len()) {
-                    Ok(rows) => {
-                        let keys = rows
-                            .iter()
-                            .chain(chunk.gone.iter().flatten())
-                            .map(|row| window::key_hash(row, &chunk.key_columns))
-                            .collect();
-                        state.chunks.insert(
-                            (chunk.backfill, chunk.number),
-                            Waiting { chunk, rows, keys },
-                        );
-                    }
-                    Err(e) => {
-                        let _ = chunk.reply.send(ChunkOutcome::Unreadable(e.to_string()));
-                    }
-                }
-            }
+            DecoderMsg::Chunk(chunk) => state.backfills.accept(chunk),
         }
         Ok(())
     }
@@ -225,9 +188,7 @@ impl DecoderState {
             }
             Message::Insert { relation_id, new } => {
                 if let Some(rel) = self.relation(relation_id) {
-                    if !self.windows.is_empty() {
-                        self.windows.record(&rel, self.xid, Some(&[&new]));
-                    }
+                    self.backfills.saw(&rel, self.xid, Some(&[&new]));
                     out.push(self.change(Op::Insert, rel, Some(new), None));
                 }
             }
@@ -240,15 +201,11 @@ impl DecoderState {
                     let old = old.map(|o| match o {
                         OldTuple::Key(t) | OldTuple::Full(t) => t,
                     });
-                    let mut fill_unchanged = false;
-                    if !self.windows.is_empty() {
-                        match &old {
-                            Some(old) => self.windows.record(&rel, self.xid, Some(&[&new, old])),
-                            None => self.windows.record(&rel, self.xid, Some(&[&new])),
-                        }
-                        fill_unchanged = self.windows.tracks(rel.id)
-                            && new.columns.iter().any(|c| c.kind == ColumnKind::Unchanged);
+                    match &old {
+                        Some(old) => self.backfills.saw(&rel, self.xid, Some(&[&new, old])),
+                        None => self.backfills.saw(&rel, self.xid, Some(&[&new])),
                     }
+                    let fill_unchanged = self.backfills.needs_unchanged(&rel, &new);
                     let mut change = self.change(Op::Update, rel, Some(new), old);
                     change.fill_unchanged = fill_unchanged;
                     out.push(change);
@@ -259,32 +216,18 @@ impl DecoderState {
                     let old = match old {
                         OldTuple::Key(t) | OldTuple::Full(t) => t,
                     };
-                    if !self.windows.is_empty() {
-                        self.windows.record(&rel, self.xid, Some(&[&old]));
-                    }
+                    self.backfills.saw(&rel, self.xid, Some(&[&old]));
                     out.push(self.change(Op::Delete, rel, None, Some(old)));
                 }
             }
             Message::Truncate { relation_ids, .. } => {
                 for id in relation_ids {
                     if let Some(rel) = self.relation(id) {
-                        if !self.windows.is_empty() {
-                            self.windows.record(&rel, self.xid, None);
-                        }
+                        self.backfills.saw(&rel, self.xid, None);
                         out.push(self.change(Op::Truncate, rel, None, None));
                     }
                 }
             }
-            Message::Message {
-                prefix, content, ..
-            } if *prefix == *self.args.watermark_prefix => match Marker::parse(&content) {
-                Some(marker) if marker.mark == Mark::High => self.high(&marker, out),
-                Some(marker) => self.windows.mark(&marker),
-                None => self
-                    .args
-                    .stats
-                    .bad_record("a backfill watermark that cannot be read".to_owned()),
-            },
             Message::Message {
                 transactional: true,
                 prefix,
@@ -300,49 +243,24 @@ impl DecoderState {
                     )),
                 }
             }
-            Message::Type { .. } | Message::Origin { .. } | Message::Message { .. } => {}
+            Message::Message {
+                prefix, content, ..
+            } => match self.backfills.message(&prefix, &content) {
+                seam::Message::Released(chunk) => self.enter(chunk, out),
+                seam::Message::Unreadable => self
+                    .args
+                    .stats
+                    .bad_record("a backfill watermark that cannot be read".to_owned()),
+                seam::Message::NotOurs | seam::Message::Marked => {}
+            },
+            Message::Type { .. } | Message::Origin { .. } => {}
         }
         Ok(())
     }
 
-    /// Sends the waiting chunks at `at` (backfill, chunk number) back to be
-    /// read again.
-    fn retry_chunks(&mut self, at: impl std::ops::RangeBounds<(u64, u64)>) {
-        let stale: Vec<(u64, u64)> = self.chunks.range(at).map(|(at, _)| *at).collect();
-        for at in stale {
-            if let Some(old) = self.chunks.remove(&at) {
-                let _ = old.chunk.reply.send(ChunkOutcome::Retry);
-            }
-        }
-    }
-
-    /// A high watermark: the chunk it closes enters the stream here, as a
-    /// batch of its own for its sink, less the rows its window says are stale.
-    fn high(&mut self, marker: &Marker, out: &mut Vec<Change>) {
-        // Earlier chunks of the backfill never met their high watermark.
-        self.retry_chunks((marker.backfill, 0)..(marker.backfill, marker.chunk));
-        let Some(Waiting {
-            mut chunk,
-            rows,
-            keys,
-        }) = self.chunks.remove(&(marker.backfill, marker.chunk))
-        else {
-            // Its chunk is gone (the backfill stopped), or the watermark is
-            // an earlier run's, read again after a restart: close the window.
-            self.windows
-                .high(marker.backfill, marker.chunk, &Default::default(), &[]);
-            return;
-        };
-        let keep = match self
-            .windows
-            .high(marker.backfill, marker.chunk, &chunk.snapshot, &keys)
-        {
-            Verdict::Insert(keep) => keep,
-            Verdict::Retry => {
-                let _ = chunk.reply.send(ChunkOutcome::Retry);
-                return;
-            }
-        };
+    /// A chunk released at its high watermark enters the stream here, as
+    /// batches of its own for its sink, after everything before it.
+    fn enter(&mut self, mut chunk: Released, out: &mut Vec<Change>) {
         // Everything before the watermark goes first, for every sink.
         self.pieces.push(ChangeBatch {
             items: std::mem::take(out),
@@ -356,23 +274,15 @@ impl DecoderState {
             sink: chunk.sink,
             commit_above: self.commit_lsn,
         };
-        let credits: Vec<Arc<Credit>> = chunk.credit.map(Arc::new).into_iter().collect();
+        let credits: Vec<Arc<Credit>> = chunk.credit.take().map(Arc::new).into_iter().collect();
         // In pieces, so the stages after work on a chunk at the same time.
         let mut kept = 0;
-        let mut changes = Vec::with_capacity(CHUNK_PIECE);
-        // The rows as read, then the rows asked for that are gone (deleted).
-        let retry = chunk.gone.is_some();
-        let gone = chunk.gone.take().unwrap_or_default();
-        let rows = (rows.into_iter().map(|row| (Some(row), None)))
-            .chain(gone.into_iter().map(|key| (None, Some(key))));
-        for ((row, gone), keep) in rows.zip(keep) {
-            if !keep {
-                continue;
-            }
-            if changes.len() == CHUNK_PIECE {
+        let mut changes = Vec::with_capacity(BACKFILL_PIECE.min(chunk.rows.len()));
+        for (row, gone) in std::mem::take(&mut chunk.rows) {
+            if changes.len() == BACKFILL_PIECE {
                 kept += changes.len();
                 self.pieces.push(ChangeBatch {
-                    items: std::mem::replace(&mut changes, Vec::with_capacity(CHUNK_PIECE)),
+                    items: std::mem::replace(&mut changes, Vec::with_capacity(BACKFILL_PIECE)),
                     upto: self.upto,
                     credits: credits.clone(),
                     last: false,
@@ -381,7 +291,7 @@ impl DecoderState {
             }
             let op = if gone.is_some() { Op::Delete } else { Op::Read };
             let mut change = self.change(op, rel.clone(), row, gone);
-            change.retry = retry;
+            change.retry = chunk.retry;
             changes.push(change);
         }
         kept += changes.len();
@@ -392,10 +302,7 @@ impl DecoderState {
             last: false,
             scope,
         });
-        let _ = chunk.reply.send(ChunkOutcome::Delivered {
-            lsn: self.commit_lsn,
-            kept,
-        });
+        chunk.delivered(self.commit_lsn, kept);
     }
 
     /// The stream's own description of a chunk's table when it has the same

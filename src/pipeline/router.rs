@@ -159,7 +159,7 @@ impl Actor for Router {
             let moved = old_id.is_some() && old_id != new_id;
             if change.op == Op::Update
                 && (moved || change.fill_unchanged)
-                && change.new.as_ref().is_some_and(has_unchanged)
+                && change.new.as_ref().is_some_and(Tuple::has_unchanged)
             {
                 let filled = refetch_unchanged(
                     &state.args.sql,
@@ -244,13 +244,6 @@ impl Actor for Router {
         }
         Ok(())
     }
-}
-
-fn has_unchanged(tuple: &Tuple) -> bool {
-    tuple
-        .columns
-        .iter()
-        .any(|c| c.kind == ColumnKind::Unchanged)
 }
 
 /// Fills the unchanged columns of the change's new row with the row's

@@ -14,12 +14,10 @@ use super::change::{
 };
 use super::lane::Lane;
 use super::stats::StageStats;
+use crate::backfill::seam::BACKFILL_PIECE;
 use crate::functions::apply::{Outcome, ShardFunctions};
 use crate::functions::FunctionPlan;
 use crate::postgres::pgoutput::{ColumnKind, ColumnValue, Tuple};
-
-/// The most writes of a backfill's chunk the shard hands over in one batch.
-const BACKFILL_PIECE: usize = 512;
 
 pub enum ShardMsg {
     Batch(ShardBatch),
@@ -435,19 +433,12 @@ fn merge(previous: Routed, mut next: Routed) -> Routed {
     next.fresh = previous.fresh;
     if next.action == RouteAction::Upsert && previous.action == RouteAction::Upsert {
         if let (Some(prev), Some(new)) = (previous.change.new.as_ref(), next.change.new.as_ref()) {
-            if has_unchanged(new) {
+            if new.has_unchanged() {
                 next.change.new = Some(fill_unchanged(new, prev));
             }
         }
     }
     next
-}
-
-fn has_unchanged(tuple: &Tuple) -> bool {
-    tuple
-        .columns
-        .iter()
-        .any(|c| c.kind == ColumnKind::Unchanged)
 }
 
 /// A copy of `tuple` whose unchanged columns take their value from `from`.
@@ -498,7 +489,7 @@ fn encode(routed: Routed, made: Option<Vec<u8>>) -> WriteOp {
         RouteAction::Upsert => {
             let mut new = change.new.expect("upserts carry a new row");
             // With REPLICA IDENTITY FULL the old row holds unchanged TOAST values.
-            if has_unchanged(&new) {
+            if new.has_unchanged() {
                 if let Some(old) = change.old.as_ref() {
                     new = fill_unchanged(&new, old);
                 }
@@ -506,7 +497,7 @@ fn encode(routed: Routed, made: Option<Vec<u8>>) -> WriteOp {
             let (mut doc, partial) = match made {
                 // Made by a transform function; fields from columns the WAL
                 // left out are kept from the stored document.
-                Some(doc) => (doc, has_unchanged(&new)),
+                Some(doc) => (doc, new.has_unchanged()),
                 None => {
                     let mut doc = Vec::with_capacity(new.data.len() + shape.fields.len() * 16 + 2);
                     let complete = shape.encode(&new, &mut doc);

@@ -3,21 +3,26 @@
 
 use std::fmt;
 
-/// What went wrong, from the operator's point of view.
+/// What went wrong, from the operator's point of view. Each kind's
+/// [`Policy`] decides what the pipeline's supervisor does about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
-    /// The configuration or the command line is wrong. Not retried.
+    /// The configuration or the command line is wrong. Stops, exit code 2.
     Config,
-    /// The database is not set up for sluice (wal_level, privileges, keys). Not retried.
+    /// The database is not set up for sluice (wal_level, privileges, keys).
+    /// Stops, exit code 3.
     Setup,
-    /// The network or the server went away. Retried with backoff.
+    /// The network or the server went away. Restarted, at least once a
+    /// second, so streaming resumes soon after the server is back.
     Connection,
-    /// The server refused a request or sent something unexpected. Retried with backoff.
+    /// The server refused a request or sent something unexpected. Restarted
+    /// with backoff.
     Protocol,
-    /// Writing to a sink failed. Retried with backoff.
+    /// Writing to a sink failed. Restarted with backoff.
     Sink,
-    /// Local files (data directory, index) could not be used. Retried with backoff.
+    /// Local files (data directory, index) could not be used. Restarted
+    /// with backoff.
     Io,
     /// A streamed table was dropped and created again: `service::run` sets
     /// the pipeline up again (empties the table's documents, backfills it).
@@ -25,13 +30,46 @@ pub enum ErrorKind {
     TableRecreated,
 }
 
+/// What the supervisor does when a stage fails with an error of a kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Restart the pipeline from the slot's confirmed position, after a
+    /// pause that doubles with each failure in a row, up to
+    /// `pipeline.max_restart_backoff_ms`.
+    Restart,
+    /// Restart as `Restart` does, but wait at most a second: the failure
+    /// costs one refused connection.
+    Reconnect,
+    /// Stop the pipeline and set it up again from the start.
+    SetUpAgain,
+    /// Stop: no restart fixes it. sluice exits with this code.
+    Stop { exit_code: u8 },
+}
+
 impl ErrorKind {
+    /// The kind's policy (see [`Policy`]).
+    pub fn policy(self) -> Policy {
+        match self {
+            ErrorKind::Config => Policy::Stop { exit_code: 2 },
+            ErrorKind::Setup => Policy::Stop { exit_code: 3 },
+            ErrorKind::Connection => Policy::Reconnect,
+            ErrorKind::Protocol | ErrorKind::Sink | ErrorKind::Io => Policy::Restart,
+            ErrorKind::TableRecreated => Policy::SetUpAgain,
+        }
+    }
+
     /// Whether a pipeline restart may fix it.
     pub fn is_retryable(self) -> bool {
-        !matches!(
-            self,
-            ErrorKind::Config | ErrorKind::Setup | ErrorKind::TableRecreated
-        )
+        matches!(self.policy(), Policy::Restart | Policy::Reconnect)
+    }
+
+    /// The exit code of sluice when it ends with this error: the policy's
+    /// for kinds that stop it, 1 for the others (a command that failed).
+    pub fn exit_code(self) -> u8 {
+        match self.policy() {
+            Policy::Stop { exit_code } => exit_code,
+            _ => 1,
+        }
     }
 }
 
@@ -114,5 +152,9 @@ mod tests {
         );
         assert!(!e.kind().is_retryable());
         assert!(ErrorKind::Connection.is_retryable());
+        assert_eq!(ErrorKind::Config.exit_code(), 2);
+        assert_eq!(ErrorKind::Setup.exit_code(), 3);
+        assert_eq!(ErrorKind::Sink.exit_code(), 1);
+        assert!(!ErrorKind::TableRecreated.is_retryable());
     }
 }

@@ -202,11 +202,7 @@ impl SourceArgs {
 
 /// Process exit code for an error.
 pub fn exit_code(e: &Error) -> ExitCode {
-    match e.kind() {
-        ErrorKind::Config => ExitCode::from(2),
-        ErrorKind::Setup => ExitCode::from(3),
-        _ => ExitCode::from(1),
-    }
+    ExitCode::from(e.kind().exit_code())
 }
 
 /// Sets up logging to stderr.

@@ -22,12 +22,12 @@ use super::transform::{TransformArgs, Transformer};
 use super::writer::{Writer, WriterArgs, WriterMsg};
 use super::PipelinePlan;
 use crate::backfill::{Manager, RunContext};
-use crate::error::{Error, ErrorKind};
+use crate::error::{Error, ErrorKind, Policy};
 use crate::lsn::Lsn;
 
 /// The first restart waits this long; each failure in a row doubles it.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
-/// A lost connection to Postgres is tried again at least this often,
+/// A lost connection (`Policy::Reconnect`) is tried again at least this often,
 /// however many attempts failed before: an attempt costs one refused
 /// connection, and streaming resumes within this long of Postgres being back.
 const RECONNECT_EVERY: Duration = Duration::from_millis(1000);
@@ -217,8 +217,9 @@ impl Actor for Supervisor {
 }
 
 impl SupervisorState {
-    /// Stops the supervisor when `error` is of a kind no restart fixes
-    /// (`ErrorKind::is_retryable`): sluice then exits with its code.
+    /// Stops the supervisor when the policy of `error`'s kind is not a
+    /// restart (`ErrorKind::policy`): sluice then exits with the kind's
+    /// code, or `service::run` sets the pipeline up again.
     fn stop_if_fatal(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
@@ -227,8 +228,8 @@ impl SupervisorState {
         let Some(e) = typed_error(error).filter(|e| !e.kind().is_retryable()) else {
             return false;
         };
-        if e.kind() != ErrorKind::TableRecreated {
-            tracing::error!(kind = ?e.kind(), "pipeline stopped: restarting cannot fix this: {e}");
+        if let Policy::Stop { exit_code } = e.kind().policy() {
+            tracing::error!(kind = ?e.kind(), exit_code, "pipeline stopped: restarting cannot fix this: {e}");
         }
         metrics::gauge!("sluice_pipeline_up").set(0.0);
         self.plan.status.set_streaming(false);
@@ -251,8 +252,8 @@ impl SupervisorState {
         if self.started_at.elapsed() >= HEALTHY_AFTER {
             self.backoff = INITIAL_BACKOFF;
         }
-        let wait = match kind {
-            Some(ErrorKind::Connection) => self.backoff.min(RECONNECT_EVERY),
+        let wait = match kind.map(ErrorKind::policy) {
+            Some(Policy::Reconnect) => self.backoff.min(RECONNECT_EVERY),
             _ => self.backoff,
         };
         tracing::error!(

@@ -5,15 +5,17 @@
 
 pub mod check;
 mod parse;
+mod pipeline;
 mod plan;
+mod sinks;
+mod source;
+mod tables;
 
-use std::collections::{BTreeMap, HashSet};
-use std::fmt;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::functions::FunctionKind;
 pub use crate::model::ident::check_index_name;
 use crate::model::ident::TableName;
 pub use crate::model::problem::ConfigProblem;
@@ -21,38 +23,19 @@ pub use crate::pipeline::document::TransformConfig;
 pub use crate::pipeline::filter::Operation;
 pub use crate::pipeline::slot::OnSlotLost;
 pub use crate::sink::settings::{SinkConfig, SinkKind, DEFAULT_COMMIT_INTERVAL_MS};
-
-/// Default replication slot name.
-pub const DEFAULT_SLOT: &str = "sluice";
-/// Default publication name.
-pub const DEFAULT_PUBLICATION: &str = "sluice";
-/// Default data directory (indexes, state).
-pub const DEFAULT_DATA_DIR: &str = "sluice-data";
-/// Default number of key shards.
-pub const DEFAULT_SHARDS: usize = 4;
-/// Default bound on the WAL bytes held anywhere in the pipeline.
-pub const DEFAULT_MAX_BYTES_IN_FLIGHT: u64 = 16 * 1024 * 1024;
-/// Default maximum number of changes in one batch read from the WAL.
-pub const DEFAULT_BATCH_MAX_CHANGES: usize = 4096;
-/// Default maximum bytes in one batch read from the WAL.
-pub const DEFAULT_BATCH_MAX_BYTES: u64 = 4 * 1024 * 1024;
-/// Default time a partly filled batch waits for more changes (0: it takes
-/// what the connection holds already and goes).
-pub const DEFAULT_BATCH_MAX_AGE_MS: u64 = 0;
-/// Default index name template.
-pub const DEFAULT_INDEX_TEMPLATE: &str = "{table}";
-/// Default separator between the values of a composite key in a document id.
-pub const DEFAULT_KEY_SEPARATOR: &str = "|";
-/// Default interval between standby status updates sent to Postgres.
-pub const DEFAULT_STATUS_INTERVAL_MS: u64 = 10_000;
-/// `source.retained_wal_warn_bytes`: 4 GiB.
-pub const DEFAULT_RETAINED_WAL_WARN_BYTES: u64 = 4 << 30;
-/// Default cap of the restart backoff.
-pub const DEFAULT_MAX_RESTART_BACKOFF_MS: u64 = 30_000;
-/// `pipeline.drain_timeout_ms`.
-pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 20_000;
-/// Default bound of the writes spooled to disk for one sink that fell behind.
-pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+pub use pipeline::{
+    PipelineConfig, DEFAULT_BATCH_MAX_AGE_MS, DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_CHANGES,
+    DEFAULT_DATA_DIR, DEFAULT_DRAIN_TIMEOUT_MS, DEFAULT_INDEX_TEMPLATE, DEFAULT_KEY_SEPARATOR,
+    DEFAULT_MAX_BYTES_IN_FLIGHT, DEFAULT_MAX_RESTART_BACKOFF_MS, DEFAULT_SHARDS,
+    DEFAULT_SPOOL_MAX_BYTES,
+};
+use sinks::default_sinks;
+pub use source::{
+    SourceConfig, DEFAULT_PUBLICATION, DEFAULT_RETAINED_WAL_WARN_BYTES, DEFAULT_SLOT,
+    DEFAULT_STATUS_INTERVAL_MS,
+};
+use tables::default_operations;
+pub use tables::TableConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -81,273 +64,6 @@ pub struct Config {
     /// The directory of the configuration file: function files are relative to it.
     #[serde(skip)]
     pub base_dir: PathBuf,
-}
-
-/// Connection to the source database.
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceConfig {
-    /// Connection string, as a URL (`postgres://user@host:5432/db?sslmode=require`)
-    /// or libpq key/value pairs. Mutually exclusive with `database_url_env`.
-    #[serde(default)]
-    pub database_url: Option<String>,
-    /// Name of an environment variable holding the connection string.
-    #[serde(default)]
-    pub database_url_env: Option<String>,
-    /// Name of an environment variable holding the password (overrides the URL's).
-    #[serde(default)]
-    pub password_env: Option<String>,
-    /// File with the CA certificate(s) to trust for `sslmode=verify-ca|verify-full`
-    /// (the URL's `sslrootcert` also works). Default: the system's roots.
-    #[serde(default)]
-    pub tls_ca_file: Option<PathBuf>,
-    /// Replication slot name. Created when missing.
-    #[serde(default = "default_slot")]
-    pub slot: String,
-    /// Publication name. Created (or extended with missing tables) when missing.
-    #[serde(default = "default_publication")]
-    pub publication: String,
-    /// Interval between standby status updates, in milliseconds.
-    #[serde(default = "default_status_interval_ms")]
-    pub status_interval_ms: u64,
-    /// What to do when the slot is gone, invalidated, or not the one this
-    /// data directory streamed from: `fail` (refuse to stream) or `resync`
-    /// (a new slot, and every table backfilled again into every sink).
-    #[serde(default)]
-    pub on_slot_lost: OnSlotLost,
-    /// A warning is logged while the slot holds more WAL than this on the
-    /// primary (bytes; 0: never).
-    #[serde(default = "default_retained_wal_warn_bytes")]
-    pub retained_wal_warn_bytes: u64,
-}
-
-impl fmt::Debug for SourceConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SourceConfig")
-            .field(
-                "database_url",
-                &self.database_url.as_ref().map(|_| "<redacted>"),
-            )
-            .field("database_url_env", &self.database_url_env)
-            .field("password_env", &self.password_env)
-            .field("tls_ca_file", &self.tls_ca_file)
-            .field("slot", &self.slot)
-            .field("publication", &self.publication)
-            .finish()
-    }
-}
-
-/// Pipeline-wide tuning.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PipelineConfig {
-    /// Directory for embedded indexes and sluice's own state.
-    #[serde(default = "default_data_dir")]
-    pub data_dir: PathBuf,
-    /// Number of key shards. Changes to one key always go to the same shard.
-    #[serde(default = "default_shards")]
-    pub shards: usize,
-    /// Upper bound of WAL bytes held in the pipeline; when reached, sluice stops
-    /// reading from Postgres (which keeps the WAL) until writes complete.
-    #[serde(default = "default_max_bytes_in_flight")]
-    pub max_bytes_in_flight: u64,
-    /// A batch read from the WAL is closed at this many changes...
-    #[serde(default = "default_batch_max_changes")]
-    pub batch_max_changes: usize,
-    /// ... or at this many bytes ...
-    #[serde(default = "default_batch_max_bytes")]
-    pub batch_max_bytes: u64,
-    /// ... or once nothing more has arrived, after waiting this many
-    /// milliseconds for more (0: no wait).
-    #[serde(default = "default_batch_max_age_ms")]
-    pub batch_max_age_ms: u64,
-    /// Index name for tables without an explicit `index`. `{schema}` and `{table}`
-    /// are replaced by the table's schema and name.
-    #[serde(default = "default_index_template")]
-    pub index_template: String,
-    /// Separator between the values of a composite key in document ids.
-    #[serde(default = "default_key_separator")]
-    pub key_separator: String,
-    /// Cap of the exponential backoff between pipeline restarts, in milliseconds.
-    #[serde(default = "default_max_restart_backoff_ms")]
-    pub max_restart_backoff_ms: u64,
-    /// On SIGTERM/SIGINT, how long in-flight writes may take to be written
-    /// and confirmed before sluice exits anyway (what is unconfirmed is read
-    /// again at the next start), in milliseconds. Below Kubernetes' default
-    /// grace period of 30 s.
-    #[serde(default = "default_drain_timeout_ms")]
-    pub drain_timeout_ms: u64,
-    /// With several sinks, a sink that falls behind has its writes spooled to
-    /// `data_dir/spool/<sink>/` so the others go on; at most this many bytes
-    /// per sink, beyond which the pipeline waits for it.
-    #[serde(default = "default_spool_max_bytes")]
-    pub spool_max_bytes: u64,
-    /// Address for the Prometheus metrics endpoint (e.g. `127.0.0.1:9187`); off when unset.
-    #[serde(default)]
-    pub metrics_listen: Option<String>,
-    /// The most memory one Lua runtime (see `functions`) may hold, in MiB.
-    #[serde(default = "default_function_memory_mb")]
-    pub function_memory_mb: usize,
-    /// With this many failed function calls parked (`@functions`), the
-    /// pipeline pauses until some are retried or discarded.
-    #[serde(default = "default_function_max_parked")]
-    pub function_max_parked: usize,
-}
-
-fn default_function_memory_mb() -> usize {
-    crate::functions::DEFAULT_MEMORY_MB
-}
-
-fn default_function_max_parked() -> usize {
-    crate::sink::http::DEFAULT_MAX_PARKED
-}
-
-impl Default for PipelineConfig {
-    fn default() -> Self {
-        PipelineConfig {
-            data_dir: default_data_dir(),
-            shards: DEFAULT_SHARDS,
-            max_bytes_in_flight: DEFAULT_MAX_BYTES_IN_FLIGHT,
-            batch_max_changes: DEFAULT_BATCH_MAX_CHANGES,
-            batch_max_bytes: DEFAULT_BATCH_MAX_BYTES,
-            batch_max_age_ms: DEFAULT_BATCH_MAX_AGE_MS,
-            index_template: default_index_template(),
-            key_separator: default_key_separator(),
-            max_restart_backoff_ms: DEFAULT_MAX_RESTART_BACKOFF_MS,
-            drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
-            spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
-            metrics_listen: None,
-            function_memory_mb: crate::functions::DEFAULT_MEMORY_MB,
-            function_max_parked: default_function_max_parked(),
-        }
-    }
-}
-
-/// One streamed table.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TableConfig {
-    /// `schema.table`; a bare name means schema `public`.
-    pub name: String,
-    /// Operations to stream. Default: all four.
-    #[serde(default = "default_operations")]
-    pub operations: Vec<Operation>,
-    /// Index (collection, namespace) to write to. Default: `pipeline.index_template`.
-    #[serde(default)]
-    pub index: Option<String>,
-    /// Columns whose values identify a document and group its changes in order.
-    /// Default: the primary key (or replica identity index).
-    #[serde(default)]
-    pub key: Option<Vec<String>>,
-    /// Column whose value routes the document to a shard of the index
-    /// (Elasticsearch/OpenSearch `routing`). Must be one of the key columns:
-    /// a delete carries only the key.
-    #[serde(default)]
-    pub routing: Option<String>,
-    /// Declarative transform of rows into documents, or a transform function.
-    #[serde(default)]
-    pub transform: TransformConfig,
-    /// A filter function (see `functions`): changes it returns false for are
-    /// left out.
-    #[serde(default)]
-    pub filter: Option<String>,
-    /// A route function (see `functions`): names the index of each change,
-    /// and can turn it into a delete.
-    #[serde(default)]
-    pub route: Option<String>,
-    /// Column predicates that must all hold for a row to be in the index
-    /// (`["active = true", "price > 10", "status in ('a', 'b')"]`): rows
-    /// that do not match are left out, and an update that stops matching
-    /// removes the document.
-    #[serde(default, rename = "where")]
-    pub predicates: Vec<String>,
-    /// This table's index holds other tables' documents too (they name the
-    /// same `index`, or the template gives them the same one). Off by
-    /// default: sharing an index is refused without it. On, every document
-    /// carries its table in the `sluice_table` field and a TRUNCATE removes
-    /// only this table's documents. The tables' ids must not collide.
-    #[serde(default)]
-    pub shared_index: bool,
-}
-
-impl TableConfig {
-    /// Every column the table's settings name, with the setting that names
-    /// it (`where[0]`, `transform.drop[1]`, …): each must be a column of the
-    /// table, or the setting would quietly do something else.
-    pub fn named_columns(&self) -> Vec<(String, String)> {
-        let mut named = Vec::new();
-        for (j, text) in self.predicates.iter().enumerate() {
-            if let Ok(predicate) = crate::pipeline::predicate::Predicate::parse(text) {
-                named.push((format!("where[{j}]"), predicate.column));
-            }
-        }
-        for (j, column) in self.key.iter().flatten().enumerate() {
-            named.push((format!("key[{j}]"), column.clone()));
-        }
-        if let Some(routing) = &self.routing {
-            named.push(("routing".into(), routing.clone()));
-        }
-        named.extend(self.transform.named_columns());
-        named
-    }
-}
-
-fn default_sinks() -> Vec<SinkConfig> {
-    vec![SinkConfig {
-        name: "embedded".into(),
-        kind: SinkKind::Embedded {
-            commit_interval_ms: DEFAULT_COMMIT_INTERVAL_MS,
-            max_document_bytes: crate::sink::http::DEFAULT_MAX_DOCUMENT_BYTES,
-        },
-    }]
-}
-fn default_slot() -> String {
-    DEFAULT_SLOT.into()
-}
-fn default_publication() -> String {
-    DEFAULT_PUBLICATION.into()
-}
-fn default_data_dir() -> PathBuf {
-    DEFAULT_DATA_DIR.into()
-}
-fn default_shards() -> usize {
-    DEFAULT_SHARDS
-}
-fn default_spool_max_bytes() -> u64 {
-    DEFAULT_SPOOL_MAX_BYTES
-}
-fn default_max_bytes_in_flight() -> u64 {
-    DEFAULT_MAX_BYTES_IN_FLIGHT
-}
-fn default_batch_max_changes() -> usize {
-    DEFAULT_BATCH_MAX_CHANGES
-}
-fn default_batch_max_bytes() -> u64 {
-    DEFAULT_BATCH_MAX_BYTES
-}
-fn default_batch_max_age_ms() -> u64 {
-    DEFAULT_BATCH_MAX_AGE_MS
-}
-fn default_index_template() -> String {
-    DEFAULT_INDEX_TEMPLATE.into()
-}
-fn default_key_separator() -> String {
-    DEFAULT_KEY_SEPARATOR.into()
-}
-fn default_drain_timeout_ms() -> u64 {
-    DEFAULT_DRAIN_TIMEOUT_MS
-}
-fn default_max_restart_backoff_ms() -> u64 {
-    DEFAULT_MAX_RESTART_BACKOFF_MS
-}
-fn default_status_interval_ms() -> u64 {
-    DEFAULT_STATUS_INTERVAL_MS
-}
-fn default_retained_wal_warn_bytes() -> u64 {
-    DEFAULT_RETAINED_WAL_WARN_BYTES
-}
-fn default_operations() -> Vec<Operation> {
-    Operation::ALL.to_vec()
 }
 
 /// The configuration could not be used; every problem found is listed.
@@ -395,275 +111,14 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks every constraint and reports all problems at once.
+    /// Checks every constraint and reports all problems at once, section by
+    /// section.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
-        let mut problem =
-            |field: String, message: String| problems.push(ConfigProblem { field, message });
-        let source = &self.source;
-        match (&source.database_url, &source.database_url_env) {
-            (None, None) => problem(
-                "source.database_url".into(),
-                "missing: set database_url or database_url_env".into(),
-            ),
-            (Some(_), Some(_)) => problem(
-                "source.database_url_env".into(),
-                "database_url and database_url_env are exclusive; set only one".into(),
-            ),
-            (None, Some(var)) if std::env::var_os(var).is_none() => problem(
-                "source.database_url_env".into(),
-                format!("environment variable {var} is not set"),
-            ),
-            _ => {}
-        }
-        if let Some(var) = &source.password_env {
-            if std::env::var_os(var).is_none() {
-                problem(
-                    "source.password_env".into(),
-                    format!("environment variable {var} is not set"),
-                );
-            }
-        }
-        for (field, name) in [
-            ("source.slot", &source.slot),
-            ("source.publication", &source.publication),
-        ] {
-            if !is_pg_name(name) {
-                problem(
-                    field.into(),
-                    format!("`{name}` must be 1 to 63 lowercase letters, digits or underscores"),
-                );
-            }
-        }
-        if source.status_interval_ms == 0 {
-            problem(
-                "source.status_interval_ms".into(),
-                "must be at least 1".into(),
-            );
-        }
-        let pipeline = &self.pipeline;
-        if pipeline.shards == 0 || pipeline.shards > 1024 {
-            problem(
-                "pipeline.shards".into(),
-                "must be between 1 and 1024".into(),
-            );
-        }
-        if pipeline.max_bytes_in_flight < 1024 * 1024 {
-            problem(
-                "pipeline.max_bytes_in_flight".into(),
-                "must be at least 1048576 (1 MiB)".into(),
-            );
-        }
-        if pipeline.spool_max_bytes < 1024 * 1024 {
-            problem(
-                "pipeline.spool_max_bytes".into(),
-                "must be at least 1048576 (1 MiB)".into(),
-            );
-        }
-        if pipeline.batch_max_changes == 0 {
-            problem(
-                "pipeline.batch_max_changes".into(),
-                "must be at least 1".into(),
-            );
-        }
-        if pipeline.batch_max_bytes == 0 || pipeline.batch_max_bytes > pipeline.max_bytes_in_flight
-        {
-            problem(
-                "pipeline.batch_max_bytes".into(),
-                "must be at least 1 and at most pipeline.max_bytes_in_flight".into(),
-            );
-        }
-        if let Err(message) = check_index_template(&pipeline.index_template) {
-            problem("pipeline.index_template".into(), message);
-        }
-        if pipeline.key_separator.is_empty() {
-            problem("pipeline.key_separator".into(), "must not be empty".into());
-        }
-        if let Some(addr) = &pipeline.metrics_listen {
-            if addr.parse::<std::net::SocketAddr>().is_err() {
-                problem(
-                    "pipeline.metrics_listen".into(),
-                    format!("`{addr}` is not an address such as 127.0.0.1:9187"),
-                );
-            }
-        }
-        if self.tables.is_empty() {
-            problem("tables".into(), "at least one table is required".into());
-        }
-        let mut seen = HashSet::new();
-        for (i, table) in self.tables.iter().enumerate() {
-            let path = |field: &str| format!("tables[{i}].{field}");
-            match TableName::parse(&table.name) {
-                Ok(name) => {
-                    if !seen.insert(name.clone()) {
-                        problem(path("name"), format!("table {name} is listed twice"));
-                    }
-                }
-                Err(message) => problem(path("name"), message),
-            }
-            if table.operations.is_empty() {
-                problem(
-                    path("operations"),
-                    "must list at least one operation".into(),
-                );
-            }
-            if let Some(index) = &table.index {
-                if let Err(message) = check_index_name(index) {
-                    problem(path("index"), message);
-                }
-            }
-            if let Some(key) = &table.key {
-                if key.is_empty() {
-                    problem(path("key"), "must list at least one column".into());
-                }
-            }
-            if let (Some(routing), Some(key)) = (&table.routing, &table.key) {
-                if !key.contains(routing) {
-                    problem(
-                        path("routing"),
-                        format!("`{routing}` must be one of the key columns ({}): a delete carries only the key", key.join(", ")),
-                    );
-                }
-            }
-            for (j, text) in table.predicates.iter().enumerate() {
-                if let Err(message) = crate::pipeline::predicate::Predicate::parse(text) {
-                    problem(path(&format!("where[{j}]")), message);
-                }
-            }
-            let transform = &table.transform;
-            for (field, name, kind) in [
-                ("filter", &table.filter, FunctionKind::Filter),
-                ("route", &table.route, FunctionKind::Route),
-                (
-                    "transform.function",
-                    &transform.function,
-                    FunctionKind::Transform,
-                ),
-            ] {
-                let Some(name) = name else { continue };
-                match self.functions.get(name) {
-                    None => problem(
-                        path(field),
-                        format!(
-                            "no function `{name}` is defined (add [functions.{name}] with kind = \"{kind}\")"
-                        ),
-                    ),
-                    Some(f) if f.kind != kind => problem(
-                        path(field),
-                        format!("function `{name}` is a {} function, not a {kind} function", f.kind),
-                    ),
-                    Some(_) => {}
-                }
-            }
-            let shaped = transform.keep.is_some()
-                || !transform.drop.is_empty()
-                || !transform.rename.is_empty()
-                || !transform.fields.is_empty();
-            if transform.function.is_some() && (shaped || transform.path.is_some()) {
-                problem(
-                    path("transform.function"),
-                    "a transform function makes the whole document: leave out keep, drop, rename, fields and path"
-                        .into(),
-                );
-            }
-            if let Some(at) = &transform.path {
-                if let Err(message) = crate::pipeline::document::PathShape::parse(at) {
-                    problem(path("transform.path"), message);
-                }
-                if shaped {
-                    problem(
-                        path("transform.path"),
-                        "a path makes the whole document: leave out keep, drop, rename and fields"
-                            .into(),
-                    );
-                }
-            }
-            for (name, value) in &transform.fields {
-                let field = path(&format!("transform.fields.{name}"));
-                if name.is_empty() {
-                    problem(field.clone(), "the field name must not be empty".into());
-                }
-                if let toml::Value::String(text) = value {
-                    if let Err(message) = crate::pipeline::template::parse(text) {
-                        problem(field, message);
-                    }
-                }
-            }
-            if transform.keep.is_some() && !transform.drop.is_empty() {
-                problem(
-                    path("transform"),
-                    "keep and drop are exclusive; use one of them".into(),
-                );
-            }
-            let mut targets = HashSet::new();
-            for (from, to) in &transform.rename {
-                if to.is_empty() {
-                    problem(
-                        path(&format!("transform.rename.{from}")),
-                        "must not be empty".into(),
-                    );
-                }
-                if !targets.insert(to) {
-                    problem(
-                        path(&format!("transform.rename.{from}")),
-                        format!("two columns are renamed to `{to}`"),
-                    );
-                }
-            }
-        }
-        for (field, message) in self.shared_indexes() {
-            problem(field, message);
-        }
-        if self.sinks.is_empty() {
-            problem("sinks".into(), "at least one sink is required".into());
-        }
-        let mut names = HashSet::new();
-        for (i, sink) in self.sinks.iter().enumerate() {
-            if !is_pg_name(&sink.name) && !sink.name.contains('-') {
-                problem(
-                    format!("sinks[{i}].name"),
-                    format!(
-                        "`{}` must be lowercase letters, digits, `_` or `-`",
-                        sink.name
-                    ),
-                );
-            }
-            if !names.insert(&sink.name) {
-                problem(
-                    format!("sinks[{i}].name"),
-                    format!("sink `{}` is defined twice", sink.name),
-                );
-            }
-            let path = format!("sinks[{i}]");
-            let mut found = Vec::new();
-            match &sink.kind {
-                SinkKind::Embedded {
-                    commit_interval_ms,
-                    max_document_bytes,
-                } => {
-                    if *commit_interval_ms == 0 {
-                        problem(
-                            format!("{path}.commit_interval_ms"),
-                            "must be at least 1".into(),
-                        );
-                    }
-                    if *max_document_bytes < 1024 {
-                        problem(
-                            format!("{path}.max_document_bytes"),
-                            "must be at least 1024".into(),
-                        );
-                    }
-                }
-                SinkKind::Elasticsearch(es) => es.validate(&path, &mut found),
-                SinkKind::Typesense(ts) => ts.validate(&path, &mut found),
-                SinkKind::Meilisearch(ms) => ms.validate(&path, &mut found),
-                SinkKind::Turbopuffer(tp) => tp.validate(&path, &mut found),
-                _ => {}
-            }
-            for p in found {
-                problem(p.field, p.message);
-            }
-        }
+        self.source.validate(&mut problems);
+        self.pipeline.validate(&mut problems);
+        self.validate_tables(&mut problems);
+        self.validate_sinks(&mut problems);
         self.backfill.validate(&mut problems);
         self.api.validate(&mut problems);
         self.validate_functions(&mut problems);
@@ -764,14 +219,7 @@ impl Config {
         Config {
             source: SourceConfig {
                 database_url: Some(database_url),
-                database_url_env: None,
-                password_env: None,
-                tls_ca_file: None,
-                slot: default_slot(),
-                publication: default_publication(),
-                status_interval_ms: DEFAULT_STATUS_INTERVAL_MS,
-                on_slot_lost: OnSlotLost::Fail,
-                retained_wal_warn_bytes: DEFAULT_RETAINED_WAL_WARN_BYTES,
+                ..SourceConfig::default()
             },
             pipeline: PipelineConfig {
                 data_dir,
@@ -799,80 +247,15 @@ impl Config {
             base_dir: PathBuf::new(),
         }
     }
-
-    /// Tables that write to one index without saying so (`shared_index`):
-    /// a truncate of one would empty the others' documents. A table with a
-    /// route function names its indexes as it goes, so it is not compared.
-    fn shared_indexes(&self) -> Vec<(String, String)> {
-        let mut by_index: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for (i, table) in self.tables.iter().enumerate() {
-            let Ok(name) = TableName::parse(&table.name) else {
-                continue; // reported with its field
-            };
-            if table.route.is_none() {
-                by_index
-                    .entry(self.index_for(table, &name))
-                    .or_default()
-                    .push(i);
-            }
-        }
-        let mut problems = Vec::new();
-        for (index, tables) in by_index {
-            if tables.len() < 2 {
-                continue;
-            }
-            let names: Vec<&str> = tables
-                .iter()
-                .map(|&i| self.tables[i].name.as_str())
-                .collect();
-            for &i in &tables {
-                if !self.tables[i].shared_index {
-                    problems.push((
-                        format!("tables[{i}].index"),
-                        format!(
-                            "tables {} all write to index `{index}`: a TRUNCATE of one would remove the \
-                             others' documents, and rows with the same key would overwrite each other; \
-                             give each table its own `index`, or set `shared_index = true` on each of them",
-                            names.join(", ")
-                        ),
-                    ));
-                }
-            }
-        }
-        problems
-    }
-
-    /// The index a table's documents go to.
-    pub fn index_for(&self, table: &TableConfig, name: &TableName) -> String {
-        match &table.index {
-            Some(index) => index.clone(),
-            None => self
-                .pipeline
-                .index_template
-                .replace("{schema}", &name.schema)
-                .replace("{table}", &name.table),
-        }
-    }
 }
 
-fn is_pg_name(name: &str) -> bool {
+/// A name Postgres takes unquoted: slots, publications, sinks.
+pub(super) fn is_pg_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-}
-
-fn check_index_template(template: &str) -> Result<(), String> {
-    let sample = template
-        .replace("{schema}", "public")
-        .replace("{table}", "products");
-    if sample.contains(['{', '}']) {
-        return Err(format!(
-            "`{template}` has an unknown placeholder; only {{schema}} and {{table}} are replaced"
-        ));
-    }
-    check_index_name(&sample)
 }
 
 #[cfg(test)]

@@ -3,12 +3,13 @@
 //! chosen once per relation by the transformer, and the encoding of a row
 //! into that shape straight from the WAL bytes, done by the shards.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use serde::Deserialize;
 
 use super::template;
 use crate::model::change::RelationInfo;
+use crate::model::problem::ConfigProblem;
 use crate::postgres::pgoutput::{ColumnKind, Tuple};
 use crate::postgres::types::{write_json, write_json_string, write_json_string_content, TypeKind};
 
@@ -46,6 +47,65 @@ pub struct TransformConfig {
 }
 
 impl TransformConfig {
+    /// Checks the settings at `at` (`tables[0].transform`): what is
+    /// exclusive, templates, paths and renames.
+    pub fn validate(&self, at: &str, problems: &mut Vec<ConfigProblem>) {
+        let mut problem =
+            |field: String, message: String| problems.push(ConfigProblem { field, message });
+        let shaped = self.keep.is_some()
+            || !self.drop.is_empty()
+            || !self.rename.is_empty()
+            || !self.fields.is_empty();
+        if self.function.is_some() && (shaped || self.path.is_some()) {
+            problem(
+                format!("{at}.function"),
+                "a transform function makes the whole document: leave out keep, drop, rename, fields and path"
+                    .into(),
+            );
+        }
+        if let Some(path) = &self.path {
+            if let Err(message) = PathShape::parse(path) {
+                problem(format!("{at}.path"), message);
+            }
+            if shaped {
+                problem(
+                    format!("{at}.path"),
+                    "a path makes the whole document: leave out keep, drop, rename and fields"
+                        .into(),
+                );
+            }
+        }
+        for (name, value) in &self.fields {
+            let field = format!("{at}.fields.{name}");
+            if name.is_empty() {
+                problem(field.clone(), "the field name must not be empty".into());
+            }
+            if let toml::Value::String(text) = value {
+                if let Err(message) = template::parse(text) {
+                    problem(field, message);
+                }
+            }
+        }
+        if self.keep.is_some() && !self.drop.is_empty() {
+            problem(
+                at.to_owned(),
+                "keep and drop are exclusive; use one of them".into(),
+            );
+        }
+        let mut targets = HashSet::new();
+        for (from, to) in &self.rename {
+            if to.is_empty() {
+                problem(format!("{at}.rename.{from}"), "must not be empty".into());
+            }
+            if !targets.insert(to) {
+                problem(
+                    format!("{at}.rename.{from}"),
+                    format!("two columns are renamed to `{to}`"),
+                );
+            }
+        }
+    }
+
     /// Every column the transform names, with the setting that names it.
     pub fn named_columns(&self) -> Vec<(String, String)> {
         let mut named = Vec::new();

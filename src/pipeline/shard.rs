@@ -107,7 +107,12 @@ impl Actor for Shard {
                     // batch is not written yet.
                     let delivered = state.delivered;
                     written += state
-                        .flush(delivered, &batch.credits, false, true, batch.scope)
+                        .flush(
+                            delivered,
+                            &batch.credits,
+                            batch.scope,
+                            Flush::BeforeTruncate,
+                        )
                         .await?;
                     let op = WriteOp {
                         index,
@@ -131,7 +136,12 @@ impl Actor for Shard {
             }
         }
         written += state
-            .flush(batch.upto, &batch.credits, batch.last, false, batch.scope)
+            .flush(
+                batch.upto,
+                &batch.credits,
+                batch.scope,
+                Flush::End { last: batch.last },
+            )
             .await?;
         state.delivered = batch.upto;
         state.args.stats.batch(n, written);
@@ -171,8 +181,8 @@ impl ShardState {
         }
     }
 
-    /// Encodes and sends the collapsed changes. Sends even an empty batch so
-    /// the writers learn the position (unless `only_if_any`). A backfill's
+    /// Encodes and sends the collapsed changes. At a batch's end it sends even
+    /// an empty batch, so the writers learn the position. A backfill's
     /// rows go in pieces of at most `BACKFILL_PIECE` writes, so that live
     /// writes can go between them (see the lane); only the last piece
     /// carries the position.
@@ -180,15 +190,16 @@ impl ShardState {
         &mut self,
         upto: crate::lsn::Lsn,
         credits: &[Arc<crate::model::flow::Credit>],
-        last: bool,
-        only_if_any: bool,
         scope: Scope,
+        why: Flush,
     ) -> Result<usize, ActorProcessingErr> {
         self.latest.clear();
         self.collided.clear();
-        if only_if_any && self.pending.is_empty() {
-            return Ok(0);
-        }
+        let last = match why {
+            Flush::BeforeTruncate if self.pending.is_empty() => return Ok(0),
+            Flush::BeforeTruncate => false,
+            Flush::End { last } => last,
+        };
         let piece = match scope {
             Scope::All => usize::MAX,
             Scope::Backfill { .. } => BACKFILL_PIECE,
@@ -406,6 +417,15 @@ fn delete_from(index: Arc<str>, routed: &Routed) -> WriteOp {
         action: WriteAction::Delete,
         routing: routed.routing.clone(),
     }
+}
+
+/// Why the shard flushes what it collapsed.
+#[derive(Debug, Clone, Copy)]
+enum Flush {
+    /// A truncate comes next: what is pending goes first, if anything.
+    BeforeTruncate,
+    /// The end of a batch (`last`: the last before shutdown).
+    End { last: bool },
 }
 
 /// What every piece of one flush carries besides its writes.

@@ -139,7 +139,7 @@ async fn attempt(manager: &Manager, id: u64, context: &RunContext) -> Result<End
             store(manager.update(id, |b| b.tables[i].rows_estimated = Some(rows)))?;
         }
     }
-    let mut reader = Reader {
+    let mut reader = TableReader {
         manager,
         id,
         context,
@@ -187,7 +187,7 @@ fn store<T>(result: crate::error::Result<T>) -> Result<T, BackfillError> {
     result.map_err(|e| BackfillError::Database(format!("storing the backfill failed: {e}")))
 }
 
-struct Reader<'a> {
+struct TableReader<'a> {
     manager: &'a Manager,
     id: u64,
     context: &'a RunContext,
@@ -197,7 +197,7 @@ struct Reader<'a> {
     chunk_number: u64,
 }
 
-impl Reader<'_> {
+impl TableReader<'_> {
     /// Reads table number `i` of the backfill from its cursor to its end,
     /// with up to `chunks_in_flight` chunks read ahead of the sink. The
     /// stored cursor follows the chunks the sink committed, in order.

@@ -15,13 +15,13 @@
 //! `proto_version '1'` and without `streaming` or `two_phase`.
 //!
 //! Layout: the [`Message`] type and [`decode`] (here), the bounds-checked
-//! byte reader (`reader.rs`), TupleData and [`Tuple`] (`tuple.rs`), Relation
+//! byte parser (`parser.rs`), the parsing of TupleData into [`Tuple`] (`tuple.rs`), Relation
 //! messages (`relation.rs`), [`DecodeError`] (`error.rs`) and commit times
 //! (`commit_time.rs`).
 
 mod commit_time;
 mod error;
-mod reader;
+mod parser;
 mod relation;
 #[cfg(test)]
 mod tests;
@@ -33,7 +33,7 @@ use crate::lsn::Lsn;
 
 pub use self::commit_time::{format_commit_time, POSTGRES_EPOCH_UNIX_MICROS};
 pub use self::error::{Byte, DecodeError, Tag};
-use self::reader::Reader;
+use self::parser::Parser;
 pub use self::relation::{Relation, RelationColumn};
 pub use crate::model::row::{ColumnKind, ColumnValue, Oid, OldTuple, ReplicaIdentity, Tuple};
 
@@ -100,7 +100,7 @@ pub fn decode(buf: &Bytes) -> Result<Message, DecodeError> {
     if u32::try_from(buf.len()).is_err() {
         return Err(DecodeError::TooLarge { len: buf.len() });
     }
-    let mut r = Reader {
+    let mut r = Parser {
         buf,
         pos: 1,
         tag: Tag(tag),

@@ -1,7 +1,7 @@
 //! Relation messages: a published table's schema and replica identity.
 
 use super::error::DecodeError;
-use super::reader::Reader;
+use super::parser::Parser;
 use crate::model::row::{Oid, ReplicaIdentity};
 
 /// One column of a [`Relation`], in tuple order.
@@ -26,7 +26,7 @@ pub struct Relation {
     pub columns: Vec<RelationColumn>,
 }
 
-impl Reader<'_> {
+impl Parser<'_> {
     pub(super) fn relation(&mut self) -> Result<Relation, DecodeError> {
         let id = self.u32("relation id")?;
         let namespace = self.string("relation namespace")?;

@@ -2,10 +2,10 @@
 //! `(kind, start, len)` entry per column (`model::row::Tuple`).
 
 use super::error::{Byte, DecodeError};
-use super::reader::Reader;
+use super::parser::Parser;
 use crate::model::row::{ColumnKind, ColumnValue, Tuple};
 
-impl Reader<'_> {
+impl Parser<'_> {
     /// TupleData: Int16 column count, then per column a kind byte and, for
     /// text and binary values, an Int32 length and the bytes.
     pub(super) fn tuple(&mut self) -> Result<Tuple, DecodeError> {

@@ -1,17 +1,17 @@
-//! The bounds-checked big-endian reader every decoding step goes through.
+//! The bounds-checked big-endian parser every decoding step goes through.
 
 use bytes::Bytes;
 
 use super::error::{Byte, DecodeError, Tag};
 
-/// Bounds-checked big-endian reader over one message.
-pub(super) struct Reader<'a> {
+/// Bounds-checked big-endian parser over one message.
+pub(super) struct Parser<'a> {
     pub(super) buf: &'a Bytes,
     pub(super) pos: usize,
     pub(super) tag: Tag,
 }
 
-impl Reader<'_> {
+impl Parser<'_> {
     fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }

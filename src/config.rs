@@ -1,4 +1,7 @@
-//! Configuration: the TOML file, its defaults and its validation.
+//! Configuration: the TOML file, its defaults and its validation, one module
+//! per section (`source`, `pipeline`, `tables`, `sinks`; the sinks', the
+//! backfill's, the API's and the functions' settings are their layers' own).
+//! It composes every layer's settings, so no layer below imports it.
 //!
 //! Every knob has a doc comment and a named default. Unknown keys are errors.
 //! Semantic validation reports every problem at once, each naming its field path.

@@ -103,15 +103,26 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let mut config = parse::parse(&text).map_err(|e| match e {
-            Ok(problems) => ConfigError::Invalid(problems),
-            Err(message) => ConfigError::Parse {
+        let mut config = Config::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_owned(),
                 message,
             },
+            other => other,
         })?;
         config.base_dir = path.parent().map(Path::to_owned).unwrap_or_default();
         Ok(config)
+    }
+
+    /// Parses a configuration's text, without validating it.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        parse::parse(text).map_err(|e| match e {
+            Ok(problems) => ConfigError::Invalid(problems),
+            Err(message) => ConfigError::Parse {
+                path: PathBuf::new(),
+                message,
+            },
+        })
     }
 
     /// Checks every constraint and reports all problems at once, section by

@@ -12,6 +12,8 @@ pub mod data_dir;
 pub mod demo;
 pub mod error;
 pub mod functions;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod local_pg;
 pub mod lsn;
 pub mod model;

@@ -159,7 +159,7 @@ fn open_segment(dir: &Path, segment: u64) -> Result<File> {
 /// sink; 1, the sink and the position to commit above for a backfill's
 /// rows), bytes, the op count and each op (lsn, index, table, id, action). Strings and documents are
 /// `len:u32` + bytes; integers little-endian. Credits stay behind.
-fn encode(batch: &WriteBatch, out: &mut Vec<u8>) {
+pub(crate) fn encode(batch: &WriteBatch, out: &mut Vec<u8>) {
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&(batch.items.shard as u32).to_le_bytes());
     out.extend_from_slice(&batch.upto.0.to_le_bytes());
@@ -212,7 +212,7 @@ fn encode(batch: &WriteBatch, out: &mut Vec<u8>) {
 }
 
 /// Reads a frame (without its length) back; `None` when it is malformed.
-fn decode(frame: &[u8], names: &mut HashMap<Box<str>, Arc<str>>) -> Option<WriteBatch> {
+pub(crate) fn decode(frame: &[u8], names: &mut HashMap<Box<str>, Arc<str>>) -> Option<WriteBatch> {
     let mut r = FrameReader(frame);
     let shard = r.u32()? as usize;
     let upto = Lsn(r.u64()?);

@@ -426,54 +426,9 @@ impl ReplicationConnection {
         }
     }
 
-    /// Parses one replication event from the buffer, skipping other messages.
+    /// Parses one replication event from the read buffer (see `parse_event`).
     fn parse_event(&mut self) -> Result<Option<ReplicationEvent>> {
-        loop {
-            let Some(message) = backend::Message::parse(&mut self.read_buf)
-                .map_err(|e| Error::protocol(e.to_string()))?
-            else {
-                return Ok(None);
-            };
-            match message {
-                backend::Message::CopyData(body) => {
-                    let mut data = body.into_bytes();
-                    if data.is_empty() {
-                        return Err(Error::protocol("empty CopyData message"));
-                    }
-                    match data[0] {
-                        b'w' if data.len() >= 25 => {
-                            let start = Lsn((&data[1..9]).get_u64());
-                            let end = Lsn((&data[9..17]).get_u64());
-                            data.advance(25);
-                            return Ok(Some(ReplicationEvent::XLogData { start, end, data }));
-                        }
-                        b'k' if data.len() >= 18 => {
-                            let wal_end = Lsn((&data[1..9]).get_u64());
-                            let reply_requested = data[17] != 0;
-                            return Ok(Some(ReplicationEvent::Keepalive {
-                                wal_end,
-                                reply_requested,
-                            }));
-                        }
-                        tag => {
-                            return Err(Error::protocol(format!(
-                                "unknown replication message {:?} of {} bytes",
-                                tag as char,
-                                data.len()
-                            )))
-                        }
-                    }
-                }
-                backend::Message::ErrorResponse(body) => return Err(server_error(body)),
-                backend::Message::CopyDone => {
-                    return Err(Error::new(
-                        ErrorKind::Connection,
-                        "the server ended the replication stream",
-                    ))
-                }
-                _ => continue,
-            }
-        }
+        parse_event(&mut self.read_buf)
     }
 
     /// Sends a standby status update: everything up to `flush` is durable on our side.
@@ -638,5 +593,56 @@ fn received(read: std::io::Result<usize>) -> Result<()> {
             ErrorKind::Connection,
             format!("reading the replication stream failed: {e}"),
         )),
+    }
+}
+
+/// Parses one replication event from the bytes read off the connection,
+/// skipping other messages; `None` until a whole message is there.
+pub fn parse_event(buf: &mut BytesMut) -> Result<Option<ReplicationEvent>> {
+    loop {
+        let Some(message) =
+            backend::Message::parse(buf).map_err(|e| Error::protocol(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        match message {
+            backend::Message::CopyData(body) => {
+                let mut data = body.into_bytes();
+                if data.is_empty() {
+                    return Err(Error::protocol("empty CopyData message"));
+                }
+                match data[0] {
+                    b'w' if data.len() >= 25 => {
+                        let start = Lsn((&data[1..9]).get_u64());
+                        let end = Lsn((&data[9..17]).get_u64());
+                        data.advance(25);
+                        return Ok(Some(ReplicationEvent::XLogData { start, end, data }));
+                    }
+                    b'k' if data.len() >= 18 => {
+                        let wal_end = Lsn((&data[1..9]).get_u64());
+                        let reply_requested = data[17] != 0;
+                        return Ok(Some(ReplicationEvent::Keepalive {
+                            wal_end,
+                            reply_requested,
+                        }));
+                    }
+                    tag => {
+                        return Err(Error::protocol(format!(
+                            "unknown replication message {:?} of {} bytes",
+                            tag as char,
+                            data.len()
+                        )))
+                    }
+                }
+            }
+            backend::Message::ErrorResponse(body) => return Err(server_error(body)),
+            backend::Message::CopyDone => {
+                return Err(Error::new(
+                    ErrorKind::Connection,
+                    "the server ended the replication stream",
+                ))
+            }
+            _ => continue,
+        }
     }
 }

@@ -6,7 +6,7 @@
 mod client;
 mod config;
 pub mod request;
-mod response;
+pub(crate) mod response;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;

@@ -13,7 +13,7 @@ mod client;
 mod config;
 mod queue;
 pub mod request;
-mod response;
+pub(crate) mod response;
 
 use std::collections::HashSet;
 use std::path::Path;

@@ -87,6 +87,11 @@ impl AsyncWrite for Stream {
 
 /// Reads are done in chunks of at least this size.
 const READ_CHUNK: usize = 256 * 1024;
+/// The longest message a server sends: Postgres builds none above
+/// `MaxAllocSize` (1 GiB), plus the headers around a WAL record. A longer
+/// length in a header is a broken stream, and reading it would reserve up to
+/// 4 GiB of memory first.
+const MAX_MESSAGE_BYTES: u32 = (1 << 30) + 1024;
 
 /// A connection in replication mode.
 pub struct ReplicationConnection {
@@ -600,6 +605,16 @@ fn received(read: std::io::Result<usize>) -> Result<()> {
 /// skipping other messages; `None` until a whole message is there.
 pub fn parse_event(buf: &mut BytesMut) -> Result<Option<ReplicationEvent>> {
     loop {
+        if let Some(header) = buf.get(1..5) {
+            let len = u32::from_be_bytes(header.try_into().expect("four bytes"));
+            if len > MAX_MESSAGE_BYTES {
+                return Err(Error::protocol(format!(
+                    "the server sent a message of {len} bytes (type {:?}), more than Postgres \
+                     ever sends: the replication stream is broken",
+                    buf[0] as char
+                )));
+            }
+        }
         let Some(message) =
             backend::Message::parse(buf).map_err(|e| Error::protocol(e.to_string()))?
         else {
@@ -644,5 +659,33 @@ pub fn parse_event(buf: &mut BytesMut) -> Result<Option<ReplicationEvent>> {
             }
             _ => continue,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_longer_than_postgres_sends_is_refused_before_memory_is_reserved() {
+        // A CopyData header claiming 4 GiB (found by the replication_stream
+        // fuzz target): the parser would reserve that much to read it.
+        let mut buf = BytesMut::from(&[b'd', 0xff, 0xff, 0xff, 0xf0, b'w'][..]);
+        let e = parse_event(&mut buf).unwrap_err();
+        assert!(e.to_string().contains("more than Postgres"), "{e}");
+        assert!(buf.capacity() < 1 << 20, "reserved {}", buf.capacity());
+        // A whole keepalive still reads.
+        let mut keepalive = BytesMut::new();
+        keepalive.extend_from_slice(&[b'd', 0, 0, 0, 22, b'k']);
+        keepalive.extend_from_slice(&0x16B3778u64.to_be_bytes());
+        keepalive.extend_from_slice(&0u64.to_be_bytes());
+        keepalive.extend_from_slice(&[1]);
+        assert!(matches!(
+            parse_event(&mut keepalive).unwrap(),
+            Some(ReplicationEvent::Keepalive {
+                reply_requested: true,
+                ..
+            })
+        ));
     }
 }

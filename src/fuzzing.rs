@@ -112,8 +112,8 @@ pub fn config(data: &[u8]) {
         return;
     };
     if let Ok(config) = Config::from_toml(text) {
-        // Functions are compiled by the validation; a file they name is
-        // read relative to no directory, so nothing outside is run.
+        // The validation compiles functions (in the sandbox; nothing runs),
+        // reading a `file` they name relative to the working directory.
         let _ = config.validate();
     }
 }

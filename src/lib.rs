@@ -21,3 +21,4 @@ pub mod pipeline;
 pub mod postgres;
 pub mod service;
 pub mod sink;
+pub mod verify;

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        let done = match cli.command {
             Command::Run(args) => cli::run(args).await,
             Command::Check(args) => cli::check(args).await,
             Command::Search(args) => cli::search(args),
@@ -32,10 +32,22 @@ fn main() -> ExitCode {
             Command::Failed(command) => cli::failed(command).await,
             Command::Status { api, json } => cli::manage::status(api, json).await,
             Command::Backfill { api, command } => cli::manage::backfill(api, command).await,
-        }
+            Command::Verify(args) => {
+                return match cli::verify::run(args).await {
+                    Ok(true) => Ok(ExitCode::SUCCESS),
+                    // Differences were found and printed.
+                    Ok(false) => Ok(ExitCode::from(1)),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        Ok(ExitCode::from(cli::verify::exit_code(&e)))
+                    }
+                };
+            }
+        };
+        done.map(|()| ExitCode::SUCCESS)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             cli::exit_code(&e)

@@ -122,6 +122,7 @@ async fn run_once(
     let state = api::AppState {
         plan: plan.clone(),
         backfills: backfills.clone(),
+        verifier: crate::verify::Verifier::new(plan.clone(), backfills.clone()),
     };
     // Served before the sinks are emptied: a sink paused by its parked
     // writes can be seen and retried meanwhile.

@@ -112,6 +112,7 @@ impl ApiConfig {
 pub struct AppState {
     pub plan: Arc<PipelinePlan>,
     pub backfills: Arc<Manager>,
+    pub verifier: Arc<crate::verify::Verifier>,
 }
 
 /// Who may call: the bearer token, when one is configured.

@@ -24,6 +24,9 @@ pub fn router(state: AppState, guard: Guard) -> Router {
             get(sink_backfills).post(start_backfill),
         )
         .route("/api/sinks/{sink}/failed/retry", post(retry_failed))
+        .route("/api/sinks/{sink}/verify", post(start_verify))
+        .route("/api/verifications", get(verifications))
+        .route("/api/verifications/{id}", get(verification))
         .route("/api/backfills", get(backfills))
         .route("/api/backfills/{id}", get(backfill))
         .route("/api/backfills/{id}/pause", post(pause))
@@ -313,6 +316,48 @@ async fn start_backfill(
         .create(&name, &body.table, body.condition.as_deref())
         .await?;
     Ok((StatusCode::CREATED, Json(view)))
+}
+
+async fn start_verify(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<crate::verify::Request>, JsonRejection>,
+) -> Result<(StatusCode, Json<crate::verify::View>), ApiError> {
+    let Json(body) = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("the body must be JSON such as {{\"table\": \"public.items\", \"repair\": false}} or {{}}: {}", e.body_text()),
+        )
+    })?;
+    let view = state.verifier.start(&name, body).await?;
+    Ok((StatusCode::ACCEPTED, Json(view)))
+}
+
+async fn verifications(State(state): State<AppState>) -> Json<Vec<crate::verify::View>> {
+    Json(state.verifier.list())
+}
+
+async fn verification(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Answer<crate::verify::View> {
+    let id: u64 = id.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("`{id}` is not a verification id (a number)"),
+        )
+    })?;
+    state.verifier.get(id).map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "there is no verification {id} (only the last 100 are kept, until sluice restarts)"
+            ),
+        )
+    })
 }
 
 /// The body of `POST /api/sinks/{sink}/failed/retry`.

@@ -59,7 +59,7 @@ pub enum BackfillCommand {
 }
 
 /// A client of the management API.
-struct Api {
+pub(super) struct Api {
     base: String,
     http: reqwest::Client,
     /// The bearer token: from the environment variable the configuration's
@@ -72,7 +72,7 @@ struct Api {
 const TOKEN_ENV: &str = "SLUICE_API_TOKEN";
 
 impl Api {
-    fn new(args: &ApiArgs) -> Result<Api, Error> {
+    pub(super) fn new(args: &ApiArgs) -> Result<Api, Error> {
         let (address, token_env) = match &args.config {
             Some(config) => {
                 let (address, token_env) = address_of(config)?;
@@ -141,11 +141,15 @@ impl Api {
             .map_err(|e| Error::protocol(format!("unexpected answer from {url}: {e}")))
     }
 
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+    pub(super) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
         self.call(reqwest::Method::GET, path, None).await
     }
 
-    async fn post<T: DeserializeOwned>(&self, path: &str, body: Option<Value>) -> Result<T, Error> {
+    pub(super) async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<T, Error> {
         self.call(reqwest::Method::POST, path, body).await
     }
 }
@@ -389,7 +393,7 @@ fn describe(b: &Value) -> String {
     line
 }
 
-fn text(v: &Value) -> String {
+pub(super) fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),

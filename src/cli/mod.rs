@@ -3,6 +3,7 @@
 
 pub mod function;
 pub mod manage;
+pub mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,6 +67,10 @@ pub enum Command {
         #[command(subcommand)]
         command: manage::BackfillCommand,
     },
+    /// Compare each table with its index in each sink (through the management API): rows without
+    /// a document, documents without a row, and documents that differ. Exits 0 when equal, 1 when
+    /// not, 2 on a mistake in the command, 3 when it could not verify.
+    Verify(verify::VerifyArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -222,9 +227,16 @@ pub fn init_logging(cli: &Cli) {
             };
             EnvFilter::new(format!("{level},tantivy=warn,ractor=warn"))
         });
+    // Colours only for a person at a terminal: a file, a pipe or a log
+    // collector gets plain text.
+    let colour = {
+        use std::io::IsTerminal;
+        std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colour);
     match cli.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

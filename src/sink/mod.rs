@@ -6,6 +6,7 @@ pub mod failed;
 pub mod http;
 pub mod meilisearch;
 pub mod null;
+pub mod read;
 pub mod retry;
 pub mod settings;
 pub mod turbopuffer;
@@ -13,7 +14,7 @@ pub mod typesense;
 
 use std::path::Path;
 
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::lsn::Lsn;
 use crate::model::write::WriteOp;
 use settings::{SinkConfig, SinkKind};
@@ -99,4 +100,26 @@ pub fn build(config: &SinkConfig, data_dir: &Path) -> Result<Box<dyn Sink>> {
         SinkKind::Meilisearch(ms) => Box::new(meilisearch::MeilisearchSink::new(ms, data_dir)?),
         SinkKind::Turbopuffer(tp) => Box::new(turbopuffer::TurbopufferSink::new(tp, data_dir)?),
     })
+}
+
+/// A reader of `index` in the sink `config` describes, for `verify`.
+pub async fn reader(
+    config: &SinkConfig,
+    data_dir: &Path,
+    index: &str,
+) -> Result<Box<dyn read::IndexReader>> {
+    match &config.kind {
+        SinkKind::Embedded { .. } => Ok(Box::new(embedded::read::Reader::open(data_dir, index)?)),
+        SinkKind::Null => Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "sink {} is a null sink: it keeps no documents to compare",
+                config.name
+            ),
+        )),
+        _ => Err(Error::new(
+            ErrorKind::Config,
+            format!("sink {} cannot be read back yet", config.name),
+        )),
+    }
 }

@@ -9,6 +9,7 @@ mod directory;
 mod document;
 mod known;
 mod queue;
+pub mod read;
 mod schema;
 pub mod search;
 

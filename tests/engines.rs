@@ -36,6 +36,7 @@ async fn run_workload<E, F>(
     sink_name: &str,
     engine: E,
     shape: fn(String, Value) -> (String, Value),
+    tamper: Option<&(dyn Fn() + Sync)>,
 ) where
     E: Fn() -> F,
     F: Future<Output = BTreeMap<String, Value>>,
@@ -46,7 +47,11 @@ async fn run_workload<E, F>(
          ALTER TABLE products ALTER COLUMN body SET STORAGE EXTERNAL;",
     )
     .await;
-    let config = db.config_with_sinks("[[tables]]\nname = \"products\"", "shards = 3", &sinks);
+    let config = db.config_with_sinks(
+        "[[tables]]\nname = \"products\"\n\n[api]\nlisten = \"127.0.0.1:0\"",
+        "shards = 3",
+        &sinks,
+    );
     let mut sluice = Sluice::run_config_with_env(&config, &[("SLUICE_TEST_ENGINE_KEY", "secret")]);
     db.wait_streaming(&mut sluice).await;
     let expected = || async {
@@ -91,9 +96,59 @@ async fn run_workload<E, F>(
     })
     .await;
     assert!(equal, "{hint}: not equal after a truncate");
+    if let Some(tamper) = tamper {
+        verify_and_repair(hint, &config, &sluice, tamper).await;
+        assert!(
+            engine().await == expected().await,
+            "{hint}: not equal after the repair"
+        );
+    }
     let parked = sluice::sink::failed::list(&db.data_dir(), sink_name).unwrap();
     assert!(parked.is_empty(), "nothing should be parked: {parked:?}");
     assert!(sluice.stop().success());
+}
+
+/// `sluice verify` finds the engine equal to the table; after `tamper`
+/// (document 1 changed, document 999999 made up) it finds both, and
+/// `--repair` mends them.
+async fn verify_and_repair(
+    hint: &str,
+    config: &std::path::Path,
+    sluice: &Sluice,
+    tamper: &(dyn Fn() + Sync),
+) {
+    let config = config.to_str().unwrap();
+    let (code, out, err) = common::cli(&["verify", "--config", config]).await;
+    assert_eq!(
+        code,
+        0,
+        "{hint}: {out}\n{err}\nlog:\n{}",
+        tail(&sluice.log_text())
+    );
+    tamper();
+    let (code, out, err) = common::cli(&["verify", "--config", config, "--json"]).await;
+    assert_eq!(code, 1, "{hint}: {out}\n{err}");
+    let found: Value = serde_json::from_str(&out).unwrap();
+    let table = &found["tables"][0];
+    assert_eq!(
+        table["stale"]["examples"],
+        serde_json::json!(["1"]),
+        "{hint}: {found:#}"
+    );
+    assert_eq!(
+        table["extra"]["examples"],
+        serde_json::json!(["999999"]),
+        "{hint}: {found:#}"
+    );
+    assert_eq!(table["missing"]["count"], 0, "{hint}: {found:#}");
+    let (code, out, err) = common::cli(&["verify", "--config", config, "--repair"]).await;
+    assert_eq!(
+        code,
+        0,
+        "{hint}: {out}\n{err}\nlog:\n{}",
+        tail(&sluice.log_text())
+    );
+    assert!(out.contains("2 sent through the pipeline"), "{hint}: {out}");
 }
 
 fn tail(log: &str) -> String {
@@ -142,6 +197,62 @@ async fn typesense() {
         "typesense",
         || async { ts.documents("products") },
         with_string_id("id"),
+        Some(&|| {
+            ts.insert_document(
+                "products",
+                serde_json::json!({"id": "1", "name": "tampered"}),
+            );
+            ts.insert_document(
+                "products",
+                serde_json::json!({"id": "999999", "name": "ghost"}),
+            );
+        }),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn elasticsearch() {
+    use fakes::elasticsearch::{FakeElasticsearch, FakeOptions, Faults};
+    let es = FakeElasticsearch::start(FakeOptions {
+        required_auth: Some("ApiKey secret".into()),
+        seed: seed(),
+        record_requests: false,
+        faults: Faults {
+            item_rejected_429: 0.05,
+            request_rejected_429: 0.05,
+            request_unavailable_503: 0.03,
+            request_dropped: 0.03,
+            ..Faults::default()
+        },
+        ..FakeOptions::default()
+    })
+    .await;
+    let sinks = format!(
+        "[[sinks]]\nname = \"es\"\ntype = \"elasticsearch\"\nurl = \"{}\"\napi_key_env = \"SLUICE_TEST_ENGINE_KEY\"\n\
+         batch_max_docs = 300\n{FAST}",
+        es.url()
+    );
+    run_workload(
+        "es",
+        sinks,
+        "es",
+        || async { es.documents("products") },
+        |id, row| (id, row),
+        Some(&|| {
+            es.insert_document(
+                "products",
+                "1",
+                serde_json::json!({"id": 1, "name": "tampered"}),
+                1,
+            );
+            es.insert_document(
+                "products",
+                "999999",
+                serde_json::json!({"name": "ghost"}),
+                1,
+            );
+        }),
     )
     .await;
 }
@@ -175,6 +286,7 @@ async fn meilisearch() {
         "meili",
         || async { ms.documents("products") },
         with_string_id("id"),
+        None,
     )
     .await;
 }
@@ -205,7 +317,15 @@ async fn turbopuffer() {
         row["row_id"] = key;
         (id, row)
     };
-    run_workload("tp", sinks, "tpuf", || async { tp.rows("products") }, shape).await;
+    run_workload(
+        "tp",
+        sinks,
+        "tpuf",
+        || async { tp.rows("products") },
+        shape,
+        None,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

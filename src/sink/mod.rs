@@ -110,6 +110,8 @@ pub async fn reader(
 ) -> Result<Box<dyn read::IndexReader>> {
     match &config.kind {
         SinkKind::Embedded { .. } => Ok(Box::new(embedded::read::Reader::open(data_dir, index)?)),
+        SinkKind::Typesense(ts) => Ok(Box::new(typesense::read::Reader::new(ts, index)?)),
+        SinkKind::Elasticsearch(es) => Ok(Box::new(elasticsearch::read::Reader::new(es, index)?)),
         SinkKind::Null => Err(Error::new(
             ErrorKind::Config,
             format!(

@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 
 /// One document as the index holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,5 +30,78 @@ pub trait IndexReader: Send + Sync {
     /// it (an engine that adds the id as a field has it here too).
     fn as_stored<'a>(&self, doc: &'a [u8], _id: &str) -> Cow<'a, [u8]> {
         Cow::Borrowed(doc)
+    }
+}
+
+/// Splits a streamed body of JSON lines into pages of documents, the id of
+/// each read from its `id` member (a string).
+pub struct JsonLines {
+    response: Option<reqwest::Response>,
+    pending: bytes::BytesMut,
+    /// Where the lines come from, for errors.
+    what: String,
+}
+
+/// Documents per page of `JsonLines`.
+const LINES_PER_PAGE: usize = 1024;
+
+impl JsonLines {
+    pub fn new(response: Option<reqwest::Response>, what: String) -> JsonLines {
+        JsonLines {
+            response,
+            pending: bytes::BytesMut::new(),
+            what,
+        }
+    }
+
+    /// The next page; `None` after the last.
+    pub async fn page(&mut self) -> Result<Option<Vec<StoredDoc>>> {
+        let mut page = Vec::new();
+        while page.len() < LINES_PER_PAGE {
+            let Some(response) = self.response.as_mut() else {
+                break;
+            };
+            let chunk = response.chunk().await.map_err(|e| {
+                Error::new(
+                    ErrorKind::Sink,
+                    format!("reading {} stopped: {e}", self.what),
+                )
+            })?;
+            match chunk {
+                Some(chunk) => self.pending.extend_from_slice(&chunk),
+                None => {
+                    self.response = None;
+                    self.pending.extend_from_slice(b"\n");
+                }
+            }
+            while let Some(end) = memchr::memchr(b'\n', &self.pending) {
+                let line = self.pending.split_to(end + 1);
+                let line = line[..end].trim_ascii();
+                if !line.is_empty() {
+                    page.push(self.document(line)?);
+                }
+            }
+        }
+        Ok((!page.is_empty()).then_some(page))
+    }
+
+    fn document(&self, line: &[u8]) -> Result<StoredDoc> {
+        #[derive(serde::Deserialize)]
+        struct Id {
+            id: String,
+        }
+        let Id { id } = serde_json::from_slice(line).map_err(|e| {
+            Error::new(
+                ErrorKind::Sink,
+                format!(
+                    "{} holds a line that is not a document with a string id: {e}",
+                    self.what
+                ),
+            )
+        })?;
+        Ok(StoredDoc {
+            id,
+            source: line.to_vec(),
+        })
     }
 }

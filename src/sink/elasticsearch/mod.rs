@@ -5,6 +5,7 @@
 
 mod client;
 mod config;
+pub mod read;
 pub mod request;
 pub(crate) mod response;
 

@@ -206,6 +206,62 @@ impl Client {
             .await
     }
 
+    /// `documents/export` of `collection` (the documents matching `filter`,
+    /// else all) as it streams, for reading back; `None` when the
+    /// collection does not exist. The body may take long: only the answer's
+    /// start waits for the request timeout.
+    pub async fn export(
+        &self,
+        collection: &str,
+        filter: Option<&str>,
+    ) -> Result<Option<reqwest::Response>> {
+        let mut url = self.url(&format!(
+            "collections/{}/documents/export",
+            path_segment(collection)
+        ))?;
+        if let Some(filter) = filter {
+            url.query_pairs_mut().append_pair("filter_by", filter);
+        }
+        let failed = |e: String| {
+            Error::new(
+                ErrorKind::Sink,
+                format!(
+                    "sink {}: cannot export collection {collection}: {e}",
+                    self.name
+                ),
+            )
+        };
+        let timeout = Duration::from_millis(self.config.request_timeout_ms);
+        // An unavailable node is waited out a while, as writes are.
+        let mut attempt = 0;
+        loop {
+            let request = self
+                .request(reqwest::Method::GET, url.clone())
+                .timeout(Duration::from_secs(24 * 3600));
+            let problem = match tokio::time::timeout(timeout, request.send()).await {
+                Err(_) => format!("no answer within {} ms", timeout.as_millis()),
+                Ok(Err(e)) => e.to_string(),
+                Ok(Ok(response)) => match response.status().as_u16() {
+                    200 => return Ok(Some(response)),
+                    404 => return Ok(None),
+                    status => {
+                        let body = response.bytes().await.unwrap_or_default();
+                        let problem = format!("{status}: {}", response::error_text(&body));
+                        if !matches!(status, 408 | 429 | 500..=599) {
+                            return Err(failed(problem));
+                        }
+                        problem
+                    }
+                },
+            };
+            attempt += 1;
+            if attempt > self.config.max_retries {
+                return Err(failed(problem));
+            }
+            self.http.wait(attempt, &problem).await;
+        }
+    }
+
     /// The delay before retry number `attempt`.
     pub fn backoff(&self, attempt: u32) -> Duration {
         self.http.backoff(attempt)

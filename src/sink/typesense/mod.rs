@@ -12,6 +12,7 @@
 mod client;
 mod config;
 mod queue;
+pub mod read;
 pub mod request;
 pub(crate) mod response;
 

@@ -38,6 +38,10 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/{index}/_doc/{id}", get(get_document))
         .route("/{index}/_search", post(search).get(search))
+        .route("/_search", post(search_pit).get(search_pit))
+        .route("/{index}/_pit", post(open_pit))
+        .route("/_pit", axum::routing::delete(close_pit))
+        .route("/{index}/_mget", post(mget).get(mget))
         .route("/{index}/_refresh", post(refresh).get(refresh))
         .route("/{index}/_delete_by_query", post(delete_by_query))
         .fallback(no_handler)
@@ -447,6 +451,176 @@ async fn search(State(shared): AppState, Path(index): Path<String>, body: Bytes)
         }
     }))
     .into_response()
+}
+
+/// `POST /{index}/_pit?keep_alive=…`: a point in time of the index, its
+/// live documents as they are now.
+async fn open_pit(
+    State(shared): AppState,
+    Path(index): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    if !query.unwrap_or_default().contains("keep_alive=") {
+        return EsError::new(
+            StatusCode::BAD_REQUEST,
+            "action_request_validation_exception",
+            "Validation Failed: 1: [keep_alive] is not specified;",
+        )
+        .into_response();
+    }
+    let store = lock(&shared.store);
+    let Some(stored) = store.indexes.get(&index) else {
+        return EsError::index_not_found(&index).into_response();
+    };
+    let mut docs: Vec<(String, Box<str>)> = stored
+        .slots
+        .iter()
+        .filter_map(|(id, slot)| match slot {
+            Slot::Live { source, .. } => Some((id.clone(), source.clone())),
+            Slot::Deleted { .. } => None,
+        })
+        .collect();
+    docs.sort();
+    let mut pits = lock(&shared.pits);
+    let id = format!("pit-{}-{}", index, pits.len() + 1);
+    pits.insert(id.clone(), docs);
+    Json(json!({ "id": id, "_shards": { "total": 1, "successful": 1, "skipped": 0, "failed": 0 } }))
+        .into_response()
+}
+
+/// `DELETE /_pit` with `{"id": …}`.
+async fn close_pit(State(shared): AppState, body: Bytes) -> Response {
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let Some(id) = request["id"].as_str() else {
+        return EsError::illegal_argument("[id] is required").into_response();
+    };
+    let freed = lock(&shared.pits).remove(id).is_some();
+    let status = if freed {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    };
+    (
+        status,
+        Json(json!({ "succeeded": freed, "num_freed": freed as u32 })),
+    )
+        .into_response()
+}
+
+/// `POST /_search` in a point in time, sorted by `_shard_doc` (here, a
+/// document's place in the point in time), after `search_after`.
+async fn search_pit(State(shared): AppState, body: Bytes) -> Response {
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return EsError::new(StatusCode::BAD_REQUEST, "parse_exception", e.to_string())
+                .into_response()
+        }
+    };
+    let Some(pit) = request["pit"]["id"].as_str() else {
+        return EsError::illegal_argument(
+            "this fake searches without an index only in a point in time (pit.id)",
+        )
+        .into_response();
+    };
+    let sort_ok = match &request["sort"] {
+        Value::Null => true,
+        sort => *sort == json!([{ "_shard_doc": "asc" }]) || *sort == json!(["_shard_doc"]),
+    };
+    if !sort_ok {
+        return EsError::illegal_argument(
+            "this fake sorts a point in time only by _shard_doc ascending",
+        )
+        .into_response();
+    }
+    if request
+        .get("query")
+        .is_some_and(|q| *q != json!({ "match_all": {} }))
+    {
+        return EsError::illegal_argument("this fake reads a point in time only with match_all")
+            .into_response();
+    }
+    let size = request.get("size").map_or(Some(10), Value::as_u64);
+    let Some(size) = size.filter(|&n| n <= 10_000) else {
+        return EsError::illegal_argument(
+            "Result window is too large, from + size must be less than or equal to: [10000]",
+        )
+        .into_response();
+    };
+    let after = match &request["search_after"] {
+        Value::Null => None,
+        Value::Array(values) if values.len() == 1 && values[0].is_u64() => values[0].as_u64(),
+        _ => {
+            return EsError::illegal_argument(
+                "search_after has 1 value(s) but sort has 1 (a _shard_doc is a number)",
+            )
+            .into_response()
+        }
+    };
+    let pits = lock(&shared.pits);
+    let Some(docs) = pits.get(pit) else {
+        return EsError::new(
+            StatusCode::NOT_FOUND,
+            "search_context_missing_exception",
+            format!("No search context found for id [{pit}]"),
+        )
+        .into_response();
+    };
+    let start = after.map_or(0, |n| n as usize + 1);
+    let hits: Vec<Value> = docs
+        .iter()
+        .enumerate()
+        .skip(start)
+        .take(size as usize)
+        .map(|(n, (id, source))| {
+            json!({ "_id": id, "_score": null, "_source": super::parse_source(source), "sort": [n] })
+        })
+        .collect();
+    Json(json!({
+        "pit_id": pit,
+        "took": 1,
+        "timed_out": false,
+        "_shards": { "total": 1, "successful": 1, "skipped": 0, "failed": 0 },
+        "hits": {
+            "total": { "value": docs.len(), "relation": "eq" },
+            "max_score": null,
+            "hits": hits,
+        }
+    }))
+    .into_response()
+}
+
+/// `POST /{index}/_mget` with `{"ids": […]}`: real time, each id found or not.
+async fn mget(State(shared): AppState, Path(index): Path<String>, body: Bytes) -> Response {
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let Some(ids) = request["ids"].as_array() else {
+        return EsError::new(
+            StatusCode::BAD_REQUEST,
+            "action_request_validation_exception",
+            "Validation Failed: 1: no documents to get;",
+        )
+        .into_response();
+    };
+    let store = lock(&shared.store);
+    let Some(stored) = store.indexes.get(&index) else {
+        return EsError::index_not_found(&index).into_response();
+    };
+    let docs: Vec<Value> = ids
+        .iter()
+        .map(|id| {
+            let id = id.as_str().map_or_else(|| id.to_string(), str::to_owned);
+            match stored.slots.get(&id) {
+                Some(Slot::Live {
+                    version, source, ..
+                }) => json!({
+                    "_index": index, "_id": id, "_version": version, "found": true,
+                    "_source": super::parse_source(source),
+                }),
+                _ => json!({ "_index": index, "_id": id, "found": false }),
+            }
+        })
+        .collect();
+    Json(json!({ "docs": docs })).into_response()
 }
 
 async fn refresh(State(shared): AppState, Path(index): Path<String>) -> Response {

@@ -90,6 +90,9 @@ struct Shared {
     bulk_requests: AtomicU64,
     /// The node's write threads, charging `options.write_cost`.
     writers: Writers,
+    /// Open points in time: by id, the index's live documents (id and
+    /// source) when it was opened.
+    pits: Mutex<std::collections::HashMap<String, Vec<(String, Box<str>)>>>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -121,6 +124,7 @@ impl FakeElasticsearch {
             requests: AtomicU64::new(0),
             bulk_requests: AtomicU64::new(0),
             writers: Writers::new(options.write_cost),
+            pits: Mutex::default(),
             shutdown: shutdown_rx.clone(),
             options,
         });

@@ -1,0 +1,182 @@
+//! Reading an index back (`verify`): every document through a point in
+//! time, page after page with `search_after` in `_shard_doc` order (a
+//! consistent view that writes meanwhile do not shift); documents by id
+//! through `_mget`, which reads in real time, refreshed or not.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use super::client::Client;
+use super::config::ElasticsearchConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::sink::http::path_segment;
+use crate::sink::read::{IndexReader, StoredDoc};
+
+/// Documents per page, and ids per `_mget`.
+const PAGE: usize = 1000;
+/// How long a point in time lives between two pages.
+const KEEP_ALIVE: &str = "5m";
+
+pub struct Reader {
+    client: Client,
+    index: String,
+    /// The point in time being read, once opened.
+    pit: Option<String>,
+    /// The sort values of the last document read.
+    after: Option<Box<RawValue>>,
+    done: bool,
+}
+
+#[derive(Deserialize)]
+struct Hit {
+    #[serde(rename = "_id")]
+    id: String,
+    #[serde(rename = "_source")]
+    source: Option<Box<RawValue>>,
+    #[serde(default)]
+    sort: Option<Box<RawValue>>,
+    #[serde(default = "found")]
+    found: bool,
+}
+
+fn found() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+struct Hits {
+    hits: Vec<Hit>,
+}
+
+#[derive(Deserialize)]
+struct SearchAnswer {
+    pit_id: Option<String>,
+    hits: Hits,
+}
+
+#[derive(Deserialize)]
+struct MgetAnswer {
+    docs: Vec<Hit>,
+}
+
+impl Reader {
+    pub fn new(config: &ElasticsearchConfig, index: &str) -> Result<Reader> {
+        Ok(Reader {
+            client: Client::new(config)?,
+            index: index.to_owned(),
+            pit: None,
+            after: None,
+            done: false,
+        })
+    }
+
+    fn unexpected(&self, what: &str, e: impl std::fmt::Display) -> Error {
+        Error::new(
+            ErrorKind::Sink,
+            format!(
+                "sink {}: unexpected answer to {what} of index {}: {e}",
+                self.client.name, self.index
+            ),
+        )
+    }
+
+    async fn close(&mut self) {
+        if let Some(pit) = self.pit.take() {
+            // A point in time left open expires by itself.
+            let _ = self
+                .client
+                .read(reqwest::Method::DELETE, "_pit", &json!({ "id": pit }))
+                .await;
+        }
+    }
+}
+
+fn stored(hit: Hit) -> Option<StoredDoc> {
+    let source = hit.source.filter(|_| hit.found)?;
+    Some(StoredDoc {
+        id: hit.id,
+        source: source.get().as_bytes().to_vec(),
+    })
+}
+
+#[async_trait::async_trait]
+impl IndexReader for Reader {
+    async fn page(&mut self) -> Result<Option<Vec<StoredDoc>>> {
+        if self.done {
+            return Ok(None);
+        }
+        let pit = match &self.pit {
+            Some(pit) => pit.clone(),
+            None => {
+                let path = format!("{}/_pit?keep_alive={KEEP_ALIVE}", path_segment(&self.index));
+                let Some(body) = self
+                    .client
+                    .read(reqwest::Method::POST, &path, &json!({}))
+                    .await?
+                else {
+                    // No such index: it holds nothing.
+                    self.done = true;
+                    return Ok(None);
+                };
+                let opened: Value = serde_json::from_slice(&body)
+                    .map_err(|e| self.unexpected("a point in time", e))?;
+                let id = opened["id"]
+                    .as_str()
+                    .ok_or_else(|| self.unexpected("a point in time", "no id"))?
+                    .to_owned();
+                self.pit = Some(id.clone());
+                id
+            }
+        };
+        let mut request = json!({
+            "size": PAGE,
+            "pit": { "id": pit, "keep_alive": KEEP_ALIVE },
+            "sort": [{ "_shard_doc": "asc" }],
+            "track_total_hits": false,
+        });
+        if let Some(after) = &self.after {
+            request["search_after"] = serde_json::from_str(after.get()).expect("JSON it sent");
+        }
+        let body = self
+            .client
+            .read(reqwest::Method::POST, "_search", &request)
+            .await?
+            .ok_or_else(|| self.unexpected("a search", "404"))?;
+        let answer: SearchAnswer =
+            serde_json::from_slice(&body).map_err(|e| self.unexpected("a search", e))?;
+        if let Some(id) = answer.pit_id {
+            self.pit = Some(id);
+        }
+        let Some(last) = answer.hits.hits.last() else {
+            self.done = true;
+            self.close().await;
+            return Ok(None);
+        };
+        self.after = last.sort.clone();
+        if self.after.is_none() {
+            return Err(self.unexpected("a search", "hits without sort values"));
+        }
+        Ok(Some(
+            answer.hits.hits.into_iter().filter_map(stored).collect(),
+        ))
+    }
+
+    async fn fetch(&mut self, ids: &[String]) -> Result<Vec<StoredDoc>> {
+        let mut found = Vec::new();
+        let path = format!("{}/_mget", path_segment(&self.index));
+        for batch in ids.chunks(PAGE) {
+            let Some(body) = self
+                .client
+                .read(reqwest::Method::POST, &path, &json!({ "ids": batch }))
+                .await?
+            else {
+                return Ok(found);
+            };
+            let answer: MgetAnswer =
+                serde_json::from_slice(&body).map_err(|e| self.unexpected("an _mget", e))?;
+            found.extend(answer.docs.into_iter().filter_map(stored));
+        }
+        Ok(found)
+    }
+}

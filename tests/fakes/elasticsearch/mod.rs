@@ -92,9 +92,13 @@ struct Shared {
     writers: Writers,
     /// Open points in time: by id, the index's live documents (id and
     /// source) when it was opened.
-    pits: Mutex<std::collections::HashMap<String, Vec<(String, Box<str>)>>>,
+    pits: Mutex<std::collections::HashMap<String, PointInTime>>,
     shutdown: watch::Receiver<bool>,
 }
+
+/// The live documents of an index when a point in time was opened: each id
+/// and its source, by id.
+type PointInTime = Vec<(String, Box<str>)>;
 
 impl Shared {
     fn faults(&self) -> Arc<Faults> {

@@ -286,7 +286,10 @@ async fn meilisearch() {
         "meili",
         || async { ms.documents("products") },
         with_string_id("id"),
-        None,
+        Some(&|| {
+            ms.insert_document("products", serde_json::json!({"id": "1", "name": "tampered"}));
+            ms.insert_document("products", serde_json::json!({"id": "999999", "name": "ghost"}));
+        }),
     )
     .await;
 }

@@ -112,6 +112,7 @@ pub async fn reader(
         SinkKind::Embedded { .. } => Ok(Box::new(embedded::read::Reader::open(data_dir, index)?)),
         SinkKind::Typesense(ts) => Ok(Box::new(typesense::read::Reader::new(ts, index)?)),
         SinkKind::Elasticsearch(es) => Ok(Box::new(elasticsearch::read::Reader::new(es, index)?)),
+        SinkKind::Meilisearch(ms) => Ok(Box::new(meilisearch::read::Reader::new(ms, index)?)),
         SinkKind::Null => Err(Error::new(
             ErrorKind::Config,
             format!(

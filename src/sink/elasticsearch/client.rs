@@ -100,46 +100,12 @@ impl Client {
         body: &serde_json::Value,
     ) -> Result<Option<Bytes>> {
         let body = serde_json::to_vec(body).expect("JSON values serialize");
-        let mut attempt = 0;
-        loop {
-            let request = self
-                .request(method.clone(), path)
+        let build = || {
+            self.request(method.clone(), path)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.clone());
-            let problem = match self.send(request).await {
-                Ok((status, body)) if status.is_success() => return Ok(Some(body)),
-                Ok((status, _)) if status.as_u16() == 404 => return Ok(None),
-                Ok((status, body)) => {
-                    return Err(crate::error::Error::new(
-                        crate::error::ErrorKind::Sink,
-                        format!(
-                            "sink {}: {path} answered {status}: {}",
-                            self.name,
-                            body_text(&body)
-                        ),
-                    ))
-                }
-                Err(SendError::Fatal(e)) => return Err(e),
-                Err(SendError::Refused(problem)) => {
-                    return Err(crate::error::Error::new(
-                        crate::error::ErrorKind::Sink,
-                        format!("sink {}: {path} was refused: {problem}", self.name),
-                    ))
-                }
-                Err(SendError::Retryable(problem)) => problem,
-            };
-            attempt += 1;
-            if attempt > self.config.max_retries {
-                return Err(crate::error::Error::new(
-                    crate::error::ErrorKind::Sink,
-                    format!(
-                        "sink {}: {path} failed {attempt} times: {problem}",
-                        self.name
-                    ),
-                ));
-            }
-            self.http.wait(attempt, &problem).await;
-        }
+                .body(body.clone())
+        };
+        self.http.read(path, &ANSWERS, build).await
     }
 
     /// Sends a request until `ok` holds for its answer, with backoff.

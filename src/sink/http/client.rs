@@ -276,11 +276,36 @@ impl HttpClient {
         build: impl Fn() -> reqwest::RequestBuilder,
         ok: impl Fn(StatusCode, &[u8]) -> bool,
     ) -> Result<()> {
+        self.answer_with_retries(what, answers, build, ok)
+            .await
+            .map(drop)
+    }
+
+    /// A request that reads (`verify`), sent again as `with_retries` does;
+    /// the answer's body, or `None` for a 404.
+    pub async fn read(
+        &self,
+        what: &str,
+        answers: &Answers,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<Option<Bytes>> {
+        let ok = |status: StatusCode, _: &[u8]| status.is_success() || status.as_u16() == 404;
+        let answer = self.answer_with_retries(what, answers, build, ok).await?;
+        Ok((answer.status.as_u16() != 404).then_some(answer.body))
+    }
+
+    async fn answer_with_retries(
+        &self,
+        what: &str,
+        answers: &Answers,
+        build: impl Fn() -> reqwest::RequestBuilder,
+        ok: impl Fn(StatusCode, &[u8]) -> bool,
+    ) -> Result<Answer> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let problem = match self.send(build(), answers).await {
-                Ok(answer) if ok(answer.status, &answer.body) => return Ok(()),
+                Ok(answer) if ok(answer.status, &answer.body) => return Ok(answer),
                 Ok(answer) => {
                     return Err(Error::new(
                         ErrorKind::Sink,

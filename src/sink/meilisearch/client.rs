@@ -210,6 +210,23 @@ impl Client {
         }
     }
 
+    /// `POST indexes/{index}/documents/fetch` with `body` (`verify`), sent
+    /// again after an answer a retry may fix; `None` for a missing index.
+    pub async fn fetch_documents(
+        &self,
+        index: &str,
+        body: &serde_json::Value,
+    ) -> Result<Option<Bytes>> {
+        let path = format!("indexes/{}/documents/fetch", path_segment(index));
+        let body = serde_json::to_vec(body).expect("JSON values serialize");
+        let build = || {
+            self.request(reqwest::Method::POST, &path)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone())
+        };
+        self.http.read(&path, &ANSWERS, build).await
+    }
+
     /// Counts, logs and sleeps before retry number `attempt`.
     pub async fn wait(&self, attempt: u32, problem: &str) {
         self.http.wait(attempt, problem).await;

@@ -40,6 +40,7 @@
 mod client;
 mod config;
 mod queue;
+pub mod read;
 mod request;
 mod tasks;
 

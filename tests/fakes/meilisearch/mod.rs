@@ -197,6 +197,18 @@ impl FakeMeilisearch {
             .unwrap_or_default()
     }
 
+    /// Stores a document of an existing index as if a task had written it
+    /// (its id is its `id` field).
+    pub fn insert_document(&self, index: &str, doc: Value) {
+        let Value::Object(doc) = doc else {
+            panic!("a document is an object")
+        };
+        let id = doc["id"].as_str().expect("a string id").to_owned();
+        let mut store = lock(&self.shared.store);
+        let stored = store.indexes.get_mut(index).expect("an existing index");
+        stored.docs.insert(id, doc);
+    }
+
     /// The primary key of `index`, if it exists and has one.
     pub fn primary_key(&self, index: &str) -> Option<String> {
         lock(&self.shared.store)

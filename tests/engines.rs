@@ -287,8 +287,14 @@ async fn meilisearch() {
         || async { ms.documents("products") },
         with_string_id("id"),
         Some(&|| {
-            ms.insert_document("products", serde_json::json!({"id": "1", "name": "tampered"}));
-            ms.insert_document("products", serde_json::json!({"id": "999999", "name": "ghost"}));
+            ms.insert_document(
+                "products",
+                serde_json::json!({"id": "1", "name": "tampered"}),
+            );
+            ms.insert_document(
+                "products",
+                serde_json::json!({"id": "999999", "name": "ghost"}),
+            );
         }),
     )
     .await;

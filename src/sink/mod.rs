@@ -113,16 +113,13 @@ pub async fn reader(
         SinkKind::Typesense(ts) => Ok(Box::new(typesense::read::Reader::new(ts, index)?)),
         SinkKind::Elasticsearch(es) => Ok(Box::new(elasticsearch::read::Reader::new(es, index)?)),
         SinkKind::Meilisearch(ms) => Ok(Box::new(meilisearch::read::Reader::new(ms, index)?)),
+        SinkKind::Turbopuffer(tp) => Ok(Box::new(turbopuffer::read::Reader::new(tp, index)?)),
         SinkKind::Null => Err(Error::new(
             ErrorKind::Config,
             format!(
                 "sink {} is a null sink: it keeps no documents to compare",
                 config.name
             ),
-        )),
-        _ => Err(Error::new(
-            ErrorKind::Config,
-            format!("sink {} cannot be read back yet", config.name),
         )),
     }
 }

@@ -168,6 +168,7 @@ impl FakeTurbopuffer {
         });
         let app = Router::new()
             .route("/v2/namespaces/{namespace}", post(write).delete(delete))
+            .route("/v2/namespaces/{namespace}/query", post(query))
             .route("/v1/namespaces", get(list_namespaces))
             // Turbopuffer takes write requests up to 256 MB (axum's default
             // would refuse them past 2 MB).
@@ -199,6 +200,19 @@ impl FakeTurbopuffer {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Stores a row of an existing namespace as if a write had (`id` in
+    /// decimal for integer ids).
+    pub fn insert_row(&self, namespace: &str, id: &str, attributes: Value) {
+        let Value::Object(attributes) = attributes else {
+            panic!("attributes are an object")
+        };
+        let mut namespaces = lock(&self.shared.namespaces);
+        let ns = namespaces
+            .get_mut(namespace)
+            .expect("an existing namespace");
+        ns.rows.insert(id.to_owned(), attributes);
     }
 
     /// The kind of ids a namespace holds, if it exists and has rows.
@@ -385,6 +399,84 @@ async fn delete(
             &format!("namespace '{namespace}' was not found"),
         ),
     }
+}
+
+/// `POST /v2/namespaces/:namespace/query` ranked by id (`["id", "asc"]`),
+/// optionally filtered by `["id", "Gt", …]` or `["id", "In", […]]`, with
+/// every attribute (`include_attributes: true`) and at most 1,200 rows.
+async fn query(
+    State(shared): State<Arc<Shared>>,
+    Path(namespace): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = format!("/v2/namespaces/{namespace}/query");
+    match common(&shared, Method::POST, path, &headers, &body).await {
+        Fault::Answer(response) => return response,
+        // A query changes nothing: its answer is lost all the same.
+        Fault::DropAfterApply => return dropped(),
+        Fault::None => {}
+    }
+    let bad = |message: &str| error(StatusCode::BAD_REQUEST, message);
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return bad("invalid JSON body");
+    };
+    if request["rank_by"] != json!(["id", "asc"]) {
+        return bad("this fake ranks only by [\"id\", \"asc\"]");
+    }
+    let Some(top_k) = request["top_k"].as_u64().filter(|k| (1..=1200).contains(k)) else {
+        return bad("top_k must be between 1 and 1200");
+    };
+    if request["include_attributes"] != json!(true) {
+        return bad("this fake returns rows only with include_attributes: true");
+    }
+    let namespaces = lock(&shared.namespaces);
+    let Some(ns) = namespaces.get(&namespace) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("namespace '{namespace}' was not found"),
+        );
+    };
+    let numeric = ns.kind == Some(IdKind::U64);
+    let key = |id: &str| -> (u64, String) {
+        match numeric {
+            true => (id.parse().unwrap_or(u64::MAX), String::new()),
+            false => (0, id.to_owned()),
+        }
+    };
+    let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    let filter = &request["filters"];
+    let mut rows: Vec<(&String, &Map<String, Value>)> = ns.rows.iter().collect();
+    match filter {
+        Value::Null => {}
+        Value::Array(f) if f.len() == 3 && f[0] == "id" && f[1] == "Gt" => {
+            let after = key(&text(&f[2]));
+            rows.retain(|(id, _)| key(id) > after);
+        }
+        Value::Array(f) if f.len() == 3 && f[0] == "id" && f[1] == "In" && f[2].is_array() => {
+            let wanted: std::collections::HashSet<String> =
+                f[2].as_array().unwrap().iter().map(text).collect();
+            rows.retain(|(id, _)| wanted.contains(*id));
+        }
+        _ => return bad("this fake filters only by id (Gt or In)"),
+    }
+    rows.sort_by_key(|(id, _)| key(id));
+    let rows: Vec<Value> = rows
+        .into_iter()
+        .take(top_k as usize)
+        .map(|(id, attributes)| {
+            let mut row = Map::new();
+            let id = match numeric {
+                true => json!(id.parse::<u64>().unwrap_or_default()),
+                false => json!(id),
+            };
+            row.insert("id".into(), id);
+            row.extend(attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
+            Value::Object(row)
+        })
+        .collect();
+    axum::Json(json!({ "rows": rows, "billing": { "billable_logical_bytes_queried": 0 } }))
+        .into_response()
 }
 
 async fn write(

@@ -61,7 +61,11 @@ impl Reader {
                 let id = match doc.get(key) {
                     Some(Value::String(id)) => id.clone(),
                     Some(Value::Number(n)) => n.to_string(),
-                    _ => return Err(unexpected(&format!("a document without its primary key {key}"))),
+                    _ => {
+                        return Err(unexpected(&format!(
+                            "a document without its primary key {key}"
+                        )))
+                    }
                 };
                 let source = serde_json::to_vec(&doc).expect("JSON values serialize");
                 Ok(StoredDoc { id, source })

@@ -186,7 +186,10 @@ pub fn encode(op: &WriteOp, primary_key: &str) -> Result<(Kind, Option<Vec<u8>>)
 pub fn with_primary_key(doc: &[u8], primary_key: &str, id: &str) -> Result<Vec<u8>, String> {
     let mut object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(doc)
         .map_err(|e| format!("the document is not a JSON object: {e}"))?;
-    object.insert(primary_key.to_owned(), serde_json::Value::String(id.to_owned()));
+    object.insert(
+        primary_key.to_owned(),
+        serde_json::Value::String(id.to_owned()),
+    );
     Ok(serde_json::to_vec(&object).expect("JSON values serialize"))
 }
 

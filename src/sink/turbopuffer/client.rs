@@ -90,6 +90,20 @@ impl Client {
             .await
     }
 
+    /// `POST /v2/namespaces/:namespace/query` with `body` (`verify`), sent
+    /// again after an answer a retry may fix; `None` for a missing namespace.
+    pub async fn query(&self, namespace: &str, body: &serde_json::Value) -> Result<Option<Bytes>> {
+        let body = serde_json::to_vec(body).expect("JSON values serialize");
+        let url = self.http.url(&format!("v2/namespaces/{namespace}/query"));
+        let build = || {
+            self.http
+                .request(reqwest::Method::POST, url.clone())
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone())
+        };
+        self.http.read("a query", &ANSWERS, build).await
+    }
+
     fn request(&self, method: reqwest::Method, namespace: &str) -> reqwest::RequestBuilder {
         // Namespaces are `[A-Za-z0-9-_.]`: safe in a path as they are.
         let url = self.http.url(&format!("v2/namespaces/{namespace}"));

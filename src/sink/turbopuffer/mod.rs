@@ -29,6 +29,7 @@
 
 mod client;
 mod config;
+pub mod read;
 pub mod request;
 
 use std::collections::{HashMap, HashSet};

@@ -160,15 +160,10 @@ impl Encoder {
             WriteAction::Delete => return Some(Ok((RowWrite::Delete, 0))),
             WriteAction::Truncate { .. } => return None,
         };
-        let mut row: Map<String, Value> = match serde_json::from_slice(doc) {
+        let row = match self.attributes(doc) {
             Ok(row) => row,
-            Err(e) => return Some(Err(format!("the document is not a JSON object: {e}"))),
+            Err(e) => return Some(Err(e)),
         };
-        if let Some(own_id) = row.remove("id") {
-            if !self.id_attribute.is_empty() {
-                row.insert(self.id_attribute.clone(), own_id);
-            }
-        }
         let size = doc.len() as u64;
         Some(Ok((
             if partial {
@@ -178,6 +173,29 @@ impl Encoder {
             },
             size,
         )))
+    }
+
+    /// A document's attributes: its fields, its own `id` moved to
+    /// `id_attribute`.
+    fn attributes(&self, doc: &[u8]) -> Result<Map<String, Value>, String> {
+        let mut row: Map<String, Value> = serde_json::from_slice(doc)
+            .map_err(|e| format!("the document is not a JSON object: {e}"))?;
+        if let Some(own_id) = row.remove("id") {
+            if !self.id_attribute.is_empty() {
+                row.insert(self.id_attribute.clone(), own_id);
+            }
+        }
+        Ok(row)
+    }
+
+    /// The row `doc` becomes with `id`, as a query returns it: `id`, then
+    /// the attributes; `None` when the API would refuse it.
+    pub fn row(&self, doc: &[u8], id: &str) -> Option<Vec<u8>> {
+        let id: Value = serde_json::from_str(&self.id_json(id).ok()?).ok()?;
+        let mut row = Map::new();
+        row.insert("id".to_owned(), id);
+        row.extend(self.attributes(doc).ok()?);
+        Some(serde_json::to_vec(&row).expect("JSON values serialize"))
     }
 
     /// The body of a write request for `entries`.

@@ -242,3 +242,28 @@ async fn a_verify_that_cannot_work_says_why() {
         "a log written to a file has no colour codes:\n{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tables_whose_documents_functions_make_are_skipped() {
+    let db = TestDb::new("verify_functions").await;
+    db.exec(ITEMS).await;
+    db.exec("CREATE TABLE notes (id int PRIMARY KEY, body text); ALTER TABLE notes REPLICA IDENTITY FULL")
+        .await;
+    db.exec(&insert(1, 10)).await;
+    let tables = "[[tables]]\nname = \"public.items\"\n\n[[tables]]\nname = \"public.notes\"\nfilter = \"all\"\n\n\
+                  [functions.all]\nkind = \"filter\"\ncode = 'function filter(action, record) return true end'\n\n\
+                  [api]\nlisten = \"127.0.0.1:0\"\n";
+    let config = db.config(tables, "");
+    let mut sluice = Sluice::run_config(&config);
+    caught_up(&db, &mut sluice, 10).await;
+    let (code, out, err) = verify(&config, &[]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("public.items -> index items: 10 rows, 10 documents"),
+        "{out}"
+    );
+    assert!(out.contains("public.notes: not verified"), "{out}");
+    let (code, _, err) = verify(&config, &["--table", "public.notes"]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("made by its functions"), "{err}");
+}

@@ -213,5 +213,11 @@ pub fn summary(view: &Value) -> String {
             ));
         }
     }
+    for table in view["skipped"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  {}: not verified (its documents are made by functions, which run only in the pipeline)\n",
+            text(table)
+        ));
+    }
     out
 }

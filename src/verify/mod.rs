@@ -162,6 +162,10 @@ pub struct View {
     pub phase: String,
     pub repair: bool,
     pub tables: Vec<TableReport>,
+    /// Streamed tables not compared: their documents are made by functions,
+    /// which run only in the pipeline.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Milliseconds since the Unix epoch.
@@ -260,17 +264,21 @@ impl Verifier {
             .map_err(|e| BackfillError::Database(e.to_string()))?;
         let mut work = Vec::with_capacity(tables.len());
         let default = TransformConfig::default();
+        let mut skipped = Vec::new();
         for table in tables {
             if plan
                 .functions
                 .as_ref()
                 .is_some_and(|f| f.tables.contains_key(table))
             {
-                return Err(BackfillError::Invalid(format!(
-                    "the documents of table {table} are made by its functions (filter, route or \
-                     transform), which run only in the pipeline: verify the other tables one by one \
-                     (--table)"
-                )));
+                if request.table.is_some() {
+                    return Err(BackfillError::Invalid(format!(
+                        "the documents of table {table} are made by its functions (filter, route \
+                         or transform), which run only in the pipeline: it cannot be verified"
+                    )));
+                }
+                skipped.push(table.clone());
+                continue;
             }
             let route = &plan.routes[table];
             let name = TableName::parse(table).map_err(BackfillError::Invalid)?;
@@ -326,6 +334,7 @@ impl Verifier {
                         done: false,
                     })
                     .collect(),
+                skipped,
                 reason: None,
                 started_at_ms: now_ms(),
                 finished_at_ms: None,

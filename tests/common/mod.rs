@@ -382,6 +382,10 @@ impl Sluice {
         let _ = self.child.wait();
     }
 
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -111,6 +111,28 @@ SPOOL = [
     frame(1, 3000, 0, u8(0), [op(2999, b"items", b"public.items", b"", u8(2) + le64(4)), op(2999, b"shared", b"public.items", b"", u8(3) + le64(5))]),
 ]
 
+MEILISEARCH = [
+    u8(0) + b'{"taskUid":12,"indexUid":"items","status":"enqueued","type":"documentAdditionOrUpdate","enqueuedAt":"2024-05-01T10:00:00Z"}',
+    u8(1) + b'{"uid":12,"status":"failed","error":{"message":"bad","code":"invalid_document_fields","type":"invalid_request","link":"https://docs"}}',
+    u8(1) + b'{"uid":13,"status":"succeeded"}',
+    u8(2) + b'{"message":"Index `items` not found.","code":"index_not_found","type":"invalid_request","link":"x"}',
+    u8(3) + b'{"results":[{"id":"1","name":"a"},{"id":2,"price":1.5}],"offset":0,"limit":20,"total":2}',
+]
+
+TURBOPUFFER = [
+    b'{"status":"error","error":"namespace not found"}',
+    b'{"rows":[{"id":1,"name":"a","$dist":0.5},{"id":"b","tags":["x"]}],"billing":{}}',
+]
+
+VERIFY = [
+    u8(0) + b'{"pit_id":"p2","hits":{"hits":[{"_id":"1","_source":{"a":1},"sort":[0]},{"_id":"2","_source":{"b":"x"},"sort":[1]}]}}',
+    u8(0) + b'{"pit_id":"p2","hits":{"hits":[]}}',
+    u8(1) + b'{"docs":[{"_index":"i","_id":"1","found":true,"_source":{"a":1}},{"_index":"i","_id":"2","found":false}]}',
+    u8(2) + b'{"id":"7","name":"item","price":1.25}',
+    u8(3) + b'{"n":-1.50e+3,"t":"2024-05-01 10:00:00.123+02:30","o":{"b":[1,2.0],"a":null}}',
+    u8(3) + b'-0.000120e-7',
+]
+
 CORPORA = {
     "pgoutput": PGOUTPUT,
     "replication_stream": REPLICATION,
@@ -120,6 +142,9 @@ CORPORA = {
     "elasticsearch_bulk": ES,
     "typesense_import": TYPESENSE,
     "spool_frame": SPOOL,
+    "meilisearch_response": MEILISEARCH,
+    "turbopuffer_response": TURBOPUFFER,
+    "verify_read": VERIFY,
 }
 
 for target, seeds in CORPORA.items():

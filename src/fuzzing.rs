@@ -25,6 +25,9 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("elasticsearch_bulk", elasticsearch_bulk),
     ("typesense_import", typesense_import),
     ("spool_frame", spool_frame),
+    ("meilisearch_response", meilisearch_response),
+    ("turbopuffer_response", turbopuffer_response),
+    ("verify_read", verify_read),
 ];
 
 /// One pgoutput message, as the replication stream's XLogData carries it.
@@ -164,4 +167,101 @@ pub fn spool_frame(data: &[u8]) {
         .expect("a frame written from a read one reads back");
     assert_eq!(read_again.items.ops.len(), batch.items.ops.len());
     assert_eq!(read_again.upto, batch.upto);
+}
+
+/// A Meilisearch answer; the first byte says to what: a write (its task
+/// summary), a task lookup (classified once finished, for every kind of
+/// request), an error answer (classified for every kind), a documents fetch.
+pub fn meilisearch_response(data: &[u8]) {
+    use crate::sink::meilisearch::request::Kind;
+    use crate::sink::meilisearch::tasks::{self, ApiError, Summary, Task};
+    let Some((&first, body)) = data.split_first() else {
+        return;
+    };
+    let kinds = [
+        Kind::Replace,
+        Kind::Update,
+        Kind::Delete,
+        Kind::Clear,
+        Kind::ClearTable,
+    ];
+    match first % 4 {
+        0 => {
+            let _ = serde_json::from_slice::<Summary>(body);
+        }
+        1 => {
+            if let Ok(task) = serde_json::from_slice::<Task>(body) {
+                if task.status.is_finished() {
+                    for kind in kinds {
+                        let _ = tasks::classify(kind, task.status, task.error.as_ref());
+                    }
+                }
+            }
+        }
+        2 => {
+            if let Ok(error) = serde_json::from_slice::<ApiError>(body) {
+                for kind in kinds {
+                    let _ = tasks::classify_error(kind, &error);
+                }
+            }
+        }
+        _ => {
+            if let Ok(docs) = crate::sink::meilisearch::read::parse_page(body, "id") {
+                for doc in docs {
+                    let _ = crate::verify::hash::content_hash(&doc.source);
+                }
+            }
+        }
+    }
+}
+
+/// A Turbopuffer answer: an error body, and the rows of a query.
+pub fn turbopuffer_response(data: &[u8]) {
+    let _ = crate::sink::turbopuffer::client::error_text(data);
+    if let Ok(rows) = crate::sink::turbopuffer::read::parse_rows(data) {
+        for row in rows {
+            if let Some(doc) = crate::sink::turbopuffer::read::stored(row) {
+                let _ = crate::verify::hash::content_hash(&doc.source);
+            }
+        }
+    }
+}
+
+/// What `verify` reads from outside: the first byte says which; an
+/// Elasticsearch search in a point in time or `_mget`, a Typesense export
+/// line, or a document whose content hash is taken. A number written the
+/// one way `verify` writes numbers stays so written again.
+pub fn verify_read(data: &[u8]) {
+    use crate::verify::hash;
+    let Some((&first, body)) = data.split_first() else {
+        return;
+    };
+    match first % 4 {
+        0 => {
+            if let Ok(page) = crate::sink::elasticsearch::read::parse_search(body) {
+                assert!(
+                    page.docs.is_empty() || page.last_sort.is_some(),
+                    "documents come with where they end"
+                );
+            }
+        }
+        1 => {
+            let _ = crate::sink::elasticsearch::read::parse_mget(body);
+        }
+        2 => {
+            let _ = crate::sink::read::line_document(body);
+        }
+        _ => {
+            let _ = hash::content_hash(body);
+            if let Ok(text) = std::str::from_utf8(body) {
+                let _ = hash::timestamp_nanos(text);
+                let once = hash::normal_number(text);
+                assert_eq!(
+                    hash::normal_number(&once),
+                    once,
+                    "written one way, it stays so"
+                );
+            }
+        }
+    }
 }

@@ -78,30 +78,32 @@ impl JsonLines {
                 let line = self.pending.split_to(end + 1);
                 let line = line[..end].trim_ascii();
                 if !line.is_empty() {
-                    page.push(self.document(line)?);
+                    let doc = line_document(line).map_err(|e| {
+                        Error::new(
+                            ErrorKind::Sink,
+                            format!(
+                                "{} holds a line that is not a document with a string id: {e}",
+                                self.what
+                            ),
+                        )
+                    })?;
+                    page.push(doc);
                 }
             }
         }
         Ok((!page.is_empty()).then_some(page))
     }
+}
 
-    fn document(&self, line: &[u8]) -> Result<StoredDoc> {
-        #[derive(serde::Deserialize)]
-        struct Id {
-            id: String,
-        }
-        let Id { id } = serde_json::from_slice(line).map_err(|e| {
-            Error::new(
-                ErrorKind::Sink,
-                format!(
-                    "{} holds a line that is not a document with a string id: {e}",
-                    self.what
-                ),
-            )
-        })?;
-        Ok(StoredDoc {
-            id,
-            source: line.to_vec(),
-        })
+/// One line of JSON lines as a document, its id from its `id` member.
+pub(crate) fn line_document(line: &[u8]) -> std::result::Result<StoredDoc, String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: String,
     }
+    let Id { id } = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+    Ok(StoredDoc {
+        id,
+        source: line.to_vec(),
+    })
 }

@@ -71,7 +71,10 @@ pub fn normal_number(text: &str) -> String {
     if kept.is_empty() {
         return "0".to_owned();
     }
-    let exponent = exponent - fraction.len() as i64 + (significant.len() - kept.len()) as i64;
+    let shift = (significant.len() - kept.len()) as i64 - fraction.len() as i64;
+    let Some(exponent) = exponent.checked_add(shift) else {
+        return text.to_owned();
+    };
     format!("{}{kept}e{exponent}", if negative { "-" } else { "" })
 }
 
@@ -80,7 +83,10 @@ pub fn normal_number(text: &str) -> String {
 /// offset; without one, UTC), as Postgres and the engines write them.
 pub fn timestamp_nanos(text: &str) -> Option<i128> {
     let b = text.as_bytes();
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+    if b.len() < 19 || !b[..19].is_ascii() {
+        return None;
+    }
+    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
         return None;
     }
     if b[13] != b':' || b[16] != b':' {
@@ -228,5 +234,14 @@ mod tests {
         assert_eq!(timestamp_nanos("2024-05-01"), None);
         assert_eq!(timestamp_nanos("a tall shoe, size 2024-05-01"), None);
         assert_eq!(timestamp_nanos("2024-05-01T10:00:00 and more"), None);
+        assert_eq!(timestamp_nanos("2024-05-01T10:00:0é"), None);
+        assert_eq!(
+            normal_number("1e9223372036854775807"),
+            "1e9223372036854775807"
+        );
+        assert_eq!(
+            normal_number("10e9223372036854775807"),
+            "10e9223372036854775807"
+        );
     }
 }

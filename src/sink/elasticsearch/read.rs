@@ -92,6 +92,35 @@ impl Reader {
     }
 }
 
+/// A page of a search in a point in time: its point in time's id (it may
+/// change), its documents, and the sort values of its last hit (`None`
+/// without hits).
+pub(crate) struct SearchPage {
+    pub pit: Option<String>,
+    pub docs: Vec<StoredDoc>,
+    pub last_sort: Option<Box<RawValue>>,
+}
+
+/// Reads the answer to a search in a point in time.
+pub(crate) fn parse_search(body: &[u8]) -> std::result::Result<SearchPage, String> {
+    let answer: SearchAnswer = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let last_sort = match answer.hits.hits.last() {
+        None => None,
+        Some(last) => Some(last.sort.clone().ok_or("hits without sort values")?),
+    };
+    Ok(SearchPage {
+        pit: answer.pit_id,
+        docs: answer.hits.hits.into_iter().filter_map(stored).collect(),
+        last_sort,
+    })
+}
+
+/// Reads the answer to an `_mget`: the documents found.
+pub(crate) fn parse_mget(body: &[u8]) -> std::result::Result<Vec<StoredDoc>, String> {
+    let answer: MgetAnswer = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    Ok(answer.docs.into_iter().filter_map(stored).collect())
+}
+
 fn stored(hit: Hit) -> Option<StoredDoc> {
     let source = hit.source.filter(|_| hit.found)?;
     Some(StoredDoc {
@@ -143,23 +172,17 @@ impl IndexReader for Reader {
             .read(reqwest::Method::POST, "_search", &request)
             .await?
             .ok_or_else(|| self.unexpected("a search", "404"))?;
-        let answer: SearchAnswer =
-            serde_json::from_slice(&body).map_err(|e| self.unexpected("a search", e))?;
-        if let Some(id) = answer.pit_id {
+        let page = parse_search(&body).map_err(|e| self.unexpected("a search", e))?;
+        if let Some(id) = page.pit {
             self.pit = Some(id);
         }
-        let Some(last) = answer.hits.hits.last() else {
+        if page.last_sort.is_none() {
             self.done = true;
             self.close().await;
             return Ok(None);
-        };
-        self.after = last.sort.clone();
-        if self.after.is_none() {
-            return Err(self.unexpected("a search", "hits without sort values"));
         }
-        Ok(Some(
-            answer.hits.hits.into_iter().filter_map(stored).collect(),
-        ))
+        self.after = page.last_sort;
+        Ok(Some(page.docs))
     }
 
     async fn fetch(&mut self, ids: &[String]) -> Result<Vec<StoredDoc>> {
@@ -173,9 +196,7 @@ impl IndexReader for Reader {
             else {
                 return Ok(found);
             };
-            let answer: MgetAnswer =
-                serde_json::from_slice(&body).map_err(|e| self.unexpected("an _mget", e))?;
-            found.extend(answer.docs.into_iter().filter_map(stored));
+            found.extend(parse_mget(&body).map_err(|e| self.unexpected("an _mget", e))?);
         }
         Ok(found)
     }

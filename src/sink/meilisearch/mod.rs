@@ -41,8 +41,8 @@ mod client;
 mod config;
 mod queue;
 pub mod read;
-mod request;
-mod tasks;
+pub(crate) mod request;
+pub(crate) mod tasks;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;

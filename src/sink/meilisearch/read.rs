@@ -75,6 +75,27 @@ impl Reader {
     }
 }
 
+/// Reads a page of `documents/fetch`, each document's id from its
+/// `primary_key` field.
+pub(crate) fn parse_page(
+    body: &[u8],
+    primary_key: &str,
+) -> std::result::Result<Vec<StoredDoc>, String> {
+    let page: Page = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    page.results
+        .into_iter()
+        .map(|doc| {
+            let id = match doc.get(primary_key) {
+                Some(Value::String(id)) => id.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => return Err(format!("a document without its primary key {primary_key}")),
+            };
+            let source = serde_json::to_vec(&doc).expect("JSON values serialize");
+            Ok(StoredDoc { id, source })
+        })
+        .collect()
+}
+
 #[async_trait::async_trait]
 impl IndexReader for Reader {
     async fn page(&mut self) -> Result<Option<Vec<StoredDoc>>> {

@@ -153,7 +153,7 @@ impl Client {
 
 /// The `error` of an API error body (`{"status":"error","error":"…"}`), or
 /// the start of the body.
-fn error_text(body: &[u8]) -> String {
+pub(crate) fn error_text(body: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct ErrorBody {
         error: String,

@@ -27,7 +27,7 @@
 //!   writes to a document with a parked write are parked behind it; with
 //!   `max_parked` writes parked, the sink pauses.
 
-mod client;
+pub(crate) mod client;
 mod config;
 pub mod read;
 pub mod request;

@@ -58,7 +58,7 @@ impl Reader {
         let Some(answer) = self.client.query(&self.namespace, &body).await? else {
             return Ok(None);
         };
-        let rows: Rows = serde_json::from_slice(&answer).map_err(|e| {
+        parse_rows(&answer).map(Some).map_err(|e| {
             Error::new(
                 ErrorKind::Sink,
                 format!(
@@ -66,14 +66,19 @@ impl Reader {
                     self.client.name, self.namespace
                 ),
             )
-        })?;
-        Ok(Some(rows.rows))
+        })
     }
+}
+
+/// Reads the rows of a query's answer.
+pub(crate) fn parse_rows(body: &[u8]) -> std::result::Result<Vec<Map<String, Value>>, String> {
+    let rows: Rows = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    Ok(rows.rows)
 }
 
 /// A row as a document: its id as text, and the row without what the
 /// query adds (`$dist`, …).
-fn stored(mut row: Map<String, Value>) -> Option<StoredDoc> {
+pub(crate) fn stored(mut row: Map<String, Value>) -> Option<StoredDoc> {
     let id = match row.get("id")? {
         Value::String(id) => id.clone(),
         other => other.to_string(),

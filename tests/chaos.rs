@@ -367,15 +367,16 @@ schema = {{ fields = [{{ name = ".*", type = "auto" }}] }}
                 },
                 Err(_) => u64::MAX,
             };
-            if let Some(state) = self.api_state().await {
-                let (committed, backfilling) = state;
+            let state = self.api_state().await;
+            if let Some((committed, backfilling)) = state {
                 if committed >= target && !backfilling {
                     return;
                 }
             }
             assert!(
                 Instant::now() < deadline,
-                "sluice did not catch up; faults:\n{}\nlog:\n{}",
+                "sluice did not catch up: the least committed position and a backfill running {state:?}, \
+                 the source at {target}; faults:\n{}\nlog:\n{}",
                 self.log.join("\n"),
                 tail(&self.sluice.as_ref().unwrap().log_text(), 60)
             );
@@ -463,12 +464,15 @@ impl Drop for Unmount {
     }
 }
 
-async fn run(cycles: usize, fault_time: Duration, connections: usize) {
+/// `cycles` of faults held about `fault_time` each, `connections` writers
+/// changing about `rate` rows a second, and a backfill started in a cycle
+/// with `backfills` odds.
+async fn run(cycles: usize, fault_time: Duration, connections: usize, backfills: f64, rate: f64) {
     let seed = seed();
     let mut chaos = Chaos::new(seed).await;
     let _unmount = Unmount(chaos.disk.clone());
     let url = chaos.db.url.clone();
-    let writes = workload::Workload::start(&url, seed, connections, true);
+    let writes = workload::Workload::start(&url, seed, connections, true, rate);
     let started = Instant::now();
     for cycle in 1..=cycles {
         chaos.note(format!("cycle {cycle} of {cycles}"));
@@ -479,7 +483,7 @@ async fn run(cycles: usize, fault_time: Duration, connections: usize) {
         for &fault in &faults {
             chaos.begin(fault).await;
         }
-        if chaos.rng.random_bool(0.3) {
+        if chaos.rng.random_bool(backfills) {
             chaos.backfill().await;
         }
         let hold = fault_time.mul_f64(chaos.rng.random_range(0.5..1.5));
@@ -552,15 +556,20 @@ async fn run(cycles: usize, fault_time: Duration, connections: usize) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn indexes_equal_the_table_after_a_few_cycles_of_faults() {
-    run(4, Duration::from_secs(3), 2).await;
+    run(4, Duration::from_secs(3), 2, 0.5, 3000.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "long: SLUICE_CHAOS_CYCLES=50 cargo test --release --test chaos -- --ignored --nocapture"]
+// SLUICE_CHAOS_RATE sets the rows changed a second (3,000 by default).
 async fn indexes_equal_the_table_after_many_cycles_of_faults() {
     let cycles = std::env::var("SLUICE_CHAOS_CYCLES")
         .ok()
         .and_then(|c| c.parse().ok())
         .unwrap_or(50);
-    run(cycles, Duration::from_secs(8), 3).await;
+    let rate = std::env::var("SLUICE_CHAOS_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3000.0);
+    run(cycles, Duration::from_secs(8), 3, 1.0, rate).await;
 }

@@ -36,8 +36,9 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// `connections` writers on `url`; truncates only when `truncate`.
-    pub fn start(url: &str, seed: u64, connections: usize, truncate: bool) -> Workload {
+    /// `connections` writers on `url`, about `rate` changed rows a second
+    /// between them; truncates only when `truncate`.
+    pub fn start(url: &str, seed: u64, connections: usize, truncate: bool, rate: f64) -> Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let changes = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
@@ -54,6 +55,7 @@ impl Workload {
                     // One connection truncates, the others do not.
                     truncate: truncate && n == 0,
                     truncated: std::time::Instant::now(),
+                    rate: rate / connections as f64,
                 };
                 tokio::spawn(writer.run())
             })
@@ -85,6 +87,8 @@ struct Writer {
     truncate: bool,
     /// When this writer last truncated: at most one a while.
     truncated: std::time::Instant,
+    /// Rows a second this writer changes, about.
+    rate: f64,
 }
 
 /// The least time between two truncates.
@@ -92,6 +96,8 @@ const TRUNCATE_EVERY: Duration = Duration::from_secs(8);
 
 impl Writer {
     async fn run(mut self) {
+        let started = std::time::Instant::now();
+        let mut written = 0u64;
         while !self.stop.load(Ordering::Relaxed) {
             let Ok((client, connection)) =
                 tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await
@@ -101,6 +107,11 @@ impl Writer {
             };
             tokio::spawn(connection);
             while !self.stop.load(Ordering::Relaxed) && !client.is_closed() {
+                // Ahead of the pace: wait for it.
+                let due = Duration::from_secs_f64(written as f64 / self.rate);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
                 let sql = self.transaction();
                 match client.simple_query(&sql).await {
                     Ok(messages) => {
@@ -112,8 +123,10 @@ impl Writer {
                             })
                             .sum();
                         self.changes.fetch_add(rows, Ordering::Relaxed);
+                        written += rows.max(1);
                     }
                     Err(_) => {
+                        written += 1;
                         self.failed.fetch_add(1, Ordering::Relaxed);
                         let _ = client.simple_query("ROLLBACK").await;
                     }

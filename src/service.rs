@@ -97,12 +97,30 @@ async fn run_once(
     plan.watermark_prefix = window::prefix(&plan.slot, &deployment).into();
     // A stop request during setup (slot creation waits for running
     // transactions) ends it cleanly too.
-    let (tables, outcome) = tokio::select! {
-        prepared = prepare(config) => prepared?,
-        _ = shutdown.as_mut() => {
-            tracing::info!("stopped before streaming started");
-            return Ok(Arc::new(plan));
+    // A database that does not answer yet (down, restarting, the network
+    // cut) is waited for, as the pipeline waits for it once streaming.
+    let mut pause = Duration::from_millis(500);
+    let (tables, outcome) = loop {
+        tokio::select! {
+            prepared = prepare(config) => match prepared {
+                Err(e) if e.kind() == ErrorKind::Connection => {
+                    tracing::warn!(retry_in_ms = pause.as_millis() as u64, "the source database does not answer: {e}");
+                }
+                prepared => break prepared?,
+            },
+            _ = shutdown.as_mut() => {
+                tracing::info!("stopped before streaming started");
+                return Ok(Arc::new(plan));
+            }
         }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.as_mut() => {
+                tracing::info!("stopped before streaming started");
+                return Ok(Arc::new(plan));
+            }
+        }
+        pause = (pause * 2).min(Duration::from_secs(10));
     };
     plan.resolve_keys(&tables);
     let oids: BTreeMap<String, u32> = tables

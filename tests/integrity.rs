@@ -753,3 +753,48 @@ async fn memory_stays_bounded_through_large_transactions_of_updates_and_deletes(
     eprintln!("peak anonymous memory: {} MB", peak / 1024);
     assert!(sluice.stop().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sluice_started_while_postgres_does_not_answer_waits_for_it() {
+    let db = TestDb::new("late").await;
+    db.exec(ITEMS).await;
+    // A port nothing listens on yet, where Postgres will answer later.
+    let port = {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        free.local_addr().unwrap().port()
+    };
+    let real = cluster().port();
+    let config = db.config("[[tables]]\nname = \"items\"", "");
+    let late = db.url.replace(&format!(":{real}/"), &format!(":{port}/"));
+    assert_ne!(late, db.url);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&db.url, &late);
+    std::fs::write(&config, text).unwrap();
+    let mut sluice = Sluice::run_config(&config);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    sluice.assert_running();
+    let log = sluice.log_text();
+    assert!(log.contains("the source database does not answer"), "{log}");
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", real)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    db.wait_streaming(&mut sluice).await;
+    db.exec("INSERT INTO items VALUES (1, 'late', 1)").await;
+    let data = db.data_dir();
+    let arrived = wait_until(Duration::from_secs(30), || async {
+        documents(&data, "items", "id").contains_key("1")
+    })
+    .await;
+    assert!(arrived, "log:\n{}", sluice.log_text());
+}

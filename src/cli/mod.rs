@@ -298,7 +298,13 @@ pub async fn run(args: SourceArgs) -> Result<(), Error> {
 
 pub async fn check(args: SourceArgs) -> Result<(), Error> {
     let config = args.config()?;
-    let mut problems = crate::config::check::check(&config).await?;
+    // A database that does not answer is not ready (exit 3).
+    let mut problems = crate::config::check::check(&config)
+        .await
+        .map_err(|e| match e.kind() {
+            ErrorKind::Connection => e.as_kind(ErrorKind::Setup),
+            _ => e,
+        })?;
     crate::config::check::check_sinks(&config, &mut problems).await;
     if problems.is_empty() {
         println!(

@@ -61,15 +61,9 @@ impl Checked {
 /// returns every problem found (empty when ready).
 pub async fn check(config: &Config) -> Result<Checked> {
     let plan = config.pipeline_plan()?;
-    // A database that does not answer at start is not ready (exit 3).
-    let client = plan
-        .conninfo
-        .connect_sql()
-        .await
-        .map_err(|e| match e.kind() {
-            ErrorKind::Connection => e.as_kind(ErrorKind::Setup),
-            _ => e,
-        })?;
+    // A database that does not answer is a `Connection` error: `sluice run`
+    // waits it out, `sluice check` reports it as not ready (exit 3).
+    let client = plan.conninfo.connect_sql().await?;
     let tables: Vec<_> = config
         .tables
         .iter()
@@ -89,6 +83,7 @@ pub async fn check(config: &Config) -> Result<Checked> {
     // The replication connection itself (pg_hba.conf `replication` lines, TLS).
     match ReplicationConnection::connect(&plan.conninfo).await {
         Ok(conn) => conn.close().await,
+        Err(e) if e.kind() == ErrorKind::Connection => return Err(e),
         Err(e) => problems.push(catalog::Problem {
             what: format!("cannot open a replication connection: {}", e.message()),
             fix: e

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{cluster, run_to_end, TestDb};
 use sluice::local_pg::{
     LocalPostgres, LocalPostgresOptions, MD5_USER, NO_REPLICATION_USER, SCRAM_USER, TEST_PASSWORD,
@@ -94,7 +96,7 @@ async fn check_names_a_missing_replication_privilege() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_database_that_refuses_the_connection_exits_3_and_a_refused_login_exits_2() {
+async fn a_database_that_refuses_the_connection_is_waited_for_and_a_refused_login_exits_2() {
     let db = TestDb::new("refused").await;
     db.exec("CREATE TABLE fine (id int PRIMARY KEY)").await;
     // Nothing listens on port 1.
@@ -102,22 +104,38 @@ async fn a_database_that_refuses_the_connection_exits_3_and_a_refused_login_exit
     let wrong = cluster().url_as(SCRAM_USER, Some("wrong"), &db.name) + "?sslmode=disable";
     let data_dir = db.data_dir();
     let data_dir = data_dir.to_str().unwrap();
+    let args = |command: &'static str, url: &str| {
+        let mut args = vec![command, "--database-url", url, "--table", "fine"];
+        if command == "run" {
+            args.extend(["--data-dir", data_dir]);
+        }
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let run = |command: &'static str, url: &str| {
+        let args = args(command, url);
+        run_to_end(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    // `check`: not ready.
+    let (code, out, err) = run("check", nowhere);
+    assert_eq!(code, 3, "check: {out}{err}");
+    assert!(err.contains("cannot connect"), "{err}");
+    // `run`: waits for the database, saying so, until stopped.
+    let args = args("run", nowhere);
+    let log = db.dir.path().join("nowhere.log");
+    let mut sluice =
+        common::Sluice::start(&args.iter().map(String::as_str).collect::<Vec<_>>(), &log);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sluice.assert_running();
+    let text = sluice.log_text();
+    assert!(
+        text.contains("the source database does not answer"),
+        "{text}"
+    );
+    assert!(text.contains("cannot connect"), "{text}");
+    assert!(sluice.stop().success());
+    // A refused login does not get better by waiting: both exit 2.
     for command in ["check", "run"] {
-        let args = |url: &str| {
-            let mut args = vec![command, "--database-url", url, "--table", "fine"];
-            if command == "run" {
-                args.extend(["--data-dir", data_dir]);
-            }
-            args.into_iter().map(str::to_owned).collect::<Vec<_>>()
-        };
-        let run = |url: &str| {
-            let args = args(url);
-            run_to_end(&args.iter().map(String::as_str).collect::<Vec<_>>())
-        };
-        let (code, out, err) = run(nowhere);
-        assert_eq!(code, 3, "{command}: {out}{err}");
-        assert!(err.contains("cannot connect"), "{err}");
-        let (code, out, err) = run(&wrong);
+        let (code, out, err) = run(command, &wrong);
         assert_eq!(code, 2, "{command}: {out}{err}");
         assert!(err.contains("28P01") || err.contains("password"), "{err}");
     }

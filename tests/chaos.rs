@@ -37,17 +37,7 @@ use serde_json::Value;
 use sluice::local_pg::LocalPostgres;
 
 fn seed() -> u64 {
-    let seed = std::env::var("SLUICE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    println!("chaos seed {seed} (replay with SLUICE_SEED={seed})");
-    seed
+    common::seed("chaos")
 }
 
 #[derive(Debug, Clone, Copy)]

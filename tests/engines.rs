@@ -12,17 +12,7 @@ use common::{wait_until, Sluice, TestDb};
 use serde_json::Value;
 
 fn seed() -> u64 {
-    let seed = std::env::var("SLUICE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    println!("fault seed {seed} (replay with SLUICE_SEED={seed})");
-    seed
+    common::seed("fault")
 }
 
 /// Settings every engine's sink gets in these tests: quick retries, small batches.

@@ -508,17 +508,12 @@ fn exact_rows(
     let separator = &state.plan.key_separator;
     let mut keys = Vec::with_capacity(ids.len());
     for id in ids {
-        let values: Vec<String> = if let [_] = key.as_slice() {
-            vec![id.clone()]
-        } else {
-            id.split(separator.as_str()).map(str::to_owned).collect()
-        };
-        if values.len() != key.len() {
+        let Some(values) = crate::pipeline::router::key_values(id, key.len(), separator) else {
             return Err(invalid(format!(
                 "the document id {id:?} of table {table} does not split into its key ({}): backfill the row instead",
                 key.join(", ")
             )));
-        }
+        };
         keys.push(values);
     }
     Ok(crate::backfill::ExactRows {

@@ -79,6 +79,18 @@ pub fn document_id(tuple: &Tuple, columns: &[usize], separator: &str) -> Option<
     Some(id)
 }
 
+/// The key values a document id was made of (`document_id` undone): the id
+/// itself for a one-column key, else its parts between `separator`s;
+/// `None` when they are not one per key column.
+pub fn key_values(id: &str, columns: usize, separator: &str) -> Option<Vec<String>> {
+    let values: Vec<String> = if columns == 1 {
+        vec![id.to_owned()]
+    } else {
+        id.split(separator).map(str::to_owned).collect()
+    };
+    (values.len() == columns).then_some(values)
+}
+
 impl Actor for Router {
     type Msg = RouterMsg;
     type State = RouterState;

@@ -584,13 +584,7 @@ impl Compare<'_> {
 
     /// The content hashes of the documents the rows of `ids` make now.
     async fn rows(&self, reader: &dyn IndexReader, ids: &[String]) -> Result<HashMap<String, u64>> {
-        let keys: Vec<Vec<String>> = self
-            .table
-            .side
-            .keys_of(ids)
-            .into_iter()
-            .map(|(_, k)| k)
-            .collect();
+        let keys = self.table.side.keys_of(ids);
         let mut rows = HashMap::new();
         if keys.is_empty() {
             return Ok(rows);
@@ -712,10 +706,9 @@ impl Compare<'_> {
             ids.len(),
             work.name
         ));
-        let keyed = work.side.keys_of(&ids);
         let rows = ExactRows {
             columns: work.side.key_names(),
-            keys: keyed.iter().map(|(_, k)| k.clone()).collect(),
+            keys: work.side.keys_of(&ids),
             done: 0,
         };
         let backfill = self

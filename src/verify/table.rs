@@ -11,7 +11,7 @@ use crate::backfill::BackfillError;
 use crate::error::Result;
 use crate::model::ident::{quote_ident, TableName};
 use crate::pipeline::document::{DocShape, TransformConfig};
-use crate::pipeline::router::{document_id, TableRoute};
+use crate::pipeline::router::{document_id, key_values, TableRoute};
 use crate::postgres::pgoutput::Tuple;
 
 /// How one table's rows become documents.
@@ -63,19 +63,10 @@ impl TableSide {
     }
 
     /// The key values of each of `ids` that can be a row's (one value per
-    /// key column), with the id.
-    pub fn keys_of<'a>(&self, ids: &'a [String]) -> Vec<(&'a String, Vec<String>)> {
+    /// key column).
+    pub fn keys_of(&self, ids: &[String]) -> Vec<Vec<String>> {
         ids.iter()
-            .filter_map(|id| {
-                let values: Vec<String> = if self.key_columns.len() == 1 {
-                    vec![id.clone()]
-                } else {
-                    id.split(self.separator.as_str())
-                        .map(str::to_owned)
-                        .collect()
-                };
-                (values.len() == self.key_columns.len()).then_some((id, values))
-            })
+            .filter_map(|id| key_values(id, self.key_columns.len(), &self.separator))
             .collect()
     }
 

@@ -434,3 +434,19 @@ pub fn run_to_end(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The seed of a randomized test: `SLUICE_SEED`, else the clock; printed
+/// with `what` it draws, so a failing run can be replayed.
+pub fn seed(what: &str) -> u64 {
+    let seed = std::env::var("SLUICE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("{what} seed {seed} (replay with SLUICE_SEED={seed})");
+    seed
+}

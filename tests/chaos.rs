@@ -247,6 +247,16 @@ schema = {{ fields = [{{ name = ".*", type = "auto" }}] }}
                 self.start_sluice();
             }
             Fault::StopSluice => {
+                // A SIGTERM before sluice set its handler up (it may have been
+                // started a moment ago) ends it as any process; wait for its
+                // first log lines.
+                let started = Instant::now();
+                while self.sluice.as_ref().unwrap().log_text().is_empty()
+                    && started.elapsed() < Duration::from_secs(10)
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 let sluice = self.sluice.take().unwrap();
                 let log = sluice.log_path().to_owned();
                 let status = tokio::task::spawn_blocking(move || sluice.stop())

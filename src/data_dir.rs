@@ -10,6 +10,34 @@ use crate::error::{Error, ErrorKind, Result};
 /// The lock file's name in the data directory.
 const LOCK_FILE: &str = "sluice.lock";
 
+/// Creates the data directory when missing.
+pub fn create(data_dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(data_dir).map_err(|e| {
+        unusable(
+            format!("cannot create data directory {}", data_dir.display()),
+            e,
+        )
+    })
+}
+
+/// An error using the data directory. One that no retry fixes (no
+/// permission, a read-only file system, a file where a directory should be
+/// or on the way to it)
+/// is the operator's to fix: a configuration error, which stops sluice. The
+/// others (a full disk) are I/O errors, waited out.
+pub fn unusable(context: impl std::fmt::Display, e: std::io::Error) -> Error {
+    use std::io::ErrorKind as Io;
+    match e.kind() {
+        Io::PermissionDenied
+        | Io::ReadOnlyFilesystem
+        | Io::NotADirectory
+        | Io::IsADirectory
+        | Io::AlreadyExists => Error::new(ErrorKind::Config, format!("{context}: {e}"))
+            .hint("give sluice a data directory it can write (pipeline.data_dir, or --data-dir)"),
+        _ => Error::io(context, e),
+    }
+}
+
 /// Held while a process streams into a data directory: two writers would
 /// fight over its indexes, spools and positions. The operating system
 /// releases the lock when the process ends, however it ends.
@@ -29,7 +57,7 @@ impl DataDirLock {
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+            .map_err(|e| unusable(format!("cannot open {}", path.display()), e))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -123,7 +151,7 @@ pub fn deployment_id(data_dir: &Path) -> Result<String> {
         Ok(text) if is_deployment_id(text.trim()) => return Ok(text.trim().to_owned()),
         Ok(_) => {
             return Err(Error::new(
-                ErrorKind::Io,
+                ErrorKind::Config,
                 format!("{} does not hold a deployment id", path.display()),
             )
             .hint("restore the file, or delete it (a backfill that runs gets a new id and reads its current chunks again)"))

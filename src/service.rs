@@ -32,12 +32,7 @@ pub async fn prepare(
     let plan = config.pipeline_plan()?;
     let client = plan.conninfo.connect_sql().await?;
     catalog::ensure_publication(&client, &plan.publication, &config.table_names()).await?;
-    std::fs::create_dir_all(&plan.data_dir).map_err(|e| {
-        Error::io(
-            format!("cannot create data directory {}", plan.data_dir.display()),
-            e,
-        )
-    })?;
+    data_dir::create(&plan.data_dir)?;
     let streamed_before = !Store::open(&plan.data_dir)?.known_sinks()?.is_empty();
     let outcome = pipeline::slot::ensure(
         &client,
@@ -54,20 +49,47 @@ pub async fn prepare(
 /// Runs the pipeline until `shutdown` resolves, then drains it. A streamed
 /// table dropped and created again sets the pipeline up again (its old
 /// documents removed, the new table backfilled), without a manual step.
+///
+/// A failure while setting up that a restart may fix (the data directory's
+/// disk full, the server refusing a request, an engine down) is waited out
+/// with a growing pause, up to `pipeline.max_restart_backoff_ms`, as the
+/// supervisor does once streaming: sluice is not left stopped by a fault
+/// that passes. Failures no retry fixes (configuration, database setup)
+/// end it.
 pub async fn run(
     config: &Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<Arc<PipelinePlan>> {
     tokio::pin!(shutdown);
+    let max_pause = Duration::from_millis(config.pipeline.max_restart_backoff_ms);
+    let mut pause = FIRST_SETUP_PAUSE.min(max_pause);
     loop {
         match run_once(config, &mut shutdown).await {
             Err(e) if e.kind() == ErrorKind::TableRecreated => {
                 tracing::warn!("{e}: setting the pipeline up again");
             }
+            Err(e) if e.kind().is_retryable() => {
+                tracing::error!(
+                    kind = ?e.kind(),
+                    retry_in_ms = pause.as_millis() as u64,
+                    "cannot start streaming: {e}"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.as_mut() => {
+                        tracing::info!("stopped before streaming started");
+                        return Ok(Arc::new(config.pipeline_plan()?));
+                    }
+                }
+                pause = (pause * 2).min(max_pause);
+            }
             done => return done,
         }
     }
 }
+
+/// The first pause before setting the pipeline up again after a failure.
+const FIRST_SETUP_PAUSE: Duration = Duration::from_millis(500);
 
 /// Aborts a background task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -82,15 +104,7 @@ async fn run_once(
     config: &Config,
     shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> Result<Arc<PipelinePlan>> {
-    std::fs::create_dir_all(&config.pipeline.data_dir).map_err(|e| {
-        Error::io(
-            format!(
-                "cannot create data directory {}",
-                config.pipeline.data_dir.display()
-            ),
-            e,
-        )
-    })?;
+    data_dir::create(&config.pipeline.data_dir)?;
     let _lock = data_dir::DataDirLock::acquire(&config.pipeline.data_dir)?;
     let mut plan = config.pipeline_plan()?;
     let deployment = data_dir::deployment_id(&plan.data_dir)?;
@@ -145,19 +159,37 @@ async fn run_once(
     // Served before the sinks are emptied: a sink paused by its parked
     // writes can be seen and retried meanwhile.
     let api = api::serve(&config.api, &plan.data_dir, state).await?;
+    let streamed = stream(config, &plan, backfills, outcome, &oids, shutdown).await;
+    // Stopped and its address free before a retry serves it again.
+    if let Some(api) = api {
+        api.stop().await;
+    }
+    streamed.map(|()| plan)
+}
+
+/// Empties what must be emptied, then streams until a stop request, a
+/// recreated table or a failure no restart fixes.
+async fn stream(
+    config: &Config,
+    plan: &Arc<PipelinePlan>,
+    backfills: Arc<backfill::Manager>,
+    outcome: SlotOutcome,
+    oids: &BTreeMap<String, u32>,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Result<()> {
     let resync = match outcome {
         SlotOutcome::Resync(at) => {
             let all: Vec<String> = oids.keys().cloned().collect();
             for sink in &config.sinks {
-                let emptied = || pipeline::empty_tables(&plan, sink, &all, at, at);
+                let emptied = || pipeline::empty_tables(plan, sink, &all, at, at);
                 if !retrying(emptied, shutdown).await? {
-                    return Ok(plan);
+                    return Ok(());
                 }
             }
             true
         }
         SlotOutcome::Ready => {
-            let recreated = backfills.recreated_tables(&oids)?;
+            let recreated = backfills.recreated_tables(oids)?;
             if !recreated.is_empty() {
                 // Above every position a sink holds, so no sink takes the
                 // truncate for one it already applied; the sinks' positions
@@ -166,9 +198,9 @@ async fn run_once(
                 for (sink, tables) in recreated {
                     if let Some(sink) = config.sinks.iter().find(|s| s.name == sink) {
                         let zero = crate::lsn::Lsn::ZERO;
-                        let emptied = || pipeline::empty_tables(&plan, sink, &tables, now, zero);
+                        let emptied = || pipeline::empty_tables(plan, sink, &tables, now, zero);
                         if !retrying(emptied, shutdown).await? {
-                            return Ok(plan);
+                            return Ok(());
                         }
                     }
                 }
@@ -176,7 +208,7 @@ async fn run_once(
             false
         }
     };
-    backfills.set_up_sinks(config.backfill.initial, &oids, resync)?;
+    backfills.set_up_sinks(config.backfill.initial, oids, resync)?;
     let _wal_watch = AbortOnDrop(tokio::spawn(pipeline::slot::watch_retained_wal(
         plan.conninfo.clone(),
         plan.slot.clone(),
@@ -216,12 +248,9 @@ async fn run_once(
         fatal = &mut done_rx => fatal.ok().flatten(),
     };
     let _ = handle.await;
-    if let Some(api) = api {
-        api.stop().await;
-    }
     match fatal {
         Some(e) => Err(e),
-        None => Ok(plan),
+        None => Ok(()),
     }
 }
 

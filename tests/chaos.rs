@@ -23,11 +23,12 @@ mod proxy;
 #[path = "chaos/workload.rs"]
 mod workload;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::disk::SmallDisk;
 use common::{Sluice, TestDb};
 use fakes::{elasticsearch, typesense};
 use proxy::{Mode, Proxy};
@@ -74,7 +75,7 @@ struct Chaos {
     ts: typesense::FakeTypesense,
     ts_proxy: Proxy,
     /// The data directory's own small file system, when one could be mounted.
-    disk: Option<PathBuf>,
+    disk: Option<SmallDisk>,
     log: Vec<String>,
     started: Instant,
 }
@@ -107,7 +108,10 @@ impl Chaos {
         })
         .await;
         let ts_proxy = Proxy::start(ts.url().trim_start_matches("http://").parse().unwrap()).await;
-        let disk = mount_small_disk(&db.data_dir());
+        let disk = SmallDisk::mount(&db.data_dir(), DISK_BYTES);
+        if disk.is_none() {
+            println!("disk full: not injected (mounting a tmpfs needs root)");
+        }
         let url = db.url.replace(
             &format!(":{}/", cluster.port()),
             &format!(":{}/", pg.addr.port()),
@@ -305,10 +309,7 @@ schema = {{ fields = [{{ name = ".*", type = "auto" }}] }}
                     _ => self.ts.update_faults(|f| f.delay = delay),
                 }
             }
-            Fault::DiskFull => {
-                let disk = self.disk.clone().unwrap();
-                fill(&disk.join("ballast"));
-            }
+            Fault::DiskFull => self.disk.as_ref().unwrap().fill(),
         }
     }
 
@@ -321,9 +322,7 @@ schema = {{ fields = [{{ name = ".*", type = "auto" }}] }}
             Fault::Refusing(_, _) | Fault::Stalled(_) => {
                 self.ts.update_faults(|f| *f = Default::default())
             }
-            Fault::DiskFull => {
-                let _ = std::fs::remove_file(self.disk.as_ref().unwrap().join("ballast"));
-            }
+            Fault::DiskFull => self.disk.as_ref().unwrap().free(),
             _ => return,
         }
         self.note(format!("ended: {fault:?}"));
@@ -421,56 +420,12 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Mounts a small tmpfs on `data_dir`, so that the disk can be filled;
-/// `None` where mounting is not allowed (not root).
-fn mount_small_disk(data_dir: &Path) -> Option<PathBuf> {
-    std::fs::create_dir_all(data_dir).ok()?;
-    let status = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={DISK_BYTES}")])
-        .arg("tmpfs")
-        .arg(data_dir)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .ok()?;
-    if !status.success() {
-        println!("disk full: not injected (mounting a tmpfs needs root)");
-        return None;
-    }
-    Some(data_dir.to_owned())
-}
-
-/// Writes `path` until the disk is full.
-fn fill(path: &Path) {
-    use std::io::Write;
-    let Ok(mut file) = std::fs::File::create(path) else {
-        return;
-    };
-    let block = vec![0u8; 1 << 20];
-    while file.write_all(&block).is_ok() {}
-    let _ = file.flush();
-}
-
-/// Unmounts the data directory's tmpfs when the run ends.
-struct Unmount(Option<PathBuf>);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        if let Some(dir) = &self.0 {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(dir)
-                .status();
-        }
-    }
-}
-
 /// `cycles` of faults held about `fault_time` each, `connections` writers
 /// changing about `rate` rows a second, and a backfill started in a cycle
 /// with `backfills` odds.
 async fn run(cycles: usize, fault_time: Duration, connections: usize, backfills: f64, rate: f64) {
     let seed = seed();
     let mut chaos = Chaos::new(seed).await;
-    let _unmount = Unmount(chaos.disk.clone());
     let url = chaos.db.url.clone();
     let writes = workload::Workload::start(&url, seed, connections, true, rate);
     let started = Instant::now();

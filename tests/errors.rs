@@ -212,3 +212,25 @@ async fn a_column_renamed_while_streaming_stops_sluice_instead_of_indexing_it() 
         "{docs:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_directory_that_cannot_be_one_stops_sluice_with_code_2() {
+    let db = TestDb::new("datadirfile").await;
+    db.exec("CREATE TABLE items (id int PRIMARY KEY, name text)")
+        .await;
+    let config = db.config("[[tables]]\nname = \"items\"", "");
+    for data_dir in [db.data_dir(), db.data_dir().join("below")] {
+        // A file where the directory, or one on the way to it, should be.
+        std::fs::write(db.data_dir(), "not a directory").unwrap();
+        let text = std::fs::read_to_string(&config).unwrap();
+        let text = text.replace(
+            &format!("{:?}", db.data_dir().display().to_string()),
+            &format!("{:?}", data_dir.display().to_string()),
+        );
+        let moved = config.with_file_name("moved.toml");
+        std::fs::write(&moved, text).unwrap();
+        let (code, _, err) = run_to_end(&["run", "--config", moved.to_str().unwrap()]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("pipeline.data_dir"), "{err}");
+    }
+}

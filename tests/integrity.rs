@@ -798,3 +798,40 @@ async fn sluice_started_while_postgres_does_not_answer_waits_for_it() {
     .await;
     assert!(arrived, "log:\n{}", sluice.log_text());
 }
+
+/// A start on a full disk (the data directory cannot be written) is waited
+/// out: sluice says why it cannot stream, and streams once there is room.
+#[tokio::test]
+async fn sluice_started_on_a_full_disk_streams_once_there_is_room() {
+    let db = TestDb::new("full_disk").await;
+    db.exec(ITEMS).await;
+    db.exec("INSERT INTO items VALUES (1, 'before', 1)").await;
+    let Some(disk) = disk::SmallDisk::mount(&db.data_dir(), 8 << 20) else {
+        println!("left out: mounting a tmpfs needs root");
+        return;
+    };
+    let config = db.config("[[tables]]\nname = \"items\"", "");
+    disk.fill();
+    let mut sluice = Sluice::run_config(&config);
+    let refused = wait_until(Duration::from_secs(20), || async {
+        sluice.log_text().contains("cannot start streaming")
+    })
+    .await;
+    let log = sluice.log_text();
+    assert!(refused, "{log}");
+    assert!(log.contains("No space left on device"), "{log}");
+    sluice.assert_running();
+
+    disk.free();
+    db.wait_streaming(&mut sluice).await;
+    db.exec("INSERT INTO items VALUES (2, 'after', 2)").await;
+    let data = db.data_dir();
+    let arrived = wait_until(Duration::from_secs(30), || async {
+        let docs = documents(&data, "items", "id");
+        docs.contains_key("1") && docs.contains_key("2")
+    })
+    .await;
+    assert!(arrived, "log:\n{}", sluice.log_text());
+    assert!(sluice.stop().success());
+    drop(disk);
+}

@@ -64,6 +64,7 @@ enum Fault {
 
 /// Everything a run holds.
 struct Chaos {
+    seed: u64,
     rng: StdRng,
     cluster: Arc<LocalPostgres>,
     db: TestDb,
@@ -159,6 +160,7 @@ schema = {{ fields = [{{ name = ".*", type = "auto" }}] }}
         let config = db.dir.path().join("chaos.toml");
         std::fs::write(&config, text).unwrap();
         let mut chaos = Chaos {
+            seed,
             rng: StdRng::seed_from_u64(seed),
             cluster,
             db,
@@ -418,6 +420,35 @@ fn parse_lsn(text: &str) -> Option<u64> {
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Drop for Chaos {
+    /// A failed run keeps every log sluice wrote (one a start, oldest
+    /// first), with the faults, where the run's temporary directory does
+    /// not take them away.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let kept = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("chaos-{}.log", self.seed));
+        let mut logs: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(self.db.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| entry.file_name().to_string_lossy().contains(".log."))
+            .filter_map(|entry| Some((entry.metadata().ok()?.modified().ok()?, entry.path())))
+            .collect();
+        logs.sort();
+        let mut text = format!("faults:\n{}\n", self.log.join("\n"));
+        for (_, log) in logs {
+            text += &format!("\n==== {} ====\n", log.display());
+            text += &std::fs::read_to_string(&log).unwrap_or_default();
+        }
+        if std::fs::write(&kept, text).is_ok() {
+            eprintln!("sluice's logs of this run: {}", kept.display());
+        }
+    }
 }
 
 /// `cycles` of faults held about `fault_time` each, `connections` writers

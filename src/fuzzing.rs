@@ -129,9 +129,8 @@ pub fn elasticsearch_bulk(data: &[u8]) {
         return;
     };
     let actions: Vec<BulkAction> = (0..usize::from(first % 8))
-        .map(|i| match i % 3 {
+        .map(|i| match i % 2 {
             0 => BulkAction::Index,
-            1 => BulkAction::Update,
             _ => BulkAction::Delete,
         })
         .collect();

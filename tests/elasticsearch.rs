@@ -722,3 +722,127 @@ async fn requests_grow_while_a_cluster_that_charges_per_request_works() {
     );
     assert!(sluice.stop().success());
 }
+
+/// A truncate read again after a crash (another sink held the slot back) is
+/// not applied a second time: the documents written after it would go, and
+/// their replays, versioned no higher than the deletes' tombstones, would be
+/// refused as stale.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_truncate_read_again_after_a_crash_keeps_the_rows_written_after_it() {
+    let es = FakeElasticsearch::start(FakeOptions::default()).await;
+    let held = FakeElasticsearch::start(FakeOptions {
+        faults: Faults {
+            dead: true,
+            ..Faults::default()
+        },
+        ..FakeOptions::default()
+    })
+    .await;
+    let db = TestDb::new("es_truncate_replay").await;
+    db.exec(PRODUCTS).await;
+    let sinks = format!(
+        "{}\n{}",
+        sink(&es.url(), ""),
+        sink(&held.url(), "").replace("name = \"search\"", "name = \"held\"")
+    );
+    let config = db.config_with_sinks("[[tables]]\nname = \"products\"", "shards = 3", &sinks);
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    db.exec(
+        "INSERT INTO products (id, name) SELECT i, 'old ' || i FROM generate_series(1, 1000) i",
+    )
+    .await;
+    // A reload: emptied and filled in one transaction, then changed.
+    db.exec(
+        "BEGIN; TRUNCATE products; \
+         INSERT INTO products (id, name) SELECT i, 'new ' || i FROM generate_series(1, 600) i; COMMIT",
+    )
+    .await;
+    db.exec("UPDATE products SET name = 'changed' WHERE id % 5 = 0")
+        .await;
+    db.exec("INSERT INTO products (id, name) VALUES (5000, 'after')")
+        .await;
+    assert_engine_equals_table(&db, &es, "products", "products").await;
+    let truncated_at = db.current_wal_lsn().await;
+    assert!(db.confirmed_flush().await < truncated_at);
+
+    // The slot still holds the truncate: it is read again at the restart.
+    sluice.kill();
+    held.update_faults(|f| f.dead = false);
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    assert_engine_equals_table(&db, &held, "products", "products").await;
+    assert_engine_equals_table(&db, &es, "products", "products").await;
+    // Later truncates still apply.
+    db.exec("TRUNCATE products").await;
+    db.exec("INSERT INTO products (id, name) VALUES (7, 'seven')")
+        .await;
+    assert_engine_equals_table(&db, &es, "products", "products").await;
+    assert!(sluice.stop().success());
+}
+
+/// A row updated without its TOASTed column: the partial document is merged
+/// into the stored one and written whole, with its version, so a copy the
+/// cluster applies late (a request that timed out, or one of a process
+/// killed meanwhile) cannot bring back a document deleted since.
+#[tokio::test(flavor = "multi_thread")]
+async fn partial_documents_are_merged_and_written_with_their_version() {
+    let es = FakeElasticsearch::start(FakeOptions::default()).await;
+    let db = TestDb::new("es_partial").await;
+    db.exec(PRODUCTS).await;
+    let config = db.config_with_sinks(
+        "[[tables]]\nname = \"products\"",
+        "shards = 3",
+        &sink(&es.url(), ""),
+    );
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    db.exec(
+        "INSERT INTO products (id, name, body) SELECT i, 'p' || i, repeat(md5(i::text), 400) FROM generate_series(1, 30) i",
+    )
+    .await;
+    assert_engine_equals_table(&db, &es, "products", "products").await;
+    // The body is 'unchanged' in the WAL: only the name arrives.
+    db.exec("UPDATE products SET name = 'renamed ' || id WHERE id <= 10")
+        .await;
+    assert_engine_equals_table(&db, &es, "products", "products").await;
+
+    let mut late = None;
+    for request in es.requests().iter().filter(|r| r.path.ends_with("_bulk")) {
+        let text = String::from_utf8_lossy(&request.body).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        for pair in lines.windows(2) {
+            let action: Value = serde_json::from_str(pair[0]).unwrap();
+            assert!(action.get("update").is_none(), "unversioned: {action}");
+            let Some(meta) = action.get("index").or(action.get("delete")) else {
+                continue;
+            };
+            assert_eq!(meta["version_type"], "external_gte", "{action}");
+            if meta["_id"] == "3" && pair[1].contains("renamed 3") {
+                late = Some(format!("{}\n{}\n", pair[0], pair[1]));
+            }
+        }
+    }
+    let late = late.expect("the merged document of row 3 was written whole");
+    assert!(
+        es.requests().iter().any(|r| r.path.ends_with("_mget")),
+        "the stored documents are read to merge into"
+    );
+
+    // The row goes; then the merged write arrives once more, late.
+    db.exec("DELETE FROM products WHERE id = 3").await;
+    assert_engine_equals_table(&db, &es, "products", "products").await;
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{}/_bulk", es.url()))
+        .header("content-type", "application/x-ndjson")
+        .body(late)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["items"][0]["index"]["status"], 409, "{answer}");
+    assert_engine_equals_table(&db, &es, "products", "products").await;
+    assert!(sluice.stop().success());
+}

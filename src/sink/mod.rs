@@ -9,6 +9,7 @@ pub mod null;
 pub mod read;
 pub mod retry;
 pub mod settings;
+pub mod truncates;
 pub mod turbopuffer;
 pub mod typesense;
 

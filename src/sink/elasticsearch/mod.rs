@@ -1,7 +1,9 @@
 //! The Elasticsearch / OpenSearch sink: `_bulk` NDJSON with external versions,
 //! per-item outcomes, retries of only what failed, and parking of what keeps
 //! failing. Up to `concurrency` bulk requests are in flight; versions make
-//! their order irrelevant, except for partial updates, which are sent alone.
+//! their order irrelevant. Every write is versioned: a partial document
+//! (unchanged TOAST columns) is merged into the stored one, read in real
+//! time once the writes before it are in, and written whole.
 
 mod client;
 mod config;
@@ -19,24 +21,29 @@ use tokio::task::JoinHandle;
 pub use crate::sink::http::DEFAULT_BATCH_MAX_DOCS;
 use client::{Client, Job, Parked, Pending};
 pub use config::{ElasticsearchConfig, IndexDefinition};
-use request::BulkAction;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::lsn::Lsn;
 use crate::model::write::{WriteAction, WriteOp};
 use crate::sink::failed::{FailedMessage, FailedStore};
 use crate::sink::http::path_segment;
+use crate::sink::truncates::TruncateRecord;
 
 pub struct ElasticsearchSink {
     client: Arc<Client>,
     body: Vec<u8>,
     pending: Vec<Pending>,
-    /// The documents `pending` writes (by `doc_hash`), and whether one of
-    /// their writes is a partial update.
+    /// The documents `pending` and `partials` write (by `doc_hash`), and
+    /// whether one of their writes is partial.
     pending_docs: HashMap<u64, bool>,
+    /// Partial documents to merge into the stored ones at the next flush.
+    partials: Vec<WriteOp>,
     in_flight: VecDeque<JoinHandle<Result<Vec<Parked>>>>,
     created: HashSet<Arc<str>>,
     failed: FailedStore,
+    /// Truncates applied: a restart neither applies one again nor replays
+    /// what it erased (see `truncates`).
+    truncates: TruncateRecord,
 }
 
 impl Drop for ElasticsearchSink {
@@ -56,9 +63,11 @@ impl ElasticsearchSink {
             body: Vec::new(),
             pending: Vec::new(),
             pending_docs: HashMap::new(),
+            partials: Vec::new(),
             in_flight: VecDeque::new(),
             created: HashSet::new(),
             failed: FailedStore::new(data_dir, &config.name),
+            truncates: TruncateRecord::open(data_dir, &config.name)?,
         })
     }
 
@@ -160,6 +169,9 @@ impl ElasticsearchSink {
 
     /// Hands what is buffered to a bulk request.
     async fn flush(&mut self) -> Result<()> {
+        if !self.partials.is_empty() {
+            self.merge_partials().await?;
+        }
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -168,19 +180,82 @@ impl ElasticsearchSink {
             body: Bytes::from(std::mem::take(&mut self.body)),
             items: std::mem::take(&mut self.pending),
         };
-        if job.items.iter().any(|p| p.action == BulkAction::Update) {
-            // Unversioned: everything before must be written, and nothing after
-            // may overtake it.
-            self.drain().await?;
-            let parked = self.client.clone().deliver(job).await?;
-            return self.park(parked);
-        }
         while self.in_flight.len() >= self.config().concurrency {
             self.join_oldest().await?;
         }
         self.in_flight
             .push_back(tokio::spawn(self.client.clone().deliver(job)));
         Ok(())
+    }
+
+    /// Merges the partial documents into the stored ones and buffers them
+    /// as whole, versioned writes. The writes before them are in flight or
+    /// done (a partial document never shares a request with another write
+    /// of its document): once they are all in, the stored documents are
+    /// read in real time.
+    async fn merge_partials(&mut self) -> Result<()> {
+        self.drain().await?;
+        let partials = std::mem::take(&mut self.partials);
+        let mut stored: HashMap<(Arc<str>, String), Vec<u8>> = HashMap::new();
+        let mut by_index: HashMap<Arc<str>, Vec<serde_json::Value>> = HashMap::new();
+        for op in &partials {
+            let mut wanted = serde_json::json!({ "_id": op.id });
+            if let Some(routing) = &op.routing {
+                wanted["routing"] = serde_json::Value::from(&**routing);
+            }
+            by_index.entry(op.index.clone()).or_default().push(wanted);
+        }
+        for (index, docs) in by_index {
+            let path = format!("{}/_mget", path_segment(&index));
+            let body = serde_json::json!({ "docs": docs });
+            let Some(answer) = self
+                .client
+                .read(reqwest::Method::POST, &path, &body)
+                .await?
+            else {
+                continue;
+            };
+            let found = read::parse_mget(&answer).map_err(|e| {
+                Error::new(
+                    ErrorKind::Sink,
+                    format!(
+                        "sink {}: unexpected answer to an _mget of index {index}: {e}",
+                        self.client.name
+                    ),
+                )
+            })?;
+            for doc in found {
+                stored.insert((index.clone(), doc.id), doc.source);
+            }
+        }
+        for mut op in partials {
+            if let WriteAction::Upsert { doc, partial, .. } = &mut op.action {
+                let key = (op.index.clone(), std::mem::take(&mut op.id));
+                *doc = request::merge(stored.get(&key).map(Vec::as_slice), doc);
+                *partial = false;
+                op.id = key.1;
+            }
+            self.buffer(&op);
+        }
+        Ok(())
+    }
+
+    /// Appends `op` to the request being built.
+    fn buffer(&mut self, op: &WriteOp) {
+        let start = self.body.len();
+        if let Some(action) = request::encode(op, &mut self.body) {
+            self.pending.push(Pending {
+                range: start..self.body.len(),
+                action,
+                index: op.index.clone(),
+                table: op.table.clone(),
+                id: op.id.clone(),
+                routing: op.routing.clone(),
+                lsn: op.lsn,
+                attempts: 0,
+                last_error: String::new(),
+            });
+        }
     }
 
     /// Waits for every bulk request in flight.
@@ -248,11 +323,16 @@ impl super::Sink for ElasticsearchSink {
 
     async fn write(&mut self, ops: &[WriteOp]) -> Result<()> {
         for op in ops {
+            if self.truncates.erased(op) {
+                continue;
+            }
             if let WriteAction::Truncate { scoped, .. } = op.action {
                 self.flush().await?;
                 self.drain().await?;
                 self.truncate(&op.index, scoped.then_some(&*op.table))
                     .await?;
+                // Versioned writes after it must not meet it a second time.
+                self.truncates.applied(op)?;
                 continue;
             }
             if self
@@ -262,11 +342,9 @@ impl super::Sink for ElasticsearchSink {
                 continue;
             }
             self.ensure_index(&op.index).await?;
-            // A partial update is unversioned and bumps the document's
-            // version: it never shares a request with another write of its
-            // document. A retry inside the request would put the two out of
-            // order, and the versioned one, sent again after the update,
-            // would be refused as stale.
+            // A partial document is merged into what the index holds once
+            // the writes before it are in: it never shares a request with
+            // another write of its document.
             let partial = matches!(op.action, WriteAction::Upsert { partial: true, .. });
             let doc = crate::model::write::doc_hash(&op.index, &op.id);
             if self
@@ -277,21 +355,12 @@ impl super::Sink for ElasticsearchSink {
                 self.flush().await?;
             }
             *self.pending_docs.entry(doc).or_default() |= partial;
-            let start = self.body.len();
-            if let Some(action) = request::encode(op, &mut self.body) {
-                self.pending.push(Pending {
-                    range: start..self.body.len(),
-                    action,
-                    index: op.index.clone(),
-                    table: op.table.clone(),
-                    id: op.id.clone(),
-                    routing: op.routing.clone(),
-                    lsn: op.lsn,
-                    attempts: 0,
-                    last_error: String::new(),
-                });
+            if partial {
+                self.partials.push(op.clone());
+            } else {
+                self.buffer(op);
             }
-            if self.pending.len() >= self.config().batch_max_docs
+            if self.pending.len() + self.partials.len() >= self.config().batch_max_docs
                 || self.body.len() as u64 >= self.config().batch_max_bytes
             {
                 self.flush().await?;

@@ -11,8 +11,6 @@ use crate::postgres::types::write_json_string;
 pub enum BulkAction {
     /// `index` with an external version.
     Index,
-    /// `update` of a partial document (unchanged TOAST columns left out).
-    Update,
     /// `delete` with an external version.
     Delete,
 }
@@ -21,7 +19,6 @@ impl BulkAction {
     pub fn name(self) -> &'static str {
         match self {
             BulkAction::Index => "index",
-            BulkAction::Update => "update",
             BulkAction::Delete => "delete",
         }
     }
@@ -30,21 +27,16 @@ impl BulkAction {
 /// Appends the bulk lines of `op` to `body`; returns the action, or `None`
 /// for operations that are not bulk items (truncates).
 ///
-/// Writes carry the commit LSN as an `external_gte` version: Elasticsearch
-/// keeps the newest, a stale write answers 409, and several changes of one
-/// transaction (same LSN) apply in order. Partial documents become `update`s
-/// (`doc_as_upsert`), which Elasticsearch cannot version externally; their
-/// order comes from the writer sending them in order.
+/// Every write carries the commit LSN as an `external_gte` version:
+/// Elasticsearch keeps the newest, a stale write answers 409, several
+/// changes of one transaction (same LSN) apply in order, and a request the
+/// cluster applies late (after a timeout, or from a process that was
+/// killed) cannot undo a newer one. A partial document (unchanged TOAST
+/// columns left out) is written whole too: the sink merges it into the
+/// stored document first (see [`merge`]).
 pub fn encode(op: &WriteOp, body: &mut Vec<u8>) -> Option<BulkAction> {
     let (action, doc) = match &op.action {
-        WriteAction::Upsert {
-            doc,
-            partial: false,
-            ..
-        } => (BulkAction::Index, Some(doc)),
-        WriteAction::Upsert {
-            doc, partial: true, ..
-        } => (BulkAction::Update, Some(doc)),
+        WriteAction::Upsert { doc, .. } => (BulkAction::Index, Some(doc)),
         WriteAction::Delete => (BulkAction::Delete, None),
         WriteAction::Truncate { .. } => return None,
     };
@@ -58,20 +50,30 @@ pub fn encode(op: &WriteOp, body: &mut Vec<u8>) -> Option<BulkAction> {
         body.extend_from_slice(b",\"routing\":");
         write_json_string(routing.as_bytes(), body);
     }
-    if action == BulkAction::Update {
-        body.extend_from_slice(b",\"retry_on_conflict\":3}}\n{\"doc\":");
-        body.extend_from_slice(doc.expect("updates carry a document"));
-        body.extend_from_slice(b",\"doc_as_upsert\":true}\n");
-    } else {
-        body.extend_from_slice(b",\"version\":");
-        body.extend_from_slice(itoa::Buffer::new().format(op.lsn.0).as_bytes());
-        body.extend_from_slice(b",\"version_type\":\"external_gte\"}}\n");
-        if let Some(doc) = doc {
-            body.extend_from_slice(doc);
-            body.push(b'\n');
-        }
+    body.extend_from_slice(b",\"version\":");
+    body.extend_from_slice(itoa::Buffer::new().format(op.lsn.0).as_bytes());
+    body.extend_from_slice(b",\"version_type\":\"external_gte\"}}\n");
+    if let Some(doc) = doc {
+        body.extend_from_slice(doc);
+        body.push(b'\n');
     }
     Some(action)
+}
+
+/// A partial document merged into the stored one: its members replace the
+/// stored members of the same name (a column's value as a whole, objects
+/// included), the stored others stay. Without a stored document, or when
+/// either is not a JSON object, the partial document as it is (the cluster
+/// refuses what is not an object, and the write is parked).
+pub fn merge(stored: Option<&[u8]>, partial: &[u8]) -> Vec<u8> {
+    type Object = serde_json::Map<String, serde_json::Value>;
+    let merged = stored.and_then(|stored| {
+        let mut stored: Object = serde_json::from_slice(stored).ok()?;
+        let partial: Object = serde_json::from_slice(partial).ok()?;
+        stored.extend(partial);
+        serde_json::to_vec(&stored).ok()
+    });
+    merged.unwrap_or_else(|| partial.to_vec())
 }
 
 /// Appends the lines of `ranges` of `from` into a new body (the items to retry).
@@ -155,9 +157,9 @@ mod tests {
             "\n",
             r#"{"delete":{"_index":"items","_id":"2\"x","version":4294967312,"version_type":"external_gte"}}"#,
             "\n",
-            r#"{"update":{"_index":"items","_id":"3","retry_on_conflict":3}}"#,
+            r#"{"index":{"_index":"items","_id":"3","version":4294967312,"version_type":"external_gte"}}"#,
             "\n",
-            r#"{"doc":{"id":1,"name":"a \"b\""},"doc_as_upsert":true}"#,
+            r#"{"id":1,"name":"a \"b\""}"#,
             "\n",
         );
         assert_eq!(text, expected);
@@ -194,13 +196,25 @@ mod tests {
         let actions: Vec<serde_json::Value> = text
             .lines()
             .map(|line| serde_json::from_str(line).unwrap())
-            .filter(|line: &serde_json::Value| {
-                line.get("doc").is_none() && line != &serde_json::json!({})
-            })
+            .filter(|line: &serde_json::Value| line != &serde_json::json!({}))
             .collect();
         assert_eq!(actions.len(), 3);
-        for (action, name) in actions.iter().zip(["index", "delete", "update"]) {
+        for (action, name) in actions.iter().zip(["index", "delete", "index"]) {
             assert_eq!(action[name]["routing"], "tenant \"7\"", "{action}");
         }
+    }
+
+    #[test]
+    fn a_partial_document_replaces_whole_members_of_the_stored_one() {
+        let stored = br#"{"id":1,"body":"long","attrs":{"a":1,"b":2}}"#;
+        let merged = merge(Some(stored), br#"{"id":1,"attrs":{"a":3}}"#);
+        let merged: serde_json::Value = serde_json::from_slice(&merged).unwrap();
+        assert_eq!(
+            merged,
+            serde_json::json!({"id": 1, "body": "long", "attrs": {"a": 3}})
+        );
+        assert_eq!(merge(None, br#"{"id":1}"#), br#"{"id":1}"#);
+        assert_eq!(merge(Some(b"[1]"), br#"{"id":1}"#), br#"{"id":1}"#);
+        assert_eq!(merge(Some(stored), b"7"), b"7");
     }
 }

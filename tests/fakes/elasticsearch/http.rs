@@ -590,10 +590,20 @@ async fn search_pit(State(shared): AppState, body: Bytes) -> Response {
     .into_response()
 }
 
-/// `POST /{index}/_mget` with `{"ids": […]}`: real time, each id found or not.
+/// `POST /{index}/_mget` with `{"ids": […]}` or `{"docs": [{"_id": …,
+/// "routing": …}, …]}`: real time, each id found or not.
 async fn mget(State(shared): AppState, Path(index): Path<String>, body: Bytes) -> Response {
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let Some(ids) = request["ids"].as_array() else {
+    let from_docs = request["docs"].as_array().map(|docs| {
+        docs.iter()
+            .map(|doc| doc["_id"].clone())
+            .collect::<Vec<Value>>()
+    });
+    let Some(ids) = from_docs
+        .as_ref()
+        .or(request["ids"].as_array())
+        .filter(|ids| !ids.is_empty() && ids.iter().all(|id| !id.is_null()))
+    else {
         return EsError::new(
             StatusCode::BAD_REQUEST,
             "action_request_validation_exception",

@@ -578,6 +578,30 @@ async fn documents_are_routed_by_a_key_column() {
         actions >= 31 && deletes >= 6,
         "{actions} actions, {deletes} deletes"
     );
+
+    // verify looks a document up by id with its routing, as the cluster
+    // finds it only on its tenant's shard: a changed one is stale, not
+    // missing, and the repair mends it.
+    es.insert_document(
+        "orders",
+        "t1|4",
+        serde_json::json!({ "tenant": "t1", "id": 4, "note": "tampered" }),
+        1,
+    );
+    let config = config.to_str().unwrap();
+    let (code, out, err) = common::cli(&["verify", "--config", config, "--json"]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let table = &report["tables"][0];
+    assert_eq!(
+        table["stale"]["examples"],
+        serde_json::json!(["t1|4"]),
+        "{out}"
+    );
+    assert_eq!(table["missing"]["count"], 0, "{out}");
+    let (code, out, err) = common::cli(&["verify", "--config", config, "--repair"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(es.documents("orders"), db.rows("orders", id).await);
     assert!(sluice.stop().success());
 }
 

@@ -31,7 +31,15 @@ pub trait IndexReader: Send + Sync {
     fn as_stored<'a>(&self, doc: &'a [u8], _id: &str) -> Cow<'a, [u8]> {
         Cow::Borrowed(doc)
     }
+
+    /// How the documents of this table were routed (Elasticsearch/OpenSearch
+    /// place a document by its routing value, and find it by id only with
+    /// it); engines that do not route ignore it.
+    fn route_by(&mut self, _routing: RoutingOf) {}
 }
+
+/// The routing value of a document by its id (one of its key values).
+pub type RoutingOf = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// Splits a streamed body of JSON lines into pages of documents, the id of
 /// each read from its `id` member (a string).

@@ -436,9 +436,19 @@ impl Compare<'_> {
         self.verifier.update(self.id, |view| view.phase = phase);
     }
 
-    fn reader(&self) -> impl std::future::Future<Output = Result<Box<dyn IndexReader>>> + '_ {
+    async fn reader(&self) -> Result<Box<dyn IndexReader>> {
         let plan = &self.verifier.plan;
-        crate::sink::reader(&plan.sinks[self.sink], &plan.data_dir, &self.table.index)
+        let mut reader =
+            crate::sink::reader(&plan.sinks[self.sink], &plan.data_dir, &self.table.index).await?;
+        let route = &plan.routes[&self.table.name.to_string()];
+        if let Some(routing) = route
+            .routing
+            .as_deref()
+            .and_then(|column| self.table.side.routing_of(column))
+        {
+            reader.route_by(routing);
+        }
+        Ok(reader)
     }
 
     async fn table(&self, repair: bool) -> Result<()> {

@@ -62,6 +62,16 @@ impl TableSide {
             .collect()
     }
 
+    /// The routing value of a document by its id, when the table's
+    /// documents are routed by `column` (one of the key columns).
+    pub fn routing_of(&self, column: &str) -> Option<crate::sink::read::RoutingOf> {
+        let position = self.key_names().iter().position(|name| name == column)?;
+        let (columns, separator) = (self.key_columns.len(), self.separator.clone());
+        Some(Box::new(move |id: &str| {
+            key_values(id, columns, &separator).map(|mut values| values.swap_remove(position))
+        }))
+    }
+
     /// The key values of each of `ids` that can be a row's (one value per
     /// key column).
     pub fn keys_of(&self, ids: &[String]) -> Vec<Vec<String>> {

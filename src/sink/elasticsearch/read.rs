@@ -1,7 +1,8 @@
 //! Reading an index back (`verify`): every document through a point in
 //! time, page after page with `search_after` in `_shard_doc` order (a
 //! consistent view that writes meanwhile do not shift); documents by id
-//! through `_mget`, which reads in real time, refreshed or not.
+//! through `_mget`, which reads in real time, refreshed or not, with each
+//! document's routing when its table has one.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -11,7 +12,7 @@ use super::client::Client;
 use super::config::ElasticsearchConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sink::http::path_segment;
-use crate::sink::read::{IndexReader, StoredDoc};
+use crate::sink::read::{IndexReader, RoutingOf, StoredDoc};
 
 /// Documents per page, and ids per `_mget`.
 const PAGE: usize = 1000;
@@ -26,6 +27,8 @@ pub struct Reader {
     /// The sort values of the last document read.
     after: Option<Box<RawValue>>,
     done: bool,
+    /// The routing of the documents, when their table has one.
+    routing: Option<RoutingOf>,
 }
 
 #[derive(Deserialize)]
@@ -68,6 +71,7 @@ impl Reader {
             pit: None,
             after: None,
             done: false,
+            routing: None,
         })
     }
 
@@ -189,9 +193,22 @@ impl IndexReader for Reader {
         let mut found = Vec::new();
         let path = format!("{}/_mget", path_segment(&self.index));
         for batch in ids.chunks(PAGE) {
+            let request = match &self.routing {
+                None => json!({ "ids": batch }),
+                Some(routing_of) => {
+                    let docs: Vec<Value> = batch
+                        .iter()
+                        .map(|id| match routing_of(id) {
+                            Some(routing) => json!({ "_id": id, "routing": routing }),
+                            None => json!({ "_id": id }),
+                        })
+                        .collect();
+                    json!({ "docs": docs })
+                }
+            };
             let Some(body) = self
                 .client
-                .read(reqwest::Method::POST, &path, &json!({ "ids": batch }))
+                .read(reqwest::Method::POST, &path, &request)
                 .await?
             else {
                 return Ok(found);
@@ -199,5 +216,9 @@ impl IndexReader for Reader {
             found.extend(parse_mget(&body).map_err(|e| self.unexpected("an _mget", e))?);
         }
         Ok(found)
+    }
+
+    fn route_by(&mut self, routing: RoutingOf) {
+        self.routing = Some(routing);
     }
 }

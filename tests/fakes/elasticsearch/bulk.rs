@@ -50,6 +50,8 @@ pub(super) struct Action<'a> {
     pub id: Option<String>,
     pub version: Option<u64>,
     pub version_type: VersionType,
+    /// The shard key the document is placed by (its id when `None`).
+    pub routing: Option<String>,
     /// The source line of an index or create, as sent.
     pub source: Option<&'a [u8]>,
     pub update: Option<UpdateBody>,
@@ -248,6 +250,10 @@ fn checked_action<'a>(
         id,
         version: version.map(|v| v.max(0) as u64),
         version_type,
+        routing: meta
+            .get("routing")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
         source: None,
         update: None,
     })

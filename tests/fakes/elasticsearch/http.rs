@@ -594,15 +594,23 @@ async fn search_pit(State(shared): AppState, body: Bytes) -> Response {
 /// "routing": …}, …]}`: real time, each id found or not.
 async fn mget(State(shared): AppState, Path(index): Path<String>, body: Bytes) -> Response {
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let from_docs = request["docs"].as_array().map(|docs| {
-        docs.iter()
-            .map(|doc| doc["_id"].clone())
-            .collect::<Vec<Value>>()
-    });
-    let Some(ids) = from_docs
-        .as_ref()
-        .or(request["ids"].as_array())
-        .filter(|ids| !ids.is_empty() && ids.iter().all(|id| !id.is_null()))
+    // (id, routing) of each document asked for.
+    let wanted: Option<Vec<(Value, Option<String>)>> = match request["docs"].as_array() {
+        Some(docs) => Some(
+            docs.iter()
+                .map(|doc| {
+                    (
+                        doc["_id"].clone(),
+                        doc["routing"].as_str().map(str::to_owned),
+                    )
+                })
+                .collect(),
+        ),
+        None => request["ids"]
+            .as_array()
+            .map(|ids| ids.iter().map(|id| (id.clone(), None)).collect()),
+    };
+    let Some(wanted) = wanted.filter(|w| !w.is_empty() && w.iter().all(|(id, _)| !id.is_null()))
     else {
         return EsError::new(
             StatusCode::BAD_REQUEST,
@@ -615,11 +623,13 @@ async fn mget(State(shared): AppState, Path(index): Path<String>, body: Bytes) -
     let Some(stored) = store.indexes.get(&index) else {
         return EsError::index_not_found(&index).into_response();
     };
-    let docs: Vec<Value> = ids
+    let docs: Vec<Value> = wanted
         .iter()
-        .map(|id| {
+        .map(|(id, routing)| {
             let id = id.as_str().map_or_else(|| id.to_string(), str::to_owned);
-            match stored.slots.get(&id) {
+            // Looked for on the shard the routing (or the id) points to.
+            let elsewhere = stored.routing.get(&id) != routing.as_ref();
+            match stored.slots.get(&id).filter(|_| !elsewhere) {
                 Some(Slot::Live {
                     version, source, ..
                 }) => json!({

@@ -42,6 +42,10 @@ pub(super) struct Index {
     pub definition: Value,
     pub uuid: String,
     pub slots: HashMap<String, Slot>,
+    /// The routing each document was last written with, where one was
+    /// given. An index of several shards places a document by it: a get by
+    /// id finds the document only with the same routing.
+    pub routing: HashMap<String, String>,
     next_seq_no: u64,
 }
 
@@ -287,6 +291,7 @@ impl Store {
             definition,
             uuid: format!("fAkEuUiD{:014}", self.next_uuid),
             slots: HashMap::new(),
+            routing: HashMap::new(),
             next_seq_no: 0,
         };
         self.indexes.insert(name.to_owned(), index);
@@ -368,6 +373,10 @@ impl Store {
         }
         let store_sources = self.store_sources;
         let index = self.indexes.get_mut(&action.index).expect("created above");
+        match &action.routing {
+            Some(routing) => index.routing.insert(id.to_owned(), routing.clone()),
+            None => index.routing.remove(id),
+        };
         match action.op {
             OpType::Index | OpType::Create => index.write(action, id, faults, store_sources),
             OpType::Delete => index.delete(action, id),

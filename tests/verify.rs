@@ -92,6 +92,11 @@ fn tamper(data_dir: &Path) {
     made_up.add_text(id, "1000001");
     made_up.add_text(source, r#"{"id":1000001,"name":"ghost"}"#);
     writer.add_document(made_up).unwrap();
+    // An id no row of an integer key can have.
+    let mut foreign = tantivy::TantivyDocument::default();
+    foreign.add_text(id, "ghost");
+    foreign.add_text(source, r#"{"id":"ghost","name":"not a row"}"#);
+    writer.add_document(foreign).unwrap();
     let mut seventh = tantivy::TantivyDocument::default();
     seventh.add_text(id, "7");
     seventh.add_text(source, &changed);
@@ -133,7 +138,7 @@ async fn differences_are_found_and_repaired_through_the_pipeline() {
     );
     assert_eq!(
         table["extra"]["examples"],
-        serde_json::json!(["1000001"]),
+        serde_json::json!(["1000001", "ghost"]),
         "{found:#}"
     );
     assert_eq!(
@@ -142,7 +147,7 @@ async fn differences_are_found_and_repaired_through_the_pipeline() {
         "{found:#}"
     );
     assert_eq!(table["rows"], 3000);
-    assert_eq!(table["documents"], 3000);
+    assert_eq!(table["documents"], 3001);
 
     // Only the rows a condition picks: the made-up document is not looked for.
     let (code, picked) = report(&config, &["--table", "public.items", "--where", "id < 6"]).await;
@@ -155,7 +160,7 @@ async fn differences_are_found_and_repaired_through_the_pipeline() {
 
     let (code, out, err) = verify(&config, &["--repair"]).await;
     assert_eq!(code, 0, "a repair that worked ends equal:\n{out}\n{err}");
-    assert!(out.contains("3 sent through the pipeline"), "{out}");
+    assert!(out.contains("4 sent through the pipeline"), "{out}");
     assert!(out.contains("0 still different"), "{out}");
 
     let (code, out, err) = verify(&config, &[]).await;
@@ -163,6 +168,10 @@ async fn differences_are_found_and_repaired_through_the_pipeline() {
     let docs = common::documents(&db.data_dir(), "items", "id");
     assert_eq!(docs["7"]["name"], "item 7");
     assert!(docs.contains_key("5") && !docs.contains_key("1000001"));
+    assert!(
+        !docs.contains_key("ghost"),
+        "a document no row can have is deleted too"
+    );
     sluice.assert_running();
 }
 

@@ -389,6 +389,28 @@ impl ChunkReader {
     }
 }
 
+impl ChunkReader {
+    /// Whether the table's column types refuse `condition` (a key value
+    /// that is not of its column's type: `'abc'` for a bigint): no row can
+    /// match it. Planned, not run.
+    pub async fn refuses(&self, table: &TableName, condition: &str) -> Result<bool, BackfillError> {
+        let explain = format!(
+            "EXPLAIN SELECT 1 FROM {} WHERE ({condition})",
+            table.quoted()
+        );
+        match self
+            .client
+            .batch_execute(&explain)
+            .await
+            .map_err(BackfillError::sql)
+        {
+            Ok(()) => Ok(false),
+            Err(BackfillError::Invalid(_)) => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// The number of rows of `COPY … TO STDOUT` text output, and its last row.
 /// Every row ends with a newline, and a newline in a value is escaped.
 fn last_row(raw: &Bytes, columns: usize) -> Result<(usize, Option<Tuple>), BackfillError> {

@@ -306,11 +306,7 @@ impl TableReader<'_> {
             self.chunk_number += 1;
             let number = self.chunk_number;
             let started = Instant::now();
-            let condition = shape.rows_condition(&columns, keys);
-            let read = self
-                .chunks
-                .read(&shape.rel.name, None, Some(&condition), keys.len())
-                .await?;
+            let read = self.read_keys(shape, &columns, keys).await?;
             let at = read.shape.positions(&rows.columns)?;
             let found: HashSet<Vec<String>> = parse_copy(&read.copy, read.shape.rel.columns.len())?
                 .iter()
@@ -342,6 +338,45 @@ impl TableReader<'_> {
         }
         self.mark_chunk(Mark::End, self.chunk_number).await?;
         Ok(Ended::Completed)
+    }
+
+    /// Reads the rows of `keys`. Keys the key's type refuses (a document id
+    /// no row can have: `abc` for a bigint key) are left out of the read,
+    /// so their rows count as gone and their documents are deleted.
+    async fn read_keys(
+        &mut self,
+        shape: &TableShape,
+        columns: &[usize],
+        keys: &[Vec<String>],
+    ) -> Result<ReadChunk, BackfillError> {
+        let table = &shape.rel.name;
+        let condition = shape.rows_condition(columns, keys);
+        let reason = match self
+            .chunks
+            .read(table, None, Some(&condition), keys.len())
+            .await
+        {
+            Err(BackfillError::Invalid(reason)) => reason,
+            read => return read,
+        };
+        let mut accepted = Vec::new();
+        for key in keys {
+            let one = shape.rows_condition(columns, std::slice::from_ref(key));
+            if !self.chunks.refuses(table, &one).await? {
+                accepted.push(key.clone());
+            }
+        }
+        if accepted.len() == keys.len() {
+            return Err(BackfillError::Invalid(reason));
+        }
+        tracing::info!(backfill = self.id, table = %table, refused = keys.len() - accepted.len(), "keys no row can have: their documents are deleted");
+        let condition = match accepted.is_empty() {
+            true => "false".to_owned(),
+            false => shape.rows_condition(columns, &accepted),
+        };
+        self.chunks
+            .read(table, None, Some(&condition), keys.len())
+            .await
     }
 
     /// Reads the chunk after `cursor` and hands it to the decoder between its

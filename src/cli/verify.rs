@@ -211,6 +211,12 @@ pub fn summary(view: &Value) -> String {
                 "    repaired: {} sent through the pipeline (backfill {}), {} still different\n",
                 r["sent"], r["backfill"], r["still_different"]
             ));
+            if r["not_keys"].as_u64().unwrap_or(0) > 0 {
+                out.push_str(&format!(
+                    "    {} of them have ids that are not one value per key column: no row can have them and the pipeline cannot name them; delete them from the index\n",
+                    r["not_keys"]
+                ));
+            }
         }
     }
     for table in view["skipped"].as_array().into_iter().flatten() {

@@ -135,6 +135,11 @@ pub struct Repaired {
     pub still_different: u64,
     /// The backfill that carried them.
     pub backfill: u64,
+    /// Documents whose ids are not made of one value per key column, so
+    /// that no row can have them and the pipeline cannot name them to
+    /// delete them (among `still_different`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub not_keys: u64,
 }
 
 impl TableReport {
@@ -716,9 +721,14 @@ impl Compare<'_> {
             ids.len(),
             work.name
         ));
+        let keys = work.side.keys_of(&ids);
+        let not_keys = (ids.len() - keys.len()) as u64;
+        if not_keys > 0 {
+            tracing::warn!(verify = self.id, sink, table = %work.name, documents = not_keys, "documents whose ids are not one value per key column cannot be repaired: delete them from the index");
+        }
         let rows = ExactRows {
             columns: work.side.key_names(),
-            keys: work.side.keys_of(&ids),
+            keys,
             done: 0,
         };
         let backfill = self
@@ -766,6 +776,7 @@ impl Compare<'_> {
                 sent: ids.len() as u64,
                 still_different: still,
                 backfill: backfill.backfill.id,
+                not_keys,
             })
         });
         Ok(())

@@ -28,6 +28,18 @@ fn sink(url: &str, extra: &str) -> String {
     )
 }
 
+/// A database of its own with the products table.
+async fn products_db(hint: &str) -> TestDb {
+    let db = TestDb::new(hint).await;
+    db.exec(PRODUCTS).await;
+    db
+}
+
+/// A config streaming the products table into `sinks`.
+fn products_config(db: &TestDb, pipeline: &str, sinks: &str) -> std::path::PathBuf {
+    db.config_with_sinks("[[tables]]\nname = \"products\"", pipeline, sinks)
+}
+
 /// Waits until the fake holds exactly the table's rows.
 async fn assert_engine_equals_table(db: &TestDb, es: &FakeElasticsearch, table: &str, index: &str) {
     let equal = wait_until(Duration::from_secs(90), || async {
@@ -65,13 +77,8 @@ async fn ten_thousand_changes_survive_random_failures() {
         ..FakeOptions::default()
     })
     .await;
-    let db = TestDb::new("es_faults").await;
-    db.exec(PRODUCTS).await;
-    let config = db.config_with_sinks(
-        "[[tables]]\nname = \"products\"",
-        "shards = 3",
-        &sink(&es.url(), ""),
-    );
+    let db = products_db("es_faults").await;
+    let config = products_config(&db, "shards = 3", &sink(&es.url(), ""));
     let mut sluice = Sluice::run_config(&config);
     db.wait_streaming(&mut sluice).await;
 
@@ -109,12 +116,11 @@ async fn ten_thousand_changes_survive_random_failures() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stale_write_never_overwrites_a_newer_one() {
     let es = FakeElasticsearch::start(FakeOptions::default()).await;
-    let db = TestDb::new("es_stale").await;
-    db.exec(PRODUCTS).await;
+    let db = products_db("es_stale").await;
     // The index already holds a newer version of row 1 than anything sluice will send.
     let newer = serde_json::json!({"id": 1, "name": "from the future"});
     es.insert_document("products", "1", newer.clone(), u64::MAX / 4);
-    let config = db.config_with_sinks("[[tables]]\nname = \"products\"", "", &sink(&es.url(), ""));
+    let config = products_config(&db, "", &sink(&es.url(), ""));
     let mut sluice = Sluice::run_config(&config);
     db.wait_streaming(&mut sluice).await;
     db.exec("INSERT INTO products (id, name) VALUES (1, 'old'), (2, 'two')")
@@ -155,8 +161,7 @@ async fn permanently_failing_documents_are_parked_and_the_rest_flows() {
         ..FakeOptions::default()
     })
     .await;
-    let db = TestDb::new("es_poison").await;
-    db.exec(PRODUCTS).await;
+    let db = products_db("es_poison").await;
     // Without the initial backfill: racing the inserts, it could write (and
     // park) a poison row a second time, and this test counts parked writes.
     let config = db.config_with_sinks(
@@ -285,14 +290,9 @@ async fn api_key_gzip_and_index_creation() {
         ..FakeOptions::default()
     })
     .await;
-    let db = TestDb::new("es_auth").await;
-    db.exec(PRODUCTS).await;
+    let db = products_db("es_auth").await;
     let extra = "api_key_env = \"SLUICE_TEST_ES_KEY\"\ngzip = true\ncreate_index = { settings = { number_of_shards = 2 }, mappings = { properties = { name = { type = \"text\" } } } }\n";
-    let config = db.config_with_sinks(
-        "[[tables]]\nname = \"products\"",
-        "",
-        &sink(&es.url(), extra),
-    );
+    let config = products_config(&db, "", &sink(&es.url(), extra));
     let mut sluice =
         Sluice::run_config_with_env(&config, &[("SLUICE_TEST_ES_KEY", "c2x1aWNlOnNlY3JldA==")]);
     db.wait_streaming(&mut sluice).await;
@@ -331,9 +331,8 @@ async fn refused_documents_are_parked_and_the_stream_goes_on() {
         ..FakeOptions::default()
     })
     .await;
-    let db = TestDb::new("es_refused").await;
-    db.exec(PRODUCTS).await;
-    let config = db.config_with_sinks("[[tables]]\nname = \"products\"", "", &sink(&es.url(), ""));
+    let db = products_db("es_refused").await;
+    let config = products_config(&db, "", &sink(&es.url(), ""));
     let mut sluice = Sluice::run_config(&config);
     db.wait_streaming(&mut sluice).await;
     // One transaction, so the 2 MB row shares a bulk request with small ones:
@@ -417,8 +416,8 @@ async fn dead_elasticsearch_next_to_embedded(
         "[[sinks]]\nname = \"embedded\"\ntype = \"embedded\"\ncommit_interval_ms = 100\n\n{}",
         sink(&es.url(), "")
     );
-    let config = db.config_with_sinks(
-        "[[tables]]\nname = \"products\"",
+    let config = products_config(
+        &db,
         "shards = 3\nmax_bytes_in_flight = 1048576\nbatch_max_bytes = 65536",
         &sinks,
     );
@@ -608,11 +607,10 @@ async fn documents_are_routed_by_a_key_column() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_table_created_again_is_emptied_once_the_cluster_answers_again() {
     let es = FakeElasticsearch::start(FakeOptions::default()).await;
-    let db = TestDb::new("es_recreated").await;
-    db.exec(PRODUCTS).await;
+    let db = products_db("es_recreated").await;
     db.exec("INSERT INTO products (id, name) SELECT i, 'old' || i FROM generate_series(1, 100) i")
         .await;
-    let config = db.config_with_sinks("[[tables]]\nname = \"products\"", "", &sink(&es.url(), ""));
+    let config = products_config(&db, "", &sink(&es.url(), ""));
     let mut sluice = Sluice::run_config(&config);
     db.wait_streaming(&mut sluice).await;
     assert_engine_equals_table(&db, &es, "products", "products").await;
@@ -642,15 +640,10 @@ async fn a_table_created_again_is_emptied_once_the_cluster_answers_again() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_beside_an_engine_that_stopped_answering_exits_within_the_drain_timeout() {
     let es = FakeElasticsearch::start(FakeOptions::default()).await;
-    let db = TestDb::new("es_drain_timeout").await;
-    db.exec(PRODUCTS).await;
+    let db = products_db("es_drain_timeout").await;
     db.exec("INSERT INTO products (id, name) SELECT i, 'p' || i FROM generate_series(1, 100) i")
         .await;
-    let config = db.config_with_sinks(
-        "[[tables]]\nname = \"products\"",
-        "drain_timeout_ms = 2000",
-        &sink(&es.url(), ""),
-    );
+    let config = products_config(&db, "drain_timeout_ms = 2000", &sink(&es.url(), ""));
     let mut sluice = Sluice::run_config(&config);
     db.wait_streaming(&mut sluice).await;
     assert_engine_equals_table(&db, &es, "products", "products").await;
@@ -702,13 +695,12 @@ async fn requests_grow_while_a_cluster_that_charges_per_request_works() {
         ..FakeOptions::default()
     })
     .await;
-    let db = TestDb::new("es_grow").await;
-    db.exec(PRODUCTS).await;
+    let db = products_db("es_grow").await;
     let sink = format!(
         "[[sinks]]\nname = \"search\"\ntype = \"elasticsearch\"\nurl = \"{}\"\n",
         es.url()
     );
-    let config = db.config_with_sinks("[[tables]]\nname = \"products\"", "", &sink);
+    let config = products_config(&db, "", &sink);
     let mut sluice = Sluice::run_config(&config);
     db.wait_streaming(&mut sluice).await;
     db.exec("INSERT INTO products (id, name) VALUES (0, 'first')")
@@ -762,14 +754,13 @@ async fn a_truncate_read_again_after_a_crash_keeps_the_rows_written_after_it() {
         ..FakeOptions::default()
     })
     .await;
-    let db = TestDb::new("es_truncate_replay").await;
-    db.exec(PRODUCTS).await;
+    let db = products_db("es_truncate_replay").await;
     let sinks = format!(
         "{}\n{}",
         sink(&es.url(), ""),
         sink(&held.url(), "").replace("name = \"search\"", "name = \"held\"")
     );
-    let config = db.config_with_sinks("[[tables]]\nname = \"products\"", "shards = 3", &sinks);
+    let config = products_config(&db, "shards = 3", &sinks);
     let mut sluice = Sluice::run_config(&config);
     db.wait_streaming(&mut sluice).await;
     db.exec(
@@ -812,13 +803,8 @@ async fn a_truncate_read_again_after_a_crash_keeps_the_rows_written_after_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn partial_documents_are_merged_and_written_with_their_version() {
     let es = FakeElasticsearch::start(FakeOptions::default()).await;
-    let db = TestDb::new("es_partial").await;
-    db.exec(PRODUCTS).await;
-    let config = db.config_with_sinks(
-        "[[tables]]\nname = \"products\"",
-        "shards = 3",
-        &sink(&es.url(), ""),
-    );
+    let db = products_db("es_partial").await;
+    let config = products_config(&db, "shards = 3", &sink(&es.url(), ""));
     let mut sluice = Sluice::run_config(&config);
     db.wait_streaming(&mut sluice).await;
     db.exec(

@@ -21,4 +21,5 @@ pub mod pipeline;
 pub mod postgres;
 pub mod service;
 pub mod sink;
+pub mod telemetry;
 pub mod verify;

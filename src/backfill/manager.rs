@@ -549,14 +549,6 @@ impl Manager {
         let table_name = &backfill.tables[table].table;
         metrics::counter!("sluice_backfill_rows_total", "sink" => backfill.sink.clone(), "table" => table_name.clone())
             .increment(rows);
-        let labels = [
-            ("backfill", id.to_string()),
-            ("sink", backfill.sink.clone()),
-        ];
-        metrics::gauge!("sluice_backfill_rows_done", &labels).set(rows_done as f64);
-        if let Some(total) = backfill.rows_estimated() {
-            metrics::gauge!("sluice_backfill_rows_estimated", &labels).set(total as f64);
-        }
         let now = Instant::now();
         let mut inner = self.lock();
         inner.progress.entry(id).or_default().record(now, rows_done);

@@ -277,6 +277,11 @@ pub fn start_metrics(config: &Config) -> Result<(), Error> {
                     format!("cannot serve metrics on {addr}: {e}"),
                 )
             })?;
+        crate::telemetry::register(&crate::telemetry::Known {
+            sinks: config.sinks.iter().map(|s| s.name.clone()).collect(),
+            tables: config.table_names().iter().map(|t| t.to_string()).collect(),
+            functions: config.functions.keys().cloned().collect(),
+        });
         tracing::info!(%addr, "serving Prometheus metrics");
     }
     Ok(())

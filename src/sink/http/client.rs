@@ -215,7 +215,7 @@ impl HttpClient {
         let response = match request.send().await {
             Ok(response) => response,
             Err(e) => {
-                self.count("none");
+                self.count(crate::telemetry::request_status(None));
                 let problem = format!("request failed: {}", error_chain(&e));
                 return if e.is_connect() {
                     Fetched::Unavailable(problem, None)
@@ -225,7 +225,7 @@ impl HttpClient {
             }
         };
         let status = response.status();
-        self.count(status.as_str());
+        self.count(crate::telemetry::request_status(Some(status.as_u16())));
         let headers = response.headers().clone();
         let body = match response.bytes().await {
             Ok(body) => body,
@@ -244,8 +244,8 @@ impl HttpClient {
         })
     }
 
-    fn count(&self, status: &str) {
-        metrics::counter!("sluice_sink_requests_total", "sink" => self.name.clone(), "status" => status.to_owned())
+    fn count(&self, status: &'static str) {
+        metrics::counter!("sluice_sink_requests_total", "sink" => self.name.clone(), "status" => status)
             .increment(1);
     }
 

@@ -214,6 +214,10 @@ async fn stream(
         plan.slot.clone(),
         config.source.retained_wal_warn_bytes,
     )));
+    let _lag = AbortOnDrop(tokio::spawn(pipeline::status::report_lag(
+        plan.status.clone(),
+        config.sinks.iter().map(|s| s.name.clone()).collect(),
+    )));
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let (supervisor, handle) = ractor::Actor::spawn(
         Some(format!("{}-supervisor", plan.name)),

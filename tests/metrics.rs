@@ -4,6 +4,7 @@
 //! served that METRICS.md does not list.
 
 mod common;
+mod fakes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -235,4 +236,80 @@ fn every_series_the_source_records_is_documented() {
             "{file} records {name}, which METRICS.md does not list"
         );
     }
+}
+
+/// The value of one series (`name` or `name{labels}`, as served) in a scrape.
+fn value(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A sink that stops answering shows as a lag that grows, for it alone;
+/// once it is back and everything is in, every lag is 0 again: a stuck
+/// pipeline is told from an idle one.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lag_grows_for_a_stuck_sink_only_and_is_0_when_caught_up() {
+    let es = fakes::elasticsearch::FakeElasticsearch::start(fakes::elasticsearch::FakeOptions {
+        faults: fakes::elasticsearch::Faults {
+            dead: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let db = TestDb::new("metrics_lag").await;
+    db.exec("CREATE TABLE items (id int PRIMARY KEY, name text)")
+        .await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let sinks = format!(
+        "[[sinks]]\nname = \"embedded\"\ntype = \"embedded\"\ncommit_interval_ms = 100\n\n\
+         [[sinks]]\nname = \"es\"\ntype = \"elasticsearch\"\nurl = \"{}\"\nretry_max_backoff_ms = 200\n",
+        es.url()
+    );
+    let config = db.config_with_sinks(
+        "[[tables]]\nname = \"items\"",
+        &format!("metrics_listen = \"127.0.0.1:{port}\""),
+        &sinks,
+    );
+    let mut sluice = Sluice::run_config(&config);
+    db.wait_streaming(&mut sluice).await;
+    db.exec("INSERT INTO items SELECT i, 'n' FROM generate_series(1, 100) i")
+        .await;
+
+    let stuck = common::wait_until(Duration::from_secs(30), || async {
+        let Some(body) = scrape(port).await else {
+            return false;
+        };
+        value(&body, "sluice_sink_lag_seconds{sink=\"es\"}").is_some_and(|s| s >= 2.0)
+            && value(&body, "sluice_sink_lag_seconds{sink=\"embedded\"}") == Some(0.0)
+            && value(&body, "sluice_replication_lag_seconds").is_some_and(|s| s >= 2.0)
+            && value(&body, "sluice_replication_lag_bytes").is_some_and(|b| b > 0.0)
+            && value(&body, "sluice_slot_retained_wal_bytes").is_some_and(|b| b > 0.0)
+    })
+    .await;
+    assert!(stuck, "{}", scrape(port).await.unwrap_or_default());
+
+    es.update_faults(|f| f.dead = false);
+    let caught_up = common::wait_until(Duration::from_secs(60), || async {
+        let Some(body) = scrape(port).await else {
+            return false;
+        };
+        value(&body, "sluice_sink_lag_seconds{sink=\"es\"}") == Some(0.0)
+            && value(&body, "sluice_replication_lag_seconds") == Some(0.0)
+    })
+    .await;
+    let body = scrape(port).await.unwrap_or_default();
+    assert!(caught_up, "{body}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let last = value(&body, "sluice_last_change_timestamp_seconds").unwrap();
+    assert!(now - last < 120.0 && last <= now + 1.0, "{last} vs {now}");
+    assert!(sluice.stop().success());
 }

@@ -36,6 +36,8 @@ pub struct DecoderArgs {
     pub watermark_prefix: Arc<str>,
     /// The streamed tables' oids when the pipeline was set up.
     pub table_oids: Arc<BTreeMap<String, Oid>>,
+    /// Where the lag is kept: the batches read, and the server's position.
+    pub status: Arc<super::status::PipelineStatus>,
 }
 
 pub struct DecoderState {
@@ -120,16 +122,21 @@ impl DecoderState {
         self.credits = raw.credit.map(Arc::new).into_iter().collect();
         let mut changes = Vec::with_capacity(raw.events.len());
         let n = raw.events.len();
+        let mut server_at = Lsn::ZERO;
         for event in raw.events {
             match event {
-                ReplicationEvent::XLogData { data, .. } => match pgoutput::decode(&data) {
-                    Ok(message) => self.apply(message, &mut changes).await?,
-                    Err(e) => self
-                        .args
-                        .stats
-                        .bad_record(format!("undecodable pgoutput message: {e}")),
-                },
+                ReplicationEvent::XLogData { data, end, .. } => {
+                    server_at = server_at.max(end);
+                    match pgoutput::decode(&data) {
+                        Ok(message) => self.apply(message, &mut changes).await?,
+                        Err(e) => self
+                            .args
+                            .stats
+                            .bad_record(format!("undecodable pgoutput message: {e}")),
+                    }
+                }
                 ReplicationEvent::Keepalive { wal_end, .. } => {
+                    server_at = server_at.max(wal_end);
                     // Everything committed before the server's position has been
                     // sent already; outside a transaction that position is ours too.
                     if !self.in_transaction {
@@ -150,6 +157,13 @@ impl DecoderState {
         self.args.stats.batch(n, out);
         if let Some(oldest) = batches.iter().find_map(|b| b.items.first()) {
             self.args.stats.left(oldest.commit_time);
+        }
+        let status = &self.args.status;
+        status.server_at(server_at);
+        for batch in batches.iter().filter(|b| b.scope == Scope::All) {
+            if let (Some(first), Some(last)) = (batch.items.first(), batch.items.last()) {
+                status.read(batch.upto, first.commit_time, last.commit_time);
+            }
         }
         Ok(batches)
     }

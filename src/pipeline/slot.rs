@@ -237,29 +237,33 @@ impl ConfirmLedger {
     }
 }
 
-/// Logs a warning while the slot holds more than `threshold` bytes of WAL
-/// on the primary, checked at start and every minute.
+/// Measures the WAL the slot holds on the primary (at start and every ten
+/// seconds: `sluice_slot_retained_wal_bytes`), and warns, at most once a
+/// minute, while it is more than `threshold` bytes (0: never).
 pub async fn watch_retained_wal(
     conninfo: crate::postgres::conninfo::ConnInfo,
     slot: String,
     threshold: u64,
 ) {
-    if threshold == 0 {
-        return;
-    }
     let mut client = None;
-    let mut first = true;
+    let mut warned: Option<std::time::Instant> = None;
+    let mut every = tokio::time::interval(RETAINED_WAL_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        if !std::mem::take(&mut first) {
-            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
-        }
+        every.tick().await;
         if client.is_none() {
             client = conninfo.connect_sql().await.ok();
         }
         let Some(c) = &client else { continue };
         match catalog::slot_info(c, &slot).await {
             Ok(Some(info)) => {
-                if let Some(bytes) = info.retained_bytes.filter(|b| *b as u64 > threshold) {
+                let Some(bytes) = info.retained_bytes else {
+                    continue;
+                };
+                metrics::gauge!("sluice_slot_retained_wal_bytes").set(bytes as f64);
+                let over = threshold > 0 && bytes as u64 > threshold;
+                if over && warned.is_none_or(|at| at.elapsed() >= RETAINED_WAL_WARN_EVERY) {
+                    warned = Some(std::time::Instant::now());
                     tracing::warn!(
                         slot,
                         retained_bytes = bytes,
@@ -275,6 +279,11 @@ pub async fn watch_retained_wal(
         }
     }
 }
+
+/// How often the WAL the slot holds is measured (`sluice_slot_retained_wal_bytes`).
+const RETAINED_WAL_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// A slot holding too much WAL is warned about at most this often.
+const RETAINED_WAL_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// `source.on_slot_lost`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]

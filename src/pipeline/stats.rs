@@ -41,12 +41,20 @@ pub fn since_commit(commit_time: i64) -> Option<f64> {
     if commit_time <= 0 {
         return None;
     }
-    let now = SystemTime::now()
+    Some((postgres_now() - commit_time).max(0) as f64 / 1e6)
+}
+
+/// Now, as Postgres counts time: microseconds since 2000-01-01 UTC.
+pub fn postgres_now() -> i64 {
+    let unix = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
-        .ok()?
-        .as_micros() as i64
-        - POSTGRES_EPOCH_MICROS;
-    Some((now - commit_time).max(0) as f64 / 1e6)
+        .map_or(0, |d| d.as_micros() as i64);
+    unix - POSTGRES_EPOCH_MICROS
+}
+
+/// A Postgres time (microseconds since 2000-01-01) as Unix seconds.
+pub fn unix_seconds(postgres_micros: i64) -> f64 {
+    (postgres_micros + POSTGRES_EPOCH_MICROS) as f64 / 1e6
 }
 
 /// The upper bounds of the buckets of every `_seconds` histogram: from a

@@ -417,6 +417,7 @@ impl SupervisorState {
             stats: stats.decoder.clone(),
             watermark_prefix: plan.watermark_prefix.clone(),
             table_oids: plan.table_oids.clone(),
+            status: plan.status.clone(),
         };
         let decoder = self.spawn(myself, "decoder", Decoder, args).await?;
         if let Some(backfills) = &self.backfills {

@@ -83,6 +83,9 @@ pub fn request_status(status: Option<u16>) -> &'static str {
     }
 }
 
+/// The operations `sluice_changes_total` counts, in `Op` order.
+pub const CHANGE_OPS: [&str; 4] = ["insert", "update", "delete", "truncate"];
+
 use Values::{Fixed, Functions, Sinks, Stages, Tables};
 
 /// Every series sluice exports.
@@ -156,6 +159,13 @@ pub const SERIES: &[Series] = &[
         labels: &[],
         unit: "bytes",
         help: "Bytes of changes read and not yet committed by every sink (bounded by pipeline.max_bytes_in_flight).",
+    },
+    Series {
+        name: "sluice_changes_total",
+        kind: Kind::Counter,
+        labels: &[("table", Tables), ("op", Fixed(&CHANGE_OPS))],
+        unit: "changes",
+        help: "Changes read from the replication stream, by table and operation.",
     },
     Series {
         name: "sluice_stage_changes_total",

@@ -281,7 +281,7 @@ async fn the_lag_grows_for_a_stuck_sink_only_and_is_0_when_caught_up() {
     db.exec("INSERT INTO items SELECT i, 'n' FROM generate_series(1, 100) i")
         .await;
 
-    let stuck = common::wait_until(Duration::from_secs(30), || async {
+    let stuck = common::wait_until(Duration::from_secs(60), || async {
         let Some(body) = scrape(port).await else {
             return false;
         };
@@ -292,7 +292,13 @@ async fn the_lag_grows_for_a_stuck_sink_only_and_is_0_when_caught_up() {
             && value(&body, "sluice_slot_retained_wal_bytes").is_some_and(|b| b > 0.0)
     })
     .await;
-    assert!(stuck, "{}", scrape(port).await.unwrap_or_default());
+    let lines = |body: String| -> String {
+        body.lines()
+            .filter(|l| !l.starts_with('#') && (l.contains("lag") || l.contains("retained")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(stuck, "{}", lines(scrape(port).await.unwrap_or_default()));
 
     es.update_faults(|f| f.dead = false);
     let caught_up = common::wait_until(Duration::from_secs(60), || async {
@@ -304,11 +310,20 @@ async fn the_lag_grows_for_a_stuck_sink_only_and_is_0_when_caught_up() {
     })
     .await;
     let body = scrape(port).await.unwrap_or_default();
-    assert!(caught_up, "{body}");
+    assert!(caught_up, "{}", lines(body.clone()));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
+    let changes = |op: &str| {
+        let series = format!("sluice_changes_total{{table=\"public.items\",op=\"{op}\"}}");
+        value(&body, &series)
+    };
+    assert_eq!(
+        (changes("insert"), changes("delete")),
+        (Some(100.0), Some(0.0)),
+        "{body}"
+    );
     let last = value(&body, "sluice_last_change_timestamp_seconds").unwrap();
     assert!(now - last < 120.0 && last <= now + 1.0, "{last} vs {now}");
     assert!(sluice.stop().success());

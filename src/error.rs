@@ -58,6 +58,19 @@ impl ErrorKind {
         }
     }
 
+    /// The kind's name, as the API and the metrics spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Config => "config",
+            ErrorKind::Setup => "setup",
+            ErrorKind::Connection => "connection",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::Sink => "sink",
+            ErrorKind::Io => "io",
+            ErrorKind::TableRecreated => "table_recreated",
+        }
+    }
+
     /// Whether a pipeline restart may fix it.
     pub fn is_retryable(self) -> bool {
         matches!(self.policy(), Policy::Restart | Policy::Reconnect)
@@ -156,5 +169,13 @@ mod tests {
         assert_eq!(ErrorKind::Setup.exit_code(), 3);
         assert_eq!(ErrorKind::Sink.exit_code(), 1);
         assert!(!ErrorKind::TableRecreated.is_retryable());
+        for kind in [
+            ErrorKind::Io,
+            ErrorKind::TableRecreated,
+            ErrorKind::Connection,
+        ] {
+            let serialized = serde_json::to_value(kind).unwrap();
+            assert_eq!(serialized, kind.name(), "the name is the serialized one");
+        }
     }
 }

@@ -83,6 +83,10 @@ pub fn request_status(status: Option<u16>) -> &'static str {
     }
 }
 
+/// Why the pipeline restarted: the kinds of errors a restart may fix, and
+/// `other` (a stage that stopped without a typed error).
+pub const RESTART_CAUSES: &[&str] = &["connection", "protocol", "sink", "io", "other"];
+
 /// The operations `sluice_changes_total` counts, in `Op` order.
 pub const CHANGE_OPS: [&str; 4] = ["insert", "update", "delete", "truncate"];
 
@@ -100,9 +104,9 @@ pub const SERIES: &[Series] = &[
     Series {
         name: "sluice_pipeline_restarts_total",
         kind: Kind::Counter,
-        labels: &[],
+        labels: &[("cause", Fixed(RESTART_CAUSES))],
         unit: "restarts",
-        help: "Pipeline restarts after a failure (connection lost, sink or I/O error).",
+        help: "Pipeline restarts after a failure, by its kind (connection lost, protocol, sink, I/O; other: a stage that stopped without a typed error).",
     },
     Series {
         name: "sluice_wal_bytes_total",

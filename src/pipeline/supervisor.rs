@@ -246,7 +246,10 @@ impl SupervisorState {
         kind: Option<ErrorKind>,
     ) {
         metrics::gauge!("sluice_pipeline_up").set(0.0);
-        metrics::counter!("sluice_pipeline_restarts_total").increment(1);
+        let cause = kind
+            .filter(|k| k.is_retryable())
+            .map_or("other", ErrorKind::name);
+        metrics::counter!("sluice_pipeline_restarts_total", "cause" => cause).increment(1);
         self.plan.status.set_streaming(false);
         self.plan.status.restarted();
         if self.started_at.elapsed() >= HEALTHY_AFTER {

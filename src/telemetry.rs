@@ -87,6 +87,9 @@ pub fn request_status(status: Option<u16>) -> &'static str {
 /// `other` (a stage that stopped without a typed error).
 pub const RESTART_CAUSES: &[&str] = &["connection", "protocol", "sink", "io", "other"];
 
+/// The states of a backfill, as `sluice_backfills` labels them.
+pub const BACKFILL_STATES: &[&str] = &["running", "paused", "completed", "cancelled", "failed"];
+
 /// The operations `sluice_changes_total` counts, in `Op` order.
 pub const CHANGE_OPS: [&str; 4] = ["insert", "update", "delete", "truncate"];
 
@@ -296,6 +299,13 @@ pub const SERIES: &[Series] = &[
         labels: &[("sink", Sinks)],
         unit: "bytes",
         help: "Bytes of writes waiting in the sink's spool.",
+    },
+    Series {
+        name: "sluice_backfills",
+        kind: Kind::Gauge,
+        labels: &[("state", Fixed(BACKFILL_STATES))],
+        unit: "backfills",
+        help: "Backfills by state (those kept in the data directory: running, paused, and the finished ones).",
     },
     Series {
         name: "sluice_backfill_rows_total",

@@ -114,8 +114,11 @@ async fn scrape(port: u16) -> Option<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_md_is_what_metrics_serves_from_the_start() {
     let db = TestDb::new("metrics_catalogue").await;
-    db.exec("CREATE TABLE items (id int PRIMARY KEY, name text)")
-        .await;
+    db.exec(
+        "CREATE TABLE items (id int PRIMARY KEY, name text); \
+         ALTER TABLE items REPLICA IDENTITY FULL",
+    )
+    .await;
     db.exec("CREATE TABLE notes (id int PRIMARY KEY)").await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -192,6 +195,22 @@ async fn metrics_md_is_what_metrics_serves_from_the_start() {
     assert_eq!(
         values("sluice_function_failures_total", "function"),
         ["keep"]
+    );
+
+    // The new sinks' first backfills run, then are done.
+    let done = common::wait_until(Duration::from_secs(60), || async {
+        scrape(port).await.is_some_and(|body| {
+            value(&body, "sluice_backfills{state=\"completed\"}") == Some(2.0)
+                && value(&body, "sluice_backfills{state=\"running\"}") == Some(0.0)
+        })
+    })
+    .await;
+    sluice.assert_running();
+    assert!(
+        done,
+        "{}\nlog:\n{}",
+        scrape(port).await.unwrap_or_default(),
+        sluice.log_text()
     );
     assert!(sluice.stop().success());
 }
@@ -294,7 +313,12 @@ async fn the_lag_grows_for_a_stuck_sink_only_and_is_0_when_caught_up() {
     .await;
     let lines = |body: String| -> String {
         body.lines()
-            .filter(|l| !l.starts_with('#') && (l.contains("lag") || l.contains("retained")))
+            .filter(|l| {
+                !l.starts_with('#')
+                    && ["lag", "retained", "backfills{"]
+                        .iter()
+                        .any(|s| l.contains(s))
+            })
             .collect::<Vec<_>>()
             .join("\n")
     };
@@ -310,7 +334,12 @@ async fn the_lag_grows_for_a_stuck_sink_only_and_is_0_when_caught_up() {
     })
     .await;
     let body = scrape(port).await.unwrap_or_default();
-    assert!(caught_up, "{}", lines(body.clone()));
+    assert!(
+        caught_up,
+        "{}\nlog:\n{}",
+        lines(body.clone()),
+        sluice.log_text()
+    );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -63,6 +63,31 @@ struct Inner {
     runners: HashMap<u64, (u64, AbortHandle)>,
 }
 
+impl Inner {
+    /// Sets `sluice_backfills{state}`: how many backfills are in each state.
+    fn report_states(&self) {
+        let mut counts = [0u64; 5];
+        for backfill in self.backfills.values() {
+            counts[STATES
+                .iter()
+                .position(|s| *s == backfill.state)
+                .unwrap_or(0)] += 1;
+        }
+        for (state, count) in STATES.iter().zip(counts) {
+            metrics::gauge!("sluice_backfills", "state" => state_name(*state)).set(count as f64);
+        }
+    }
+}
+
+/// Every state a backfill can be in.
+const STATES: [State; 5] = [
+    State::Running,
+    State::Paused,
+    State::Completed,
+    State::Cancelled,
+    State::Failed,
+];
+
 /// A backfill with its rate, as the API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct View {
@@ -103,6 +128,7 @@ impl Manager {
                 ..Inner::default()
             }),
         }))
+        .inspect(|manager| manager.lock().report_states())
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -244,6 +270,7 @@ impl Manager {
         };
         self.store.save(&backfill)?;
         inner.backfills.insert(id, backfill.clone());
+        inner.report_states();
         Ok(backfill)
     }
 
@@ -449,6 +476,7 @@ impl Manager {
             .save(&next)
             .map_err(|e| BackfillError::Database(e.to_string()))?;
         *backfill = next.clone();
+        inner.report_states();
         tracing::info!(
             backfill = id,
             state = state_name(to),
@@ -526,7 +554,11 @@ impl Manager {
         change(&mut next);
         next.updated_at_ms = now_ms();
         self.store.save(&next)?;
+        let moved = next.state != backfill.state;
         inner.backfills.insert(id, next.clone());
+        if moved {
+            inner.report_states();
+        }
         Ok(next)
     }
 

@@ -243,15 +243,21 @@ pub fn init_logging(cli: &Cli) {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when it is
+/// called, not when first awaited: a stop request that comes while sluice
+/// starts (the metrics endpoint already answers) is a clean stop, not a
+/// death by the signal.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut interrupt = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stop requested");
     }
-    tracing::info!("stop requested");
 }
 
 /// Starts the Prometheus endpoint when configured.
@@ -289,8 +295,9 @@ pub fn start_metrics(config: &Config) -> Result<(), Error> {
 
 pub async fn run(args: SourceArgs) -> Result<(), Error> {
     let config = args.config()?;
+    let stop = shutdown_signal();
     start_metrics(&config)?;
-    let plan = crate::service::run(&config, shutdown_signal()).await?;
+    let plan = crate::service::run(&config, stop).await?;
     let s = &plan.stats;
     tracing::info!(
         read = s.reader.snapshot().changes_out,

@@ -96,7 +96,9 @@ pub struct View {
     pub rows_done: u64,
     pub rows_estimated: Option<u64>,
     pub percent: Option<f64>,
-    pub rows_per_second: f64,
+    /// Whole rows a second over the last seconds; `None` until the first
+    /// chunk since the runner started (or resumed) is done.
+    pub rows_per_second: Option<u64>,
     pub eta_seconds: Option<u64>,
     /// Paused or cancelled, but chunks read before that are still being
     /// written: `rows_done` is final once this is false.
@@ -408,7 +410,8 @@ impl Manager {
 
     fn view(&self, inner: &Inner, backfill: &Backfill) -> View {
         let rows_done = backfill.rows_done();
-        let rows_estimated = backfill.rows_estimated();
+        // The planner's estimate, never below what is already done.
+        let rows_estimated = backfill.rows_estimated().map(|e| e.max(rows_done));
         let running = backfill.state == State::Running;
         let progress = inner.progress.get(&backfill.id).filter(|_| running);
         let percent = match (backfill.state, rows_estimated) {
@@ -422,7 +425,9 @@ impl Manager {
             rows_done,
             rows_estimated,
             percent,
-            rows_per_second: progress.map_or(0.0, Progress::rate),
+            rows_per_second: progress
+                .and_then(Progress::rate)
+                .map(|rate| rate.round() as u64),
             eta_seconds: progress
                 .zip(rows_estimated)
                 .and_then(|(p, total)| p.eta(total.saturating_sub(rows_done)))
@@ -525,6 +530,10 @@ impl Manager {
             return;
         }
         let generation = context.generation;
+        if let Some(backfill) = inner.backfills.get(&id) {
+            let start = Progress::starting(Instant::now(), backfill.rows_done());
+            inner.progress.insert(id, start);
+        }
         let runner = (self.start)(self.clone(), id, context);
         inner
             .runners
@@ -591,15 +600,20 @@ impl Manager {
         if due {
             inner.last_log.insert(id, now);
             let view = self.view(&inner, &backfill);
+            // Only what is known: the planner's estimate as one, and no
+            // rate or ETA before there is one.
+            let about =
+                |n: Option<u64>| n.map_or_else(|| "unknown".to_owned(), |n| format!("~{n}"));
+            let known = |n: Option<u64>| n.map_or_else(|| "unknown".to_owned(), |n| n.to_string());
             tracing::info!(
                 backfill = id,
                 sink = %backfill.sink,
                 table = %table_name,
                 rows_done,
-                rows_estimated = view.rows_estimated.unwrap_or_default(),
-                percent = format!("{:.1}", view.percent.unwrap_or_default()),
-                rows_per_second = view.rows_per_second.round() as u64,
-                eta_seconds = view.eta_seconds.unwrap_or_default(),
+                rows_estimated = %about(view.rows_estimated),
+                percent = %view.percent.map_or_else(|| "unknown".to_owned(), |p| format!("~{p:.0}")),
+                rows_per_second = %known(view.rows_per_second),
+                eta_seconds = %known(view.eta_seconds),
                 "backfill progress"
             );
         }

@@ -378,8 +378,9 @@ fn describe(b: &Value) -> String {
         line.push_str(&format!(" ({percent:.1}%)"));
     }
     if b["state"] == "running" {
-        let rate = b["rows_per_second"].as_f64().unwrap_or_default();
-        line.push_str(&format!(", {rate:.0} rows/s"));
+        if let Some(rate) = b["rows_per_second"].as_u64() {
+            line.push_str(&format!(", {rate} rows/s"));
+        }
         if let Some(eta) = b["eta_seconds"].as_u64() {
             line.push_str(&format!(", ETA {eta}s"));
         }

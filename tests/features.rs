@@ -110,11 +110,7 @@ async fn schema_change_mid_stream_and_lost_connection() {
 async fn prometheus_metrics_are_served() {
     let db = TestDb::new("metrics").await;
     db.exec("CREATE TABLE m (id int PRIMARY KEY)").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     // Exact counts below: no initial backfill to race the inserts.
     let config = db.config(
         "[[tables]]\nname = \"m\"\n\n[backfill]\ninitial = false",

@@ -120,11 +120,7 @@ async fn metrics_md_is_what_metrics_serves_from_the_start() {
     )
     .await;
     db.exec("CREATE TABLE notes (id int PRIMARY KEY)").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let config = db.config_with_sinks(
         "[[tables]]\nname = \"items\"\nfilter = \"keep\"\n\n[[tables]]\nname = \"notes\"\n\n\
          [functions.keep]\nkind = \"filter\"\ncode = 'function filter(action, record) return true end'",
@@ -280,11 +276,7 @@ async fn the_lag_grows_for_a_stuck_sink_only_and_is_0_when_caught_up() {
     let db = TestDb::new("metrics_lag").await;
     db.exec("CREATE TABLE items (id int PRIMARY KEY, name text)")
         .await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let sinks = format!(
         "[[sinks]]\nname = \"embedded\"\ntype = \"embedded\"\ncommit_interval_ms = 100\n\n\
          [[sinks]]\nname = \"es\"\ntype = \"elasticsearch\"\nurl = \"{}\"\nretry_max_backoff_ms = 200\n",

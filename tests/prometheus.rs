@@ -14,14 +14,6 @@ use std::time::Duration;
 use common::{Sluice, TestDb};
 use serde_json::Value;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A Prometheus of the test's own; stopped when dropped.
 struct Prometheus {
     child: Child,
@@ -50,7 +42,7 @@ impl Prometheus {
             ),
         )
         .unwrap();
-        let port = free_port();
+        let port = common::free_port();
         let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
@@ -182,7 +174,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
          ALTER TABLE items REPLICA IDENTITY FULL",
     )
     .await;
-    let metrics = free_port();
+    let metrics = common::free_port();
     let config = db.config(
         "[[tables]]\nname = \"items\"\nfilter = \"keep\"\n\n\
          [functions.keep]\nkind = \"filter\"\ncode = 'function filter(action, record) return true end'",

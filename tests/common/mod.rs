@@ -452,3 +452,12 @@ pub fn seed(what: &str) -> u64 {
     println!("{what} seed {seed} (replay with SLUICE_SEED={seed})");
     seed
 }
+
+/// A TCP port of the loopback that nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

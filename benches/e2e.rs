@@ -22,6 +22,9 @@
 //!
 //! `--lua-transform` adds a run into the null sink with a Lua transform
 //! function making each document (`LUA_TRANSFORM`), against the run without.
+//!
+//! `--metrics` adds a run into the null sink with the metrics endpoint on and
+//! scraped every second, as Prometheus does, against the run without.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -48,6 +51,7 @@ const SLOT_ES: &str = "bench_sluice_elasticsearch";
 const SLOT_ALONE: &str = "bench_sluice_alone";
 const SLOT_DEAD: &str = "bench_sluice_dead";
 const SLOT_LUA: &str = "bench_sluice_lua";
+const SLOT_METRICS: &str = "bench_sluice_metrics";
 
 /// The table's transform function for `--lua-transform`: a document of the
 /// row's six columns, renamed and computed.
@@ -83,7 +87,8 @@ const USAGE: &str =
   --skip-elasticsearch  skip the run into a local Elasticsearch-compatible server that accepts instantly
   --only-rss       skip the pg_recvlogical baseline: only the sluice runs and their memory
   --dead-sink      also time the null sink alone and next to a dead Elasticsearch sink
-  --lua-transform  also time the null sink with a Lua transform function making each document";
+  --lua-transform  also time the null sink with a Lua transform function making each document
+  --metrics        also time the null sink with the metrics endpoint on and scraped every second";
 
 struct Options {
     rows: u64,
@@ -93,6 +98,7 @@ struct Options {
     only_rss: bool,
     dead_sink: bool,
     lua_transform: bool,
+    metrics: bool,
 }
 
 impl Options {
@@ -105,6 +111,7 @@ impl Options {
             only_rss: false,
             dead_sink: false,
             lua_transform: false,
+            metrics: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -117,6 +124,7 @@ impl Options {
                 "--only-rss" => options.only_rss = true,
                 "--dead-sink" => options.dead_sink = true,
                 "--lua-transform" => options.lua_transform = true,
+                "--metrics" => options.metrics = true,
                 "--bench" => {} // added by `cargo bench`
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -140,6 +148,8 @@ enum Done<'a> {
     /// The sink of this name committed the whole backlog, as its
     /// `sluice_sink_committed_lsn` on the metrics endpoint says.
     Sink(&'a str),
+    /// As `Slot`, with the metrics endpoint on and scraped every second.
+    SlotScraped,
 }
 
 /// What one sluice run measured.
@@ -199,6 +209,9 @@ async fn bench(cluster: &LocalPostgres, options: &Options) -> Result<()> {
     }
     if options.lua_transform {
         slots.push(SLOT_LUA);
+    }
+    if options.metrics {
+        slots.push(SLOT_METRICS);
     }
     client
         .query(
@@ -313,6 +326,15 @@ async fn bench(cluster: &LocalPostgres, options: &Options) -> Result<()> {
         None
     };
 
+    let scraped = if options.metrics {
+        eprintln!("sluice (null sink, metrics on and scraped) draining its slot ...");
+        let dir = work.path().join("metrics");
+        let done = Done::SlotScraped;
+        Some(run_sluice(&client, &url, SLOT_METRICS, &null_sink, &dir, target, done).await?)
+    } else {
+        None
+    };
+
     let txn = match options.txn_rows {
         0 => "one transaction".to_string(),
         n => format!("transactions of {n}"),
@@ -364,6 +386,11 @@ async fn bench(cluster: &LocalPostgres, options: &Options) -> Result<()> {
         report("null + Lua transform", run);
         let ratio = 100.0 * null.seconds / run.seconds;
         println!("null sink with a Lua transform / without: {ratio:.1} % of the changes/s");
+    }
+    if let Some(run) = &scraped {
+        report("null + metrics scraped", run);
+        let ratio = 100.0 * null.seconds / run.seconds;
+        println!("null sink with metrics scraped / without: {ratio:.1} % of the changes/s");
     }
     if let Some(seconds) = recv {
         let ratio = 100.0 * seconds / null.seconds;
@@ -460,7 +487,7 @@ async fn run_sluice(
     let (url, data_dir) = (quote(url), quote(&dir.join("data").to_string_lossy()));
     let metrics_port = match done {
         Done::Slot => None,
-        Done::Sink(_) => Some(
+        Done::Sink(_) | Done::SlotScraped => Some(
             std::net::TcpListener::bind("127.0.0.1:0")?
                 .local_addr()?
                 .port(),
@@ -524,7 +551,20 @@ async fn run_sluice(
     let pid = child.0.id();
     let mut first_confirm = None;
     let mut peak_rss_kb = 0;
+    let mut scraped = Instant::now();
     loop {
+        if let (Done::SlotScraped, Some(port)) = (done, metrics_port) {
+            if scraped.elapsed() >= Duration::from_secs(1) {
+                scraped = Instant::now();
+                if let Ok(response) = http
+                    .get(format!("http://127.0.0.1:{port}/metrics"))
+                    .send()
+                    .await
+                {
+                    let _ = response.bytes().await;
+                }
+            }
+        }
         if let Some(status) = child.0.try_wait()? {
             return Err(format!("sluice ({slot}) exited early ({status}):\n{}", tail(&log)).into());
         }
@@ -555,7 +595,7 @@ async fn run_sluice(
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
     // A dead sink holds the drain until the reader's drain timeout (30 s).
     let stop_timeout = match done {
-        Done::Slot => STOP_TIMEOUT,
+        Done::Slot | Done::SlotScraped => STOP_TIMEOUT,
         Done::Sink(_) => STOP_TIMEOUT * 3,
     };
     let problem = match wait_with_timeout(&mut child.0, stop_timeout).await? {

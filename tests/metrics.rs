@@ -283,7 +283,7 @@ async fn the_lag_grows_for_a_stuck_sink_only_and_is_0_when_caught_up() {
         es.url()
     );
     let config = db.config_with_sinks(
-        "[[tables]]\nname = \"items\"",
+        "[[tables]]\nname = \"items\"\n\n[api]\nlisten = \"127.0.0.1:0\"",
         &format!("metrics_listen = \"127.0.0.1:{port}\""),
         &sinks,
     );
@@ -315,6 +315,32 @@ async fn the_lag_grows_for_a_stuck_sink_only_and_is_0_when_caught_up() {
             .join("\n")
     };
     assert!(stuck, "{}", lines(scrape(port).await.unwrap_or_default()));
+    // The API and `sluice status` say it too.
+    let (code, out, err) =
+        common::cli(&["status", "--config", config.to_str().unwrap(), "--json"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let pipeline = &status["pipelines"][0];
+    assert!(
+        pipeline["lag_seconds"].as_f64().unwrap() >= 2.0,
+        "{pipeline}"
+    );
+    assert!(pipeline["lag_bytes"].as_u64().unwrap() > 0, "{pipeline}");
+    let sinks = pipeline["sinks"].as_array().unwrap();
+    let lag_of = |name: &str| {
+        sinks.iter().find(|s| s["name"] == name).unwrap()["lag_seconds"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(
+        lag_of("es") >= 2.0 && lag_of("embedded") == 0.0,
+        "{pipeline}"
+    );
+    let (_, out, _) = common::cli(&["status", "--config", config.to_str().unwrap()]).await;
+    assert!(
+        out.contains("sink es (elasticsearch): committed") && out.contains(", lag "),
+        "{out}"
+    );
 
     es.update_faults(|f| f.dead = false);
     let caught_up = common::wait_until(Duration::from_secs(60), || async {

@@ -161,6 +161,12 @@ struct PipelineView {
     state: &'static str,
     /// Every change below this position is in every sink; the slot is here.
     confirmed_lsn: String,
+    /// WAL the server wrote that is not yet in every sink, as the stream
+    /// last said; `None` before it said.
+    lag_bytes: Option<u64>,
+    /// Age of the oldest change read and not yet in every sink; 0 when
+    /// caught up.
+    lag_seconds: f64,
     restarts: u64,
     tables: Vec<String>,
     /// Configured tables dropped while streaming: their documents stay in
@@ -179,6 +185,9 @@ struct SinkView {
     kind: &'static str,
     /// Every change below this position is durable in the sink.
     committed_lsn: String,
+    /// Age of the oldest change read and not yet in this sink; 0 when
+    /// caught up.
+    lag_seconds: f64,
     /// Writes parked in the failed-message store.
     parked: usize,
     /// Running or paused backfills of the sink.
@@ -195,6 +204,8 @@ fn pipeline_view(state: &AppState) -> PipelineView {
         publication: plan.publication.clone(),
         state: pipeline_state(state),
         confirmed_lsn: plan.status.confirmed().to_string(),
+        lag_bytes: plan.status.lag_bytes(),
+        lag_seconds: lag(plan.status.lag_seconds(plan.status.confirmed(), now())),
         restarts: plan.status.restarts(),
         tables,
         dropped_tables: plan.status.dropped(),
@@ -225,9 +236,21 @@ fn sink_view(state: &AppState, i: usize) -> SinkView {
         name: sink.name.clone(),
         kind: sink.kind.type_name(),
         committed_lsn: plan.status.sink_committed(i).to_string(),
+        lag_seconds: lag(plan
+            .status
+            .lag_seconds(plan.status.sink_committed(i), now())),
         parked,
         active_backfills,
     }
+}
+
+fn now() -> i64 {
+    crate::pipeline::stats::postgres_now()
+}
+
+/// A lag to the millisecond.
+fn lag(seconds: f64) -> f64 {
+    (seconds * 1000.0).round() / 1000.0
 }
 
 async fn pipelines(State(state): State<AppState>) -> Json<Vec<PipelineView>> {

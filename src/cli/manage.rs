@@ -191,11 +191,15 @@ pub async fn status(args: ApiArgs, json: bool) -> Result<(), Error> {
         return Ok(());
     }
     for p in pipelines.as_array().into_iter().flatten() {
+        let lag_bytes = p["lag_bytes"]
+            .as_u64()
+            .map_or_else(|| "unknown".to_owned(), |b| format!("{b} bytes"));
         println!(
-            "pipeline {}: {}, confirmed {}, {} restart(s), tables: {}",
+            "pipeline {}: {}, confirmed {}, lag {} s ({lag_bytes} of WAL), {} restart(s), tables: {}",
             text(&p["name"]),
             text(&p["state"]),
             text(&p["confirmed_lsn"]),
+            p["lag_seconds"],
             p["restarts"],
             p["tables"]
                 .as_array()
@@ -219,10 +223,11 @@ pub async fn status(args: ApiArgs, json: bool) -> Result<(), Error> {
         }
         for s in p["sinks"].as_array().into_iter().flatten() {
             println!(
-                "  sink {} ({}): committed {}, {} parked write(s)",
+                "  sink {} ({}): committed {}, lag {} s, {} parked write(s)",
                 text(&s["name"]),
                 text(&s["type"]),
                 text(&s["committed_lsn"]),
+                s["lag_seconds"],
                 s["parked"]
             );
         }

@@ -23,7 +23,7 @@ struct Shape {
 fn documented() -> BTreeMap<String, Shape> {
     let text = std::fs::read_to_string("METRICS.md").expect("METRICS.md");
     text.lines()
-        .filter(|line| line.starts_with("| `sluice_"))
+        .filter(|line| line.starts_with("| `sluice_") || line.starts_with("| `process_"))
         .map(|line| {
             let cells: Vec<&str> = line.split('|').map(str::trim).collect();
             let name = cells[1].trim_matches('`').to_owned();

@@ -288,6 +288,17 @@ pub fn start_metrics(config: &Config) -> Result<(), Error> {
             tables: config.table_names().iter().map(|t| t.to_string()).collect(),
             functions: config.functions.keys().cloned().collect(),
         });
+        // The process's CPU, memory, threads and files, read every second.
+        let process = metrics_process::Collector::default();
+        process.describe();
+        process.collect();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                every.tick().await;
+                process.collect();
+            }
+        });
         tracing::info!(%addr, "serving Prometheus metrics");
     }
     Ok(())

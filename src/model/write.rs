@@ -27,9 +27,10 @@ pub struct WriteOp {
 pub enum WriteAction {
     /// Insert or replace the document. `partial`: some fields were unchanged
     /// TOAST values and are absent; the sink merges into the stored document.
-    /// `fresh`: the row was inserted, so the index holds no earlier version of
-    /// it unless this change is read again after a restart (sinks that skip
-    /// what they already committed can then add without replacing).
+    /// `fresh`: the change was an insert. Only a hint: no sink may skip
+    /// replacing a document on it, as the index can hold the row's document
+    /// before its insert is applied (a backfill read the row, or a replay
+    /// after a restart).
     Upsert {
         doc: Vec<u8>,
         partial: bool,

@@ -1,8 +1,7 @@
 //! The ids an index may hold, as a Bloom filter over their hashes.
 //!
-//! A row that is not a fresh insert (an update, a row a backfill read)
-//! replaces the document with its id only when the index may hold one: a
-//! delete costs a lookup in every segment at the next commit. Finding out
+//! A row replaces the document with its id only when the index may hold
+//! one: a delete costs a lookup in every segment at the next commit. Finding out
 //! costs that same lookup, in every segment, for every row. A backfill into
 //! a new or partly filled index asks mostly about ids the index never held;
 //! the filter answers those from memory, and only the ids it may hold (about

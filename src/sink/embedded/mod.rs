@@ -71,9 +71,6 @@ struct OpenIndex {
     /// The highest commit position of any change the index may hold (early
     /// commits can hold changes beyond `committed`).
     written: Lsn,
-    /// `written` as this process found it: changes up to it may be read again
-    /// and already be in the index.
-    replay_horizon: Lsn,
     /// Hashes of ids written since the last commit (not yet visible to the reader).
     uncommitted: HashSet<u64>,
     /// The ids the index may hold, committed or not.
@@ -129,11 +126,7 @@ impl EmbeddedSink {
         let f = index.fields;
         let id_term = Term::from_field_text(f.id, &op.id);
         match &op.action {
-            WriteAction::Upsert {
-                doc,
-                partial,
-                fresh,
-            } => {
+            WriteAction::Upsert { doc, partial, .. } => {
                 let doc = match parse_upsert(&mut self.parser, index, &f, op, doc, *partial)? {
                     Ok(doc) => doc,
                     Err(problem) => {
@@ -143,16 +136,16 @@ impl EmbeddedSink {
                         return self.failed.park(&message);
                     }
                 };
-                // Changes below `committed` were skipped above, so a fresh row
-                // has no document to replace unless an early commit may have
-                // stored it. Other rows (updates, rows a backfill read) replace
-                // one only when the index may hold it. A delete costs a lookup
-                // in every segment at each commit: a backfill into a new index
-                // would pay it for every row.
+                // Every row replaces the document with its id when the index
+                // may hold one, inserts too: a row's document can be in the
+                // index before its insert is applied (a backfill read the row,
+                // or a restart replays the insert after a later write of it),
+                // and an insert added beside it left the id twice. A delete
+                // costs a lookup in every segment at each commit, so ids the
+                // index never held (the filter of known ids says so from
+                // memory) are added without one.
                 let id_hash = xxhash_rust::xxh3::xxh3_64(op.id.as_bytes());
-                if (!*fresh || op.lsn <= index.replay_horizon)
-                    && index.may_hold(&id_term, id_hash)?
-                {
+                if index.may_hold(&id_term, id_hash)? {
                     delete::delete_term(&index.writer, id_term);
                     index.pending_deletes += 1;
                 }
@@ -382,7 +375,6 @@ fn open_index(data_dir: &Path, name: &str) -> Result<OpenIndex> {
         fields,
         committed: payload.covered,
         written: payload.written,
-        replay_horizon: payload.written,
         uncommitted: HashSet::new(),
         known,
         pending_deletes: 0,
@@ -492,6 +484,29 @@ mod tests {
         sink.write(&first_run).await.unwrap();
         sink.commit(Lsn(300)).await.unwrap();
         assert_eq!(all(dir.path()), expected);
+    }
+
+    /// Found by the chaos suite (seed 1796703688669726167): an insert
+    /// applied while the index already held its row's document (written by
+    /// a later change first) was added beside it, and the id was held twice.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_insert_replaces_a_document_the_index_already_holds() {
+        use crate::sink::Sink;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut sink = EmbeddedSink::open("e", dir.path(), DEFAULT_MAX_DOCUMENT_BYTES).unwrap();
+            sink.write(&[upsert("1", 500, r#"{"v":"later"}"#, false, false)])
+                .await
+                .unwrap();
+            sink.commit(Lsn(100)).await.unwrap();
+        }
+        let mut sink = EmbeddedSink::open("e", dir.path(), DEFAULT_MAX_DOCUMENT_BYTES).unwrap();
+        // Beyond anything the index recorded as written, and an insert.
+        sink.write(&[upsert("1", 900, r#"{"v":"insert"}"#, false, true)])
+            .await
+            .unwrap();
+        sink.commit(Lsn(1000)).await.unwrap();
+        assert_eq!(all(dir.path()), [r#"{"v":"insert"}"#]);
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -529,7 +529,7 @@ async fn documents_are_routed_by_a_key_column() {
     assert!(err.contains("tables[0].routing"), "{err}");
 
     let config = db.config_with_sinks(
-        "[[tables]]\nname = \"orders\"\nrouting = \"tenant\"",
+        "[[tables]]\nname = \"orders\"\nrouting = \"tenant\"\n\n[api]\nlisten = \"127.0.0.1:0\"",
         "",
         &sink(&es.url(), ""),
     );

@@ -74,17 +74,25 @@ pub async fn run(
                     retry_in_ms = pause.as_millis() as u64,
                     "cannot start streaming: {e}"
                 );
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = shutdown.as_mut() => {
-                        tracing::info!("stopped before streaming started");
-                        return Ok(Arc::new(config.pipeline_plan()?));
-                    }
+                if !paused(pause, &mut shutdown).await {
+                    tracing::info!("stopped before streaming started");
+                    return Ok(Arc::new(config.pipeline_plan()?));
                 }
                 pause = (pause * 2).min(max_pause);
             }
             done => return done,
         }
+    }
+}
+
+/// Waits `pause`; `false` when a stop request came first.
+async fn paused(
+    pause: Duration,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => true,
+        _ = shutdown.as_mut() => false,
     }
 }
 
@@ -127,12 +135,9 @@ async fn run_once(
                 return Ok(Arc::new(plan));
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = shutdown.as_mut() => {
-                tracing::info!("stopped before streaming started");
-                return Ok(Arc::new(plan));
-            }
+        if !paused(pause, shutdown).await {
+            tracing::info!("stopped before streaming started");
+            return Ok(Arc::new(plan));
         }
         pause = (pause * 2).min(Duration::from_secs(10));
     };
@@ -281,9 +286,8 @@ where
             }
             Err(e) => return Err(e),
         }
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = shutdown.as_mut() => return Ok(false),
+        if !paused(pause, shutdown).await {
+            return Ok(false);
         }
         pause = (pause * 2).min(Duration::from_secs(30));
     }

@@ -161,42 +161,16 @@ impl DecoderState {
         if let Some(oldest) = batches.iter().find_map(|b| b.items.first()) {
             self.args.stats.left(oldest.commit_time);
         }
-        let status = self.args.status.clone();
-        status.server_at(server_at);
+        self.args.status.server_at(server_at);
         for batch in batches.iter().filter(|b| b.scope == Scope::All) {
             if let (Some(first), Some(last)) = (batch.items.first(), batch.items.last()) {
-                status.read(batch.upto, first.commit_time, last.commit_time);
+                self.args
+                    .status
+                    .read(batch.upto, first.commit_time, last.commit_time);
             }
-            self.count(&batch.items);
+            count(&mut self.counted, &batch.items);
         }
         Ok(batches)
-    }
-
-    /// Counts the changes of the stream by table and operation, once a run
-    /// of changes of one table and operation.
-    fn count(&mut self, changes: &[Change]) {
-        let mut at = 0;
-        while let Some(first) = changes.get(at) {
-            let run = changes[at..]
-                .iter()
-                .take_while(|c| c.op == first.op && Arc::ptr_eq(&c.rel, &first.rel))
-                .count();
-            at += run;
-            let op = match first.op {
-                Op::Insert => 0,
-                Op::Update => 1,
-                Op::Delete => 2,
-                Op::Truncate => 3,
-                Op::Read => continue,
-            };
-            let counters = self.counted.entry(first.rel.id).or_insert_with(|| {
-                let table = first.rel.qualified.to_string();
-                crate::telemetry::CHANGE_OPS.map(|op| {
-                    metrics::counter!("sluice_changes_total", "table" => table.clone(), "op" => op)
-                })
-            });
-            counters[op].increment(run as u64);
-        }
     }
 
     async fn apply(
@@ -462,5 +436,33 @@ impl DecoderState {
             columns,
             replica_identity: relation.replica_identity,
         })
+    }
+}
+
+/// Counts the changes of the stream by table and operation
+/// (`sluice_changes_total`), once a run of changes of one table and
+/// operation, with each table's counters kept in `counted`.
+fn count(counted: &mut HashMap<Oid, [metrics::Counter; 4]>, changes: &[Change]) {
+    let mut at = 0;
+    while let Some(first) = changes.get(at) {
+        let run = changes[at..]
+            .iter()
+            .take_while(|c| c.op == first.op && Arc::ptr_eq(&c.rel, &first.rel))
+            .count();
+        at += run;
+        let op = match first.op {
+            Op::Insert => 0,
+            Op::Update => 1,
+            Op::Delete => 2,
+            Op::Truncate => 3,
+            Op::Read => continue,
+        };
+        let counters = counted.entry(first.rel.id).or_insert_with(|| {
+            let table = first.rel.qualified.to_string();
+            crate::telemetry::CHANGE_OPS.map(|op| {
+                metrics::counter!("sluice_changes_total", "table" => table.clone(), "op" => op)
+            })
+        });
+        counters[op].increment(run as u64);
     }
 }

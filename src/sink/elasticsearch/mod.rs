@@ -196,18 +196,15 @@ impl ElasticsearchSink {
     async fn merge_partials(&mut self) -> Result<()> {
         self.drain().await?;
         let partials = std::mem::take(&mut self.partials);
-        let mut stored: HashMap<(Arc<str>, String), Vec<u8>> = HashMap::new();
-        let mut by_index: HashMap<Arc<str>, Vec<serde_json::Value>> = HashMap::new();
+        // index → id → the stored source.
+        let mut stored: HashMap<Arc<str>, HashMap<String, Vec<u8>>> = HashMap::new();
+        let mut by_index: HashMap<Arc<str>, Vec<&WriteOp>> = HashMap::new();
         for op in &partials {
-            let mut wanted = serde_json::json!({ "_id": op.id });
-            if let Some(routing) = &op.routing {
-                wanted["routing"] = serde_json::Value::from(&**routing);
-            }
-            by_index.entry(op.index.clone()).or_default().push(wanted);
+            by_index.entry(op.index.clone()).or_default().push(op);
         }
-        for (index, docs) in by_index {
+        for (index, ops) in by_index {
             let path = format!("{}/_mget", path_segment(&index));
-            let body = serde_json::json!({ "docs": docs });
+            let body = read::mget_body(ops.iter().map(|op| (&op.id, op.routing.as_deref())));
             let Some(answer) = self
                 .client
                 .read(reqwest::Method::POST, &path, &body)
@@ -224,16 +221,14 @@ impl ElasticsearchSink {
                     ),
                 )
             })?;
-            for doc in found {
-                stored.insert((index.clone(), doc.id), doc.source);
-            }
+            let docs = stored.entry(index).or_default();
+            docs.extend(found.into_iter().map(|doc| (doc.id, doc.source)));
         }
         for mut op in partials {
             if let WriteAction::Upsert { doc, partial, .. } = &mut op.action {
-                let key = (op.index.clone(), std::mem::take(&mut op.id));
-                *doc = request::merge(stored.get(&key).map(Vec::as_slice), doc);
+                let held = stored.get(&op.index).and_then(|docs| docs.get(&op.id));
+                *doc = request::merge(held.map(Vec::as_slice), doc);
                 *partial = false;
-                op.id = key.1;
             }
             self.buffer(&op);
         }

@@ -119,6 +119,20 @@ pub(crate) fn parse_search(body: &[u8]) -> std::result::Result<SearchPage, Strin
     })
 }
 
+/// The body of an `_mget` of documents by id, each with its routing where
+/// it has one (a document is found by id only on the shard it routes to).
+pub(crate) fn mget_body<R: AsRef<str>>(
+    docs: impl Iterator<Item = (impl AsRef<str>, Option<R>)>,
+) -> Value {
+    let docs: Vec<Value> = docs
+        .map(|(id, routing)| match routing {
+            Some(routing) => json!({ "_id": id.as_ref(), "routing": routing.as_ref() }),
+            None => json!({ "_id": id.as_ref() }),
+        })
+        .collect();
+    json!({ "docs": docs })
+}
+
 /// Reads the answer to an `_mget`: the documents found.
 pub(crate) fn parse_mget(body: &[u8]) -> std::result::Result<Vec<StoredDoc>, String> {
     let answer: MgetAnswer = serde_json::from_slice(body).map_err(|e| e.to_string())?;
@@ -195,16 +209,7 @@ impl IndexReader for Reader {
         for batch in ids.chunks(PAGE) {
             let request = match &self.routing {
                 None => json!({ "ids": batch }),
-                Some(routing_of) => {
-                    let docs: Vec<Value> = batch
-                        .iter()
-                        .map(|id| match routing_of(id) {
-                            Some(routing) => json!({ "_id": id, "routing": routing }),
-                            None => json!({ "_id": id }),
-                        })
-                        .collect();
-                    json!({ "docs": docs })
-                }
+                Some(routing_of) => mget_body(batch.iter().map(|id| (id.as_str(), routing_of(id)))),
             };
             let Some(body) = self
                 .client
